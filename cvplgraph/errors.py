@@ -1,0 +1,55 @@
+"""The one exception hierarchy of cvplgraph.
+
+Every error the library raises on purpose derives from :class:`CvplError`; the
+command line prints such errors as one line and exits 1 (``--debug`` shows the
+traceback).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class CvplError(Exception):
+    """Root of every error cvplgraph raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a spec: where it is, what it is, what was expected."""
+
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}"
+
+
+class SpecError(CvplError):
+    """A spec is invalid; carries every problem found, not only the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+    def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return str(self.problems[0])
+        lines = [f"{len(self.problems)} problems in the spec:"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class InputError(CvplError):
+    """An input store cannot be read or has unexpected metadata."""
+
+
+class CacheError(CvplError):
+    """The cache cannot be read or written."""
+
+
+class OpError(CvplError):
+    """An op was called with arguments it cannot use."""

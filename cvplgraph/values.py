@@ -1,0 +1,201 @@
+"""The values that flow along edges, and their physical geometry.
+
+Array ports (Image, Mask, Labels, Density) travel as ``xarray.DataArray`` with
+dims ``("z", "y", "x")`` backed by dask, coordinates in µm and
+``attrs = {"scale": [...], "translation": [...]}``. Points travel as a
+:class:`Table` (a lazy pandas DataFrame plus the geometry of the volume it was
+measured in); BlockCounts as :class:`BlockCounts`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.delayed import Delayed
+
+from .errors import OpError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .registry import OpDef
+
+DIMS = ("z", "y", "x")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a (z, y, x) voxel grid sits in physical space (µm)."""
+
+    shape: tuple[int, int, int]
+    scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    translation: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @classmethod
+    def of(cls, array: xr.DataArray) -> Geometry:
+        scale = array.attrs.get("scale", (1.0, 1.0, 1.0))
+        translation = array.attrs.get("translation", (0.0, 0.0, 0.0))
+        return cls(tuple(int(s) for s in array.shape), tuple(map(float, scale)), tuple(map(float, translation)))  # type: ignore[arg-type]
+
+    def coords(self) -> dict[str, np.ndarray]:
+        return {d: self.translation[i] + self.scale[i] * np.arange(self.shape[i]) for i, d in enumerate(DIMS)}
+
+    def to_um(self, voxels: np.ndarray) -> np.ndarray:
+        """(N, 3) voxel coordinates → (N, 3) µm."""
+        return np.asarray(self.translation) + np.asarray(voxels, dtype=float) * np.asarray(self.scale)
+
+    def to_dict(self) -> dict[str, list[float] | list[int]]:
+        return {"shape": list(self.shape), "scale": list(self.scale), "translation": list(self.translation)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Geometry:
+        return cls(tuple(d["shape"]), tuple(d["scale"]), tuple(d["translation"]))  # type: ignore[arg-type]
+
+
+def wrap(data: da.Array, geometry: Geometry, *, name: str | None = None) -> xr.DataArray:
+    """A dask array placed in physical space as a DataArray."""
+    return xr.DataArray(
+        data,
+        dims=DIMS,
+        coords=geometry.coords(),
+        name=name,
+        attrs={"scale": list(geometry.scale), "translation": list(geometry.translation), "units": "micrometer"},
+    )
+
+
+def like(data: da.Array, template: xr.DataArray) -> xr.DataArray:
+    """``data`` with the geometry of ``template`` (same shape)."""
+    return wrap(data, Geometry.of(template))
+
+
+def to_dataarray(value: Any, port: str) -> xr.DataArray:
+    """numpy, dask or xarray (z, y, x) → a dask-backed DataArray (unit voxel size for plain arrays)."""
+    if isinstance(value, xr.DataArray):
+        arr = value if isinstance(value.data, da.Array) else value.chunk()
+        if arr.ndim != 3:
+            raise OpError(f"input {port!r}: expected a (z, y, x) array, got dims {arr.dims}")
+        return arr.rename(dict(zip(arr.dims, DIMS))) if arr.dims != DIMS else arr
+    if isinstance(value, (np.ndarray, da.Array)):
+        if value.ndim != 3:
+            raise OpError(f"input {port!r}: expected a 3-D (z, y, x) array, got shape {value.shape}")
+        data = value if isinstance(value, da.Array) else da.from_array(value, chunks=value.shape)
+        return wrap(data, Geometry(tuple(int(s) for s in value.shape)))  # type: ignore[arg-type]
+    raise OpError(f"input {port!r}: expected a numpy, dask or xarray array, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A lazy table of objects (the Points type).
+
+    ``frame`` is a dask Delayed that yields a pandas DataFrame with columns
+    ``z, y, x`` (voxels), ``z_um, y_um, x_um`` and features; ``geometry`` is the
+    voxel grid the coordinates refer to.
+    """
+
+    frame: Delayed
+    geometry: Geometry
+
+    def compute(self, **kwargs: Any) -> pd.DataFrame:
+        return self.frame.compute(**kwargs)
+
+    def to_xarray(self, frame: pd.DataFrame) -> xr.Dataset:
+        ds = xr.Dataset.from_dataframe(frame.reset_index(drop=True).rename_axis("cell"))
+        ds.attrs.update(self.geometry.to_dict())
+        return ds
+
+
+@dataclass(frozen=True)
+class BlockCounts:
+    """Object counts per block of a regular grid over a volume.
+
+    ``counts`` is a Delayed numpy integer array of shape ``grid_shape``; block
+    ``(i, j, k)`` covers voxels ``[i*bz, (i+1)*bz) × …`` of ``geometry``.
+    """
+
+    counts: Delayed
+    block: tuple[int, int, int]
+    geometry: Geometry
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        return grid_shape(self.geometry.shape, self.block)
+
+    def compute(self, **kwargs: Any) -> np.ndarray:
+        return self.counts.compute(**kwargs)
+
+    def to_xarray(self, counts: np.ndarray) -> xr.DataArray:
+        """Counts with block-centre coordinates in µm and the total in attrs."""
+        g = self.geometry
+        coords = {}
+        for i, d in enumerate(DIMS):
+            starts = np.arange(self.grid_shape[i]) * self.block[i]
+            ends = np.minimum(starts + self.block[i], g.shape[i])
+            coords[d] = g.translation[i] + g.scale[i] * ((starts + ends - 1) / 2)
+        out = xr.DataArray(counts, dims=DIMS, coords=coords, name="count")
+        out.attrs.update({"total": int(counts.sum()), "block": list(self.block), **g.to_dict()})
+        return out
+
+
+def grid_shape(shape: Sequence[int], block: Sequence[int]) -> tuple[int, int, int]:
+    """Number of blocks of size ``block`` needed to cover ``shape`` (last ones may be partial)."""
+    return tuple(-(-int(s) // int(b)) for s, b in zip(shape, block))  # type: ignore[return-value]
+
+
+def adapt_call(opdef: OpDef) -> Callable[..., Any]:
+    """Wrap an op so it also takes numpy/dask arrays and answers in kind.
+
+    Inside the graph ops get DataArrays; called directly on numpy arrays an op
+    returns numpy (or a pandas DataFrame for Points), on dask arrays a dask array.
+    """
+    func = opdef.func
+    array_ports = [p.name for p in opdef.inputs if any(t.is_array for t in p.types)]
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        bound = list(args)
+        kinds = set()
+        for i, port in enumerate(opdef.inputs):
+            if i >= len(bound):
+                break
+            value = bound[i]
+            if port.name in array_ports and value is not None and not isinstance(value, (Table, BlockCounts)):
+                kinds.add(type(value))
+                bound[i] = to_dataarray(value, port.name)
+        result = func(*bound, **kwargs)
+        if kinds and kinds <= {np.ndarray}:
+            return _materialise(result)
+        if kinds and kinds <= {da.Array, np.ndarray} and isinstance(result, xr.DataArray):
+            return result.data
+        return result
+
+    return call
+
+
+def _materialise(result: Any) -> Any:
+    """Compute a small result of a direct call on in-memory numpy input."""
+    if isinstance(result, xr.DataArray):
+        return result.data.compute() if isinstance(result.data, da.Array) else result.values
+    if isinstance(result, (Table, BlockCounts)):
+        return result.compute(scheduler="threads")
+    return result
+
+
+def block_slices(chunks: Sequence[Sequence[int]]) -> list[tuple[tuple[int, ...], tuple[slice, ...]]]:
+    """Every block's index and its slices in the whole array."""
+    import itertools
+
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
+    out = []
+    for idx in itertools.product(*(range(len(c)) for c in chunks)):
+        sl = tuple(slice(int(starts[a][i]), int(starts[a][i] + chunks[a][i])) for a, i in enumerate(idx))
+        out.append((idx, sl))
+    return out
+
+
+__all__ = ["DIMS", "Geometry", "Table", "BlockCounts", "wrap", "like", "to_dataarray", "block_slices"]
