@@ -1,0 +1,200 @@
+"""Execute a plan: one compute over every write and small result, then commit.
+
+The client is the caller's, else one connected to ``cluster.address``, else a
+LocalCluster sized to the machine (or a local dask scheduler when the caller
+asks for ``scheduler="threads"``/``"sync"``, handy in notebooks and tests).
+Manifest entries are committed only after the compute returned, so an entry
+never describes an incomplete store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import fsspec
+import xarray as xr
+
+from .errors import CvplError
+from .lower import Lowered, lower
+from .manifest import Entry
+from .outputs import write_block_counts, write_points
+from .plan import CACHED, Plan, make_plan
+from .spec import Spec
+from .storage import read_value, write_array
+from .types import PortType
+from .values import BlockCounts, Table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    """What a run did."""
+
+    computed: list[str] = field(default_factory=list)  # nodes whose op ran
+    cached: list[str] = field(default_factory=list)  # nodes read from the cache
+    committed: list[str] = field(default_factory=list)  # nodes newly stored
+    outputs: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    dashboard: str | None = None
+
+
+class Results(Mapping[str, Any]):
+    """Node name → xarray value (DataArray for arrays, Dataset for Points, DataArray for BlockCounts)."""
+
+    def __init__(self, values: dict[str, Any], report: RunReport, plan: Plan) -> None:
+        self._values = values
+        self.report = report
+        self.plan = plan
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+@contextlib.contextmanager
+def connect(spec: Spec, client: Any = None, scheduler: str | None = None) -> Iterator[Any]:
+    """Yield a distributed Client (or None for a local dask scheduler)."""
+    if client is not None:
+        yield client
+        return
+    if scheduler in ("threads", "sync", "synchronous", "processes"):
+        with dask.config.set(scheduler=scheduler):
+            yield None
+        return
+    from distributed import Client, LocalCluster
+
+    address = scheduler or spec.cluster.address
+    if address:
+        try:
+            c = Client(address, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise CvplError(f"cannot reach the dask scheduler at {address}: {exc}") from None
+        with c:
+            yield c
+        return
+    c = spec.cluster
+    workers = c.n_workers or max(1, os.cpu_count() or 1)
+    with LocalCluster(n_workers=workers, threads_per_worker=c.threads_per_worker or 1,
+                      memory_limit=c.memory_limit, processes=True, dashboard_address=":0") as cluster, Client(cluster) as cl:
+        yield cl
+
+
+def _compute(targets: list[Any], client: Any, progress: bool) -> list[Any]:
+    if client is None:
+        if progress:
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar(dt=1.0):
+                return list(dask.compute(*targets))
+        return list(dask.compute(*targets))
+    futures = client.compute(targets)
+    if progress:
+        from distributed import progress as show
+
+        show(futures, notebook=False)
+        print()
+    return client.gather(futures)
+
+
+def _store_bytes(url: str) -> int:
+    fs, root = fsspec.core.url_to_fs(url)
+    try:
+        return int(fs.du(root))
+    except FileNotFoundError:
+        return 0
+
+
+def _commit(plan: Plan, lowered: Lowered, seconds: float) -> list[str]:
+    committed = []
+    graph_nodes = {n: plan.graph.nodes[n]["node"] for n in lowered.writes}
+    for name in lowered.writes:
+        node = graph_nodes[name]
+        value = lowered.values[name]
+        url = plan.manifest.store_url(lowered.stores[name])
+        array = value.data if isinstance(value, xr.DataArray) else None
+        entry = Entry(
+            key=node.key, node=name, op=node.op.name, version=node.op.version, params=dict(node.params),
+            inputs={port: plan.graph.nodes[src]["node"].key for port, src in node.inputs},
+            type=str(node.output), store=lowered.stores[name], store_options=node.spec.store.to_dict(),
+            shape=list(array.shape) if array is not None else None,
+            dtype=str(array.dtype) if array is not None else None,
+            chunks=[c[0] for c in array.chunks] if array is not None else None,
+            bytes=_store_bytes(url), seconds=round(seconds, 3), created=time.time(), spec=plan.spec.path,
+        )
+        plan.manifest.commit(entry)
+        committed.append(name)
+    return committed
+
+
+def execute(plan: Plan, *, client: Any = None, scheduler: str | None = None, progress: bool = False) -> Results:
+    """Run everything the plan marks to compute, write outputs, commit the cache."""
+    spec = plan.spec
+    lowered = lower(plan)
+    report = RunReport(computed=list(lowered.ops_called),
+                       cached=[n for n, p in plan.nodes.items() if p.status == CACHED])
+    small = {n: v for n, v in lowered.values.items() if isinstance(v, (Table, BlockCounts))}
+    array_outputs = []
+    for name, target in spec.outputs:
+        value = lowered.values[name]
+        if isinstance(value, xr.DataArray):
+            node = plan.graph.nodes[name]["node"]
+            array_outputs += write_array(target, value, node.output, node.spec.store, name)
+    writes = [w for ws in lowered.writes.values() for w in ws]
+    targets = writes + array_outputs + [v.frame if isinstance(v, Table) else v.counts for v in small.values()]
+    start = time.perf_counter()
+    with connect(spec, client, scheduler) as cl:
+        if cl is not None:
+            report.dashboard = getattr(cl, "dashboard_link", None)
+        computed = _compute(targets, cl, progress)
+    report.seconds = time.perf_counter() - start
+    report.committed = _commit(plan, lowered, report.seconds)
+    small_results = dict(zip(small, computed[len(writes) + len(array_outputs):]))
+    results: dict[str, Any] = {}
+    for name, value in lowered.values.items():
+        if name in small_results:
+            results[name] = value.to_xarray(small_results[name])
+        elif name in lowered.stores:  # stored in this run: hand out the stored copy, not a recomputation
+            results[name] = read_value(plan.manifest.store_url(lowered.stores[name]), plan.graph.nodes[name]["node"].output)
+        else:
+            results[name] = value
+    for name, target in spec.outputs:
+        kind = plan.graph.nodes[name]["node"].output
+        if kind is PortType.Points:
+            write_points(target, small_results[name])
+        elif kind is PortType.BlockCounts:
+            write_block_counts(target, results[name])
+        report.outputs[name] = target
+    return Results(results, report, plan)
+
+
+def run(spec: Spec, *, client: Any = None, scheduler: str | None = None, viewer: Any = None,
+        progress: bool = False) -> Results:
+    """Compute what is not cached, write the declared outputs, return every node's value.
+
+    Parameters
+    ----------
+    spec : Spec
+        From :func:`cvplgraph.load_spec`.
+    client : distributed.Client, optional
+        Run on this client. Otherwise ``spec.cluster.address`` or a LocalCluster.
+    scheduler : str, optional
+        A scheduler address, or ``"threads"``/``"sync"`` for dask's local schedulers.
+    viewer : napari viewer, optional
+        Reserved for displaying results; not used yet.
+    """
+    if viewer is not None:
+        raise CvplError("viewer display is not available yet")
+    return execute(make_plan(spec), client=client, scheduler=scheduler, progress=progress)

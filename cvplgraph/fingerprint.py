@@ -1,0 +1,52 @@
+"""Fingerprints of raw inputs: what their key is made of.
+
+By default a store is fingerprinted from its metadata documents and the
+listing of the selected level's chunk objects (path, size, mtime or ETag), so a
+rewritten chunk changes the key without reading any pixel data. The
+selection (channel, time point, level, crop, intensity range) is part of the
+key too; working chunks are not, because every op is chunk-invariant.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fsspec
+
+from .errors import InputError
+from .hashing import digest
+from .spec import InputSpec
+from .storage import multiscales, open_group
+
+
+def _listing(url: str) -> list[tuple[str, int, str]]:
+    fs, root = fsspec.core.url_to_fs(url)
+    try:
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        raise InputError(f"{url}: does not exist") from None
+    rows = []
+    for path, info in sorted(found.items()):
+        stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+        rows.append((path[len(root):].lstrip("/"), int(info.get("size") or 0), str(stamp)))
+    return rows
+
+
+def fingerprint_input(spec: InputSpec) -> str:
+    """Key of the raw input node."""
+    group = open_group(spec.url)
+    attrs = group.attrs.asdict()
+    ms = multiscales(attrs, spec.url)
+    if spec.level >= len(ms["datasets"]):
+        raise InputError(f"{spec.url}: level {spec.level} requested but the store has {len(ms['datasets'])} level(s)")
+    path = ms["datasets"][spec.level]["path"]
+    array = group[path]
+    meta: dict[str, Any] = {
+        "attrs": json.loads(json.dumps(attrs, default=str)),
+        "array": {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)},
+    }
+    selection = {"channel": spec.channel, "timepoint": spec.timepoint, "level": spec.level,
+                 "crop": [list(c) for c in spec.crop] if spec.crop else None,
+                 "intensity_range": list(spec.intensity_range) if spec.intensity_range else None}
+    return digest({"input": meta, "chunks": _listing(f"{spec.url.rstrip('/')}/{path}"), "selection": selection})

@@ -1,0 +1,60 @@
+"""Lower a plan to one dask graph: cached nodes become reads, the rest their op's
+expression, plus lazy writes for nodes to cache and for declared outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import xarray as xr
+
+from .compile import nodes_in_order
+from .plan import CACHED, COMPUTE, Plan
+from .spec import INPUT
+from .storage import read_input, read_value, store_suffix, write_value
+from .types import PortType
+
+
+@dataclass
+class Lowered:
+    """Lazy values per node, and the writes the run must perform."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    writes: dict[str, list[Any]] = field(default_factory=dict)  # node → lazy store writes
+    stores: dict[str, str] = field(default_factory=dict)  # node → store path relative to the cache
+    ops_called: list[str] = field(default_factory=list)
+
+
+def store_path(key: str, kind: PortType) -> str:
+    return f"stores/{key}{store_suffix(kind)}"
+
+
+def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
+    """Build every needed node's lazy value; with ``with_writes``, also create the
+    stores of nodes to cache and collect their lazy writes."""
+    out = Lowered()
+    for node in nodes_in_order(plan.graph):
+        status = plan.nodes[node.name].status
+        if node.is_input:
+            out.values[INPUT] = read_input(plan.spec.input)
+            continue
+        if status == CACHED:
+            entry = plan.entries[node.name]
+            out.values[node.name] = read_value(plan.manifest.store_url(entry.store), node.output)
+            continue
+        if status != COMPUTE:
+            continue
+        args = [out.values.get(src) for _, src in node.inputs]
+        by_port = dict(zip((p for p, _ in node.inputs), args))
+        positional = [by_port.get(port.name) for port in node.op.inputs]  # type: ignore[union-attr]
+        value = node.op.func(*positional, **dict(node.params))  # type: ignore[union-attr]
+        out.ops_called.append(node.name)
+        if isinstance(value, xr.DataArray):
+            value.name = node.name
+        out.values[node.name] = value
+        if with_writes and node.spec.cache:  # type: ignore[union-attr]
+            rel = store_path(node.key, node.output)
+            out.stores[node.name] = rel
+            out.writes[node.name] = write_value(plan.manifest.store_url(rel), value, node.output,
+                                                node.spec.store, node.name)  # type: ignore[union-attr]
+    return out

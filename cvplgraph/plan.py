@@ -1,0 +1,111 @@
+"""Plan: for every node, cached or to compute, and why. Reads metadata only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from .compile import Node, compile_spec, nodes_in_order
+from .fingerprint import fingerprint_input
+from .hashing import canonical
+from .manifest import Entry, Manifest
+from .spec import INPUT, Spec
+
+CACHED, COMPUTE, SKIP, INPUT_STATUS = "cached", "compute", "skip", "input"
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    name: str
+    op: str
+    type: str
+    key: str
+    status: str  # cached | compute | skip | input
+    reasons: tuple[str, ...] = ()
+    cache: bool = True
+    shape: tuple[int, ...] | None = None
+    chunks: tuple[int, ...] | None = None
+    dtype: str | None = None
+    nbytes: int | None = None
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    graph: nx.DiGraph
+    manifest: Manifest
+    nodes: dict[str, NodePlan] = field(default_factory=dict)
+    entries: dict[str, Entry] = field(default_factory=dict)  # node → cached entry
+
+    def to_compute(self) -> list[str]:
+        return [n for n, p in self.nodes.items() if p.status == COMPUTE]
+
+    def to_json(self) -> str:
+        return json.dumps({"spec": self.spec.path, "cache": self.manifest.url,
+                           "nodes": [asdict(p) for p in self.nodes.values()]}, indent=1)
+
+
+def _fmt(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def why(node: Node, previous: Entry | None, input_names: dict[str, str]) -> list[str]:
+    """Reasons a node's key differs from the newest entry made for the same node name."""
+    if previous is None:
+        return ["new"]
+    reasons = []
+    if previous.op != node.op.name:  # type: ignore[union-attr]
+        reasons.append(f"op changed {previous.op} → {node.op.name}")  # type: ignore[union-attr]
+    elif previous.version != node.op.version:  # type: ignore[union-attr]
+        reasons.append(f"op version changed {previous.version} → {node.op.version}")  # type: ignore[union-attr]
+    now = dict(node.params)
+    for name in sorted(set(now) | set(previous.params)):
+        old, new = previous.params.get(name, "(unset)"), now.get(name, "(unset)")
+        if canonical(old) != canonical(new):
+            new = list(new) if isinstance(new, tuple) else new
+            reasons.append(f"parameter `{name}` changed {_fmt(old)} → {_fmt(new)}")
+    for port, key in sorted(input_names.items()):
+        if previous.inputs.get(port) != key:
+            reasons.append(f"input `{port}` changed")
+    return reasons or ["not in the cache"]
+
+
+def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
+    """Compile ``spec`` and compare every node's key with the cache."""
+    graph = compile_spec(spec, fingerprint or fingerprint_input(spec.input))
+    manifest = Manifest(spec.cache_url)
+    plan = Plan(spec, graph, manifest)
+    needed = {name for name, _ in spec.outputs}
+    statuses: dict[str, str] = {}
+    for node in nodes_in_order(graph):
+        if node.is_input:
+            plan.nodes[INPUT] = NodePlan(INPUT, "input", "Image", node.key, INPUT_STATUS, (spec.input.url,))
+            continue
+        entry = manifest.get(node.key) if node.spec.cache else None  # type: ignore[union-attr]
+        if entry is not None:
+            plan.entries[node.name] = entry
+            statuses[node.name] = CACHED
+            plan.nodes[node.name] = NodePlan(node.name, node.op.name, str(node.output), node.key, CACHED,  # type: ignore[union-attr]
+                                             (), True, _t(entry.shape), _t(entry.chunks), entry.dtype, entry.bytes)
+            continue
+        keys = {port: graph.nodes[src]["node"].key for port, src in node.inputs}
+        reasons = why(node, manifest.previous(node.name, spec.path), keys) if node.spec.cache else ["cache = false"]  # type: ignore[union-attr]
+        statuses[node.name] = COMPUTE
+        plan.nodes[node.name] = NodePlan(node.name, node.op.name, str(node.output), node.key, COMPUTE,  # type: ignore[union-attr]
+                                         tuple(reasons), node.spec.cache)  # type: ignore[union-attr]
+    # a node that is not cached is computed only when something that is computed or output needs it
+    demand = {n for n, s in statuses.items() if s == COMPUTE and plan.nodes[n].cache} | needed
+    wanted = set(demand)
+    for n in demand:
+        wanted |= nx.ancestors(graph, n)
+    for name, p in plan.nodes.items():
+        if p.status == COMPUTE and not p.cache and name not in wanted:
+            plan.nodes[name] = NodePlan(p.name, p.op, p.type, p.key, SKIP, ("cache = false and nothing needs it",), False)
+    return plan
+
+
+def _t(v: list[int] | None) -> tuple[int, ...] | None:
+    return tuple(v) if v is not None else None

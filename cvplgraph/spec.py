@@ -1,0 +1,395 @@
+"""TOML spec → frozen, validated :class:`Spec`.
+
+Every problem is collected with the file, line and dotted field path where
+it stands, the bad value and what was expected; :func:`load_spec` raises one
+:class:`~cvplgraph.errors.SpecError` that lists them all. The schema is
+documented in ``docs/spec.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import Problem, SpecError
+from .params import check_param
+from .registry import REGISTRY, known_ops
+
+INPUT = "input"  # the name nodes use to refer to the raw image
+AXES = ("z", "y", "x")
+COMPRESSORS = ("blosc", "zstd", "gzip", "none")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The raw image: an OME-Zarr store and what to take from it."""
+
+    url: str
+    channel: int = 0
+    timepoint: int = 0
+    level: int = 0
+    crop: tuple[tuple[int, int], ...] | None = None  # (start, stop) per z, y, x
+    intensity_range: tuple[float, float] | None = None
+    chunks: tuple[int, int, int] | None = None  # working chunks; default: the store's
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """How a cached node is stored. None of these change values, so none enter keys."""
+
+    chunks: tuple[int, int, int] | None = None
+    multiscale: int = 1
+    compressor: tuple[tuple[str, Any], ...] = (("id", "blosc"), ("cname", "zstd"), ("clevel", 3))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chunks": list(self.chunks) if self.chunks else None, "multiscale": self.multiscale,
+                "compressor": dict(self.compressor)}
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One step: an op, where its inputs come from, its parameters and storage."""
+
+    name: str
+    op: str
+    inputs: tuple[tuple[str, str], ...]  # (port, source node or "input")
+    params: tuple[tuple[str, Any], ...]  # given parameters, sorted by name
+    cache: bool = True
+    store: StoreSpec = StoreSpec()
+    view: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def input_map(self) -> dict[str, str]:
+        return dict(self.inputs)
+
+    @property
+    def param_map(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Where the graph runs: "" → a LocalCluster sized to the machine; else a scheduler address."""
+
+    address: str = ""
+    n_workers: int = 0  # 0 → one per core
+    threads_per_worker: int = 0  # 0 → 1
+    memory_limit: str = "auto"
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: str
+    input: InputSpec
+    nodes: tuple[NodeSpec, ...]
+    cache_url: str
+    cluster: ClusterSpec = ClusterSpec()
+    outputs: tuple[tuple[str, str], ...] = ()  # (node, path)
+    locations: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def node(self, name: str) -> NodeSpec:
+        return next(n for n in self.nodes if n.name == name)
+
+    def line(self, path: str) -> int | None:
+        """Line of a dotted field path (or its nearest enclosing table)."""
+        while path:
+            if path in self.locations:
+                return self.locations[path]
+            path = path.rpartition(".")[0]
+        return None
+
+    def problem(self, path: str, message: str) -> Problem:
+        return Problem(self.path, self.line(path), path, message)
+
+
+# --- locating fields in the TOML text -------------------------------------------------------
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r'^\s*("[^"]*"|\'[^\']*\'|[A-Za-z0-9_.\-]+)\s*=')
+_INLINE_KEY = re.compile(r'[{,]\s*("[^"]*"|[A-Za-z0-9_\-]+)\s*=')
+
+
+def _dotted(text: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in text.split("."))
+
+
+def locate_fields(text: str) -> dict[str, int]:
+    """Map dotted field paths to 1-based line numbers (tables, keys and inline-table keys)."""
+    out: dict[str, int] = {}
+    table = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if m := _HEADER.match(line):
+            table = _dotted(m.group(1))
+            out.setdefault(table, number)
+            continue
+        if m := _KEY.match(line):
+            key = _dotted(m.group(1))
+            path = f"{table}.{key}" if table else key
+            out.setdefault(path, number)
+            for sub in _INLINE_KEY.finditer(line[m.end():]):
+                out.setdefault(f"{path}.{_dotted(sub.group(1))}", number)
+    return out
+
+
+# --- small parsers: each returns a normalised value or records a problem ----------------------
+
+
+class _Collector:
+    def __init__(self, file: str, locations: dict[str, int]) -> None:
+        self.file = file
+        self.locations = locations
+        self.problems: list[Problem] = []
+
+    def line(self, path: str) -> int | None:
+        while path:
+            if path in self.locations:
+                return self.locations[path]
+            path = path.rpartition(".")[0]
+        return None
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(Problem(self.file, self.line(path), path, message))
+
+    def unknown_keys(self, table: Mapping[str, Any], allowed: list[str], path: str) -> None:
+        for key in table:
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, allowed, n=1)
+                maybe = f" (did you mean `{hint[0]}`?)" if hint else ""
+                self.add(f"{path}.{key}" if path else key,
+                         f"unknown field `{key}`{maybe}; expected one of: {', '.join(allowed)}")
+
+    def typed(self, table: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...], expected: str,
+              default: Any = None, required: bool = False) -> Any:
+        full = f"{path}.{key}"
+        if key not in table:
+            if required:
+                self.add(full, f"missing; expected {expected}")
+            return default
+        value = table[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))):
+            self.add(full, f"expected {expected}, got {value!r}")
+            return default
+        return value
+
+    def int_list(self, value: Any, full: str, length: int, minimum: int) -> tuple[int, ...] | None:
+        ok = (isinstance(value, list) and len(value) == length
+              and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value))
+        if not ok:
+            self.add(full, f"expected a list of {length} integers ≥ {minimum}, got {value!r}")
+            return None
+        return tuple(value)
+
+
+def _resolve(url: str, base: Path) -> str:
+    """Local relative paths are relative to the spec's folder; URLs stay as they are."""
+    if "://" in url or Path(url).is_absolute():
+        return url
+    return str((base / url).resolve())
+
+
+def _parse_input(raw: Any, c: _Collector, base: Path) -> InputSpec | None:
+    if not isinstance(raw, dict):
+        c.add("input", "missing [input] table; expected url = \"path/to/image.ome.zarr\"")
+        return None
+    c.unknown_keys(raw, ["url", "channel", "timepoint", "level", "crop", "intensity_range", "chunks"], "input")
+    url = c.typed(raw, "url", "input", str, "an OME-Zarr path or fsspec URL (a string)", required=True)
+    if isinstance(url, str) and not url.strip():
+        c.add("input.url", "expected an OME-Zarr path or fsspec URL, got an empty string")
+    ints = {}
+    for key in ("channel", "timepoint", "level"):
+        v = c.typed(raw, key, "input", int, "an integer ≥ 0", default=0)
+        if v < 0:
+            c.add(f"input.{key}", f"expected an integer ≥ 0, got {v!r}")
+            v = 0
+        ints[key] = v
+    crop = None
+    if "crop" in raw:
+        crop = _parse_crop(raw["crop"], c)
+    irange = None
+    if "intensity_range" in raw:
+        v = raw["intensity_range"]
+        if (isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                and v[0] < v[1]):
+            irange = (float(v[0]), float(v[1]))
+        else:
+            c.add("input.intensity_range", f"expected [low, high] with low < high, got {v!r}")
+    chunks = c.int_list(raw["chunks"], "input.chunks", 3, 1) if "chunks" in raw else None
+    if not isinstance(url, str) or not url.strip():
+        return None
+    return InputSpec(_resolve(url, base), ints["channel"], ints["timepoint"], ints["level"], crop, irange, chunks)  # type: ignore[arg-type]
+
+
+def _parse_crop(raw: Any, c: _Collector) -> tuple[tuple[int, int], ...] | None:
+    if not isinstance(raw, dict):
+        c.add("input.crop", f"expected a table like {{ z = [0, 64], y = [0, 512], x = [0, 512] }}, got {raw!r}")
+        return None
+    c.unknown_keys(raw, list(AXES), "input.crop")
+    out = []
+    for axis in AXES:
+        v = raw.get(axis)
+        if v is None:
+            out.append((0, -1))  # whole axis; clamped when the input is opened
+            continue
+        if (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+                and 0 <= v[0] < v[1]):
+            out.append((v[0], v[1]))
+        else:
+            c.add(f"input.crop.{axis}", f"expected [start, stop] voxels with 0 ≤ start < stop, got {v!r}")
+            out.append((0, -1))
+    return tuple(out)
+
+
+def _parse_store(raw: Any, c: _Collector, path: str) -> StoreSpec:
+    if not isinstance(raw, dict):
+        c.add(path, f"expected a table like {{ chunks = [64, 256, 256], multiscale = 1 }}, got {raw!r}")
+        return StoreSpec()
+    c.unknown_keys(raw, ["chunks", "multiscale", "compressor"], path)
+    chunks = c.int_list(raw["chunks"], f"{path}.chunks", 3, 1) if "chunks" in raw else None
+    levels = c.typed(raw, "multiscale", path, int, "an integer ≥ 1 (number of pyramid levels)", default=1)
+    if levels < 1:
+        c.add(f"{path}.multiscale", f"expected an integer ≥ 1 (number of pyramid levels), got {levels!r}")
+        levels = 1
+    compressor = StoreSpec().compressor
+    if "compressor" in raw:
+        comp = raw["compressor"]
+        cid = comp.get("id") if isinstance(comp, dict) else None
+        if cid not in COMPRESSORS:
+            c.add(f"{path}.compressor", f"expected a table with id one of {', '.join(COMPRESSORS)}, got {comp!r}")
+        else:
+            compressor = tuple(sorted(comp.items()))
+    return StoreSpec(chunks, levels, compressor)  # type: ignore[arg-type]
+
+
+def _parse_node(name: str, raw: Any, c: _Collector) -> NodeSpec | None:
+    path = f"nodes.{name}"
+    if not isinstance(raw, dict):
+        c.add(path, f"expected a table [nodes.{name}] with op = \"...\", got {raw!r}")
+        return None
+    if name == INPUT:
+        c.add(path, f"`{INPUT}` is the raw image's name; choose another node name")
+    opname = c.typed(raw, "op", path, str, f"an op name ({', '.join(known_ops())})", required=True)
+    if opname is None:
+        return None
+    if opname not in REGISTRY:
+        hint = difflib.get_close_matches(opname, known_ops(), n=1)
+        maybe = f" (did you mean `{hint[0]}`?)" if hint else ""
+        c.add(f"{path}.op", f"unknown op {opname!r}{maybe}; known ops: {', '.join(known_ops())}")
+        return None
+    opdef = REGISTRY[opname]
+    reserved = ["op", "cache", "store", "view"]
+    ports = [p.name for p in opdef.inputs]
+    params = [p.name for p in opdef.params]
+    c.unknown_keys(raw, reserved + ports + params, path)
+    inputs = []
+    for port in opdef.inputs:
+        if port.name not in raw:
+            if not port.optional:
+                c.add(f"{path}.{port.name}", f"missing input `{port.name}`; expected the name of a node or \"{INPUT}\"")
+            continue
+        source = raw[port.name]
+        if not isinstance(source, str) or not source:
+            c.add(f"{path}.{port.name}", f"expected the name of a node or \"{INPUT}\", got {source!r}")
+            continue
+        inputs.append((port.name, source))
+    given = []
+    for p in opdef.params:
+        if p.name not in raw:
+            if p.required:
+                c.add(f"{path}.{p.name}", f"missing parameter `{p.name}`; expected {p.describe()}")
+            continue
+        ok, value = check_param(p, raw[p.name])
+        if not ok:
+            c.add(f"{path}.{p.name}", f"expected {p.describe()}, got {raw[p.name]!r}")
+            continue
+        given.append((p.name, value))
+    cache = c.typed(raw, "cache", path, bool, "true or false", default=True)
+    store = _parse_store(raw["store"], c, f"{path}.store") if "store" in raw else StoreSpec()
+    view = raw.get("view", {})
+    if not isinstance(view, dict):
+        c.add(f"{path}.view", f"expected a table of display options, got {view!r}")
+        view = {}
+    return NodeSpec(name, opname, tuple(inputs), tuple(sorted(given)), cache, store, tuple(sorted(view.items())))
+
+
+def _parse_cluster(raw: Any, c: _Collector) -> ClusterSpec:
+    if not isinstance(raw, dict):
+        c.add("cluster", f"expected a table, got {raw!r}")
+        return ClusterSpec()
+    c.unknown_keys(raw, ["address", "n_workers", "threads_per_worker", "memory_limit"], "cluster")
+    address = c.typed(raw, "address", "cluster", str, "\"\" or a scheduler address such as \"tcp://127.0.0.1:8786\"", default="")
+    if address and not re.match(r"^(tcp|tls|inproc|ws|wss|ucx)://", address):
+        c.add("cluster.address", f"expected \"\" or a scheduler address such as \"tcp://127.0.0.1:8786\", got {address!r}")
+    workers = c.typed(raw, "n_workers", "cluster", int, "an integer ≥ 0 (0 = one per core)", default=0)
+    threads = c.typed(raw, "threads_per_worker", "cluster", int, "an integer ≥ 0 (0 = 1)", default=0)
+    memory = c.typed(raw, "memory_limit", "cluster", str, "a size such as \"4GiB\" or \"auto\"", default="auto")
+    for key, value in (("n_workers", workers), ("threads_per_worker", threads)):
+        if value < 0:
+            c.add(f"cluster.{key}", f"expected an integer ≥ 0, got {value!r}")
+    return ClusterSpec(address, max(workers, 0), max(threads, 0), memory)
+
+
+def parse_spec(text: str, path: str = "<spec>") -> Spec:
+    """Parse and validate spec text; raise :class:`SpecError` listing every problem."""
+    from .compile import graph_problems
+
+    locations = locate_fields(text)
+    c = _Collector(path, locations)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise SpecError([Problem(path, int(m.group(1)) if m else None, "toml", f"not valid TOML: {exc}")]) from None
+    base = Path(path).resolve().parent if path != "<spec>" else Path.cwd()
+    c.unknown_keys(raw, ["input", "nodes", "cache", "cluster", "outputs"], "")
+    inp = _parse_input(raw.get("input"), c, base)
+    nodes_raw = raw.get("nodes", {})
+    nodes = []
+    if not isinstance(nodes_raw, dict) or not nodes_raw:
+        c.add("nodes", "expected at least one [nodes.NAME] table with op = \"...\"")
+    else:
+        for name, body in nodes_raw.items():
+            node = _parse_node(name, body, c)
+            if node is not None:
+                nodes.append(node)
+    cache_raw = raw.get("cache", {})
+    cache_url = ""
+    if isinstance(cache_raw, dict):
+        c.unknown_keys(cache_raw, ["url"], "cache")
+        cache_url = c.typed(cache_raw, "url", "cache", str, "a folder path or fsspec URL", default="cache")
+        if not cache_url.strip():
+            c.add("cache.url", "expected a folder path or fsspec URL, got an empty string")
+    else:
+        c.add("cache", f"expected a table with url = \"...\", got {cache_raw!r}")
+    cluster = _parse_cluster(raw.get("cluster", {}), c)
+    outputs = []
+    out_raw = raw.get("outputs", {})
+    if isinstance(out_raw, dict):
+        for node_name, target in out_raw.items():
+            if not isinstance(target, str) or not target:
+                c.add(f"outputs.{node_name}", f"expected a file path (string), got {target!r}")
+            else:
+                outputs.append((node_name, _resolve(target, base)))
+    else:
+        c.add("outputs", f"expected a table node = \"path\", got {out_raw!r}")
+    if inp is None:
+        raise SpecError(c.problems)
+    spec = Spec(path, inp, tuple(nodes), _resolve(cache_url or "cache", base), cluster, tuple(outputs), locations)
+    problems = c.problems + graph_problems(spec, {n for n in (nodes_raw if isinstance(nodes_raw, dict) else {})})
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, parse and validate a spec file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([Problem(str(path), None, "file", f"cannot read the spec: {exc.strerror}")]) from None
+    return parse_spec(text, str(p))

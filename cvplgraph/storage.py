@@ -1,0 +1,267 @@
+"""OME-Zarr and table stores: reading the raw input, writing and reading cached values.
+
+Images, masks and labels are written as OME-NGFF 0.5 multiscale groups (zarr
+v3), labels with ``image-label`` metadata; inputs are read in NGFF 0.4 (zarr
+v2) or 0.5 (zarr v3). Points and BlockCounts are zarr groups with one array per
+column and their geometry in the group attributes. Writes are lazy (dask
+``store(..., compute=False)``) so they join the run's single graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from dask.delayed import Delayed
+
+from .errors import InputError
+from .spec import InputSpec, StoreSpec
+from .types import PortType
+from .values import DIMS, BlockCounts, Geometry, Table, wrap
+
+NGFF_VERSION = "0.5"
+
+
+# --- reading OME-Zarr -------------------------------------------------------------------------
+
+
+def open_group(url: str, mode: str = "r") -> zarr.Group:
+    try:
+        return zarr.open_group(url, mode=mode)  # type: ignore[arg-type]
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError) as exc:
+        raise InputError(f"{url}: not a readable zarr group ({exc.__class__.__name__}: {exc})") from None
+
+
+def multiscales(attrs: dict[str, Any], url: str) -> dict[str, Any]:
+    """The first ``multiscales`` entry of NGFF 0.5 (``attrs["ome"]``) or 0.4 metadata."""
+    meta = attrs.get("ome", attrs)
+    ms = meta.get("multiscales")
+    if not ms:
+        raise InputError(f"{url}: no OME-NGFF 'multiscales' metadata; expected an OME-Zarr image")
+    return ms[0]
+
+
+def _transforms(items: Sequence[dict[str, Any]], ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    scale, translation = np.ones(ndim), np.zeros(ndim)
+    for t in items or ():
+        if t.get("type") == "scale":
+            scale = scale * np.asarray(t["scale"], dtype=float)
+        elif t.get("type") == "translation":
+            translation = translation + np.asarray(t["translation"], dtype=float)
+    return scale, translation
+
+
+def axis_names(ms: dict[str, Any], ndim: int) -> list[str]:
+    axes = ms.get("axes")
+    if not axes:  # NGFF ≤ 0.3: fixed order ending in z, y, x
+        return list("tczyx"[-ndim:])
+    return [a["name"] if isinstance(a, dict) else str(a) for a in axes]
+
+
+def read_input(spec: InputSpec) -> xr.DataArray:
+    """The raw image as a lazy float32 (z, y, x) DataArray in [0, 1] with physical coordinates."""
+    group = open_group(spec.url)
+    ms = multiscales(group.attrs.asdict(), spec.url)
+    datasets = ms["datasets"]
+    if spec.level >= len(datasets):
+        raise InputError(f"{spec.url}: level {spec.level} requested but the store has {len(datasets)} level(s)")
+    ds = datasets[spec.level]
+    try:
+        array = group[ds["path"]]
+    except KeyError:
+        raise InputError(f"{spec.url}: multiscale dataset {ds['path']!r} is missing") from None
+    names = axis_names(ms, array.ndim)
+    if not set(DIMS) <= set(names):
+        raise InputError(f"{spec.url}: axes {names} lack one of z, y, x")
+    scale, translation = _transforms(ds.get("coordinateTransformations", []), array.ndim)
+    gscale, gtrans = _transforms(ms.get("coordinateTransformations", []), array.ndim)
+    scale, translation = scale * gscale, translation * gscale + gtrans
+    data = da.from_zarr(array)
+    index: list[Any] = []
+    for axis, size in zip(names, array.shape):
+        if axis in DIMS:
+            index.append(slice(None))
+            continue
+        pick = {"c": spec.channel, "t": spec.timepoint}.get(axis, 0)
+        if pick >= size:
+            raise InputError(f"{spec.url}: {axis}={pick} requested but axis {axis!r} has size {size}")
+        index.append(pick)
+    data = data[tuple(index)]
+    keep = [i for i, a in enumerate(names) if a in DIMS]
+    order = [names[i] for i in keep]
+    data = data.transpose([order.index(d) for d in DIMS])
+    zyx = [keep[order.index(d)] for d in DIMS]
+    scale, translation = scale[zyx], translation[zyx]
+    if spec.crop:
+        sl = []
+        for (start, stop), size, axis in zip(spec.crop, data.shape, DIMS):
+            stop = size if stop < 0 else stop
+            if start >= size or stop > size:
+                raise InputError(f"{spec.url}: crop {axis} = [{start}, {stop}] exceeds the axis size {size}")
+            sl.append(slice(start, stop))
+        translation = translation + scale * np.array([s.start for s in sl])
+        data = data[tuple(sl)]
+    if spec.chunks:
+        data = data.rechunk(spec.chunks)
+    data = to_unit_float(data, spec.intensity_range)
+    geometry = Geometry(tuple(int(s) for s in data.shape), tuple(scale.tolist()), tuple(translation.tolist()))  # type: ignore[arg-type]
+    return wrap(data, geometry, name="input")
+
+
+def to_unit_float(data: da.Array, intensity_range: tuple[float, float] | None) -> da.Array:
+    """Scale to float32 in [0, 1] by the declared range, else by the integer dtype's range."""
+    if intensity_range is not None:
+        low, high = intensity_range
+    elif np.issubdtype(data.dtype, np.integer):
+        info = np.iinfo(data.dtype)
+        low, high = float(max(info.min, 0)), float(info.max)
+    elif np.issubdtype(data.dtype, np.floating):
+        return data.astype(np.float32)
+    else:
+        raise InputError(f"unsupported input dtype {data.dtype}; expected an integer or float image")
+    scale = np.float32(1.0 / (high - low))
+    return da.clip((data.astype(np.float32) - np.float32(low)) * scale, 0, 1).astype(np.float32)
+
+
+# --- writing OME-Zarr -------------------------------------------------------------------------
+
+
+def compressors(options: dict[str, Any]) -> list[Any]:
+    cid = options.get("id", "blosc")
+    if cid == "blosc":
+        return [zarr.codecs.BloscCodec(cname=options.get("cname", "zstd"), clevel=int(options.get("clevel", 3)),
+                                       shuffle="bitshuffle" if options.get("shuffle") == "bit" else "shuffle")]
+    if cid == "zstd":
+        return [zarr.codecs.ZstdCodec(level=int(options.get("level", options.get("clevel", 3))))]
+    if cid == "gzip":
+        return [zarr.codecs.GzipCodec(level=int(options.get("level", options.get("clevel", 5))))]
+    return []
+
+
+def _downsample(data: da.Array, kind: PortType) -> da.Array:
+    """One pyramid step: ×2 along every axis longer than 1; mean for images, nearest for labels."""
+    factors = {a: 2 if s > 1 else 1 for a, s in enumerate(data.shape)}
+    if kind.is_label:
+        return data[tuple(slice(None, None, f) for f in factors.values())]
+    chunks = tuple(max(f, c - c % f) for c, f in zip((c[0] for c in data.chunks), factors.values()))
+    return da.coarsen(np.mean, data.rechunk(chunks), factors, trim_excess=True).astype(data.dtype)
+
+
+def ngff_metadata(geometry: Geometry, levels: int, kind: PortType, name: str) -> dict[str, Any]:
+    datasets = []
+    for level in range(levels):
+        factor = np.array([2.0 ** level if s > 1 else 1.0 for s in geometry.shape])
+        datasets.append({"path": str(level), "coordinateTransformations": [
+            {"type": "scale", "scale": (np.asarray(geometry.scale) * factor).tolist()},
+            {"type": "translation", "translation": list(geometry.translation)},
+        ]})
+    ome: dict[str, Any] = {"version": NGFF_VERSION, "multiscales": [{
+        "name": name,
+        "axes": [{"name": d, "type": "space", "unit": "micrometer"} for d in DIMS],
+        "datasets": datasets,
+    }]}
+    if kind.is_label:
+        ome["image-label"] = {"version": NGFF_VERSION}
+    return {"ome": ome}
+
+
+def write_array(url: str, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str) -> list[Any]:
+    """Create the OME-Zarr group at ``url`` now; return the lazy writes of its levels."""
+    geometry = Geometry.of(value)
+    group = zarr.open_group(url, mode="w")
+    group.attrs.update(ngff_metadata(geometry, store.multiscale, kind, name))
+    data = value.data
+    writes = []
+    for level in range(store.multiscale):
+        if level:
+            data = _downsample(data, kind)
+        chunks = tuple(min(c, s) for c, s in zip(store.chunks or tuple(c[0] for c in data.chunks), data.shape))
+        array = group.create_array(str(level), shape=data.shape, chunks=chunks, dtype=data.dtype,
+                                   dimension_names=list(DIMS), compressors=compressors(dict(store.compressor)),
+                                   fill_value=0)
+        aligned = data if all(all(c % k == 0 for c in cs[:-1]) for cs, k in zip(data.chunks, chunks)) else data.rechunk(chunks)
+        writes.append(da.store(aligned, array, lock=False, compute=False))
+    return writes
+
+
+def read_array(url: str, level: int = 0) -> xr.DataArray:
+    group = open_group(url)
+    ms = multiscales(group.attrs.asdict(), url)
+    ds = ms["datasets"][level]
+    scale, translation = _transforms(ds["coordinateTransformations"], 3)
+    data = da.from_zarr(group[ds["path"]])
+    return wrap(data, Geometry(tuple(data.shape), tuple(scale.tolist()), tuple(translation.tolist())))  # type: ignore[arg-type]
+
+
+# --- tables (Points) and block counts -----------------------------------------------------------
+
+
+def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
+    group = zarr.open_group(url, mode="w")
+    for column in frame.columns:
+        values = frame[column].to_numpy()
+        group.create_array(column, data=values, chunks=(max(1, min(len(values), 1 << 20)),))
+    group.attrs["cvplgraph"] = {"type": "Points", "columns": list(frame.columns), "rows": len(frame),
+                                "geometry": geometry.to_dict()}
+    return len(frame)
+
+
+def write_table(url: str, table: Table) -> Delayed:
+    return dask.delayed(_write_table, pure=False)(url, table.frame, table.geometry)
+
+
+def read_table(url: str) -> Table:
+    group = open_group(url)
+    meta = group.attrs["cvplgraph"]
+    frame = pd.DataFrame({c: group[c][:] for c in meta["columns"]}) if meta["rows"] else pd.DataFrame(
+        {c: np.empty(0, dtype=group[c].dtype) for c in meta["columns"]})
+    return Table(dask.delayed(frame), Geometry.from_dict(meta["geometry"]))
+
+
+def _write_counts(url: str, counts: np.ndarray, block: tuple[int, int, int], geometry: Geometry) -> int:
+    group = zarr.open_group(url, mode="w")
+    group.create_array("counts", data=counts)
+    group.attrs["cvplgraph"] = {"type": "BlockCounts", "block": list(block), "total": int(counts.sum()),
+                                "geometry": geometry.to_dict()}
+    return int(counts.sum())
+
+
+def write_counts(url: str, value: BlockCounts) -> Delayed:
+    return dask.delayed(_write_counts, pure=False)(url, value.counts, value.block, value.geometry)
+
+
+def read_counts(url: str) -> BlockCounts:
+    group = open_group(url)
+    meta = group.attrs["cvplgraph"]
+    return BlockCounts(dask.delayed(group["counts"][:]), tuple(meta["block"]), Geometry.from_dict(meta["geometry"]))  # type: ignore[arg-type]
+
+
+def write_value(url: str, value: Any, kind: PortType, store: StoreSpec, name: str) -> list[Any]:
+    """Lazy writes that store ``value`` of type ``kind`` at ``url``."""
+    if kind.is_array:
+        return write_array(url, value, kind, store, name)
+    if kind is PortType.Points:
+        return [write_table(url, value)]
+    if kind is PortType.BlockCounts:
+        return [write_counts(url, value)]
+    raise InputError(f"no storage for values of type {kind}")
+
+
+def read_value(url: str, kind: PortType) -> Any:
+    if kind.is_array:
+        return read_array(url)
+    if kind is PortType.Points:
+        return read_table(url)
+    if kind is PortType.BlockCounts:
+        return read_counts(url)
+    raise InputError(f"no storage for values of type {kind}")
+
+
+def store_suffix(kind: PortType) -> str:
+    return ".ome.zarr" if kind.is_array else ".zarr"
