@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from pathlib import Path
 
 from .errors import CvplError
 from .plan import COMPUTE, Plan
@@ -66,49 +63,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import SynthParams, write_synthetic
+    from .demo import write_synthetic
+    from .synth import SynthParams
 
     try:
         params = SynthParams(shape=tuple(args.shape), chunks=tuple(args.chunks), voxel_size=tuple(args.voxel_size),
                              spacing_um=args.spacing, seed=args.seed)
     except ValueError as exc:
-        raise CvplError(str(exc)) from None
-    truth = args.truth or str(Path(args.out.rstrip("/")).with_suffix("").with_suffix("")) + "_cells.csv"
-    cells = write_synthetic(args.out, params, truth)
-    print(f"wrote {args.out} {tuple(args.shape)} with {len(cells)} cells; truth: {truth}")
+        raise CvplError(f"synth: {exc}") from None
+    out = args.out.rstrip("/")
+    truth = args.truth or (out.removesuffix(".zarr").removesuffix(".ome") + "_cells.csv")
+    cells = write_synthetic(out, params, truth)
+    print(f"wrote {out} {tuple(args.shape)} voxels of {tuple(args.voxel_size)} µm with {len(cells)} cells; "
+          f"true centres: {truth}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from importlib import resources
+    from .demo import run_demo
 
-    from .execute import execute
-    from .plan import make_plan
-    from .spec import load_spec
-    from .synth import SynthParams, write_synthetic
-
-    folder = Path(args.dir).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    spec_path = folder / "demo.toml"
-    spec_path.write_text(resources.files("cvplgraph").joinpath("specs/demo.toml").read_text(encoding="utf-8"))
-    volume = folder / "synthetic.ome.zarr"
-    start = time.perf_counter()
-    params = SynthParams(shape=tuple(args.shape), chunks=(32, 256, 256))
-    if not volume.exists():
-        print(f"writing a synthetic volume {tuple(args.shape)} with known cells → {volume}")
-        write_synthetic(str(volume), params, str(folder / "true_cells.csv"))
-    import pandas as pd
-
-    truth = pd.read_csv(folder / "true_cells.csv")
-    spec = load_spec(spec_path)
-    plan = make_plan(spec)
-    print(f"running {spec_path} ({len(plan.to_compute())} node(s) to compute)")
-    results = execute(plan, scheduler=args.scheduler, progress=not args.quiet)
-    found = int(results["counts"].attrs["total"])
-    error = 100.0 * (found - len(truth)) / max(len(truth), 1)
-    print(json.dumps({"cells_found": found, "true_cells": len(truth), "error_percent": round(error, 2)}))
-    print(f"cells found: {found}, true cells: {len(truth)} ({error:+.2f} %)")
-    print(f"time: {time.perf_counter() - start:.1f} s (pipeline {results.report.seconds:.1f} s)")
-    print(f"outputs: {', '.join(results.report.outputs.values())}")
-    print(f"cache: {spec.cache_url}  —  run `cvplgraph plan {spec_path}` to see it is all cached")
+    s = run_demo(args.dir, shape=tuple(args.shape), scheduler=args.scheduler, progress=not args.quiet)
+    print(f"cells found: {s.cells_found}, true cells: {s.true_cells} ({s.error_percent:+.2f} %)")
+    print(f"time: {s.seconds:.1f} s in all, {s.pipeline_seconds:.1f} s in the pipeline")
+    for name, target in s.outputs.items():
+        print(f"output {name}: {target}")
+    print(f"cache: {s.cache}")
+    print(f"next: `cvplgraph plan {s.spec}` shows every node cached; edit a parameter there and plan again")
     return 0

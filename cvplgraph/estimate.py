@@ -8,7 +8,7 @@ import math
 import xarray as xr
 
 from .lower import lower
-from .plan import COMPUTE, Plan, make_plan
+from .plan import COMPUTE, INPUT_STATUS, Plan, make_plan
 from .spec import Spec
 from .values import BlockCounts
 
@@ -16,12 +16,10 @@ from .values import BlockCounts
 def plan_with_estimates(spec: Spec) -> Plan:
     """:func:`make_plan` plus output shape, chunks and estimated bytes of every node to compute."""
     plan = make_plan(spec)
-    if not plan.to_compute():
-        return plan
     values = lower(plan, with_writes=False).values
     for name, p in plan.nodes.items():
         value = values.get(name)
-        if p.status != COMPUTE or value is None:
+        if p.status not in (COMPUTE, INPUT_STATUS) or value is None:
             continue
         if isinstance(value, xr.DataArray):
             data = value.data

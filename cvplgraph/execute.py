@@ -88,7 +88,8 @@ def connect(spec: Spec, client: Any = None, scheduler: str | None = None) -> Ite
     c = spec.cluster
     workers = c.n_workers or max(1, os.cpu_count() or 1)
     with LocalCluster(n_workers=workers, threads_per_worker=c.threads_per_worker or 1,
-                      memory_limit=c.memory_limit, processes=True, dashboard_address=":0") as cluster, Client(cluster) as cl:
+                      memory_limit=c.memory_limit, processes=True, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as cl:
         yield cl
 
 
@@ -132,7 +133,7 @@ def _commit(plan: Plan, lowered: Lowered, seconds: float) -> list[str]:
             shape=list(array.shape) if array is not None else None,
             dtype=str(array.dtype) if array is not None else None,
             chunks=[c[0] for c in array.chunks] if array is not None else None,
-            bytes=_store_bytes(url), seconds=round(seconds, 3), created=time.time(), spec=plan.spec.path,
+            bytes=_store_bytes(url), seconds=round(seconds, 3), created=time.time(), spec=plan.spec.source,
         )
         plan.manifest.commit(entry)
         committed.append(name)

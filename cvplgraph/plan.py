@@ -92,17 +92,22 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
                                              (), True, _t(entry.shape), _t(entry.chunks), entry.dtype, entry.bytes)
             continue
         keys = {port: graph.nodes[src]["node"].key for port, src in node.inputs}
-        reasons = why(node, manifest.previous(node.name, spec.path), keys) if node.spec.cache else ["cache = false"]  # type: ignore[union-attr]
+        reasons = why(node, manifest.previous(node.name, spec.source), keys) if node.spec.cache else ["cache = false"]  # type: ignore[union-attr]
         statuses[node.name] = COMPUTE
         plan.nodes[node.name] = NodePlan(node.name, node.op.name, str(node.output), node.key, COMPUTE,  # type: ignore[union-attr]
                                          tuple(reasons), node.spec.cache)  # type: ignore[union-attr]
-    # a node that is not cached is computed only when something that is computed or output needs it
-    demand = {n for n, s in statuses.items() if s == COMPUTE and plan.nodes[n].cache} | needed
-    wanted = set(demand)
-    for n in demand:
-        wanted |= nx.ancestors(graph, n)
+    # a node that is not cached is computed only when a node to compute or an output needs it;
+    # demand flows upstream and stops at cached nodes
+    stack = [n for n, st in statuses.items() if st == COMPUTE and plan.nodes[n].cache] + sorted(needed)
+    wanted: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in wanted or statuses.get(name) != COMPUTE:
+            continue
+        wanted.add(name)
+        stack.extend(graph.predecessors(name))
     for name, p in plan.nodes.items():
-        if p.status == COMPUTE and not p.cache and name not in wanted:
+        if p.status == COMPUTE and name not in wanted:
             plan.nodes[name] = NodePlan(p.name, p.op, p.type, p.key, SKIP, ("cache = false and nothing needs it",), False)
     return plan
 

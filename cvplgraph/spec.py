@@ -92,6 +92,11 @@ class Spec:
     outputs: tuple[tuple[str, str], ...] = ()  # (node, path)
     locations: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
+    @property
+    def source(self) -> str:
+        """The spec file's absolute path (what cache entries record)."""
+        return str(Path(self.path).resolve()) if self.path != "<spec>" else self.path
+
     def node(self, name: str) -> NodeSpec:
         return next(n for n in self.nodes if n.name == name)
 

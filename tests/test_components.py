@@ -1,0 +1,151 @@
+"""connected_components and centroids on dask equal scipy on the whole array."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from cvplgraph import ops
+from cvplgraph.ops.components import label_blocks
+
+# chunkings that divide the shape, that do not, single-voxel-thin blocks, and the whole array
+CHUNKINGS = [(40, 50, 60), (7, 11, 13), (20, 25, 30), (13, 50, 9), (8, 9, 10), (1, 50, 60)]
+
+
+def blobby_mask(seed: int, shape: tuple[int, int, int] = (40, 50, 60), level: float = 0.52) -> np.ndarray:
+    """Random smooth blobs: many objects cut by block faces, with thin bridges."""
+    rng = np.random.default_rng(seed)
+    return (ndimage.gaussian_filter(rng.random(shape), 2) > level).astype(np.uint8)
+
+
+def assert_same_partition(labels: np.ndarray, reference: np.ndarray) -> None:
+    """Equal up to a permutation of ids: a bijection between the two sets of ids."""
+    assert labels.max() == reference.max()
+    assert ((labels > 0) == (reference > 0)).all()
+    pairs = np.unique(np.stack([reference.ravel(), labels.ravel()], axis=1), axis=0)
+    assert len(pairs) == reference.max() + 1  # each reference id maps to exactly one id and back
+    assert len(np.unique(pairs[:, 1])) == len(pairs)
+
+
+@pytest.mark.parametrize("connectivity", [6, 26])
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_labels_equal_scipy(connectivity: int, chunks: tuple[int, int, int], seed: int) -> None:
+    mask = blobby_mask(seed)
+    structure = ndimage.generate_binary_structure(3, 1 if connectivity == 6 else 3)
+    reference, n = ndimage.label(mask, structure)
+    assert n > 20  # the fixture really has many objects
+    labels = ops.connected_components(da.from_array(mask, chunks=chunks), connectivity=connectivity)
+    assert_same_partition(labels.compute(scheduler="threads"), reference)
+
+
+def test_diagonal_contacts_need_26_connectivity() -> None:
+    """Two voxels touching only by a corner, in four different blocks: one object in 26, two in 6."""
+    mask = np.zeros((4, 4, 4), np.uint8)
+    mask[1, 1, 1] = mask[2, 2, 2] = 1
+    arr = da.from_array(mask, chunks=2)
+    assert ops.connected_components(arr, connectivity=26).compute().max() == 1
+    assert ops.connected_components(arr, connectivity=6).compute().max() == 2
+
+
+def test_edge_diagonal_across_blocks() -> None:
+    """Voxels touching across an edge shared by four blocks (differ in y and x, same z)."""
+    mask = np.zeros((3, 4, 4), np.uint8)
+    mask[1, 1, 2] = mask[1, 2, 1] = 1
+    labels = ops.connected_components(da.from_array(mask, chunks=(3, 2, 2)), connectivity=26).compute()
+    assert labels.max() == 1
+
+
+def test_empty_and_full() -> None:
+    empty = da.zeros((10, 10, 10), dtype=np.uint8, chunks=4)
+    assert ops.connected_components(empty).compute().max() == 0
+    full = da.ones((10, 10, 10), dtype=np.uint8, chunks=4)
+    labels = ops.connected_components(full).compute()
+    assert labels.min() == labels.max() == 1
+
+
+def test_numpy_in_numpy_out() -> None:
+    mask = blobby_mask(3, (20, 20, 20))
+    out = ops.connected_components(mask)
+    assert isinstance(out, np.ndarray)
+    assert_same_partition(out, ndimage.label(mask)[0])
+
+
+def test_count_from_pass_one_needs_no_relabelled_volume() -> None:
+    mask = blobby_mask(4)
+    parts = label_blocks(da.from_array(mask, chunks=(9, 17, 23)))
+    assert parts.count.compute() == ndimage.label(mask)[1]
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+@pytest.mark.parametrize("through_cache", [False, True])
+def test_centroids_equal_center_of_mass(chunks: tuple[int, int, int], through_cache: bool) -> None:
+    """Centroids, sizes and mean intensities equal scipy's on the whole array.
+
+    ``through_cache`` feeds already-relabelled labels (as read from a store), the
+    other path merges the pass-one partial sums through the lookup table.
+    """
+    mask = blobby_mask(5)
+    rng = np.random.default_rng(9)
+    image = rng.random(mask.shape).astype(np.float32)
+    reference, n = ndimage.label(mask)
+    ids = np.arange(1, n + 1)
+    com = np.array(ndimage.center_of_mass(mask, reference, ids))
+    sizes = ndimage.sum_labels(mask, reference, ids)
+    means = ndimage.mean(image, reference, ids)
+
+    labels = ops.connected_components(da.from_array(mask, chunks=chunks))
+    if through_cache:
+        labels = da.from_array(labels.compute(), chunks=chunks)
+    table = ops.centroids(labels, da.from_array(image, chunks=chunks)).compute(scheduler="threads")
+    assert len(table) == n
+    # match rows to reference objects through any voxel of each object
+    got = table.set_index("label")
+    final = (labels.compute() if not isinstance(labels, np.ndarray) else labels)
+    order = [final[tuple(np.argwhere(reference == i)[0])] for i in ids]
+    np.testing.assert_allclose(got.loc[order, ["z", "y", "x"]].to_numpy(), com, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(got.loc[order, "volume_voxels"].to_numpy(), sizes)
+    np.testing.assert_allclose(got.loc[order, "mean_intensity"].to_numpy(), means, rtol=1e-6)
+
+
+def test_centroids_physical_coordinates() -> None:
+    import xarray as xr
+
+    from cvplgraph.values import Geometry, wrap
+
+    mask = np.zeros((6, 6, 6), np.uint8)
+    mask[2:4, 1:3, 4:6] = 1
+    geometry = Geometry((6, 6, 6), (4.0, 1.5, 0.5), (100.0, 10.0, 0.0))
+    labels = ops.connected_components(wrap(da.from_array(mask, chunks=3), geometry))
+    assert isinstance(labels, xr.DataArray)
+    row = ops.centroids(labels).compute(scheduler="threads").iloc[0]
+    assert (row.z, row.y, row.x) == (2.5, 1.5, 4.5)
+    assert (row.z_um, row.y_um, row.x_um) == (110.0, 12.25, 2.25)
+    assert row.volume_um3 == 8 * 4.0 * 1.5 * 0.5
+
+
+@pytest.mark.parametrize("chunks", [(40, 50, 60), (7, 11, 13)])
+def test_count_per_block(chunks: tuple[int, int, int]) -> None:
+    """Every object counted once, in the block holding its centroid."""
+    mask = blobby_mask(6)
+    reference, n = ndimage.label(mask)
+    com = np.array(ndimage.center_of_mass(mask, reference, np.arange(1, n + 1)))
+    block = (10, 25, 20)
+    expected = np.zeros((4, 2, 3), np.int64)
+    np.add.at(expected, tuple((np.floor(com + 0.5).astype(int) // block).T), 1)
+    labels = ops.connected_components(da.from_array(mask, chunks=chunks))
+    from_labels = ops.count(labels, block=block).compute(scheduler="threads")
+    from_points = ops.count(ops.centroids(labels), block=block).compute(scheduler="threads")
+    np.testing.assert_array_equal(from_labels, expected)
+    np.testing.assert_array_equal(from_points, expected)
+    assert from_points.sum() == n
+
+
+def test_threshold_matches_numpy() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.random((8, 9, 10)).astype(np.float32)
+    out = ops.threshold(da.from_array(image, chunks=4), level=0.25).compute()
+    np.testing.assert_array_equal(out, (image > 0.25).astype(np.uint8))
+    assert out.dtype == np.uint8
