@@ -1,0 +1,96 @@
+"""The command line, run as a user runs it: a subprocess per command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def cvplgraph(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cvplgraph", *args], capture_output=True, text=True,
+                          cwd=cwd, env=ENV, timeout=600)
+
+
+def test_demo_counts_within_two_percent_and_second_run_is_cached(tmp_path: Path) -> None:
+    """The demo with its real LocalCluster; the count must match the synthetic truth."""
+    out = cvplgraph("demo", "--dir", str(tmp_path / "demo"), "--shape", "48", "256", "256", "--quiet")
+    assert out.returncode == 0, out.stderr
+    found = int(out.stdout.split("cells found: ")[1].split(",")[0])
+    truth = len(pd.read_csv(tmp_path / "demo" / "true_cells.csv"))
+    assert truth > 500
+    assert abs(found - truth) <= 0.02 * truth
+    assert (tmp_path / "demo" / "results" / "centroids.csv").exists()
+    plan = cvplgraph("plan", str(tmp_path / "demo" / "demo.toml"), "--json")
+    assert plan.returncode == 0, plan.stderr
+    statuses = {n["name"]: n["status"] for n in json.loads(plan.stdout)["nodes"]}
+    assert statuses == {"input": "input", "mask": "cached", "cells": "cached", "centroids": "cached",
+                        "counts": "cached"}
+
+
+def test_run_then_run_again(spec_file: Path) -> None:
+    first = cvplgraph("run", str(spec_file), "--scheduler", "threads")
+    assert first.returncode == 0, first.stderr
+    assert "computed: mask, cells, centroids, counts" in first.stdout
+    csv = (spec_file.parent / "results" / "centroids.csv").read_bytes()
+    second = cvplgraph("run", str(spec_file), "--scheduler", "threads")
+    assert second.returncode == 0, second.stderr
+    assert "everything is cached" in second.stdout and "computed: nothing" in second.stdout
+    assert (spec_file.parent / "results" / "centroids.csv").read_bytes() == csv
+
+
+def test_plan_shows_reason_shape_chunks_bytes(spec_file: Path) -> None:
+    out = cvplgraph("plan", str(spec_file))
+    assert out.returncode == 0, out.stderr
+    mask_line = next(line for line in out.stdout.splitlines() if line.startswith("mask "))
+    assert "to compute" in mask_line and "48×192×192" in mask_line and "24×96×96" in mask_line
+    assert "1.7 MiB" in mask_line and mask_line.endswith("new")
+
+
+def test_bad_spec_is_one_line_exit_1_and_touches_nothing(spec_file: Path) -> None:
+    assert cvplgraph("run", str(spec_file), "--scheduler", "threads").returncode == 0
+    manifest = sorted((spec_file.parent / "cache" / "manifest").iterdir())
+    before = {p: p.read_bytes() for p in manifest}
+    text = spec_file.read_text().replace("level = 0.3", 'level = "bright"')
+    spec_file.write_text(text)
+    out = cvplgraph("run", str(spec_file))
+    assert out.returncode == 1
+    number = text.splitlines().index('level = "bright"') + 1
+    line = f"{spec_file}:{number}: nodes.mask.level: expected a number, got 'bright'"
+    assert out.stderr.strip() == f"cvplgraph: error: {line}"
+    assert "Traceback" not in out.stderr
+    assert {p: p.read_bytes() for p in sorted((spec_file.parent / "cache" / "manifest").iterdir())} == before
+    debug = cvplgraph("run", str(spec_file), "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_missing_input_is_a_clear_error(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[input]\nurl = "nowhere.ome.zarr"\n\n[nodes.m]\nop = "threshold"\nimage = "input"\n')
+    out = cvplgraph("plan", str(spec))
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"cvplgraph: error: {tmp_path / 'nowhere.ome.zarr'}: not a readable zarr group")
+    assert "Traceback" not in out.stderr
+
+
+def test_synth_writes_volume_and_truth(tmp_path: Path) -> None:
+    out = cvplgraph("synth", str(tmp_path / "v.ome.zarr"), "--shape", "16", "64", "64", "--chunks", "8", "32", "32")
+    assert out.returncode == 0, out.stderr
+    cells = pd.read_csv(tmp_path / "v_cells.csv")
+    assert len(cells) > 0 and {"z", "y", "x", "z_um", "y_um", "x_um"} <= set(cells.columns)
+    bad = cvplgraph("synth", str(tmp_path / "w.ome.zarr"), "--shape", "0", "64", "64")
+    assert bad.returncode == 1 and "shape" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_help_explains_every_command() -> None:
+    out = cvplgraph("--help")
+    assert out.returncode == 0
+    for command in ("run", "plan", "synth", "demo"):
+        assert command in out.stdout
+    assert "--json" in cvplgraph("plan", "--help").stdout
