@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_common(p)
 
+    p = sub.add_parser("ops", help="list the available ops, their inputs and parameters",
+                       description="List every registered op with its input ports, output type and parameters.")
+    p.add_argument("--markdown", action="store_true", help="the reference as Markdown (docs/ops.md)")
+    _add_common(p)
+
     p = sub.add_parser("synth", help="write a synthetic OME-Zarr volume with known cells",
                        description="Write a float32 (z, y, x) OME-Zarr volume of blob-like cells on a "
                                    "smooth background with noise, and the true centres as CSV. "

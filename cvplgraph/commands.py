@@ -62,6 +62,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ops(args: argparse.Namespace) -> int:
+    from .opsdoc import ops_markdown, ops_text
+
+    print(ops_markdown() if args.markdown else ops_text())
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .demo import write_synthetic
     from .synth import SynthParams
