@@ -16,6 +16,7 @@ import networkx as nx
 from .errors import Problem, SpecError
 from .hashing import node_key
 from .outputs import suffix_problem
+from .params import check_param
 from .registry import REGISTRY, OpDef
 from .spec import INPUT, NodeSpec, Spec
 from .types import PortType, format_types
@@ -63,7 +64,7 @@ def graph_problems(spec: Spec, declared: set[str]) -> list[Problem]:
                     f"type mismatch: `{source}` produces {produced} but `{node.name}.{port}` "
                     f"({node.op}) expects {format_types(accepted)}",
                 ))
-    graph = nx.DiGraph([(s, n.name) for n in spec.nodes for _, s in n.inputs if s in nodes])
+    graph = nx.DiGraph([(s, n.name) for n in spec.nodes for _, s in n.inputs if s in nodes and s != n.name])
     try:
         cycle = nx.find_cycle(graph)
     except nx.NetworkXNoCycle:
@@ -100,7 +101,8 @@ def compile_spec(spec: Spec, input_fingerprint: str) -> nx.DiGraph:
         ns = spec.node(name)
         opdef = REGISTRY[ns.op]
         given = ns.param_map
-        params = tuple(sorted((p.name, given.get(p.name, p.default)) for p in opdef.params))
+        params = tuple(sorted((p.name, given[p.name] if p.name in given else check_param(p, p.default)[1])
+                              for p in opdef.params))
         input_keys = {port: graph.nodes[src]["node"].key for port, src in ns.inputs}
         key = node_key(opdef.name, opdef.version, dict(params), input_keys)
         graph.nodes[name]["node"] = Node(name, opdef, ns, params, ns.inputs, opdef.output, key)

@@ -72,6 +72,7 @@ class OpDef:
     params: tuple[Param, ...]
     func: Callable[..., Any] = field(repr=False)
     summary: str = ""
+    checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict, repr=False)
 
     def port(self, name: str) -> Port | None:
         return next((p for p in self.inputs if p.name == name), None)
@@ -125,6 +126,7 @@ def op(
     inputs: Mapping[str, PortType | tuple[PortType, ...]],
     output: PortType,
     optional: tuple[str, ...] = (),
+    checks: Mapping[str, Callable[[Any], str | None]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``func`` as the op ``name``.
 
@@ -141,6 +143,10 @@ def op(
         The type of the value the op returns.
     optional : tuple of str
         Input ports that may be left unconnected (the function gets ``None``).
+    checks : mapping of str to callable, optional
+        Per-parameter value checks beyond the type, run when a spec loads: each
+        returns None when the (type-checked) value is fine, else what was expected
+        ("three positive integers (z, y, x)").
     """
     from .values import adapt_call  # local: values imports heavy array libraries
 
@@ -148,7 +154,11 @@ def op(
         ports = _normalise_ports(inputs, optional)
         params = _params_from_signature(func, {p.name for p in ports})
         doc = inspect.getdoc(func) or ""
-        opdef = OpDef(name, version, ports, output, params, func, doc.split("\n\n")[0].replace("\n", " "))
+        unknown = set(checks or {}) - {p.name for p in params}
+        if unknown:
+            raise TypeError(f"op {name}: checks name unknown parameters {sorted(unknown)}")
+        opdef = OpDef(name, version, ports, output, params, func, doc.split("\n\n")[0].replace("\n", " "),
+                      dict(checks or {}))
         if name in REGISTRY and REGISTRY[name].func is not func:
             raise CvplError(f"op {name!r} is registered twice")
         REGISTRY[name] = opdef

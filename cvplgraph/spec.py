@@ -277,6 +277,7 @@ def _parse_node(name: str, raw: Any, c: _Collector) -> NodeSpec | None:
         return None
     if name == INPUT:
         c.add(path, f"`{INPUT}` is the raw image's name; choose another node name")
+        return None
     opname = c.typed(raw, "op", path, str, f"an op name ({', '.join(known_ops())})", required=True)
     if opname is None:
         return None
@@ -308,8 +309,9 @@ def _parse_node(name: str, raw: Any, c: _Collector) -> NodeSpec | None:
                 c.add(f"{path}.{p.name}", f"missing parameter `{p.name}`; expected {p.describe()}")
             continue
         ok, value = check_param(p, raw[p.name])
-        if not ok:
-            c.add(f"{path}.{p.name}", f"expected {p.describe()}, got {raw[p.name]!r}")
+        problem = None if not ok else (opdef.checks[p.name](value) if p.name in opdef.checks else None)
+        if not ok or problem:
+            c.add(f"{path}.{p.name}", f"expected {problem or p.describe()}, got {raw[p.name]!r}")
             continue
         given.append((p.name, value))
     cache = c.typed(raw, "cache", path, bool, "true or false", default=True)
@@ -381,10 +383,11 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
                 outputs.append((node_name, _resolve(target, base)))
     else:
         c.add("outputs", f"expected a table node = \"path\", got {out_raw!r}")
-    if inp is None:
-        raise SpecError(c.problems)
-    spec = Spec(path, inp, tuple(nodes), _resolve(cache_url or "cache", base), cluster, tuple(outputs), locations)
-    problems = c.problems + graph_problems(spec, {n for n in (nodes_raw if isinstance(nodes_raw, dict) else {})})
+    # the graph is checked even when the input is unusable, so that every problem is reported at once
+    spec = Spec(path, inp or InputSpec(""), tuple(nodes), _resolve(cache_url or "cache", base), cluster,
+                tuple(outputs), locations)
+    declared = {n for n in (nodes_raw if isinstance(nodes_raw, dict) else {}) if n != INPUT}
+    problems = c.problems + graph_problems(spec, declared)
     if problems:
         raise SpecError(problems)
     return spec

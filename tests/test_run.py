@@ -12,8 +12,8 @@ from scipy import ndimage
 
 import cvplgraph
 from cvplgraph.manifest import Manifest
-from cvplgraph.storage import read_input
 from cvplgraph.spec import InputSpec
+from cvplgraph.storage import read_input
 
 
 def entries(spec: cvplgraph.Spec) -> dict[str, float]:

@@ -29,8 +29,8 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
 from dask.graph_manipulation import bind
+from dask.highlevelgraph import HighLevelGraph
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 

@@ -23,7 +23,15 @@ def _count_per_block(frame: pd.DataFrame, block: tuple[int, int, int], grid: tup
     return counts
 
 
-@op("count", version=1, inputs={"objects": (PortType.Points, PortType.Labels)}, output=PortType.BlockCounts)
+def block_problem(block: tuple[int, ...]) -> str | None:
+    """What a block size must be, or None when it is fine."""
+    if len(block) != 3 or min(block) < 1:
+        return "three positive integers (z, y, x)"
+    return None
+
+
+@op("count", version=1, inputs={"objects": (PortType.Points, PortType.Labels)}, output=PortType.BlockCounts,
+    checks={"block": block_problem})
 def count(objects: Table | xr.DataArray, *, block: tuple[int, ...] = (128, 128, 128)) -> BlockCounts:
     """Count objects in total and per block of a regular grid.
 
@@ -41,8 +49,8 @@ def count(objects: Table | xr.DataArray, *, block: tuple[int, ...] = (128, 128, 
     counts : BlockCounts
         Per-block counts; their sum is the total.
     """
-    if len(block) != 3 or min(block) < 1:
-        raise OpError(f"block must be three positive integers (z, y, x), got {list(block)}")
+    if problem := block_problem(block):
+        raise OpError(f"block must be {problem}, got {list(block)}")
     table = objects if isinstance(objects, Table) else object_table(objects)
     size = (int(block[0]), int(block[1]), int(block[2]))
     counts = dask.delayed(_count_per_block, pure=True)(table.frame, size, grid_shape(table.geometry.shape, size))
