@@ -22,13 +22,25 @@ def format_plan(plan: Plan) -> str:
     rows = [("node", "op", "type", "status", "shape", "chunks", "bytes", "why")]
     for p in plan.nodes.values():
         status = p.status if p.status != COMPUTE else "to compute"
-        rows.append((p.name, p.op, p.type, status, "×".join(map(str, p.shape)) if p.shape else "-",
-                     "×".join(map(str, p.chunks)) if p.chunks else "-", _fmt_bytes(p.nbytes), "; ".join(p.reasons)))
+        rows.append(
+            (
+                p.name,
+                p.op,
+                p.type,
+                status,
+                "×".join(map(str, p.shape)) if p.shape else "-",
+                "×".join(map(str, p.chunks)) if p.chunks else "-",
+                _fmt_bytes(p.nbytes),
+                "; ".join(p.reasons),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
     n = len(plan.to_compute())
-    lines.append(f"\n{n} node(s) to compute, {sum(p.status == 'cached' for p in plan.nodes.values())} cached; "
-                 f"cache: {plan.manifest.url}")
+    lines.append(
+        f"\n{n} node(s) to compute, {sum(p.status == 'cached' for p in plan.nodes.values())} cached; "
+        f"cache: {plan.manifest.url}"
+    )
     return "\n".join(lines)
 
 
@@ -74,15 +86,22 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from .synth import SynthParams
 
     try:
-        params = SynthParams(shape=tuple(args.shape), chunks=tuple(args.chunks), voxel_size=tuple(args.voxel_size),
-                             spacing_um=args.spacing, seed=args.seed)
+        params = SynthParams(
+            shape=tuple(args.shape),
+            chunks=tuple(args.chunks),
+            voxel_size=tuple(args.voxel_size),
+            spacing_um=args.spacing,
+            seed=args.seed,
+        )
     except ValueError as exc:
         raise CvplError(f"synth: {exc}") from None
     out = args.out.rstrip("/")
     truth = args.truth or (out.removesuffix(".zarr").removesuffix(".ome") + "_cells.csv")
     cells = write_synthetic(out, params, truth)
-    print(f"wrote {out} {tuple(args.shape)} voxels of {tuple(args.voxel_size)} µm with {len(cells)} cells; "
-          f"true centres: {truth}")
+    print(
+        f"wrote {out} {tuple(args.shape)} voxels of {tuple(args.voxel_size)} µm with {len(cells)} cells; "
+        f"true centres: {truth}"
+    )
     return 0
 
 

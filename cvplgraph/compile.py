@@ -59,11 +59,13 @@ def graph_problems(spec: Spec, declared: set[str]) -> list[Problem]:
             produced = PortType.Image if source == INPUT else REGISTRY[nodes[source].op].output
             accepted = opdef.port(port).types  # type: ignore[union-attr]
             if produced not in accepted:
-                problems.append(spec.problem(
-                    path,
-                    f"type mismatch: `{source}` produces {produced} but `{node.name}.{port}` "
-                    f"({node.op}) expects {format_types(accepted)}",
-                ))
+                problems.append(
+                    spec.problem(
+                        path,
+                        f"type mismatch: `{source}` produces {produced} but `{node.name}.{port}` "
+                        f"({node.op}) expects {format_types(accepted)}",
+                    )
+                )
     graph = nx.DiGraph([(s, n.name) for n in spec.nodes for _, s in n.inputs if s in nodes and s != n.name])
     try:
         cycle = nx.find_cycle(graph)
@@ -74,7 +76,9 @@ def graph_problems(spec: Spec, declared: set[str]) -> list[Problem]:
         problems.append(spec.problem(f"nodes.{cycle[0][0]}", f"cycle in the graph: {path}"))
     for name, target in spec.outputs:
         if name not in declared:
-            problems.append(spec.problem(f"outputs.{name}", f"unknown node {name!r}; known: {', '.join(sorted(declared))}"))
+            problems.append(
+                spec.problem(f"outputs.{name}", f"unknown node {name!r}; known: {', '.join(sorted(declared))}")
+            )
         elif name in nodes and (msg := suffix_problem(REGISTRY[nodes[name].op].output, target)):
             problems.append(spec.problem(f"outputs.{name}", msg))
     return problems
@@ -101,8 +105,9 @@ def compile_spec(spec: Spec, input_fingerprint: str) -> nx.DiGraph:
         ns = spec.node(name)
         opdef = REGISTRY[ns.op]
         given = ns.param_map
-        params = tuple(sorted((p.name, given[p.name] if p.name in given else check_param(p, p.default)[1])
-                              for p in opdef.params))
+        params = tuple(
+            sorted((p.name, given[p.name] if p.name in given else check_param(p, p.default)[1]) for p in opdef.params)
+        )
         input_keys = {port: graph.nodes[src]["node"].key for port, src in ns.inputs}
         key = node_key(opdef.name, opdef.version, dict(params), input_keys)
         graph.nodes[name]["node"] = Node(name, opdef, ns, params, ns.inputs, opdef.output, key)

@@ -50,8 +50,14 @@ def demo_spec_text() -> str:
     return resources.files("cvplgraph").joinpath("specs/demo.toml").read_text(encoding="utf-8")
 
 
-def run_demo(folder: str | Path, *, shape: tuple[int, int, int] = (64, 512, 512), scheduler: str | None = None,
-             progress: bool = False, say: Any = print) -> DemoSummary:
+def run_demo(
+    folder: str | Path,
+    *,
+    shape: tuple[int, int, int] = (64, 512, 512),
+    scheduler: str | None = None,
+    progress: bool = False,
+    say: Any = print,
+) -> DemoSummary:
     """Write a synthetic volume (once) next to a copy of the demo spec, run it, compare with the truth."""
     from .execute import execute
     from .plan import make_plan
@@ -72,5 +78,12 @@ def run_demo(folder: str | Path, *, shape: tuple[int, int, int] = (64, 512, 512)
     plan = make_plan(spec)
     say(f"running {spec_path}: {len(plan.to_compute())} node(s) to compute")
     results = execute(plan, scheduler=scheduler, progress=progress)
-    return DemoSummary(int(results["counts"].attrs["total"]), len(truth), time.perf_counter() - start,
-                       results.report.seconds, str(spec_path), spec.cache_url, dict(results.report.outputs))
+    return DemoSummary(
+        int(results["counts"].attrs["total"]),
+        len(truth),
+        time.perf_counter() - start,
+        results.report.seconds,
+        str(spec_path),
+        spec.cache_url,
+        dict(results.report.outputs),
+    )

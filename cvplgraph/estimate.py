@@ -23,9 +23,15 @@ def plan_with_estimates(spec: Spec) -> Plan:
             continue
         if isinstance(value, xr.DataArray):
             data = value.data
-            plan.nodes[name] = dataclasses.replace(p, shape=tuple(data.shape), chunks=tuple(c[0] for c in data.chunks),
-                                                   dtype=str(data.dtype), nbytes=int(data.nbytes))
+            plan.nodes[name] = dataclasses.replace(
+                p,
+                shape=tuple(data.shape),
+                chunks=tuple(c[0] for c in data.chunks),
+                dtype=str(data.dtype),
+                nbytes=int(data.nbytes),
+            )
         elif isinstance(value, BlockCounts):
-            plan.nodes[name] = dataclasses.replace(p, shape=value.grid_shape, dtype="int64",
-                                                   nbytes=8 * math.prod(value.grid_shape))
+            plan.nodes[name] = dataclasses.replace(
+                p, shape=value.grid_shape, dtype="int64", nbytes=8 * math.prod(value.grid_shape)
+            )
     return plan

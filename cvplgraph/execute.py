@@ -87,9 +87,17 @@ def connect(spec: Spec, client: Any = None, scheduler: str | None = None) -> Ite
         return
     c = spec.cluster
     workers = c.n_workers or max(1, os.cpu_count() or 1)
-    with LocalCluster(n_workers=workers, threads_per_worker=c.threads_per_worker or 1,
-                      memory_limit=c.memory_limit, processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as cl:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=c.threads_per_worker or 1,
+            memory_limit=c.memory_limit,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as cl,
+    ):
         yield cl
 
 
@@ -127,13 +135,22 @@ def _commit(plan: Plan, lowered: Lowered, seconds: float) -> list[str]:
         url = plan.manifest.store_url(lowered.stores[name])
         array = value.data if isinstance(value, xr.DataArray) else None
         entry = Entry(
-            key=node.key, node=name, op=node.op.name, version=node.op.version, params=dict(node.params),
+            key=node.key,
+            node=name,
+            op=node.op.name,
+            version=node.op.version,
+            params=dict(node.params),
             inputs={port: plan.graph.nodes[src]["node"].key for port, src in node.inputs},
-            type=str(node.output), store=lowered.stores[name], store_options=node.spec.store.to_dict(),
+            type=str(node.output),
+            store=lowered.stores[name],
+            store_options=node.spec.store.to_dict(),
             shape=list(array.shape) if array is not None else None,
             dtype=str(array.dtype) if array is not None else None,
             chunks=[c[0] for c in array.chunks] if array is not None else None,
-            bytes=_store_bytes(url), seconds=round(seconds, 3), created=time.time(), spec=plan.spec.source,
+            bytes=_store_bytes(url),
+            seconds=round(seconds, 3),
+            created=time.time(),
+            spec=plan.spec.source,
         )
         plan.manifest.commit(entry)
         committed.append(name)
@@ -144,8 +161,9 @@ def execute(plan: Plan, *, client: Any = None, scheduler: str | None = None, pro
     """Run everything the plan marks to compute, write outputs, commit the cache."""
     spec = plan.spec
     lowered = lower(plan)
-    report = RunReport(computed=list(lowered.ops_called),
-                       cached=[n for n, p in plan.nodes.items() if p.status == CACHED])
+    report = RunReport(
+        computed=list(lowered.ops_called), cached=[n for n, p in plan.nodes.items() if p.status == CACHED]
+    )
     small = {n: v for n, v in lowered.values.items() if isinstance(v, (Table, BlockCounts))}
     array_outputs = []
     for name, target in spec.outputs:
@@ -162,13 +180,15 @@ def execute(plan: Plan, *, client: Any = None, scheduler: str | None = None, pro
         computed = _compute(targets, cl, progress)
     report.seconds = time.perf_counter() - start
     report.committed = _commit(plan, lowered, report.seconds)
-    small_results = dict(zip(small, computed[len(writes) + len(array_outputs):]))
+    small_results = dict(zip(small, computed[len(writes) + len(array_outputs) :]))
     results: dict[str, Any] = {}
     for name, value in lowered.values.items():
         if name in small_results:
             results[name] = value.to_xarray(small_results[name])
         elif name in lowered.stores:  # stored in this run: hand out the stored copy, not a recomputation
-            results[name] = read_value(plan.manifest.store_url(lowered.stores[name]), plan.graph.nodes[name]["node"].output)
+            results[name] = read_value(
+                plan.manifest.store_url(lowered.stores[name]), plan.graph.nodes[name]["node"].output
+            )
         else:
             results[name] = value
     for name, target in spec.outputs:
@@ -181,8 +201,9 @@ def execute(plan: Plan, *, client: Any = None, scheduler: str | None = None, pro
     return Results(results, report, plan)
 
 
-def run(spec: Spec, *, client: Any = None, scheduler: str | None = None, viewer: Any = None,
-        progress: bool = False) -> Results:
+def run(
+    spec: Spec, *, client: Any = None, scheduler: str | None = None, viewer: Any = None, progress: bool = False
+) -> Results:
     """Compute what is not cached, write the declared outputs, return every node's value.
 
     Parameters

@@ -29,7 +29,7 @@ def _listing(url: str) -> list[tuple[str, int, str]]:
     rows = []
     for path, info in sorted(found.items()):
         stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
-        rows.append((path[len(root):].lstrip("/"), int(info.get("size") or 0), str(stamp)))
+        rows.append((path[len(root) :].lstrip("/"), int(info.get("size") or 0), str(stamp)))
     return rows
 
 
@@ -46,7 +46,11 @@ def fingerprint_input(spec: InputSpec) -> str:
         "attrs": json.loads(json.dumps(attrs, default=str)),
         "array": {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)},
     }
-    selection = {"channel": spec.channel, "timepoint": spec.timepoint, "level": spec.level,
-                 "crop": [list(c) for c in spec.crop] if spec.crop else None,
-                 "intensity_range": list(spec.intensity_range) if spec.intensity_range else None}
+    selection = {
+        "channel": spec.channel,
+        "timepoint": spec.timepoint,
+        "level": spec.level,
+        "crop": [list(c) for c in spec.crop] if spec.crop else None,
+        "intensity_range": list(spec.intensity_range) if spec.intensity_range else None,
+    }
     return digest({"input": meta, "chunks": _listing(f"{spec.url.rstrip('/')}/{path}"), "selection": selection})

@@ -55,6 +55,7 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
         if with_writes and node.spec.cache:  # type: ignore[union-attr]
             rel = store_path(node.key, node.output)
             out.stores[node.name] = rel
-            out.writes[node.name] = write_value(plan.manifest.store_url(rel), value, node.output,
-                                                node.spec.store, node.name)  # type: ignore[union-attr]
+            out.writes[node.name] = write_value(
+                plan.manifest.store_url(rel), value, node.output, node.spec.store, node.name
+            )  # type: ignore[union-attr]
     return out

@@ -70,7 +70,9 @@ class Manifest:
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, TypeError) as exc:
-            raise CacheError(f"{self.url}: manifest entry {key} is unreadable ({exc}); remove it to recompute") from None
+            raise CacheError(
+                f"{self.url}: manifest entry {key} is unreadable ({exc}); remove it to recompute"
+            ) from None
 
     def entries(self) -> list[Entry]:
         try:

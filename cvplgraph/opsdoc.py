@@ -20,15 +20,29 @@ def _default(value: object) -> str:
 
 def ops_markdown() -> str:
     """Markdown reference of every registered op: ports, output, parameters, summary."""
-    lines = ["# Op reference", "",
-             "Generated from the op registry by `cvplgraph ops --markdown`; do not edit by hand.", ""]
+    lines = [
+        "# Op reference",
+        "",
+        "Generated from the op registry by `cvplgraph ops --markdown`; do not edit by hand.",
+        "",
+    ]
     for name in known_ops():
         op = REGISTRY[name]
-        lines += [f"## `{name}` (version {op.version})", "", op.summary, "",
-                  f"Output: **{op.output}**", "", "| field | kind | type | default |", "|---|---|---|---|"]
+        lines += [
+            f"## `{name}` (version {op.version})",
+            "",
+            op.summary,
+            "",
+            f"Output: **{op.output}**",
+            "",
+            "| field | kind | type | default |",
+            "|---|---|---|---|",
+        ]
         for port in op.inputs:
-            lines.append(f"| `{port.name}` | input | {format_types(port.types)} | "
-                         f"{'optional' if port.optional else 'required'} |")
+            lines.append(
+                f"| `{port.name}` | input | {format_types(port.types)} | "
+                f"{'optional' if port.optional else 'required'} |"
+            )
         for param in op.params:
             lines.append(f"| `{param.name}` | parameter | {param.describe()} | {_default(param.default)} |")
         lines.append("")

@@ -44,8 +44,10 @@ class Plan:
         return [n for n, p in self.nodes.items() if p.status == COMPUTE]
 
     def to_json(self) -> str:
-        return json.dumps({"spec": self.spec.path, "cache": self.manifest.url,
-                           "nodes": [asdict(p) for p in self.nodes.values()]}, indent=1)
+        return json.dumps(
+            {"spec": self.spec.path, "cache": self.manifest.url, "nodes": [asdict(p) for p in self.nodes.values()]},
+            indent=1,
+        )
 
 
 def _fmt(value: Any) -> str:
@@ -88,14 +90,32 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
         if entry is not None:
             plan.entries[node.name] = entry
             statuses[node.name] = CACHED
-            plan.nodes[node.name] = NodePlan(node.name, node.op.name, str(node.output), node.key, CACHED,  # type: ignore[union-attr]
-                                             (), True, _t(entry.shape), _t(entry.chunks), entry.dtype, entry.bytes)
+            plan.nodes[node.name] = NodePlan(
+                node.name,
+                node.op.name,
+                str(node.output),
+                node.key,
+                CACHED,  # type: ignore[union-attr]
+                (),
+                True,
+                _t(entry.shape),
+                _t(entry.chunks),
+                entry.dtype,
+                entry.bytes,
+            )
             continue
         keys = {port: graph.nodes[src]["node"].key for port, src in node.inputs}
         reasons = why(node, manifest.previous(node.name, spec.source), keys) if node.spec.cache else ["cache = false"]  # type: ignore[union-attr]
         statuses[node.name] = COMPUTE
-        plan.nodes[node.name] = NodePlan(node.name, node.op.name, str(node.output), node.key, COMPUTE,  # type: ignore[union-attr]
-                                         tuple(reasons), node.spec.cache)  # type: ignore[union-attr]
+        plan.nodes[node.name] = NodePlan(
+            node.name,
+            node.op.name,
+            str(node.output),
+            node.key,
+            COMPUTE,  # type: ignore[union-attr]
+            tuple(reasons),
+            node.spec.cache,
+        )  # type: ignore[union-attr]
     # a node that is not cached is computed only when a node to compute or an output needs it;
     # demand flows upstream and stops at cached nodes
     stack = [n for n, st in statuses.items() if st == COMPUTE and plan.nodes[n].cache] + sorted(needed)
@@ -108,7 +128,9 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
         stack.extend(graph.predecessors(name))
     for name, p in plan.nodes.items():
         if p.status == COMPUTE and name not in wanted:
-            plan.nodes[name] = NodePlan(p.name, p.op, p.type, p.key, SKIP, ("cache = false and nothing needs it",), False)
+            plan.nodes[name] = NodePlan(
+                p.name, p.op, p.type, p.key, SKIP, ("cache = false and nothing needs it",), False
+            )
     return plan
 
 

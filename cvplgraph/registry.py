@@ -88,7 +88,9 @@ class UnknownOpError(CvplError):
     """No op of that name is registered."""
 
 
-def _normalise_ports(inputs: Mapping[str, PortType | tuple[PortType, ...]], optional: tuple[str, ...]) -> tuple[Port, ...]:
+def _normalise_ports(
+    inputs: Mapping[str, PortType | tuple[PortType, ...]], optional: tuple[str, ...]
+) -> tuple[Port, ...]:
     ports = []
     for name, types in inputs.items():
         accepted = frozenset(types) if isinstance(types, tuple) else frozenset({types})
@@ -109,12 +111,16 @@ def _params_from_signature(func: Callable[..., Any], port_names: set[str]) -> tu
             raise TypeError(f"op {func.__name__}: parameter {p.name!r} must be keyword-only (after *)")
         ann = hints.get(p.name)
         origin = typing.get_origin(ann)
-        ok = ann in PARAM_TYPES or origin is typing.Literal or (
-            origin is tuple and typing.get_args(ann)[1:] == (Ellipsis,) and typing.get_args(ann)[0] in (int, float)
+        ok = (
+            ann in PARAM_TYPES
+            or origin is typing.Literal
+            or (origin is tuple and typing.get_args(ann)[1:] == (Ellipsis,) and typing.get_args(ann)[0] in (int, float))
         )
         if not ok:
-            raise TypeError(f"op {func.__name__}: parameter {p.name!r} needs a type from int, float, bool, str, "
-                            f"tuple[int, ...], tuple[float, ...] or Literal[...]; got {ann!r}")
+            raise TypeError(
+                f"op {func.__name__}: parameter {p.name!r} needs a type from int, float, bool, str, "
+                f"tuple[int, ...], tuple[float, ...] or Literal[...]; got {ann!r}"
+            )
         params.append(Param(p.name, ann, p.default))
     return tuple(params)
 
@@ -157,8 +163,9 @@ def op(
         unknown = set(checks or {}) - {p.name for p in params}
         if unknown:
             raise TypeError(f"op {name}: checks name unknown parameters {sorted(unknown)}")
-        opdef = OpDef(name, version, ports, output, params, func, doc.split("\n\n")[0].replace("\n", " "),
-                      dict(checks or {}))
+        opdef = OpDef(
+            name, version, ports, output, params, func, doc.split("\n\n")[0].replace("\n", " "), dict(checks or {})
+        )
         if name in REGISTRY and REGISTRY[name].func is not func:
             raise CvplError(f"op {name!r} is registered twice")
         REGISTRY[name] = opdef

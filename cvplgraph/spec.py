@@ -47,8 +47,11 @@ class StoreSpec:
     compressor: tuple[tuple[str, Any], ...] = (("id", "blosc"), ("cname", "zstd"), ("clevel", 3))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"chunks": list(self.chunks) if self.chunks else None, "multiscale": self.multiscale,
-                "compressor": dict(self.compressor)}
+        return {
+            "chunks": list(self.chunks) if self.chunks else None,
+            "multiscale": self.multiscale,
+            "compressor": dict(self.compressor),
+        }
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ def locate_fields(text: str) -> dict[str, int]:
             key = _dotted(m.group(1))
             path = f"{table}.{key}" if table else key
             out.setdefault(path, number)
-            for sub in _INLINE_KEY.finditer(line[m.end():]):
+            for sub in _INLINE_KEY.finditer(line[m.end() :]):
                 out.setdefault(f"{path}.{_dotted(sub.group(1))}", number)
     return out
 
@@ -165,25 +168,40 @@ class _Collector:
             if key not in allowed:
                 hint = difflib.get_close_matches(key, allowed, n=1)
                 maybe = f" (did you mean `{hint[0]}`?)" if hint else ""
-                self.add(f"{path}.{key}" if path else key,
-                         f"unknown field `{key}`{maybe}; expected one of: {', '.join(allowed)}")
+                self.add(
+                    f"{path}.{key}" if path else key,
+                    f"unknown field `{key}`{maybe}; expected one of: {', '.join(allowed)}",
+                )
 
-    def typed(self, table: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...], expected: str,
-              default: Any = None, required: bool = False) -> Any:
+    def typed(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        path: str,
+        kind: type | tuple[type, ...],
+        expected: str,
+        default: Any = None,
+        required: bool = False,
+    ) -> Any:
         full = f"{path}.{key}"
         if key not in table:
             if required:
                 self.add(full, f"missing; expected {expected}")
             return default
         value = table[key]
-        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))):
+        if not isinstance(value, kind) or (
+            isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+        ):
             self.add(full, f"expected {expected}, got {value!r}")
             return default
         return value
 
     def int_list(self, value: Any, full: str, length: int, minimum: int) -> tuple[int, ...] | None:
-        ok = (isinstance(value, list) and len(value) == length
-              and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value))
+        ok = (
+            isinstance(value, list)
+            and len(value) == length
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
+        )
         if not ok:
             self.add(full, f"expected a list of {length} integers ≥ {minimum}, got {value!r}")
             return None
@@ -199,7 +217,7 @@ def _resolve(url: str, base: Path) -> str:
 
 def _parse_input(raw: Any, c: _Collector, base: Path) -> InputSpec | None:
     if not isinstance(raw, dict):
-        c.add("input", "missing [input] table; expected url = \"path/to/image.ome.zarr\"")
+        c.add("input", 'missing [input] table; expected url = "path/to/image.ome.zarr"')
         return None
     c.unknown_keys(raw, ["url", "channel", "timepoint", "level", "crop", "intensity_range", "chunks"], "input")
     url = c.typed(raw, "url", "input", str, "an OME-Zarr path or fsspec URL (a string)", required=True)
@@ -218,8 +236,12 @@ def _parse_input(raw: Any, c: _Collector, base: Path) -> InputSpec | None:
     irange = None
     if "intensity_range" in raw:
         v = raw["intensity_range"]
-        if (isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-                and v[0] < v[1]):
+        if (
+            isinstance(v, list)
+            and len(v) == 2
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            and v[0] < v[1]
+        ):
             irange = (float(v[0]), float(v[1]))
         else:
             c.add("input.intensity_range", f"expected [low, high] with low < high, got {v!r}")
@@ -240,8 +262,12 @@ def _parse_crop(raw: Any, c: _Collector) -> tuple[tuple[int, int], ...] | None:
         if v is None:
             out.append((0, -1))  # whole axis; clamped when the input is opened
             continue
-        if (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
-                and 0 <= v[0] < v[1]):
+        if (
+            isinstance(v, list)
+            and len(v) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            and 0 <= v[0] < v[1]
+        ):
             out.append((v[0], v[1]))
         else:
             c.add(f"input.crop.{axis}", f"expected [start, stop] voxels with 0 ≤ start < stop, got {v!r}")
@@ -273,7 +299,7 @@ def _parse_store(raw: Any, c: _Collector, path: str) -> StoreSpec:
 def _parse_node(name: str, raw: Any, c: _Collector) -> NodeSpec | None:
     path = f"nodes.{name}"
     if not isinstance(raw, dict):
-        c.add(path, f"expected a table [nodes.{name}] with op = \"...\", got {raw!r}")
+        c.add(path, f'expected a table [nodes.{name}] with op = "...", got {raw!r}')
         return None
     if name == INPUT:
         c.add(path, f"`{INPUT}` is the raw image's name; choose another node name")
@@ -295,11 +321,11 @@ def _parse_node(name: str, raw: Any, c: _Collector) -> NodeSpec | None:
     for port in opdef.inputs:
         if port.name not in raw:
             if not port.optional:
-                c.add(f"{path}.{port.name}", f"missing input `{port.name}`; expected the name of a node or \"{INPUT}\"")
+                c.add(f"{path}.{port.name}", f'missing input `{port.name}`; expected the name of a node or "{INPUT}"')
             continue
         source = raw[port.name]
         if not isinstance(source, str) or not source:
-            c.add(f"{path}.{port.name}", f"expected the name of a node or \"{INPUT}\", got {source!r}")
+            c.add(f"{path}.{port.name}", f'expected the name of a node or "{INPUT}", got {source!r}')
             continue
         inputs.append((port.name, source))
     given = []
@@ -328,12 +354,14 @@ def _parse_cluster(raw: Any, c: _Collector) -> ClusterSpec:
         c.add("cluster", f"expected a table, got {raw!r}")
         return ClusterSpec()
     c.unknown_keys(raw, ["address", "n_workers", "threads_per_worker", "memory_limit"], "cluster")
-    address = c.typed(raw, "address", "cluster", str, "\"\" or a scheduler address such as \"tcp://127.0.0.1:8786\"", default="")
+    address = c.typed(
+        raw, "address", "cluster", str, '"" or a scheduler address such as "tcp://127.0.0.1:8786"', default=""
+    )
     if address and not re.match(r"^(tcp|tls|inproc|ws|wss|ucx)://", address):
-        c.add("cluster.address", f"expected \"\" or a scheduler address such as \"tcp://127.0.0.1:8786\", got {address!r}")
+        c.add("cluster.address", f'expected "" or a scheduler address such as "tcp://127.0.0.1:8786", got {address!r}')
     workers = c.typed(raw, "n_workers", "cluster", int, "an integer ≥ 0 (0 = one per core)", default=0)
     threads = c.typed(raw, "threads_per_worker", "cluster", int, "an integer ≥ 0 (0 = 1)", default=0)
-    memory = c.typed(raw, "memory_limit", "cluster", str, "a size such as \"4GiB\" or \"auto\"", default="auto")
+    memory = c.typed(raw, "memory_limit", "cluster", str, 'a size such as "4GiB" or "auto"', default="auto")
     for key, value in (("n_workers", workers), ("threads_per_worker", threads)):
         if value < 0:
             c.add(f"cluster.{key}", f"expected an integer ≥ 0, got {value!r}")
@@ -357,7 +385,7 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
     nodes_raw = raw.get("nodes", {})
     nodes = []
     if not isinstance(nodes_raw, dict) or not nodes_raw:
-        c.add("nodes", "expected at least one [nodes.NAME] table with op = \"...\"")
+        c.add("nodes", 'expected at least one [nodes.NAME] table with op = "..."')
     else:
         for name, body in nodes_raw.items():
             node = _parse_node(name, body, c)
@@ -371,7 +399,7 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
         if not cache_url.strip():
             c.add("cache.url", "expected a folder path or fsspec URL, got an empty string")
     else:
-        c.add("cache", f"expected a table with url = \"...\", got {cache_raw!r}")
+        c.add("cache", f'expected a table with url = "...", got {cache_raw!r}')
     cluster = _parse_cluster(raw.get("cluster", {}), c)
     outputs = []
     out_raw = raw.get("outputs", {})
@@ -382,10 +410,17 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
             else:
                 outputs.append((node_name, _resolve(target, base)))
     else:
-        c.add("outputs", f"expected a table node = \"path\", got {out_raw!r}")
+        c.add("outputs", f'expected a table node = "path", got {out_raw!r}')
     # the graph is checked even when the input is unusable, so that every problem is reported at once
-    spec = Spec(path, inp or InputSpec(""), tuple(nodes), _resolve(cache_url or "cache", base), cluster,
-                tuple(outputs), locations)
+    spec = Spec(
+        path,
+        inp or InputSpec(""),
+        tuple(nodes),
+        _resolve(cache_url or "cache", base),
+        cluster,
+        tuple(outputs),
+        locations,
+    )
     declared = {n for n in (nodes_raw if isinstance(nodes_raw, dict) else {}) if n != INPUT}
     problems = c.problems + graph_problems(spec, declared)
     if problems:

@@ -135,8 +135,13 @@ def to_unit_float(data: da.Array, intensity_range: tuple[float, float] | None) -
 def compressors(options: dict[str, Any]) -> list[Any]:
     cid = options.get("id", "blosc")
     if cid == "blosc":
-        return [zarr.codecs.BloscCodec(cname=options.get("cname", "zstd"), clevel=int(options.get("clevel", 3)),
-                                       shuffle="bitshuffle" if options.get("shuffle") == "bit" else "shuffle")]
+        return [
+            zarr.codecs.BloscCodec(
+                cname=options.get("cname", "zstd"),
+                clevel=int(options.get("clevel", 3)),
+                shuffle="bitshuffle" if options.get("shuffle") == "bit" else "shuffle",
+            )
+        ]
     if cid == "zstd":
         return [zarr.codecs.ZstdCodec(level=int(options.get("level", options.get("clevel", 3))))]
     if cid == "gzip":
@@ -156,16 +161,26 @@ def _downsample(data: da.Array, kind: PortType) -> da.Array:
 def ngff_metadata(geometry: Geometry, levels: int, kind: PortType, name: str) -> dict[str, Any]:
     datasets = []
     for level in range(levels):
-        factor = np.array([2.0 ** level if s > 1 else 1.0 for s in geometry.shape])
-        datasets.append({"path": str(level), "coordinateTransformations": [
-            {"type": "scale", "scale": (np.asarray(geometry.scale) * factor).tolist()},
-            {"type": "translation", "translation": list(geometry.translation)},
-        ]})
-    ome: dict[str, Any] = {"version": NGFF_VERSION, "multiscales": [{
-        "name": name,
-        "axes": [{"name": d, "type": "space", "unit": "micrometer"} for d in DIMS],
-        "datasets": datasets,
-    }]}
+        factor = np.array([2.0**level if s > 1 else 1.0 for s in geometry.shape])
+        datasets.append(
+            {
+                "path": str(level),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": (np.asarray(geometry.scale) * factor).tolist()},
+                    {"type": "translation", "translation": list(geometry.translation)},
+                ],
+            }
+        )
+    ome: dict[str, Any] = {
+        "version": NGFF_VERSION,
+        "multiscales": [
+            {
+                "name": name,
+                "axes": [{"name": d, "type": "space", "unit": "micrometer"} for d in DIMS],
+                "datasets": datasets,
+            }
+        ],
+    }
     if kind.is_label:
         ome["image-label"] = {"version": NGFF_VERSION}
     return {"ome": ome}
@@ -182,10 +197,20 @@ def write_array(url: str, value: xr.DataArray, kind: PortType, store: StoreSpec,
         if level:
             data = _downsample(data, kind)
         chunks = tuple(min(c, s) for c, s in zip(store.chunks or tuple(c[0] for c in data.chunks), data.shape))
-        array = group.create_array(str(level), shape=data.shape, chunks=chunks, dtype=data.dtype,
-                                   dimension_names=list(DIMS), compressors=compressors(dict(store.compressor)),
-                                   fill_value=0)
-        aligned = data if all(all(c % k == 0 for c in cs[:-1]) for cs, k in zip(data.chunks, chunks)) else data.rechunk(chunks)
+        array = group.create_array(
+            str(level),
+            shape=data.shape,
+            chunks=chunks,
+            dtype=data.dtype,
+            dimension_names=list(DIMS),
+            compressors=compressors(dict(store.compressor)),
+            fill_value=0,
+        )
+        aligned = (
+            data
+            if all(all(c % k == 0 for c in cs[:-1]) for cs, k in zip(data.chunks, chunks))
+            else data.rechunk(chunks)
+        )
         writes.append(da.store(aligned, array, lock=False, compute=False))
     return writes
 
@@ -207,8 +232,12 @@ def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
     for column in frame.columns:
         values = frame[column].to_numpy()
         group.create_array(column, data=values, chunks=(max(1, min(len(values), 1 << 20)),))
-    group.attrs["cvplgraph"] = {"type": "Points", "columns": list(frame.columns), "rows": len(frame),
-                                "geometry": geometry.to_dict()}
+    group.attrs["cvplgraph"] = {
+        "type": "Points",
+        "columns": list(frame.columns),
+        "rows": len(frame),
+        "geometry": geometry.to_dict(),
+    }
     return len(frame)
 
 
@@ -219,16 +248,23 @@ def write_table(url: str, table: Table) -> Delayed:
 def read_table(url: str) -> Table:
     group = open_group(url)
     meta = group.attrs["cvplgraph"]
-    frame = pd.DataFrame({c: group[c][:] for c in meta["columns"]}) if meta["rows"] else pd.DataFrame(
-        {c: np.empty(0, dtype=group[c].dtype) for c in meta["columns"]})
+    frame = (
+        pd.DataFrame({c: group[c][:] for c in meta["columns"]})
+        if meta["rows"]
+        else pd.DataFrame({c: np.empty(0, dtype=group[c].dtype) for c in meta["columns"]})
+    )
     return Table(dask.delayed(frame), Geometry.from_dict(meta["geometry"]))
 
 
 def _write_counts(url: str, counts: np.ndarray, block: tuple[int, int, int], geometry: Geometry) -> int:
     group = zarr.open_group(url, mode="w")
     group.create_array("counts", data=counts)
-    group.attrs["cvplgraph"] = {"type": "BlockCounts", "block": list(block), "total": int(counts.sum()),
-                                "geometry": geometry.to_dict()}
+    group.attrs["cvplgraph"] = {
+        "type": "BlockCounts",
+        "block": list(block),
+        "total": int(counts.sum()),
+        "geometry": geometry.to_dict(),
+    }
     return int(counts.sum())
 
 

@@ -14,8 +14,9 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
 def cvplgraph(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cvplgraph", *args], capture_output=True, text=True,
-                          cwd=cwd, env=ENV, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "cvplgraph", *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=600
+    )
 
 
 def test_demo_counts_within_two_percent_and_second_run_is_cached(tmp_path: Path) -> None:
@@ -30,8 +31,13 @@ def test_demo_counts_within_two_percent_and_second_run_is_cached(tmp_path: Path)
     plan = cvplgraph("plan", str(tmp_path / "demo" / "demo.toml"), "--json")
     assert plan.returncode == 0, plan.stderr
     statuses = {n["name"]: n["status"] for n in json.loads(plan.stdout)["nodes"]}
-    assert statuses == {"input": "input", "mask": "cached", "cells": "cached", "centroids": "cached",
-                        "counts": "cached"}
+    assert statuses == {
+        "input": "input",
+        "mask": "cached",
+        "cells": "cached",
+        "centroids": "cached",
+        "counts": "cached",
+    }
 
 
 def test_run_then_run_again(spec_file: Path) -> None:

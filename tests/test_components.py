@@ -103,7 +103,7 @@ def test_centroids_equal_center_of_mass(chunks: tuple[int, int, int], through_ca
     assert len(table) == n
     # match rows to reference objects through any voxel of each object
     got = table.set_index("label")
-    final = (labels.compute() if not isinstance(labels, np.ndarray) else labels)
+    final = labels.compute() if not isinstance(labels, np.ndarray) else labels
     order = [final[tuple(np.argwhere(reference == i)[0])] for i in ids]
     np.testing.assert_allclose(got.loc[order, ["z", "y", "x"]].to_numpy(), com, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(got.loc[order, "volume_voxels"].to_numpy(), sizes)

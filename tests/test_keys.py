@@ -75,8 +75,10 @@ def keys(text: str, fingerprint: str = FP) -> dict[str, str]:
 def descendants(text: str, roots: set[str]) -> set[str]:
     """``roots`` and every node downstream of them, from the TOML references alone."""
     nodes: dict[str, dict[str, Any]] = tomllib.loads(text)["nodes"]
-    parents = {name: {v for k, v in body.items() if k != "op" and isinstance(v, str) and (v in nodes or v == INPUT)}
-               for name, body in nodes.items()}
+    parents = {
+        name: {v for k, v in body.items() if k != "op" and isinstance(v, str) and (v in nodes or v == INPUT)}
+        for name, body in nodes.items()
+    }
     out = set(roots)
     while True:
         more = {n for n, ps in parents.items() if ps & out} - out
@@ -146,8 +148,9 @@ def test_order_of_tables_and_keys_does_not_change_keys(order: list[int], data: s
     shuffled = [(name, tuple(data.draw(st.permutations(items), label=name))) for name, items in tables]
     text = render(shuffled)
     spec = parse_spec(text, FILE)
-    assert [n.name for n in spec.nodes] == [name.removeprefix("nodes.") for name, _ in shuffled
-                                            if name.startswith("nodes.")]
+    assert [n.name for n in spec.nodes] == [
+        name.removeprefix("nodes.") for name, _ in shuffled if name.startswith("nodes.")
+    ]
     assert keys(text) == BASE_KEYS
 
 
@@ -163,9 +166,13 @@ def test_node_names_do_not_enter_keys(names: list[str]) -> None:
         """References to nodes are renamed; the op (``op = "centroids"``) is not a reference."""
         return f'"{rename[value.strip(QUOTE)]}"' if key != "op" and value.strip(QUOTE) in rename else value
 
-    tables = tuple((f"nodes.{rename[name.removeprefix('nodes.')]}" if name.startswith("nodes.") else name,
-                    tuple((rename.get(k, k) if name == "outputs" else k, literal(k, v)) for k, v in items))
-                   for name, items in TABLES)
+    tables = tuple(
+        (
+            f"nodes.{rename[name.removeprefix('nodes.')]}" if name.startswith("nodes.") else name,
+            tuple((rename.get(k, k) if name == "outputs" else k, literal(k, v)) for k, v in items),
+        )
+        for name, items in TABLES
+    )
     renamed = keys(render(tables))
     assert {n: renamed[rename.get(n, n)] for n in BASE_KEYS} == BASE_KEYS
 
@@ -188,14 +195,16 @@ def test_rewiring_an_input_rekeys_the_node_and_its_descendants(table: str, key: 
 
 
 def test_optional_input_enters_the_key() -> None:
-    tables = tuple((name, tuple((k, v) for k, v in items if (name, k) != ("nodes.centroids", "image")))
-                   for name, items in TABLES)
+    tables = tuple(
+        (name, tuple((k, v) for k, v in items if (name, k) != ("nodes.centroids", "image"))) for name, items in TABLES
+    )
     without_image = keys(render(tables))
     changed = {n for n in BASE_KEYS if BASE_KEYS[n] != without_image[n]}
     assert changed == descendants(BASE_TEXT, {"centroids"})
 
 
 # --------------------------------------------------------------------------- input fingerprint
+
 
 @SETTINGS
 @given(a=st.text(min_size=1, max_size=40), b=st.text(min_size=1, max_size=40))
@@ -216,11 +225,14 @@ stores = st.fixed_dictionaries(
         "chunks": st.lists(st.integers(1, 512), min_size=3, max_size=3),
         "multiscale": st.integers(1, 8),
         "compressor": st.sampled_from(COMPRESSORS).flatmap(
-            lambda cid: st.fixed_dictionaries({"id": st.just(cid)}, optional={"clevel": st.integers(0, 9)})),
+            lambda cid: st.fixed_dictionaries({"id": st.just(cid)}, optional={"clevel": st.integers(0, 9)})
+        ),
     },
 )
-views = st.dictionaries(st.sampled_from(["colormap", "opacity", "visible"]),
-                        st.one_of(st.sampled_from(["red", "gray"]), st.booleans(), st.integers(0, 100)))
+views = st.dictionaries(
+    st.sampled_from(["colormap", "opacity", "visible"]),
+    st.one_of(st.sampled_from(["red", "gray"]), st.booleans(), st.integers(0, 100)),
+)
 
 
 def inline(table: dict[str, Any]) -> str:
@@ -313,9 +325,12 @@ def op_version(name: str, version: int) -> Iterator[None]:
 
 
 @SETTINGS
-@given(opname=st.sampled_from(sorted({dict(items)["op"].strip('"') for name, items in TABLES
-                                      if name.startswith("nodes.")})),
-       version=st.integers(0, 1000))
+@given(
+    opname=st.sampled_from(
+        sorted({dict(items)["op"].strip('"') for name, items in TABLES if name.startswith("nodes.")})
+    ),
+    version=st.integers(0, 1000),
+)
 def test_op_version_rekeys_its_nodes_and_their_descendants(opname: str, version: int) -> None:
     original = REGISTRY[opname]
     with op_version(opname, version):
@@ -349,6 +364,7 @@ def test_port_names_enter_the_key() -> None:
 
     either = (PortType.Image, PortType.Mask)
     with temporary_op(blend, "test_keys_blend_probe", {"a": either, "b": either}, PortType.Image) as name:
+
         def text(a: str, b: str) -> str:
             return render((*TABLES, (f"nodes.{name}", (("op", f'"{name}"'), ("a", a), ("b", b)))))
 

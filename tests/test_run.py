@@ -108,8 +108,9 @@ def test_uncached_node_is_computed_in_memory_and_not_stored(spec_file: Path) -> 
     assert cvplgraph.run(spec, scheduler="threads").report.computed == []
 
 
-def test_rewritten_input_chunk_invalidates_everything(spec_file: Path, tmp_path: Path,
-                                                      synthetic: tuple[Path, pd.DataFrame]) -> None:
+def test_rewritten_input_chunk_invalidates_everything(
+    spec_file: Path, tmp_path: Path, synthetic: tuple[Path, pd.DataFrame]
+) -> None:
     import shutil
 
     import zarr
@@ -127,7 +128,7 @@ def test_rewritten_input_chunk_invalidates_everything(spec_file: Path, tmp_path:
 
 
 def test_crop_carries_physical_translation(spec_file: Path) -> None:
-    text = spec_file.read_text().replace('[cache]', 'crop = { z = [8, 40], y = [10, 150] }\n\n[cache]')
+    text = spec_file.read_text().replace("[cache]", "crop = { z = [8, 40], y = [10, 150] }\n\n[cache]")
     spec_file.write_text(text)
     spec = cvplgraph.load_spec(spec_file)
     results = cvplgraph.run(spec, scheduler="threads")
@@ -144,7 +145,11 @@ def test_working_chunks_do_not_change_results_or_keys(spec_file: Path, chunks: l
     spec = cvplgraph.load_spec(spec_file)
     first = cvplgraph.run(spec, scheduler="threads")
     table = first["centroids"].to_dataframe().sort_values(["z", "y", "x"]).reset_index(drop=True)
-    text = spec_file.read_text().replace('[cache]', f'chunks = {chunks}\n\n[cache]').replace('url = "cache"', 'url = "other"')
+    text = (
+        spec_file.read_text()
+        .replace("[cache]", f"chunks = {chunks}\n\n[cache]")
+        .replace('url = "cache"', 'url = "other"')
+    )
     spec_file.write_text(text)
     rechunked = cvplgraph.load_spec(spec_file)
     assert cvplgraph.plan(rechunked).nodes["centroids"].key == cvplgraph.plan(spec).nodes["centroids"].key

@@ -33,13 +33,36 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     address = f"tcp://127.0.0.1:{port}"
     logs = tmp_path_factory.mktemp("dask-logs")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--dashboard-address", "127.0.0.1:0"],
-                              stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT, env=env)]
-    procs.append(subprocess.Popen([dask_cli, "worker", address, "--host", "127.0.0.1", "--nworkers", "1",
-                                   "--nthreads", "2", "--memory-limit", "2GiB", "--no-dashboard"],
-                                  stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT, env=env,
-                                  cwd=logs))
+    procs = [
+        subprocess.Popen(
+            [dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"],
+            stdout=open(logs / "scheduler.log", "w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    ]
+    procs.append(
+        subprocess.Popen(
+            [
+                dask_cli,
+                "worker",
+                address,
+                "--host",
+                "127.0.0.1",
+                "--nworkers",
+                "1",
+                "--nthreads",
+                "2",
+                "--memory-limit",
+                "2GiB",
+                "--no-dashboard",
+            ],
+            stdout=open(logs / "worker.log", "w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=logs,
+        )
+    )
     from distributed import Client
 
     try:
@@ -69,7 +92,9 @@ def test_existing_scheduler_gives_the_same_result_as_local(spec_file: Path, sche
     local_spec.write_text(spec_file.read_text())
     local = cvplgraph.run(cvplgraph.load_spec(local_spec), scheduler="threads")
 
-    spec_file.write_text(spec_file.read_text().replace('[nodes.mask]', f'[cluster]\naddress = "{scheduler}"\n\n[nodes.mask]'))
+    spec_file.write_text(
+        spec_file.read_text().replace("[nodes.mask]", f'[cluster]\naddress = "{scheduler}"\n\n[nodes.mask]')
+    )
     spec = cvplgraph.load_spec(spec_file)
     assert spec.cluster.address == scheduler
     remote = cvplgraph.run(spec)
@@ -85,16 +110,24 @@ def test_existing_scheduler_gives_the_same_result_as_local(spec_file: Path, sche
 
 
 def test_cli_scheduler_flag(spec_file: Path, scheduler: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "cvplgraph", "run", str(spec_file), "--scheduler", scheduler,
-                          "--quiet"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "cvplgraph", "run", str(spec_file), "--scheduler", scheduler, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert len(pd.read_csv(spec_file.parent / "results" / "centroids.csv")) > 100
 
 
 def test_unreachable_scheduler_is_a_clear_error(spec_file: Path) -> None:
     port = free_port()  # nothing listens here
-    out = subprocess.run([sys.executable, "-m", "cvplgraph", "run", str(spec_file), "--scheduler",
-                          f"tcp://127.0.0.1:{port}", "--quiet"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "cvplgraph", "run", str(spec_file), "--scheduler", f"tcp://127.0.0.1:{port}", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1
     assert f"cannot reach the dask scheduler at tcp://127.0.0.1:{port}" in out.stderr
     assert "Traceback" not in out.stderr

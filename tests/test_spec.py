@@ -202,121 +202,301 @@ def _is_mask_cells_cycle(problem: Problem) -> bool:
     if not m:
         return False
     path = m.group(1).split(" → ")
-    return (len(path) == 3 and path[0] == path[-1] and set(path) == {"mask", "cells"}
-            and problem.field == f"nodes.{path[0]}")
+    return (
+        len(path) == 3
+        and path[0] == path[-1]
+        and set(path) == {"mask", "cells"}
+        and problem.field == f"nodes.{path[0]}"
+    )
 
 
 KNOWN_NODES = "known: cells, centroids, counts, input, mask"
 
 CASES: list[Case] = [
     # ---- top level
-    Case("unknown-top-level-table", append('[extras]\nfoo = 1\n'),
-         (Expect("extras", at_header("extras"),
-                 ("unknown field `extras`", "expected one of: input, nodes, cache, cluster, outputs")),)),
-    Case("top-level-table-typo", append('[output]\nmask = "m.ome.zarr"\n'),
-         (Expect("output", at_header("output"), ("unknown field `output`", "did you mean `outputs`?")),)),
-    Case("invalid-toml", replace_line("nodes.mask", "level", "level = 0.3 0.4"),
-         (Expect("toml", at_key("nodes.mask", "level"), ("not valid TOML",)),)),
+    Case(
+        "unknown-top-level-table",
+        append("[extras]\nfoo = 1\n"),
+        (
+            Expect(
+                "extras",
+                at_header("extras"),
+                ("unknown field `extras`", "expected one of: input, nodes, cache, cluster, outputs"),
+            ),
+        ),
+    ),
+    Case(
+        "top-level-table-typo",
+        append('[output]\nmask = "m.ome.zarr"\n'),
+        (Expect("output", at_header("output"), ("unknown field `output`", "did you mean `outputs`?")),),
+    ),
+    Case(
+        "invalid-toml",
+        replace_line("nodes.mask", "level", "level = 0.3 0.4"),
+        (Expect("toml", at_key("nodes.mask", "level"), ("not valid TOML",)),),
+    ),
     # ---- [input]
-    Case("input-url-missing", del_key("input", "url"),
-         (Expect("input.url", at_header("input"), ("missing", "OME-Zarr path or fsspec URL")),)),
-    Case("input-url-not-a-string", set_key("input", "url", "5"),
-         (Expect("input.url", at_key("input", "url"),
-                 ("expected an OME-Zarr path or fsspec URL (a string)", "got 5")),)),
-    Case("input-url-empty", set_key("input", "url", '"  "'),
-         (Expect("input.url", at_key("input", "url"), ("OME-Zarr path", "empty string")),)),
-    Case("input-level-negative", set_key("input", "level", "-1"),
-         (Expect("input.level", at_key("input", "level"), ("expected an integer ≥ 0", "got -1")),)),
-    Case("input-channel-float", set_key("input", "channel", "1.5"),
-         (Expect("input.channel", at_key("input", "channel"), ("an integer ≥ 0", "got 1.5")),)),
-    Case("input-int-field-given-bool", set_key("input", "timepoint", "true"),
-         (Expect("input.timepoint", at_key("input", "timepoint"), ("an integer ≥ 0", "got True")),)),
-    Case("input-unknown-key", add_key("input", "chanel", "1"),
-         (Expect("input.chanel", at_key("input", "chanel"),
-                 ("unknown field `chanel`", "did you mean `channel`?")),)),
-    Case("crop-start-not-below-stop", set_key("input", "crop", "{ z = [0, 64], y = [300, 300], x = [0, 512] }"),
-         (Expect("input.crop.y", at_key("input", "crop"), ("0 ≤ start < stop", "got [300, 300]")),)),
-    Case("crop-unknown-axis", set_key("input", "crop", "{ z = [0, 64], w = [0, 8] }"),
-         (Expect("input.crop.w", at_key("input", "crop"), ("unknown field `w`", "expected one of: z, y, x")),)),
-    Case("intensity-range-reversed", set_key("input", "intensity_range", "[1.0, 0.25]"),
-         (Expect("input.intensity_range", at_key("input", "intensity_range"),
-                 ("low < high", "got [1.0, 0.25]")),)),
+    Case(
+        "input-url-missing",
+        del_key("input", "url"),
+        (Expect("input.url", at_header("input"), ("missing", "OME-Zarr path or fsspec URL")),),
+    ),
+    Case(
+        "input-url-not-a-string",
+        set_key("input", "url", "5"),
+        (Expect("input.url", at_key("input", "url"), ("expected an OME-Zarr path or fsspec URL (a string)", "got 5")),),
+    ),
+    Case(
+        "input-url-empty",
+        set_key("input", "url", '"  "'),
+        (Expect("input.url", at_key("input", "url"), ("OME-Zarr path", "empty string")),),
+    ),
+    Case(
+        "input-level-negative",
+        set_key("input", "level", "-1"),
+        (Expect("input.level", at_key("input", "level"), ("expected an integer ≥ 0", "got -1")),),
+    ),
+    Case(
+        "input-channel-float",
+        set_key("input", "channel", "1.5"),
+        (Expect("input.channel", at_key("input", "channel"), ("an integer ≥ 0", "got 1.5")),),
+    ),
+    Case(
+        "input-int-field-given-bool",
+        set_key("input", "timepoint", "true"),
+        (Expect("input.timepoint", at_key("input", "timepoint"), ("an integer ≥ 0", "got True")),),
+    ),
+    Case(
+        "input-unknown-key",
+        add_key("input", "chanel", "1"),
+        (Expect("input.chanel", at_key("input", "chanel"), ("unknown field `chanel`", "did you mean `channel`?")),),
+    ),
+    Case(
+        "crop-start-not-below-stop",
+        set_key("input", "crop", "{ z = [0, 64], y = [300, 300], x = [0, 512] }"),
+        (Expect("input.crop.y", at_key("input", "crop"), ("0 ≤ start < stop", "got [300, 300]")),),
+    ),
+    Case(
+        "crop-unknown-axis",
+        set_key("input", "crop", "{ z = [0, 64], w = [0, 8] }"),
+        (Expect("input.crop.w", at_key("input", "crop"), ("unknown field `w`", "expected one of: z, y, x")),),
+    ),
+    Case(
+        "intensity-range-reversed",
+        set_key("input", "intensity_range", "[1.0, 0.25]"),
+        (Expect("input.intensity_range", at_key("input", "intensity_range"), ("low < high", "got [1.0, 0.25]")),),
+    ),
     # ---- nodes: ops and parameters
-    Case("unknown-op", set_key("nodes.mask", "op", '"treshold"'),
-         (Expect("nodes.mask.op", at_key("nodes.mask", "op"),
-                 ("unknown op 'treshold'", "did you mean `threshold`?", "known ops:", *BUILTIN_OPS)),)),
-    Case("op-missing", del_key("nodes.counts", "op"),
-         (Expect("nodes.counts.op", at_header("nodes.counts"), ("missing", "an op name", *BUILTIN_OPS)),)),
-    Case("param-wrong-type", set_key("nodes.mask", "level", '"high"'),
-         (Expect("nodes.mask.level", at_key("nodes.mask", "level"), ("expected a number", "got 'high'")),)),
-    Case("float-param-given-bool", set_key("nodes.mask", "level", "true"),
-         (Expect("nodes.mask.level", at_key("nodes.mask", "level"), ("expected a number", "got True")),)),
-    Case("unknown-param-did-you-mean", compose(del_key("nodes.mask", "level"), add_key("nodes.mask", "levle", "0.3")),
-         (Expect("nodes.mask.levle", at_key("nodes.mask", "levle"),
-                 ("unknown field `levle`", "did you mean `level`?", "image", "level")),)),
-    Case("literal-param-out-of-choices", set_key("nodes.cells", "connectivity", "8"),
-         (Expect("nodes.cells.connectivity", at_key("nodes.cells", "connectivity"), ("one of 6, 26", "got 8")),)),
-    Case("literal-param-wrong-type", set_key("nodes.cells", "connectivity", '"6"'),
-         (Expect("nodes.cells.connectivity", at_key("nodes.cells", "connectivity"), ("one of 6, 26", "got '6'")),)),
-    Case("int-list-param-given-bool", set_key("nodes.counts", "block", "[64, true, 256]"),
-         (Expect("nodes.counts.block", at_key("nodes.counts", "block"), ("a list of int", "got [64, True, 256]")),)),
-    Case("cache-flag-not-bool", add_key("nodes.centroids", "cache", '"yes"'),
-         (Expect("nodes.centroids.cache", at_key("nodes.centroids", "cache"), ("true or false", "got 'yes'")),)),
-    Case("view-not-a-table", set_key("nodes.mask", "view", "3"),
-         (Expect("nodes.mask.view", at_key("nodes.mask", "view"), ("table of display options", "got 3")),)),
+    Case(
+        "unknown-op",
+        set_key("nodes.mask", "op", '"treshold"'),
+        (
+            Expect(
+                "nodes.mask.op",
+                at_key("nodes.mask", "op"),
+                ("unknown op 'treshold'", "did you mean `threshold`?", "known ops:", *BUILTIN_OPS),
+            ),
+        ),
+    ),
+    Case(
+        "op-missing",
+        del_key("nodes.counts", "op"),
+        (Expect("nodes.counts.op", at_header("nodes.counts"), ("missing", "an op name", *BUILTIN_OPS)),),
+    ),
+    Case(
+        "param-wrong-type",
+        set_key("nodes.mask", "level", '"high"'),
+        (Expect("nodes.mask.level", at_key("nodes.mask", "level"), ("expected a number", "got 'high'")),),
+    ),
+    Case(
+        "float-param-given-bool",
+        set_key("nodes.mask", "level", "true"),
+        (Expect("nodes.mask.level", at_key("nodes.mask", "level"), ("expected a number", "got True")),),
+    ),
+    Case(
+        "unknown-param-did-you-mean",
+        compose(del_key("nodes.mask", "level"), add_key("nodes.mask", "levle", "0.3")),
+        (
+            Expect(
+                "nodes.mask.levle",
+                at_key("nodes.mask", "levle"),
+                ("unknown field `levle`", "did you mean `level`?", "image", "level"),
+            ),
+        ),
+    ),
+    Case(
+        "literal-param-out-of-choices",
+        set_key("nodes.cells", "connectivity", "8"),
+        (Expect("nodes.cells.connectivity", at_key("nodes.cells", "connectivity"), ("one of 6, 26", "got 8")),),
+    ),
+    Case(
+        "literal-param-wrong-type",
+        set_key("nodes.cells", "connectivity", '"6"'),
+        (Expect("nodes.cells.connectivity", at_key("nodes.cells", "connectivity"), ("one of 6, 26", "got '6'")),),
+    ),
+    Case(
+        "int-list-param-given-bool",
+        set_key("nodes.counts", "block", "[64, true, 256]"),
+        (Expect("nodes.counts.block", at_key("nodes.counts", "block"), ("a list of int", "got [64, True, 256]")),),
+    ),
+    Case(
+        "cache-flag-not-bool",
+        add_key("nodes.centroids", "cache", '"yes"'),
+        (Expect("nodes.centroids.cache", at_key("nodes.centroids", "cache"), ("true or false", "got 'yes'")),),
+    ),
+    Case(
+        "view-not-a-table",
+        set_key("nodes.mask", "view", "3"),
+        (Expect("nodes.mask.view", at_key("nodes.mask", "view"), ("table of display options", "got 3")),),
+    ),
     # ---- nodes: graph
-    Case("missing-required-input-port", del_key("nodes.cells", "mask"),
-         (Expect("nodes.cells.mask", at_header("nodes.cells"), ("missing input `mask`", '"input"')),)),
-    Case("input-references-unknown-node", set_key("nodes.centroids", "labels", '"cels"'),
-         (Expect("nodes.centroids.labels", at_key("nodes.centroids", "labels"),
-                 ("unknown node 'cels'", KNOWN_NODES)),)),
-    Case("type-mismatch-edge", set_key("nodes.counts", "objects", '"mask"'),
-         (Expect("nodes.counts.objects", at_key("nodes.counts", "objects"),
-                 ("type mismatch", "`mask` produces Mask", "`counts.objects` (count) expects Labels | Points")),)),
+    Case(
+        "missing-required-input-port",
+        del_key("nodes.cells", "mask"),
+        (Expect("nodes.cells.mask", at_header("nodes.cells"), ("missing input `mask`", '"input"')),),
+    ),
+    Case(
+        "input-references-unknown-node",
+        set_key("nodes.centroids", "labels", '"cels"'),
+        (Expect("nodes.centroids.labels", at_key("nodes.centroids", "labels"), ("unknown node 'cels'", KNOWN_NODES)),),
+    ),
+    Case(
+        "type-mismatch-edge",
+        set_key("nodes.counts", "objects", '"mask"'),
+        (
+            Expect(
+                "nodes.counts.objects",
+                at_key("nodes.counts", "objects"),
+                ("type mismatch", "`mask` produces Mask", "`counts.objects` (count) expects Labels | Points"),
+            ),
+        ),
+    ),
     # No op produces an Image, so a cycle through threshold also has a type-mismatch edge.
-    Case("cycle", set_key("nodes.mask", "image", '"cells"'),
-         (Expect("nodes.mask.image", at_key("nodes.mask", "image"),
-                 ("type mismatch", "`cells` produces Labels", "`mask.image` (threshold) expects Image")),
-          Expect(("nodes.mask", "nodes.cells"), at_field_header(), ("cycle in the graph: ",),
-                 check=_is_mask_cells_cycle))),
-    Case("self-reference", set_key("nodes.cells", "mask", '"cells"'),
-         (Expect("nodes.cells.mask", at_key("nodes.cells", "mask"),
-                 ("node `cells` cannot take its own output as input",)),)),
-    Case("node-named-input", append('[nodes.input]\nop = "count"\nobjects = "centroids"\n'),
-         (Expect("nodes.input", at_header("nodes.input"), ("`input` is the raw image's name", "choose another")),)),
+    Case(
+        "cycle",
+        set_key("nodes.mask", "image", '"cells"'),
+        (
+            Expect(
+                "nodes.mask.image",
+                at_key("nodes.mask", "image"),
+                ("type mismatch", "`cells` produces Labels", "`mask.image` (threshold) expects Image"),
+            ),
+            Expect(
+                ("nodes.mask", "nodes.cells"), at_field_header(), ("cycle in the graph: ",), check=_is_mask_cells_cycle
+            ),
+        ),
+    ),
+    Case(
+        "self-reference",
+        set_key("nodes.cells", "mask", '"cells"'),
+        (
+            Expect(
+                "nodes.cells.mask", at_key("nodes.cells", "mask"), ("node `cells` cannot take its own output as input",)
+            ),
+        ),
+    ),
+    Case(
+        "node-named-input",
+        append('[nodes.input]\nop = "count"\nobjects = "centroids"\n'),
+        (Expect("nodes.input", at_header("nodes.input"), ("`input` is the raw image's name", "choose another")),),
+    ),
     # ---- store
-    Case("store-multiscale-zero", set_key("nodes.cells.store", "multiscale", "0"),
-         (Expect("nodes.cells.store.multiscale", at_key("nodes.cells.store", "multiscale"),
-                 ("an integer ≥ 1", "got 0")),)),
-    Case("store-compressor-unknown-id", set_key("nodes.cells.store", "compressor", '{ id = "lz4" }'),
-         (Expect("nodes.cells.store.compressor", at_key("nodes.cells.store", "compressor"),
-                 ("id one of blosc, zstd, gzip, none", "got {'id': 'lz4'}")),)),
-    Case("store-chunks-wrong-length", set_key("nodes.cells.store", "chunks", "[32, 128]"),
-         (Expect("nodes.cells.store.chunks", at_key("nodes.cells.store", "chunks"),
-                 ("a list of 3 integers ≥ 1", "got [32, 128]")),)),
-    Case("store-unknown-key", add_key("nodes.cells.store", "compresor", '"zstd"'),
-         (Expect("nodes.cells.store.compresor", at_key("nodes.cells.store", "compresor"),
-                 ("unknown field `compresor`", "did you mean `compressor`?")),)),
+    Case(
+        "store-multiscale-zero",
+        set_key("nodes.cells.store", "multiscale", "0"),
+        (
+            Expect(
+                "nodes.cells.store.multiscale", at_key("nodes.cells.store", "multiscale"), ("an integer ≥ 1", "got 0")
+            ),
+        ),
+    ),
+    Case(
+        "store-compressor-unknown-id",
+        set_key("nodes.cells.store", "compressor", '{ id = "lz4" }'),
+        (
+            Expect(
+                "nodes.cells.store.compressor",
+                at_key("nodes.cells.store", "compressor"),
+                ("id one of blosc, zstd, gzip, none", "got {'id': 'lz4'}"),
+            ),
+        ),
+    ),
+    Case(
+        "store-chunks-wrong-length",
+        set_key("nodes.cells.store", "chunks", "[32, 128]"),
+        (
+            Expect(
+                "nodes.cells.store.chunks",
+                at_key("nodes.cells.store", "chunks"),
+                ("a list of 3 integers ≥ 1", "got [32, 128]"),
+            ),
+        ),
+    ),
+    Case(
+        "store-unknown-key",
+        add_key("nodes.cells.store", "compresor", '"zstd"'),
+        (
+            Expect(
+                "nodes.cells.store.compresor",
+                at_key("nodes.cells.store", "compresor"),
+                ("unknown field `compresor`", "did you mean `compressor`?"),
+            ),
+        ),
+    ),
     # ---- cluster
-    Case("cluster-address-without-scheme", set_key("cluster", "address", '"127.0.0.1:8786"'),
-         (Expect("cluster.address", at_key("cluster", "address"), ("tcp://127.0.0.1:8786", "got '127.0.0.1:8786'")),)),
-    Case("cluster-n-workers-negative", set_key("cluster", "n_workers", "-3"),
-         (Expect("cluster.n_workers", at_key("cluster", "n_workers"), ("an integer ≥ 0", "got -3")),)),
-    Case("cluster-int-field-given-bool", set_key("cluster", "n_workers", "true"),
-         (Expect("cluster.n_workers", at_key("cluster", "n_workers"), ("an integer ≥ 0", "got True")),)),
+    Case(
+        "cluster-address-without-scheme",
+        set_key("cluster", "address", '"127.0.0.1:8786"'),
+        (Expect("cluster.address", at_key("cluster", "address"), ("tcp://127.0.0.1:8786", "got '127.0.0.1:8786'")),),
+    ),
+    Case(
+        "cluster-n-workers-negative",
+        set_key("cluster", "n_workers", "-3"),
+        (Expect("cluster.n_workers", at_key("cluster", "n_workers"), ("an integer ≥ 0", "got -3")),),
+    ),
+    Case(
+        "cluster-int-field-given-bool",
+        set_key("cluster", "n_workers", "true"),
+        (Expect("cluster.n_workers", at_key("cluster", "n_workers"), ("an integer ≥ 0", "got True")),),
+    ),
     # ---- cache and outputs
-    Case("cache-url-empty", set_key("cache", "url", '""'),
-         (Expect("cache.url", at_key("cache", "url"), ("folder path or fsspec URL", "empty string")),)),
-    Case("cache-url-not-a-string", set_key("cache", "url", "7"),
-         (Expect("cache.url", at_key("cache", "url"), ("folder path or fsspec URL", "got 7")),)),
-    Case("output-for-unknown-node", add_key("outputs", "centroid", '"results/c.csv"'),
-         (Expect("outputs.centroid", at_key("outputs", "centroid"),
-                 ("unknown node 'centroid'", "known: cells, centroids, counts, mask")),)),
-    Case("output-wrong-suffix", set_key("outputs", "centroids", '"results/centroids.txt"'),
-         (Expect("outputs.centroids", at_key("outputs", "centroids"),
-                 ("a Points output needs a file ending in .csv", "centroids.txt'")),)),
-    Case("output-not-a-string", set_key("outputs", "counts", "3"),
-         (Expect("outputs.counts", at_key("outputs", "counts"), ("a file path (string)", "got 3")),)),
+    Case(
+        "cache-url-empty",
+        set_key("cache", "url", '""'),
+        (Expect("cache.url", at_key("cache", "url"), ("folder path or fsspec URL", "empty string")),),
+    ),
+    Case(
+        "cache-url-not-a-string",
+        set_key("cache", "url", "7"),
+        (Expect("cache.url", at_key("cache", "url"), ("folder path or fsspec URL", "got 7")),),
+    ),
+    Case(
+        "output-for-unknown-node",
+        add_key("outputs", "centroid", '"results/c.csv"'),
+        (
+            Expect(
+                "outputs.centroid",
+                at_key("outputs", "centroid"),
+                ("unknown node 'centroid'", "known: cells, centroids, counts, mask"),
+            ),
+        ),
+    ),
+    Case(
+        "output-wrong-suffix",
+        set_key("outputs", "centroids", '"results/centroids.txt"'),
+        (
+            Expect(
+                "outputs.centroids",
+                at_key("outputs", "centroids"),
+                ("a Points output needs a file ending in .csv", "centroids.txt'"),
+            ),
+        ),
+    ),
+    Case(
+        "output-not-a-string",
+        set_key("outputs", "counts", "3"),
+        (Expect("outputs.counts", at_key("outputs", "counts"), ("a file path (string)", "got 3")),),
+    ),
 ]
 
 
@@ -367,9 +547,18 @@ def test_cases_cover_enough_mutations() -> None:
 # --------------------------------------------------------------------------- several problems at once
 
 INDEPENDENT = [
-    "unknown-top-level-table", "input-level-negative", "crop-unknown-axis", "unknown-param-did-you-mean",
-    "literal-param-out-of-choices", "input-references-unknown-node", "type-mismatch-edge", "store-multiscale-zero",
-    "store-chunks-wrong-length", "cluster-address-without-scheme", "cache-url-empty", "output-wrong-suffix",
+    "unknown-top-level-table",
+    "input-level-negative",
+    "crop-unknown-axis",
+    "unknown-param-did-you-mean",
+    "literal-param-out-of-choices",
+    "input-references-unknown-node",
+    "type-mismatch-edge",
+    "store-multiscale-zero",
+    "store-chunks-wrong-length",
+    "cluster-address-without-scheme",
+    "cache-url-empty",
+    "output-wrong-suffix",
 ]
 
 
@@ -455,8 +644,10 @@ def test_relative_paths_resolve_against_the_spec_folder(tmp_path: Path) -> None:
     spec = parse_spec(VALID_SPEC, str(folder / "pipeline.toml"))
     assert spec.input.url == str((folder / "data" / "volume.ome.zarr").resolve())
     assert spec.cache_url == str((folder / "cache").resolve())
-    assert dict(spec.outputs) == {"centroids": str((folder / "results" / "centroids.csv").resolve()),
-                                  "counts": str((folder / "results" / "counts.csv").resolve())}
+    assert dict(spec.outputs) == {
+        "centroids": str((folder / "results" / "centroids.csv").resolve()),
+        "counts": str((folder / "results" / "counts.csv").resolve()),
+    }
 
 
 def test_absolute_paths_and_urls_are_kept(tmp_path: Path) -> None:

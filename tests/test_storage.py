@@ -25,13 +25,30 @@ def write_ngff04(path: Path, data: np.ndarray, scale: list[float], translation: 
     group.create_array("0", data=data, chunks=(1, 1, 4, 16, 16))
     group.create_array("1", data=data[..., ::2, ::2], chunks=(1, 1, 4, 8, 8))
     axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}] + [
-        {"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
-    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [
-        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, *scale]},
-                                                    {"type": "translation", "translation": [0, 0, *translation]}]},
-        {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, scale[0], scale[1] * 2, scale[2] * 2]},
-                                                    {"type": "translation", "translation": [0, 0, *translation]}]},
-    ]}]
+        {"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"
+    ]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": axes,
+            "datasets": [
+                {
+                    "path": "0",
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [1, 1, *scale]},
+                        {"type": "translation", "translation": [0, 0, *translation]},
+                    ],
+                },
+                {
+                    "path": "1",
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [1, 1, scale[0], scale[1] * 2, scale[2] * 2]},
+                        {"type": "translation", "translation": [0, 0, *translation]},
+                    ],
+                },
+            ],
+        }
+    ]
 
 
 @pytest.fixture
@@ -55,19 +72,23 @@ def test_reads_ngff04_channel_timepoint_level(ngff04: tuple[Path, np.ndarray]) -
 
 def test_intensity_range_and_crop(ngff04: tuple[Path, np.ndarray]) -> None:
     path, data = ngff04
-    image = read_input(InputSpec(str(path), channel=1, intensity_range=(1000.0, 2000.0),
-                                 crop=((2, 6), (0, -1), (4, 20))))
+    image = read_input(
+        InputSpec(str(path), channel=1, intensity_range=(1000.0, 2000.0), crop=((2, 6), (0, -1), (4, 20)))
+    )
     expected = np.clip((data[0, 1, 2:6, :, 4:20].astype(np.float32) - 1000) / 1000, 0, 1)
     np.testing.assert_allclose(image.values, expected, rtol=1e-6, atol=1e-7)
     assert image.attrs["translation"] == [110.0, 0.0, 18.0]
     assert float(image.x[0]) == 18.0
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(channel=3), "c=3 requested but axis 'c' has size 3"),
-    (dict(level=2), "level 2 requested but the store has 2 level(s)"),
-    (dict(crop=((0, 9), (0, -1), (0, -1))), "crop z = [0, 9] exceeds the axis size 8"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(channel=3), "c=3 requested but axis 'c' has size 3"),
+        (dict(level=2), "level 2 requested but the store has 2 level(s)"),
+        (dict(crop=((0, 9), (0, -1), (0, -1))), "crop z = [0, 9] exceeds the axis size 8"),
+    ],
+)
 def test_bad_selection_is_a_clear_error(ngff04: tuple[Path, np.ndarray], bad: dict, message: str) -> None:
     with pytest.raises(InputError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         read_input(InputSpec(str(ngff04[0]), **bad))
@@ -86,12 +107,22 @@ def ome_zarr_nodes(path: Path) -> list:
 @pytest.mark.parametrize("kind", [PortType.Image, PortType.Labels])
 def test_written_stores_open_with_ome_zarr_reader(tmp_path: Path, kind: PortType) -> None:
     rng = np.random.default_rng(1)
-    values = rng.random((8, 40, 36)).astype(np.float32) if kind is PortType.Image else \
-        rng.integers(0, 2**31 - 1, size=(8, 40, 36)).astype(np.int32)
+    values = (
+        rng.random((8, 40, 36)).astype(np.float32)
+        if kind is PortType.Image
+        else rng.integers(0, 2**31 - 1, size=(8, 40, 36)).astype(np.int32)
+    )
     geometry = Geometry((8, 40, 36), (4.0, 1.5, 1.5), (8.0, 0.0, -3.0))
     url = tmp_path / "out.ome.zarr"
-    dask.compute(*write_array(str(url), wrap(da.from_array(values, chunks=(4, 16, 16)), geometry), kind,
-                              StoreSpec(chunks=(8, 20, 20), multiscale=3), "node"))
+    dask.compute(
+        *write_array(
+            str(url),
+            wrap(da.from_array(values, chunks=(4, 16, 16)), geometry),
+            kind,
+            StoreSpec(chunks=(8, 20, 20), multiscale=3),
+            "node",
+        )
+    )
     nodes = ome_zarr_nodes(url)
     assert nodes, "ome-zarr found no image"
     node = nodes[0]
@@ -106,8 +137,9 @@ def test_written_stores_open_with_ome_zarr_reader(tmp_path: Path, kind: PortType
         np.testing.assert_array_equal(level2, values[::4, ::4, ::4])  # nearest keeps exact ids
         assert "image-label" in zarr.open_group(str(url)).attrs["ome"]
     else:
-        np.testing.assert_allclose(level2, values[:8, :40, :36].reshape(2, 4, 10, 4, 9, 4).mean(axis=(1, 3, 5)),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            level2, values[:8, :40, :36].reshape(2, 4, 10, 4, 9, 4).mean(axis=(1, 3, 5)), rtol=1e-5
+        )
     back = read_array(str(url))
     assert back.attrs["translation"] == [8.0, 0.0, -3.0]
     np.testing.assert_array_equal(back.values, values)

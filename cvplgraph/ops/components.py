@@ -186,8 +186,16 @@ def label_blocks(mask: da.Array, *, connectivity: int = 6) -> BlockLabels:
             upper_idx = tuple(i + (a == axis) for a, i in enumerate(idx))
             lower, upper = side(idx, axis), side(upper_idx, axis)
             key = (pairs, len(pair_keys))
-            dsk[key] = (_plane_pairs, axis, structure, offsets, lower, upper,
-                        *[(faces, int(i)) for i in lower[:, 2]], *[(faces, int(i)) for i in upper[:, 2]])
+            dsk[key] = (
+                _plane_pairs,
+                axis,
+                structure,
+                offsets,
+                lower,
+                upper,
+                *[(faces, int(i)) for i in lower[:, 2]],
+                *[(faces, int(i)) for i in upper[:, 2]],
+            )
             pair_keys.append(key)
     dsk[lut] = (_union, total, *pair_keys)
     dsk[count] = (_count, lut)
@@ -199,7 +207,9 @@ def _count(lut: np.ndarray) -> int:
     return int(lut.max(initial=0))
 
 
-def _relabel(local: np.ndarray, offsets: np.ndarray, lut: np.ndarray, numblocks: tuple[int, ...], block_id: tuple[int, ...]) -> np.ndarray:
+def _relabel(
+    local: np.ndarray, offsets: np.ndarray, lut: np.ndarray, numblocks: tuple[int, ...], block_id: tuple[int, ...]
+) -> np.ndarray:
     offset = offsets[np.ravel_multi_index(block_id, numblocks)]
     return np.where(local > 0, lut[np.where(local > 0, local + offset, 0)], 0).astype(LABEL_DTYPE)
 

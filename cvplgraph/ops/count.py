@@ -30,8 +30,13 @@ def block_problem(block: tuple[int, ...]) -> str | None:
     return None
 
 
-@op("count", version=1, inputs={"objects": (PortType.Points, PortType.Labels)}, output=PortType.BlockCounts,
-    checks={"block": block_problem})
+@op(
+    "count",
+    version=1,
+    inputs={"objects": (PortType.Points, PortType.Labels)},
+    output=PortType.BlockCounts,
+    checks={"block": block_problem},
+)
 def count(objects: Table | xr.DataArray, *, block: tuple[int, ...] = (128, 128, 128)) -> BlockCounts:
     """Count objects in total and per block of a regular grid.
 

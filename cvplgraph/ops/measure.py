@@ -45,7 +45,13 @@ def _block_starts(chunks: tuple[tuple[int, ...], ...], block_id: tuple[int, ...]
     return np.array([sum(chunks[a][: block_id[a]]) for a in range(3)])
 
 
-def _merge(geometry: Geometry, with_intensity: bool, offsets: np.ndarray | None, lut: np.ndarray | None, *parts: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
+def _merge(
+    geometry: Geometry,
+    with_intensity: bool,
+    offsets: np.ndarray | None,
+    lut: np.ndarray | None,
+    *parts: tuple[np.ndarray, np.ndarray],
+) -> pd.DataFrame:
     """Merge per-block partial sums by final id into the Points table."""
     ids = np.concatenate([np.empty(0, np.int64)] + [p[0] for p in parts])
     sums = np.concatenate([np.empty((0, _SUMS))] + [p[1] for p in parts])
@@ -63,8 +69,12 @@ def _merge(geometry: Geometry, with_intensity: bool, offsets: np.ndarray | None,
     frame = pd.DataFrame(
         {
             "label": final.astype(np.int64),
-            "z": centre[:, 0], "y": centre[:, 1], "x": centre[:, 2],
-            "z_um": um[:, 0], "y_um": um[:, 1], "x_um": um[:, 2],
+            "z": centre[:, 0],
+            "y": centre[:, 1],
+            "x": centre[:, 2],
+            "z_um": um[:, 0],
+            "y_um": um[:, 1],
+            "x_um": um[:, 2],
             "volume_voxels": n.astype(np.int64),
             "volume_um3": n * voxel_um3,
         }
