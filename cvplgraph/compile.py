@@ -38,6 +38,20 @@ class Node:
     def is_input(self) -> bool:
         return self.op is None
 
+    @property
+    def opdef(self) -> OpDef:
+        """The op of a non-input node."""
+        if self.op is None:
+            raise TypeError("the input node has no op")
+        return self.op
+
+    @property
+    def nodespec(self) -> NodeSpec:
+        """The spec of a non-input node."""
+        if self.spec is None:
+            raise TypeError("the input node has no node spec")
+        return self.spec
+
 
 def graph_problems(spec: Spec, declared: set[str]) -> list[Problem]:
     """Problems of the graph as a whole: unknown references, wrong edge types, cycles, outputs."""

@@ -85,13 +85,13 @@ def connect(spec: Spec, client: Any = None, scheduler: str | None = None) -> Ite
         with c:
             yield c
         return
-    c = spec.cluster
-    workers = c.n_workers or max(1, os.cpu_count() or 1)
+    cfg = spec.cluster
+    workers = cfg.n_workers or max(1, os.cpu_count() or 1)
     with (
         LocalCluster(
             n_workers=workers,
-            threads_per_worker=c.threads_per_worker or 1,
-            memory_limit=c.memory_limit,
+            threads_per_worker=cfg.threads_per_worker or 1,
+            memory_limit=cfg.memory_limit,
             processes=True,
             dashboard_address=":0",
             silence_logs=logging.ERROR,
@@ -137,13 +137,13 @@ def _commit(plan: Plan, lowered: Lowered, seconds: float) -> list[str]:
         entry = Entry(
             key=node.key,
             node=name,
-            op=node.op.name,
-            version=node.op.version,
+            op=node.opdef.name,
+            version=node.opdef.version,
             params=dict(node.params),
             inputs={port: plan.graph.nodes[src]["node"].key for port, src in node.inputs},
             type=str(node.output),
             store=lowered.stores[name],
-            store_options=node.spec.store.to_dict(),
+            store_options=node.nodespec.store.to_dict(),
             shape=list(array.shape) if array is not None else None,
             dtype=str(array.dtype) if array is not None else None,
             chunks=[c[0] for c in array.chunks] if array is not None else None,
@@ -170,7 +170,7 @@ def execute(plan: Plan, *, client: Any = None, scheduler: str | None = None, pro
         value = lowered.values[name]
         if isinstance(value, xr.DataArray):
             node = plan.graph.nodes[name]["node"]
-            array_outputs += write_array(target, value, node.output, node.spec.store, name)
+            array_outputs += write_array(target, value, node.output, node.nodespec.store, name)
     writes = [w for ws in lowered.writes.values() for w in ws]
     targets = writes + array_outputs + [v.frame if isinstance(v, Table) else v.counts for v in small.values()]
     start = time.perf_counter()

@@ -17,7 +17,7 @@ import fsspec
 from .errors import InputError
 from .hashing import digest
 from .spec import InputSpec
-from .storage import multiscales, open_group
+from .storage import child_array, multiscales, open_group
 
 
 def _listing(url: str) -> list[tuple[str, int, str]]:
@@ -41,7 +41,7 @@ def fingerprint_input(spec: InputSpec) -> str:
     if spec.level >= len(ms["datasets"]):
         raise InputError(f"{spec.url}: level {spec.level} requested but the store has {len(ms['datasets'])} level(s)")
     path = ms["datasets"][spec.level]["path"]
-    array = group[path]
+    array = child_array(group, path, spec.url)
     meta: dict[str, Any] = {
         "attrs": json.loads(json.dumps(attrs, default=str)),
         "array": {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)},

@@ -46,16 +46,16 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
             continue
         args = [out.values.get(src) for _, src in node.inputs]
         by_port = dict(zip((p for p, _ in node.inputs), args))
-        positional = [by_port.get(port.name) for port in node.op.inputs]  # type: ignore[union-attr]
-        value = node.op.func(*positional, **dict(node.params))  # type: ignore[union-attr]
+        positional = [by_port.get(port.name) for port in node.opdef.inputs]
+        value = node.opdef.func(*positional, **dict(node.params))
         out.ops_called.append(node.name)
         if isinstance(value, xr.DataArray):
             value.name = node.name
         out.values[node.name] = value
-        if with_writes and node.spec.cache:  # type: ignore[union-attr]
+        if with_writes and node.nodespec.cache:
             rel = store_path(node.key, node.output)
             out.stores[node.name] = rel
             out.writes[node.name] = write_value(
-                plan.manifest.store_url(rel), value, node.output, node.spec.store, node.name
-            )  # type: ignore[union-attr]
+                plan.manifest.store_url(rel), value, node.output, node.nodespec.store, node.name
+            )
     return out

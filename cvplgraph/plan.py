@@ -59,10 +59,10 @@ def why(node: Node, previous: Entry | None, input_names: dict[str, str]) -> list
     if previous is None:
         return ["new"]
     reasons = []
-    if previous.op != node.op.name:  # type: ignore[union-attr]
-        reasons.append(f"op changed {previous.op} → {node.op.name}")  # type: ignore[union-attr]
-    elif previous.version != node.op.version:  # type: ignore[union-attr]
-        reasons.append(f"op version changed {previous.version} → {node.op.version}")  # type: ignore[union-attr]
+    if previous.op != node.opdef.name:
+        reasons.append(f"op changed {previous.op} → {node.opdef.name}")
+    elif previous.version != node.opdef.version:
+        reasons.append(f"op version changed {previous.version} → {node.opdef.version}")
     now = dict(node.params)
     for name in sorted(set(now) | set(previous.params)):
         old, new = previous.params.get(name, "(unset)"), now.get(name, "(unset)")
@@ -86,16 +86,16 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
         if node.is_input:
             plan.nodes[INPUT] = NodePlan(INPUT, "input", "Image", node.key, INPUT_STATUS, (spec.input.url,))
             continue
-        entry = manifest.get(node.key) if node.spec.cache else None  # type: ignore[union-attr]
+        entry = manifest.get(node.key) if node.nodespec.cache else None
         if entry is not None:
             plan.entries[node.name] = entry
             statuses[node.name] = CACHED
             plan.nodes[node.name] = NodePlan(
                 node.name,
-                node.op.name,
+                node.opdef.name,
                 str(node.output),
                 node.key,
-                CACHED,  # type: ignore[union-attr]
+                CACHED,
                 (),
                 True,
                 _t(entry.shape),
@@ -105,17 +105,19 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
             )
             continue
         keys = {port: graph.nodes[src]["node"].key for port, src in node.inputs}
-        reasons = why(node, manifest.previous(node.name, spec.source), keys) if node.spec.cache else ["cache = false"]  # type: ignore[union-attr]
+        reasons = (
+            why(node, manifest.previous(node.name, spec.source), keys) if node.nodespec.cache else ["cache = false"]
+        )
         statuses[node.name] = COMPUTE
         plan.nodes[node.name] = NodePlan(
             node.name,
-            node.op.name,
+            node.opdef.name,
             str(node.output),
             node.key,
-            COMPUTE,  # type: ignore[union-attr]
+            COMPUTE,
             tuple(reasons),
-            node.spec.cache,
-        )  # type: ignore[union-attr]
+            node.nodespec.cache,
+        )
     # a node that is not cached is computed only when a node to compute or an output needs it;
     # demand flows upstream and stops at cached nodes
     stack = [n for n, st in statuses.items() if st == COMPUTE and plan.nodes[n].cache] + sorted(needed)

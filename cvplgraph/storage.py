@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 from dask.delayed import Delayed
 
 from .errors import InputError
@@ -36,6 +37,25 @@ def open_group(url: str, mode: str = "r") -> zarr.Group:
         return zarr.open_group(url, mode=mode)  # type: ignore[arg-type]
     except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError) as exc:
         raise InputError(f"{url}: not a readable zarr group ({exc.__class__.__name__}: {exc})") from None
+
+
+def child_array(group: zarr.Group, path: str, url: str) -> zarr.Array:
+    """The array at ``path`` inside ``group``, or an InputError naming what is missing."""
+    try:
+        node = group[path]
+    except KeyError:
+        raise InputError(f"{url}: array {path!r} is missing") from None
+    if not isinstance(node, zarr.Array):
+        raise InputError(f"{url}: {path!r} is a group, expected an array")
+    return node
+
+
+def cvplgraph_attrs(group: zarr.Group) -> dict[str, Any]:
+    """The ``cvplgraph`` attributes of a table or block-count store."""
+    meta = group.attrs.get("cvplgraph")
+    if not isinstance(meta, dict):
+        raise InputError(f"{group.store_path}: not a cvplgraph table store (no 'cvplgraph' attributes)")
+    return meta
 
 
 def multiscales(attrs: dict[str, Any], url: str) -> dict[str, Any]:
@@ -72,10 +92,7 @@ def read_input(spec: InputSpec) -> xr.DataArray:
     if spec.level >= len(datasets):
         raise InputError(f"{spec.url}: level {spec.level} requested but the store has {len(datasets)} level(s)")
     ds = datasets[spec.level]
-    try:
-        array = group[ds["path"]]
-    except KeyError:
-        raise InputError(f"{spec.url}: multiscale dataset {ds['path']!r} is missing") from None
+    array = child_array(group, ds["path"], spec.url)
     names = axis_names(ms, array.ndim)
     if not set(DIMS) <= set(names):
         raise InputError(f"{spec.url}: axes {names} lack one of z, y, x")
@@ -136,16 +153,16 @@ def compressors(options: dict[str, Any]) -> list[Any]:
     cid = options.get("id", "blosc")
     if cid == "blosc":
         return [
-            zarr.codecs.BloscCodec(
+            BloscCodec(
                 cname=options.get("cname", "zstd"),
                 clevel=int(options.get("clevel", 3)),
                 shuffle="bitshuffle" if options.get("shuffle") == "bit" else "shuffle",
             )
         ]
     if cid == "zstd":
-        return [zarr.codecs.ZstdCodec(level=int(options.get("level", options.get("clevel", 3))))]
+        return [ZstdCodec(level=int(options.get("level", options.get("clevel", 3))))]
     if cid == "gzip":
-        return [zarr.codecs.GzipCodec(level=int(options.get("level", options.get("clevel", 5))))]
+        return [GzipCodec(level=int(options.get("level", options.get("clevel", 5))))]
     return []
 
 
@@ -211,7 +228,7 @@ def write_array(url: str, value: xr.DataArray, kind: PortType, store: StoreSpec,
             if all(all(c % k == 0 for c in cs[:-1]) for cs, k in zip(data.chunks, chunks))
             else data.rechunk(chunks)
         )
-        writes.append(da.store(aligned, array, lock=False, compute=False))
+        writes.append(da.store(aligned, array, lock=False, compute=False))  # type: ignore[arg-type]
     return writes
 
 
@@ -220,7 +237,7 @@ def read_array(url: str, level: int = 0) -> xr.DataArray:
     ms = multiscales(group.attrs.asdict(), url)
     ds = ms["datasets"][level]
     scale, translation = _transforms(ds["coordinateTransformations"], 3)
-    data = da.from_zarr(group[ds["path"]])
+    data = da.from_zarr(child_array(group, ds["path"], url))
     return wrap(data, Geometry(tuple(data.shape), tuple(scale.tolist()), tuple(translation.tolist())))  # type: ignore[arg-type]
 
 
@@ -247,12 +264,8 @@ def write_table(url: str, table: Table) -> Delayed:
 
 def read_table(url: str) -> Table:
     group = open_group(url)
-    meta = group.attrs["cvplgraph"]
-    frame = (
-        pd.DataFrame({c: group[c][:] for c in meta["columns"]})
-        if meta["rows"]
-        else pd.DataFrame({c: np.empty(0, dtype=group[c].dtype) for c in meta["columns"]})
-    )
+    meta = cvplgraph_attrs(group)
+    frame = pd.DataFrame({c: child_array(group, c, url)[:] for c in meta["columns"]})
     return Table(dask.delayed(frame), Geometry.from_dict(meta["geometry"]))
 
 
@@ -274,8 +287,10 @@ def write_counts(url: str, value: BlockCounts) -> Delayed:
 
 def read_counts(url: str) -> BlockCounts:
     group = open_group(url)
-    meta = group.attrs["cvplgraph"]
-    return BlockCounts(dask.delayed(group["counts"][:]), tuple(meta["block"]), Geometry.from_dict(meta["geometry"]))  # type: ignore[arg-type]
+    meta = cvplgraph_attrs(group)
+    counts = child_array(group, "counts", url)[:]
+    block = (int(meta["block"][0]), int(meta["block"][1]), int(meta["block"][2]))
+    return BlockCounts(dask.delayed(counts), block, Geometry.from_dict(meta["geometry"]))
 
 
 def write_value(url: str, value: Any, kind: PortType, store: StoreSpec, name: str) -> list[Any]:

@@ -68,7 +68,7 @@ def _items(value: object, count: int) -> tuple[Any, ...] | None:
     if isinstance(value, (str, bytes)):
         return None
     try:
-        items = tuple(value)  # type: ignore[arg-type]
+        items: tuple[Any, ...] = tuple(value)  # type: ignore[arg-type]
     except TypeError:
         return None
     return items if len(items) == count else None

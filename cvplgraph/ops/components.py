@@ -153,7 +153,7 @@ def label_blocks(mask: da.Array, *, connectivity: int = 6) -> BlockLabels:
     per block, which matters for volumes of tens of thousands of blocks.
     """
     structure = structure_for(connectivity)
-    local = mask.map_blocks(_label_block, structure, dtype=LABEL_DTYPE)
+    local = da.map_blocks(_label_block, mask, structure, dtype=LABEL_DTYPE)
     grid = local.numblocks
     token = tokenize(local.name, connectivity)
     faces, offsets, total, lut, count = (f"{n}-{token}" for n in ("faces", "offsets", "total", "lut", "count"))
@@ -178,7 +178,7 @@ def label_blocks(mask: da.Array, *, connectivity: int = 6) -> BlockLabels:
         return np.array(out, dtype=np.int64)
 
     pairs = f"pairs-{token}"
-    pair_keys = []
+    pair_keys: list[tuple[str, int]] = []
     for axis in range(3):
         for idx in indices:
             if idx[axis] + 1 >= grid[axis]:
@@ -217,8 +217,8 @@ def _relabel(
 def relabelled(parts: BlockLabels) -> da.Array:
     """The volume with final ids, recomputed from the upstream graph after the union."""
     local = bind(parts.local, parts.lut)  # re-keyed copy that starts only once the lut exists
-    return local.map_blocks(
-        _relabel, parts.offsets, parts.lut, local.numblocks, dtype=LABEL_DTYPE, meta=np.empty((0, 0, 0), LABEL_DTYPE)
+    return da.map_blocks(
+        _relabel, local, parts.offsets, parts.lut, local.numblocks, dtype=LABEL_DTYPE, meta=np.empty((0, 0, 0), LABEL_DTYPE)
     )
 
 
