@@ -262,11 +262,16 @@ def write_table(url: str, table: Table) -> Delayed:
     return dask.delayed(_write_table, pure=False)(url, table.frame, table.geometry)
 
 
-def read_table(url: str) -> Table:
+def _read_frame(url: str, columns: list[str]) -> pd.DataFrame:
     group = open_group(url)
-    meta = cvplgraph_attrs(group)
-    frame = pd.DataFrame({c: child_array(group, c, url)[:] for c in meta["columns"]})
-    return Table(dask.delayed(frame), Geometry.from_dict(meta["geometry"]))
+    return pd.DataFrame({c: child_array(group, c, url)[:] for c in columns})
+
+
+def read_table(url: str) -> Table:
+    """A stored Points table; the rows are read lazily, when the run needs them."""
+    meta = cvplgraph_attrs(open_group(url))
+    frame = dask.delayed(_read_frame, pure=True)(url, list(meta["columns"]))
+    return Table(frame, Geometry.from_dict(meta["geometry"]))
 
 
 def _write_counts(url: str, counts: np.ndarray, block: tuple[int, int, int], geometry: Geometry) -> int:
@@ -286,11 +291,14 @@ def write_counts(url: str, value: BlockCounts) -> Delayed:
 
 
 def read_counts(url: str) -> BlockCounts:
-    group = open_group(url)
-    meta = cvplgraph_attrs(group)
-    counts = child_array(group, "counts", url)[:]
+    meta = cvplgraph_attrs(open_group(url))
+    counts = dask.delayed(_read_counts, pure=True)(url)
     block = (int(meta["block"][0]), int(meta["block"][1]), int(meta["block"][2]))
-    return BlockCounts(dask.delayed(counts), block, Geometry.from_dict(meta["geometry"]))
+    return BlockCounts(counts, block, Geometry.from_dict(meta["geometry"]))
+
+
+def _read_counts(url: str) -> np.ndarray:
+    return np.asarray(child_array(open_group(url), "counts", url)[:])
 
 
 def write_value(url: str, value: Any, kind: PortType, store: StoreSpec, name: str) -> list[Any]:
