@@ -103,16 +103,8 @@ class Spec:
     def node(self, name: str) -> NodeSpec:
         return next(n for n in self.nodes if n.name == name)
 
-    def line(self, path: str) -> int | None:
-        """Line of a dotted field path (or its nearest enclosing table)."""
-        while path:
-            if path in self.locations:
-                return self.locations[path]
-            path = path.rpartition(".")[0]
-        return None
-
     def problem(self, path: str, message: str) -> Problem:
-        return Problem(self.path, self.line(path), path, message)
+        return Problem(self.path, line_of(self.locations, path), path, message)
 
 
 # --- locating fields in the TOML text -------------------------------------------------------
@@ -144,6 +136,15 @@ def locate_fields(text: str) -> dict[str, int]:
     return out
 
 
+def line_of(locations: Mapping[str, int], path: str) -> int | None:
+    """Line of a dotted field path, or of its nearest enclosing table."""
+    while path:
+        if path in locations:
+            return locations[path]
+        path = path.rpartition(".")[0]
+    return None
+
+
 # --- small parsers: each returns a normalised value or records a problem ----------------------
 
 
@@ -153,15 +154,8 @@ class _Collector:
         self.locations = locations
         self.problems: list[Problem] = []
 
-    def line(self, path: str) -> int | None:
-        while path:
-            if path in self.locations:
-                return self.locations[path]
-            path = path.rpartition(".")[0]
-        return None
-
     def add(self, path: str, message: str) -> None:
-        self.problems.append(Problem(self.file, self.line(path), path, message))
+        self.problems.append(Problem(self.file, line_of(self.locations, path), path, message))
 
     def unknown_keys(self, table: Mapping[str, Any], allowed: list[str], path: str) -> None:
         for key in table:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cvplgraph.errors import Problem, SpecError
-from cvplgraph.spec import Spec, parse_spec
+from cvplgraph.spec import Spec, line_of, parse_spec
 
 FILE = "spec.toml"
 
@@ -623,7 +623,9 @@ def test_valid_spec_parses_into_the_expected_values() -> None:
     assert counts.input_map == {"objects": "centroids"}
     assert spec.cluster.n_workers == 2 and spec.cluster.address == ""
     assert [name for name, _ in spec.outputs] == ["centroids", "counts"]
-    assert spec.line("nodes.cells.store.multiscale") == key_line(VALID_SPEC, "nodes.cells.store", "multiscale")
+    assert line_of(spec.locations, "nodes.cells.store.multiscale") == key_line(
+        VALID_SPEC, "nodes.cells.store", "multiscale"
+    )
 
 
 def test_integer_for_float_param_becomes_float() -> None:

@@ -218,7 +218,13 @@ def relabelled(parts: BlockLabels) -> da.Array:
     """The volume with final ids, recomputed from the upstream graph after the union."""
     local = bind(parts.local, parts.lut)  # re-keyed copy that starts only once the lut exists
     return da.map_blocks(
-        _relabel, local, parts.offsets, parts.lut, local.numblocks, dtype=LABEL_DTYPE, meta=np.empty((0, 0, 0), LABEL_DTYPE)
+        _relabel,
+        local,
+        parts.offsets,
+        parts.lut,
+        local.numblocks,
+        dtype=LABEL_DTYPE,
+        meta=np.empty((0, 0, 0), LABEL_DTYPE),
     )
 
 
