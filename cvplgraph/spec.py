@@ -401,8 +401,10 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
         for node_name, target in out_raw.items():
             if not isinstance(target, str) or not target:
                 c.add(f"outputs.{node_name}", f"expected a file path (string), got {target!r}")
+            elif "://" in target and not target.startswith("file://"):
+                c.add(f"outputs.{node_name}", f"expected a local file path (outputs are local files), got {target!r}")
             else:
-                outputs.append((node_name, _resolve(target, base)))
+                outputs.append((node_name, _resolve(target.removeprefix("file://"), base)))
     else:
         c.add("outputs", f'expected a table node = "path", got {out_raw!r}')
     # the graph is checked even when the input is unusable, so that every problem is reported at once

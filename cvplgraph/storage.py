@@ -21,7 +21,7 @@ import zarr
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 from dask.delayed import Delayed
 
-from .errors import InputError
+from .errors import CacheError, InputError
 from .spec import InputSpec, StoreSpec
 from .types import PortType
 from .values import DIMS, BlockCounts, Geometry, Table, wrap
@@ -32,9 +32,23 @@ NGFF_VERSION = "0.5"
 # --- reading OME-Zarr -------------------------------------------------------------------------
 
 
+def zarr_location(url: str) -> str:
+    """What to hand zarr: ``file://`` URLs become plain paths (zarr's local store creates
+    folders as it writes; fsspec's local filesystem does not)."""
+    return url[len("file://") :] if url.startswith("file://") else url
+
+
+def create_group(url: str) -> zarr.Group:
+    """A new, empty group at ``url`` (replacing anything there)."""
+    try:
+        return zarr.open_group(zarr_location(url), mode="w")
+    except OSError as exc:
+        raise CacheError(f"{url}: cannot create the store ({exc})") from None
+
+
 def open_group(url: str, mode: str = "r") -> zarr.Group:
     try:
-        return zarr.open_group(url, mode=mode)  # type: ignore[arg-type]
+        return zarr.open_group(zarr_location(url), mode=mode)  # type: ignore[arg-type]
     except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError) as exc:
         raise InputError(f"{url}: not a readable zarr group ({exc.__class__.__name__}: {exc})") from None
 
@@ -206,7 +220,7 @@ def ngff_metadata(geometry: Geometry, levels: int, kind: PortType, name: str) ->
 def write_array(url: str, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str) -> list[Any]:
     """Create the OME-Zarr group at ``url`` now; return the lazy writes of its levels."""
     geometry = Geometry.of(value)
-    group = zarr.open_group(url, mode="w")
+    group = create_group(url)
     group.attrs.update(ngff_metadata(geometry, store.multiscale, kind, name))
     data = value.data
     writes = []
@@ -245,7 +259,7 @@ def read_array(url: str, level: int = 0) -> xr.DataArray:
 
 
 def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
-    group = zarr.open_group(url, mode="w")
+    group = create_group(url)
     for column in frame.columns:
         values = frame[column].to_numpy()
         group.create_array(column, data=values, chunks=(max(1, min(len(values), 1 << 20)),))
@@ -275,7 +289,7 @@ def read_table(url: str) -> Table:
 
 
 def _write_counts(url: str, counts: np.ndarray, block: tuple[int, int, int], geometry: Geometry) -> int:
-    group = zarr.open_group(url, mode="w")
+    group = create_group(url)
     group.create_array("counts", data=counts)
     group.attrs["cvplgraph"] = {
         "type": "BlockCounts",

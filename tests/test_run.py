@@ -156,3 +156,14 @@ def test_working_chunks_do_not_change_results_or_keys(spec_file: Path, chunks: l
     second = cvplgraph.run(rechunked, scheduler="threads")
     other = second["centroids"].to_dataframe().sort_values(["z", "y", "x"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(table.drop(columns="label"), other.drop(columns="label"), atol=1e-9, rtol=0)
+
+
+def test_fsspec_file_urls_for_input_and_cache(spec_file: Path, synthetic: tuple[Path, pd.DataFrame]) -> None:
+    text = spec_file.read_text().replace(f'url = "{synthetic[0]}"', f'url = "file://{synthetic[0]}"')
+    text = text.replace('url = "cache"', f'url = "file://{spec_file.parent}/url-cache"')
+    spec_file.write_text(text)
+    spec = cvplgraph.load_spec(spec_file)
+    assert spec.input.url.startswith("file://") and spec.cache_url.startswith("file://")
+    assert cvplgraph.run(spec, scheduler="threads").report.committed
+    assert (spec_file.parent / "url-cache" / "manifest").is_dir()
+    assert cvplgraph.plan(spec).to_compute() == []

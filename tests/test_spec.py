@@ -670,3 +670,12 @@ def test_op_value_checks_run_when_the_spec_loads() -> None:
     assert problem.field == "nodes.counts.block"
     assert problem.line == text.splitlines().index("block = [64, 256]") + 1
     assert problem.message == "expected three positive integers (z, y, x), got [64, 256]"
+
+
+def test_outputs_must_be_local_files() -> None:
+    text = VALID_SPEC.replace('counts = "results/counts.csv"', 'counts = "s3://bucket/counts.csv"')
+    assert text != VALID_SPEC
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, FILE)
+    (problem,) = info.value.problems
+    assert problem.field == "outputs.counts" and "expected a local file path" in problem.message
