@@ -126,7 +126,9 @@ def read_input(spec: InputSpec) -> xr.DataArray:
     data = data[tuple(index)]
     keep = [i for i, a in enumerate(names) if a in DIMS]
     order = [names[i] for i in keep]
-    data = data.transpose([order.index(d) for d in DIMS])
+    axes = [order.index(d) for d in DIMS]
+    if axes != [0, 1, 2]:
+        data = data.transpose(axes)
     zyx = [keep[order.index(d)] for d in DIMS]
     scale, translation = scale[zyx], translation[zyx]
     if spec.crop:
@@ -153,7 +155,7 @@ def to_unit_float(data: da.Array, intensity_range: tuple[float, float] | None) -
         info = np.iinfo(data.dtype)
         low, high = float(max(info.min, 0)), float(info.max)
     elif np.issubdtype(data.dtype, np.floating):
-        return data.astype(np.float32)
+        return data if data.dtype == np.float32 else data.astype(np.float32)
     else:
         raise InputError(f"unsupported input dtype {data.dtype}; expected an integer or float image")
     scale = np.float32(1.0 / (high - low))

@@ -2,7 +2,7 @@
 
 Chunked labelling in two passes, with memory bounded by the block size:
 
-1. every block is labelled on its own (``scipy.ndimage.label``); the task keeps
+1. every block is labelled on its own (cc3d); the task keeps
    only the block's label count and its six boundary faces;
 2. block ids are made unique with an offset (a cumulative sum of the counts);
 3. for every plane between two rows of blocks, the faces on both sides (plus a
@@ -24,6 +24,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Literal
 
+import cc3d
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -65,9 +66,9 @@ class BlockLabels:
     count: Delayed  # number of objects
 
 
-def _label_block(block: np.ndarray, structure: np.ndarray) -> np.ndarray:
-    labels, _ = ndimage.label(block, structure=structure, output=LABEL_DTYPE)
-    return labels
+def _label_block(block: np.ndarray, connectivity: int) -> np.ndarray:
+    """Ids 1..n of one block's components, in raster order (cc3d: ~5× scipy.ndimage.label)."""
+    return cc3d.connected_components(block, connectivity=connectivity, binary_image=True, out_dtype=np.uint32)
 
 
 def _faces(labels: np.ndarray) -> tuple[int, tuple[tuple[np.ndarray, np.ndarray], ...]]:
@@ -153,7 +154,7 @@ def label_blocks(mask: da.Array, *, connectivity: int = 6) -> BlockLabels:
     per block, which matters for volumes of tens of thousands of blocks.
     """
     structure = structure_for(connectivity)
-    local = da.map_blocks(_label_block, mask, structure, dtype=LABEL_DTYPE)
+    local = da.map_blocks(_label_block, mask, connectivity, dtype=np.uint32)
     grid = local.numblocks
     token = tokenize(local.name, connectivity)
     faces, offsets, total, lut, count = (f"{n}-{token}" for n in ("faces", "offsets", "total", "lut", "count"))
@@ -210,8 +211,10 @@ def _count(lut: np.ndarray) -> int:
 def _relabel(
     local: np.ndarray, offsets: np.ndarray, lut: np.ndarray, numblocks: tuple[int, ...], block_id: tuple[int, ...]
 ) -> np.ndarray:
-    offset = offsets[np.ravel_multi_index(block_id, numblocks)]
-    return np.where(local > 0, lut[np.where(local > 0, local + offset, 0)], 0).astype(LABEL_DTYPE)
+    offset = int(offsets[np.ravel_multi_index(block_id, numblocks)])
+    block_lut = lut[offset : offset + int(local.max(initial=0)) + 1].copy()
+    block_lut[0] = 0  # local id 0 is background; ids 1..n sit at offset + 1..n
+    return block_lut[local]
 
 
 def relabelled(parts: BlockLabels) -> da.Array:
