@@ -33,7 +33,7 @@ def ops_markdown() -> str:
             "",
             op.summary,
             "",
-            f"Output: **{op.output}**",
+            f"Output: **{op.output}** · halo: {op.halo} · cost: {op.cost or 'negligible'}",
             "",
             "| field | kind | type | default |",
             "|---|---|---|---|",

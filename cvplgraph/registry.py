@@ -73,6 +73,8 @@ class OpDef:
     func: Callable[..., Any] = field(repr=False)
     summary: str = ""
     checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict, repr=False)
+    halo: str = "none"  # how far a block reads into its neighbours, for the docs
+    cost: str = ""  # what dominates its run time, for the docs
 
     def port(self, name: str) -> Port | None:
         return next((p for p in self.inputs if p.name == name), None)
@@ -133,6 +135,8 @@ def op(
     output: PortType,
     optional: tuple[str, ...] = (),
     checks: Mapping[str, Callable[[Any], str | None]] | None = None,
+    halo: str = "none",
+    cost: str = "",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``func`` as the op ``name``.
 
@@ -153,6 +157,9 @@ def op(
         Per-parameter value checks beyond the type, run when a spec loads: each
         returns None when the (type-checked) value is fine, else what was expected
         ("three positive integers (z, y, x)").
+    halo, cost : str
+        How far each block reads into its neighbours, and what dominates the
+        run time; both appear in the generated op reference.
     """
     from .values import adapt_call  # local: values imports heavy array libraries
 
@@ -163,9 +170,8 @@ def op(
         unknown = set(checks or {}) - {p.name for p in params}
         if unknown:
             raise TypeError(f"op {name}: checks name unknown parameters {sorted(unknown)}")
-        opdef = OpDef(
-            name, version, ports, output, params, func, doc.split("\n\n")[0].replace("\n", " "), dict(checks or {})
-        )
+        summary = doc.split("\n\n")[0].replace("\n", " ")
+        opdef = OpDef(name, version, ports, output, params, func, summary, dict(checks or {}), halo, cost)
         if name in REGISTRY and REGISTRY[name].func is not func:
             raise CvplError(f"op {name!r} is registered twice")
         REGISTRY[name] = opdef

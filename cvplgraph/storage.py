@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 from dask.delayed import Delayed
+from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from .errors import CacheError, InputError
 from .spec import InputSpec, StoreSpec

@@ -95,6 +95,8 @@ def test_centroids_equal_center_of_mass(chunks: tuple[int, int, int], through_ca
     com = np.array(ndimage.center_of_mass(mask, reference, ids))
     sizes = ndimage.sum_labels(mask, reference, ids)
     means = ndimage.mean(image, reference, ids)
+    maxima = ndimage.maximum(image, reference, ids)
+    boxes = ndimage.find_objects(reference)
 
     labels = ops.connected_components(da.from_array(mask, chunks=chunks))
     if through_cache:
@@ -108,6 +110,10 @@ def test_centroids_equal_center_of_mass(chunks: tuple[int, int, int], through_ca
     np.testing.assert_allclose(got.loc[order, ["z", "y", "x"]].to_numpy(), com, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(got.loc[order, "volume_voxels"].to_numpy(), sizes)
     np.testing.assert_allclose(got.loc[order, "mean_intensity"].to_numpy(), means, rtol=1e-6)
+    np.testing.assert_array_equal(got.loc[order, "max_intensity"].to_numpy(), maxima)
+    for axis, name in enumerate("zyx"):
+        np.testing.assert_array_equal(got.loc[order, f"bbox_{name}_min"].to_numpy(), [b[axis].start for b in boxes])
+        np.testing.assert_array_equal(got.loc[order, f"bbox_{name}_max"].to_numpy(), [b[axis].stop - 1 for b in boxes])
 
 
 def test_centroids_physical_coordinates() -> None:

@@ -4,8 +4,22 @@ Each op is also a plain function: call it on numpy, dask or xarray arrays.
 """
 
 from .components import connected_components
-from .count import count
+from .count import count, density, filter_size
+from .filters import background_subtract, downsample, gaussian, normalize
 from .measure import centroids
-from .threshold import threshold
+from .threshold import local_threshold, otsu, threshold
 
-__all__ = ["centroids", "connected_components", "count", "threshold"]
+__all__ = [
+    "background_subtract",
+    "centroids",
+    "connected_components",
+    "count",
+    "density",
+    "downsample",
+    "filter_size",
+    "gaussian",
+    "local_threshold",
+    "normalize",
+    "otsu",
+    "threshold",
+]

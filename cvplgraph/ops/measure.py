@@ -1,7 +1,8 @@
 """Labels → Points: per-object centroids and features, exact across blocks.
 
-Every block contributes partial sums per id (voxel count, Σz, Σy, Σx,
-Σintensity); the sums of an object cut by block faces are merged by id, so
+Every block contributes partial statistics per id (voxel count, Σz, Σy, Σx,
+Σintensity, bounding box, maximum intensity); the pieces of an object cut by
+block faces are merged by id, so
 the centroid equals ``scipy.ndimage.center_of_mass`` on the whole array.
 When the labels come from ``connected_components`` in the same graph the sums
 are taken from its per-block labels and merged through its lookup table, so
@@ -22,23 +23,36 @@ from .components import BLOCK_LABELS_ATTR, BlockLabels
 
 #: Columns of every Points table, in order; features follow.
 POINT_COLUMNS = ["label", "z", "y", "x", "z_um", "y_um", "x_um", "volume_voxels", "volume_um3"]
-_SUMS = 5  # n, Σz, Σy, Σx, Σintensity
+#: Partial-statistics columns per id and block, and how pieces of one object combine.
+PARTS = {
+    "n": "sum", "sz": "sum", "sy": "sum", "sx": "sum", "si": "sum",
+    "z_min": "min", "y_min": "min", "x_min": "min",
+    "z_max": "max", "y_max": "max", "x_max": "max", "i_max": "max",
+}  # fmt: skip
 
 
-def _partial_sums(labels: np.ndarray, image: np.ndarray | None, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ids present in the block and their (n, Σz, Σy, Σx, Σintensity) rows."""
+def _partial_stats(labels: np.ndarray, image: np.ndarray | None, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ids present in the block and one row of :data:`PARTS` statistics per id (global coordinates)."""
     flat = labels.ravel()
     idx = np.flatnonzero(flat)
     if idx.size == 0:
-        return np.empty(0, dtype=np.int64), np.empty((0, _SUMS))
-    ids, inverse = np.unique(flat[idx], return_inverse=True)
+        return np.empty(0, dtype=np.int64), np.empty((0, len(PARTS)))
+    order = np.argsort(flat[idx], kind="stable")
+    idx = idx[order]
+    sorted_ids = flat[idx]
+    first = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
     coords = np.unravel_index(idx, labels.shape)
-    sums = np.empty((ids.size, _SUMS))
-    sums[:, 0] = np.bincount(inverse, minlength=ids.size)
+    values = image.ravel()[idx].astype(np.float64) if image is not None else np.zeros(idx.size)
+    stats = np.empty((first.size, len(PARTS)))
+    stats[:, 0] = np.diff(np.r_[first, idx.size])
     for a in range(3):
-        sums[:, 1 + a] = np.bincount(inverse, weights=coords[a] + float(starts[a]), minlength=ids.size)
-    sums[:, 4] = np.bincount(inverse, weights=image.ravel()[idx], minlength=ids.size) if image is not None else 0.0
-    return ids.astype(np.int64), sums
+        c = coords[a] + int(starts[a])
+        stats[:, 1 + a] = np.add.reduceat(c.astype(np.float64), first)
+        stats[:, 5 + a] = np.minimum.reduceat(c, first)
+        stats[:, 8 + a] = np.maximum.reduceat(c, first)
+    stats[:, 4] = np.add.reduceat(values, first)
+    stats[:, 11] = np.maximum.reduceat(values, first)
+    return sorted_ids[first].astype(np.int64), stats
 
 
 def _block_starts(chunks: tuple[tuple[int, ...], ...], block_id: tuple[int, ...]) -> np.ndarray:
@@ -52,23 +66,21 @@ def _merge(
     lut: np.ndarray | None,
     *parts: tuple[np.ndarray, np.ndarray],
 ) -> pd.DataFrame:
-    """Merge per-block partial sums by final id into the Points table."""
+    """Merge per-block partial statistics by final id into the Points table."""
     ids = np.concatenate([np.empty(0, np.int64)] + [p[0] for p in parts])
-    sums = np.concatenate([np.empty((0, _SUMS))] + [p[1] for p in parts])
+    stats = np.concatenate([np.empty((0, len(PARTS)))] + [p[1] for p in parts])
     if lut is not None and offsets is not None:
         block_of = np.repeat(np.arange(len(parts)), [len(p[0]) for p in parts])
         ids = lut[ids + offsets[block_of]]
-    final, inverse = np.unique(ids, return_inverse=True)
-    total = np.zeros((final.size, _SUMS))
-    for c in range(_SUMS):
-        total[:, c] = np.bincount(inverse, weights=sums[:, c], minlength=final.size)
-    n = total[:, 0]
-    centre = total[:, 1:4] / n[:, None] if final.size else np.empty((0, 3))
+    pieces = pd.DataFrame(stats, columns=list(PARTS))
+    pieces["label"] = ids
+    total = pieces.groupby("label", sort=True).agg(PARTS)
+    n = total["n"].to_numpy()
+    centre = total[["sz", "sy", "sx"]].to_numpy() / n[:, None] if len(total) else np.empty((0, 3))
     um = geometry.to_um(centre)
-    voxel_um3 = float(np.prod(geometry.scale))
     frame = pd.DataFrame(
         {
-            "label": final.astype(np.int64),
+            "label": total.index.to_numpy().astype(np.int64),
             "z": centre[:, 0],
             "y": centre[:, 1],
             "x": centre[:, 2],
@@ -76,11 +88,15 @@ def _merge(
             "y_um": um[:, 1],
             "x_um": um[:, 2],
             "volume_voxels": n.astype(np.int64),
-            "volume_um3": n * voxel_um3,
+            "volume_um3": n * float(np.prod(geometry.scale)),
         }
     )
+    for axis in "zyx":
+        frame[f"bbox_{axis}_min"] = total[f"{axis}_min"].to_numpy().astype(np.int64)
+        frame[f"bbox_{axis}_max"] = total[f"{axis}_max"].to_numpy().astype(np.int64)
     if with_intensity:
-        frame["mean_intensity"] = total[:, 4] / np.maximum(n, 1)
+        frame["mean_intensity"] = total["si"].to_numpy() / np.maximum(n, 1)
+        frame["max_intensity"] = total["i_max"].to_numpy()
     return frame
 
 
@@ -94,7 +110,7 @@ def object_table(labels: xr.DataArray, image: xr.DataArray | None = None) -> Tab
     img_blocks = img.to_delayed().ravel() if img is not None else [None] * len(blocks)
     block_ids = list(np.ndindex(*source.numblocks))
     partial = [
-        dask.delayed(_partial_sums, pure=True)(b, i, _block_starts(source.chunks, bid))
+        dask.delayed(_partial_stats, pure=True)(b, i, _block_starts(source.chunks, bid))
         for b, i, bid in zip(blocks, img_blocks, block_ids)
     ]
     offsets = parts.offsets if parts is not None else None
@@ -105,13 +121,13 @@ def object_table(labels: xr.DataArray, image: xr.DataArray | None = None) -> Tab
 
 @op(
     "centroids",
-    version=1,
+    version=2,
     inputs={"labels": PortType.Labels, "image": PortType.Image},
     optional=("image",),
     output=PortType.Points,
 )
 def centroids(labels: xr.DataArray, image: xr.DataArray | None = None) -> Table:
-    """Centre of mass, size and (with ``image``) mean intensity of every object.
+    """Centre of mass, size, bounding box and (with ``image``) mean and max intensity of every object.
 
     Parameters
     ----------
@@ -124,8 +140,10 @@ def centroids(labels: xr.DataArray, image: xr.DataArray | None = None) -> Table:
     -------
     points : Table
         One row per object: ``label``, ``z, y, x`` (voxels), ``z_um, y_um, x_um``,
-        ``volume_voxels``, ``volume_um3`` [, ``mean_intensity``]; geometric centres
-        (unweighted), equal to ``scipy.ndimage.center_of_mass`` of each object.
+        ``volume_voxels``, ``volume_um3``, ``bbox_{z,y,x}_{min,max}`` (inclusive
+        voxel indices) [, ``mean_intensity``, ``max_intensity``]; geometric
+        centres (unweighted), equal to ``scipy.ndimage.center_of_mass`` of each
+        object, exact whatever the chunking.
     """
     return object_table(labels, image)
 
