@@ -3,14 +3,17 @@
 Each op is also a plain function: call it on numpy, dask or xarray arrays.
 """
 
+from .blobs import blobs
 from .components import connected_components
 from .count import count, density, filter_size
 from .filters import background_subtract, downsample, gaussian, normalize
 from .measure import centroids
 from .threshold import local_threshold, otsu, threshold
+from .watershed import watershed
 
 __all__ = [
     "background_subtract",
+    "blobs",
     "centroids",
     "connected_components",
     "count",
@@ -22,4 +25,5 @@ __all__ = [
     "normalize",
     "otsu",
     "threshold",
+    "watershed",
 ]
