@@ -29,7 +29,10 @@ def ball(radius: float, scale: tuple[float, ...]) -> np.ndarray:
     """Boolean footprint of the voxels within ``radius`` µm of the centre."""
     half = [max(1, int(radius / s)) for s in scale]
     grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
-    return sum((g * s) ** 2 for g, s in zip(grids, scale)) <= radius**2  # type: ignore[no-any-return]
+    squared = np.zeros([2 * h + 1 for h in half])
+    for g, s in zip(grids, scale):
+        squared = squared + (g * s) ** 2
+    return np.asarray(squared <= radius**2)
 
 
 def seeds_and_flood(
@@ -157,5 +160,5 @@ def watershed(mask: xr.DataArray, *, min_distance: float = 6.0, max_radius: floa
     uniques = [dask.delayed(_unique, pure=True)(b) for b in first.to_delayed().ravel()]
     ids = dask.delayed(_lut, pure=True)(*uniques)
     second = flooded(bind(data, ids))  # recomputed after the table exists: no block is held meanwhile
-    out = second.map_blocks(_renumber, ids, dtype=LABEL_DTYPE, meta=np.empty((0, 0, 0), LABEL_DTYPE))
+    out = da.map_blocks(_renumber, second, ids, dtype=LABEL_DTYPE, meta=np.empty((0, 0, 0), LABEL_DTYPE))
     return like(out.rechunk(mask.data.chunks), mask)
