@@ -199,3 +199,6 @@ def known_ops() -> list[str]:
 
 def _load_builtins() -> None:
     from . import ops  # noqa: F401  (registers the built-in ops on import)
+    from .plugins import load_entry_points
+
+    load_entry_points()

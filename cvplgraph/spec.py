@@ -94,6 +94,7 @@ class Spec:
     cluster: ClusterSpec = ClusterSpec()
     outputs: tuple[tuple[str, str], ...] = ()  # (node, path)
     locations: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    plugins: tuple[str, ...] = ()  # modules imported for their ops
 
     @property
     def source(self) -> str:
@@ -343,6 +344,19 @@ def _parse_node(name: str, raw: Any, c: _Collector) -> NodeSpec | None:
     return NodeSpec(name, opname, tuple(inputs), tuple(sorted(given)), cache, store, tuple(sorted(view.items())))
 
 
+def _parse_plugins(raw: Any, c: _Collector, base: Path) -> tuple[str, ...]:
+    """Import the plugin modules a spec names, before its nodes are checked against the registry."""
+    from .plugins import import_plugin
+
+    if not isinstance(raw, list) or not all(isinstance(m, str) and m for m in raw):
+        c.add("plugins", f'expected a list of module names such as ["lab_ops"], got {raw!r}')
+        return ()
+    for module in raw:
+        if problem := import_plugin(module, base):
+            c.add("plugins", problem)
+    return tuple(raw)
+
+
 def _parse_cluster(raw: Any, c: _Collector) -> ClusterSpec:
     if not isinstance(raw, dict):
         c.add("cluster", f"expected a table, got {raw!r}")
@@ -374,7 +388,8 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
         m = re.search(r"line (\d+)", str(exc))
         raise SpecError([Problem(path, int(m.group(1)) if m else None, "toml", f"not valid TOML: {exc}")]) from None
     base = Path(path).resolve().parent if path != "<spec>" else Path.cwd()
-    c.unknown_keys(raw, ["input", "nodes", "cache", "cluster", "outputs"], "")
+    c.unknown_keys(raw, ["plugins", "input", "nodes", "cache", "cluster", "outputs"], "")
+    plugins = _parse_plugins(raw.get("plugins", []), c, base)
     inp = _parse_input(raw.get("input"), c, base)
     nodes_raw = raw.get("nodes", {})
     nodes = []
@@ -416,6 +431,7 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
         cluster,
         tuple(outputs),
         locations,
+        plugins,
     )
     declared = {n for n in (nodes_raw if isinstance(nodes_raw, dict) else {}) if n != INPUT}
     problems = c.problems + graph_problems(spec, declared)
