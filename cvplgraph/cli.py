@@ -60,6 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "train",
+        help="fit a pixel classifier from painted voxels",
+        description="Fit a random-forest pixel classifier on the spec's input from an annotation volume "
+        "(0 = unlabelled, 1 = background, 2 = cell, as a Napari labels layer paints) and write a pickle-free "
+        "model file for the pixel_classifier op.",
+    )
+    p.add_argument("spec", help="the spec whose [input] the annotations were painted on")
+    p.add_argument("--annotations", required=True, help="OME-Zarr, zarr, TIFF or .npy label volume")
+    p.add_argument("--out", default="models", help="folder for the model file (default: ./models)")
+    p.add_argument("--sigmas", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="feature scales in µm")
+    p.add_argument("--trees", type=int, default=32, help="trees in the forest (default 32)")
+    p.add_argument("--depth", type=int, default=10, help="maximum tree depth (default 10)")
+    _add_common(p)
+
+    p = sub.add_parser(
         "ops",
         help="list the available ops, their inputs and parameters",
         description="List every registered op with its input ports, output type and parameters.",

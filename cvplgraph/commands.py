@@ -74,6 +74,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+    from .train import train
+
+    report = train(load_spec(args.spec), args.annotations, args.out, sigmas_um=tuple(args.sigmas),
+                   trees=args.trees, depth=args.depth)  # fmt: skip
+    print(
+        f"trained on {report.voxels['cell']} cell and {report.voxels['background']} background voxels; "
+        f"cell F1 on held-out annotations: {report.held_out_f1:.3f}"
+    )
+    print(f"model: {report.model}")
+    print(f'use it: op = "pixel_classifier", model = "{report.model}"')
+    return 0
+
+
 def cmd_ops(args: argparse.Namespace) -> int:
     from .opsdoc import ops_markdown, ops_text
 

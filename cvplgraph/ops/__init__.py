@@ -4,6 +4,7 @@ Each op is also a plain function: call it on numpy, dask or xarray arrays.
 """
 
 from .blobs import blobs
+from .classify import pixel_classifier
 from .components import connected_components
 from .count import count, density, filter_size
 from .filters import background_subtract, downsample, gaussian, normalize
@@ -24,6 +25,7 @@ __all__ = [
     "local_threshold",
     "normalize",
     "otsu",
+    "pixel_classifier",
     "threshold",
     "watershed",
 ]
