@@ -75,6 +75,7 @@ class OpDef:
     checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict, repr=False)
     halo: str = "none"  # how far a block reads into its neighbours, for the docs
     cost: str = ""  # what dominates its run time, for the docs
+    paths: tuple[str, ...] = ()  # string parameters that name files, resolved against the spec's folder
 
     def port(self, name: str) -> Port | None:
         return next((p for p in self.inputs if p.name == name), None)
@@ -137,6 +138,7 @@ def op(
     checks: Mapping[str, Callable[[Any], str | None]] | None = None,
     halo: str = "none",
     cost: str = "",
+    paths: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``func`` as the op ``name``.
 
@@ -160,6 +162,9 @@ def op(
     halo, cost : str
         How far each block reads into its neighbours, and what dominates the
         run time; both appear in the generated op reference.
+    paths : tuple of str
+        String parameters that name files; a spec's relative paths are
+        resolved against the spec's folder.
     """
     from .values import adapt_call  # local: values imports heavy array libraries
 
@@ -171,7 +176,7 @@ def op(
         if unknown:
             raise TypeError(f"op {name}: checks name unknown parameters {sorted(unknown)}")
         summary = doc.split("\n\n")[0].replace("\n", " ")
-        opdef = OpDef(name, version, ports, output, params, func, summary, dict(checks or {}), halo, cost)
+        opdef = OpDef(name, version, ports, output, params, func, summary, dict(checks or {}), halo, cost, paths)
         if name in REGISTRY and REGISTRY[name].func is not func:
             raise CvplError(f"op {name!r} is registered twice")
         REGISTRY[name] = opdef

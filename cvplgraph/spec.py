@@ -291,7 +291,7 @@ def _parse_store(raw: Any, c: _Collector, path: str) -> StoreSpec:
     return StoreSpec(chunks, levels, compressor)  # type: ignore[arg-type]
 
 
-def _parse_node(name: str, raw: Any, c: _Collector) -> NodeSpec | None:
+def _parse_node(name: str, raw: Any, c: _Collector, base: Path) -> NodeSpec | None:
     path = f"nodes.{name}"
     if not isinstance(raw, dict):
         c.add(path, f'expected a table [nodes.{name}] with op = "...", got {raw!r}')
@@ -334,7 +334,7 @@ def _parse_node(name: str, raw: Any, c: _Collector) -> NodeSpec | None:
         if not ok or problem:
             c.add(f"{path}.{p.name}", f"expected {problem or p.describe()}, got {raw[p.name]!r}")
             continue
-        given.append((p.name, value))
+        given.append((p.name, _resolve(value, base) if p.name in opdef.paths else value))
     cache = c.typed(raw, "cache", path, bool, "true or false", default=True)
     store = _parse_store(raw["store"], c, f"{path}.store") if "store" in raw else StoreSpec()
     view = raw.get("view", {})
@@ -397,7 +397,7 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
         c.add("nodes", 'expected at least one [nodes.NAME] table with op = "..."')
     else:
         for name, body in nodes_raw.items():
-            node = _parse_node(name, body, c)
+            node = _parse_node(name, body, c, base)
             if node is not None:
                 nodes.append(node)
     cache_raw = raw.get("cache", {})

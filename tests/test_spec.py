@@ -221,7 +221,7 @@ CASES: list[Case] = [
             Expect(
                 "extras",
                 at_header("extras"),
-                ("unknown field `extras`", "expected one of: input, nodes, cache, cluster, outputs"),
+                ("unknown field `extras`", "expected one of: plugins, input, nodes, cache, cluster, outputs"),
             ),
         ),
     ),

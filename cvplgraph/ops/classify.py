@@ -31,6 +31,7 @@ def _classify(block: np.ndarray, path: str, scale: tuple[float, ...], probabilit
     inputs={"image": PortType.Image},
     output=PortType.Mask,
     checks={"model": lambda p: None if p.endswith(".npz") else "a model file written by `cvplgraph train` (.npz)"},
+    paths=("model",),
     halo="4 × the largest feature σ + 1 voxel per axis",
     cost="3 filters per feature scale and a forest evaluation per voxel",
 )
@@ -42,8 +43,8 @@ def pixel_classifier(image: xr.DataArray, *, model: str, probability: float = 0.
     image : (Z, Y, X) DataArray of float32
     model : str
         Path of a model written by ``cvplgraph train`` (its name carries its
-        content digest, so a retrained model is a new key). Relative paths are
-        relative to the working folder; workers must be able to read it.
+        content digest, so a retrained model is a new key). A relative path in a
+        spec is relative to the spec's folder; workers must be able to read it.
     probability : float
         Decision level on the forest's cell probability.
 
