@@ -106,8 +106,8 @@ def object_table(labels: xr.DataArray, image: xr.DataArray | None = None) -> Tab
     parts: BlockLabels | None = labels.attrs.get(BLOCK_LABELS_ATTR)
     source = parts.local if parts is not None else labels.data
     img = image.data.rechunk(source.chunks) if image is not None else None
-    blocks = source.to_delayed().ravel()
-    img_blocks = img.to_delayed().ravel() if img is not None else [None] * len(blocks)
+    blocks = source.to_delayed(optimize_graph=False).ravel()
+    img_blocks = img.to_delayed(optimize_graph=False).ravel() if img is not None else [None] * len(blocks)
     block_ids = list(np.ndindex(*source.numblocks))
     partial = [
         dask.delayed(_partial_stats, pure=True)(b, i, _block_starts(source.chunks, bid))

@@ -157,7 +157,7 @@ def watershed(mask: xr.DataArray, *, min_distance: float = 6.0, max_radius: floa
         )  # fmt: skip
 
     first = flooded(data)
-    uniques = [dask.delayed(_unique, pure=True)(b) for b in first.to_delayed().ravel()]
+    uniques = [dask.delayed(_unique, pure=True)(b) for b in first.to_delayed(optimize_graph=False).ravel()]
     ids = dask.delayed(_lut, pure=True)(*uniques)
     second = flooded(bind(data, ids))  # recomputed after the table exists: no block is held meanwhile
     out = da.map_blocks(_renumber, second, ids, dtype=LABEL_DTYPE, meta=np.empty((0, 0, 0), LABEL_DTYPE))
