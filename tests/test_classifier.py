@@ -101,7 +101,7 @@ def test_classifier_is_chunk_invariant(painted: dict) -> None:
 
     image = read_input(cvplgraph.load_spec(painted["spec"]).input).values
     check_op(ops.pixel_classifier, {"image": image}, params={"model": str(painted["report"].model)},
-             chunkings=[(12, 48, 48), (7, 30, 41)])  # fmt: skip
+             chunkings=[(12, 48, 48), (7, 30, 41), (24, 20, 96)])  # fmt: skip
 
 
 def test_train_command(painted: dict) -> None:

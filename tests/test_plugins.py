@@ -94,10 +94,16 @@ def volume() -> np.ndarray:
         (ops.otsu, {}, "image"),
         (ops.normalize, {}, "image"),
         (ops.blobs, {"method": "log", "min_sigma": 1.0, "max_sigma": 2.0, "num_sigma": 3, "threshold": 0.02}, "image"),
+        (ops.blobs, {"method": "dog", "min_sigma": 1.0, "max_sigma": 2.0, "threshold": 0.02}, "image"),
+        (ops.blobs, {"method": "peaks", "min_sigma": 1.0, "threshold": 0.4}, "image"),
     ],
 )
 def test_builtin_image_ops_conform(volume: np.ndarray, op, params: dict, port: str) -> None:  # type: ignore[no-untyped-def]
     check_op(op, {port: volume}, params=params)
+
+
+def test_downsample_conforms(volume: np.ndarray) -> None:
+    check_op(ops.downsample, {"image": volume}, params={"factor": (2, 3, 2)}, same_shape=False, atol=1e-6)
 
 
 def test_builtin_mask_ops_conform(volume: np.ndarray) -> None:
