@@ -17,12 +17,12 @@ One run of this script, with dask's threaded scheduler (``--threads`` threads):
    (voxels near some true centres = cell, a sparse scatter of voxels far from
    every cell = background);
 5. times every op (best of up to 3 runs within a time budget) and reports
-   seconds per gigavoxel, the ratio to the raw read and, where the op finds
-   cells, how many it found against the truth. Before every run the script
-   waits for other processes to leave the CPUs alone (``--quiet``,
-   ``--max-wait``); a run they disturbed does not count. Array outputs are reduced to one
-   value per block (masks are stored into a numpy array, to count their
-   connected components afterwards, untimed);
+   seconds per gigavoxel, the ratio to the raw read, the CPU time and, where
+   the op finds cells, how many it found against the truth. Array outputs are
+   reduced to one value per block (masks are stored into a numpy array, to
+   count their connected components afterwards, untimed). Before every run the
+   script waits for other processes to leave the CPUs alone (``--quiet``,
+   ``--max-wait``); a run they disturbed does not count as one of the repeats;
 6. runs naive scikit-image calls on the same blocks and halos as the watershed
    and blob ops (``blob_log``, ``blob_dog``; ``peak_local_max`` +
    ``watershed``), cvplgraph's per-block functions on those blocks, and
@@ -30,7 +30,9 @@ One run of this script, with dask's threaded scheduler (``--threads`` threads):
    inside the bounding box of each mask component and one that computes
    distances and maxima at foreground voxels only (each also run as the whole
    op, with the kernel swapped in), and Laplacian-of-Gaussian detectors that
-   test for 4-D maxima only where the response passes the threshold;
+   test for 4-D maxima only where the response passes the threshold. The
+   watershed kernels also run on one thread: their cost per core when no other
+   thread competes for the GIL (as on a cluster of one-thread worker processes);
 7. profiles the slowest ops with cProfile on one block (synchronous
    scheduler), and records per task prefix where the threads spent their time.
 
@@ -199,7 +201,7 @@ class Timer:
         *,
         check: Callable[[Any], int | None] | None = None,
         repeats: int = 3,
-        budget: float = 40.0,
+        budget: float = 25.0,
         note: str = "",
     ) -> tuple[Row, Any]:
         """Run ``work`` until ``repeats`` quiet runs are done (at most ``2 * repeats`` runs, ``budget`` seconds).
@@ -344,7 +346,7 @@ def paint_annotations(inputs: Inputs, rng: np.random.Generator) -> np.ndarray:
     samples = (rng.random((int(0.01 * region.prod()), 3)) * region).astype(int)
     distance, _ = cKDTree(centres * scale).query(samples * scale)
     far = samples[distance > 15.0]
-    out[tuple(far.T)] = np.where(out[tuple(far.T)] == 0, 1, out[tuple(far.T)])
+    out[tuple(far[out[tuple(far.T)] == 0].T)] = 1
     return out
 
 
@@ -386,6 +388,7 @@ def match(found: np.ndarray, truth: np.ndarray, scale: tuple[float, ...]) -> tup
 
 
 def with_match(row: Row, found: np.ndarray, inputs: Inputs) -> Row:
+    """``row`` with the recall and precision of ``found`` (voxel coordinates) against the truth."""
     row.recall, row.precision = match(found, inputs.truth[["z", "y", "x"]].to_numpy(), inputs.scale)
     return row
 
@@ -514,14 +517,13 @@ def sparse_maxima(stack: np.ndarray, threshold: float) -> np.ndarray:
     Of maxima that tie within one voxel in (z, y, x), only the first in raster order is kept (what
     ``blob_log``'s overlap pruning does for such twins).
     """
-    candidates = np.flatnonzero(stack > threshold)
-    coords = np.array(np.unravel_index(candidates, stack.shape))
-    values = stack.ravel()[candidates]
-    keep = np.ones(len(candidates), dtype=bool)
+    coords = np.array(np.nonzero(stack > threshold))
+    values = stack[tuple(coords)]
     last = np.array(stack.shape)[:, None] - 1
-    for offset in NEIGHBOURS_4D:
-        keep &= values >= stack[tuple(np.clip(coords + offset[:, None], 0, last))]
-    maxima = coords[:, keep].T
+    for offset in NEIGHBOURS_4D:  # the candidates shrink with every offset
+        keep = values >= stack[tuple(np.clip(coords + offset[:, None], 0, last))]
+        coords, values = coords[:, keep], values[keep]
+    maxima = coords.T
     twins = cKDTree(maxima[:, 1:]).query_pairs(r=1.0, p=np.inf, output_type="ndarray")
     dropped = np.zeros(len(maxima), dtype=bool)
     for i, j in sorted(map(tuple, twins)):
@@ -630,17 +632,17 @@ def sparse_seeds_flood(
                                       - 2e-6))  # fmt: skip
     coords = np.array(np.unravel_index(candidates, mask.shape))
     value = distance.ravel()[candidates] + tie_break(coords, origin, shape)
-    keep = np.ones(candidates.size, dtype=bool)
     last = np.array(mask.shape)[:, None] - 1
-    for offset in np.argwhere(footprint) - half:
+    for offset in np.argwhere(footprint) - half:  # the candidates shrink with every offset
         other = np.clip(coords + offset[:, None], 0, last)
-        keep &= value >= distance[tuple(other)] + tie_break(other, origin, shape)
+        keep = value >= distance[tuple(other)] + tie_break(other, origin, shape)
+        candidates, coords, value = candidates[keep], coords[:, keep], value[keep]
     peaks = np.zeros(mask.shape, dtype=bool)
-    peaks.ravel()[candidates[keep]] = True
+    peaks.ravel()[candidates] = True
     regions, n = ndimage.label(peaks, structure=np.ones((3, 3, 3)))
     if n == 0:
         return np.zeros(mask.shape, dtype=np.int64)
-    flat = candidates[keep]  # ascending: each region's first voxel comes first
+    flat = candidates  # ascending: each region's first voxel comes first
     _, first = np.unique(regions.ravel()[flat], return_index=True)
     local = np.array(np.unravel_index(flat[first], mask.shape))
     ids = np.concatenate([[0], np.ravel_multi_index(tuple(local + np.asarray(origin)[:, None]), shape) + 1])
@@ -666,7 +668,7 @@ def time_blob_kernels(timer: Timer, inputs: Inputs) -> list[Row]:
         kernels: list[tuple[str, str, Callable[[Block], np.ndarray], str]] = [
             (f"naive skimage blob_{method}", "naive", partial(naive_blobs, method=method, sigmas=sigmas,
              threshold=p["threshold"]), f"skimage.feature.blob_{method} on each block + halo"),
-            (f"cvplgraph detect ({method}) per block", "kernel", partial(detect_in_core, method=method, sigmas=sigmas,
+            (f"detect ({method}) per block", "kernel", partial(detect_in_core, method=method, sigmas=sigmas,
              threshold=p["threshold"], scale=inputs.scale), "cvplgraph.ops.blobs.detect on the same blocks"),
         ]  # fmt: skip
         if method == "log":
@@ -686,10 +688,10 @@ def time_blob_kernels(timer: Timer, inputs: Inputs) -> list[Row]:
 
 #: The watershed kernels compared on the op's blocks: name, kind, function, what it does.
 FLOOD_KERNELS: list[tuple[str, str, Callable[..., np.ndarray], str]] = [
-    ("cvplgraph seeds_and_flood per block", "kernel", seeds_and_flood, "one pass of the op's kernel"),
-    ("prototype bbox seeds_and_flood per block", "prototype", components_flood,
+    ("seeds_and_flood per block", "kernel", seeds_and_flood, "one pass of the op's kernel"),
+    ("prototype bbox kernel per block", "prototype", components_flood,
      "distance transform, maxima and flood inside each component's bounding box"),
-    ("prototype sparse seeds_and_flood per block", "prototype", sparse_seeds_flood,
+    ("prototype sparse kernel per block", "prototype", sparse_seeds_flood,
      "distances and maxima tested at foreground voxels only"),
 ]  # fmt: skip
 
@@ -701,33 +703,40 @@ def time_watershed_kernels(timer: Timer, inputs: Inputs) -> list[Row]:
     blocks = padded_blocks(np.asarray(inputs.mask.data.compute()), inputs.chunks, depth)
     min_distance = max(1, round(MIN_DISTANCE / min(scale)))
     naive = partial(naive_watershed, scale=scale, min_distance=min_distance)
-    row, _ = timer.measure(
-        "naive skimage watershed",
-        "naive",
-        partial(run_blocks, naive, blocks, timer.threads),
-        inputs.voxels,
-        check=lambda parts: sum(len(seeds) for _, seeds in parts),
-        note=f"EDT + peak_local_max(min_distance={min_distance}) + watershed, per block + halo",
-    )
-    rows = [row]
-    reference: list[np.ndarray] = []
-    for name, kind, kernel, note in FLOOD_KERNELS:
-        one = partial(flood_block, kernel=kernel, scale=scale, shape=shape)
-        row, flooded = timer.measure(
-            name,
-            kind,
-            partial(run_blocks, one, blocks, timer.threads),
-            inputs.voxels,
-            check=lambda f: sum(len(seed_ids_in_core(x, b, shape)) for x, b in zip(f, blocks)),
-            note=note,
-        )
-        if reference:
-            differ = [int((a != b).sum()) for a, b in zip(reference, flooded)]
-            row.note += f"; voxels labelled differently from seeds_and_flood: {sum(differ)}"
-        else:
-            reference = flooded
-        rows.append(row)
+    kernels = [
+        ("naive skimage watershed", "naive", naive,
+         f"EDT + peak_local_max(min_distance={min_distance}) + watershed, per block + halo"),
+        *((name, kind, partial(flood_block, kernel=kernel, scale=scale, shape=shape), note)
+          for name, kind, kernel, note in FLOOD_KERNELS),
+    ]  # fmt: skip
+    rows = []
+    for threads in dict.fromkeys((timer.threads, 1)):  # also on one thread: the cost per core, without the GIL
+        reference: list[np.ndarray] = []
+        for name, kind, kernel, note in kernels:
+            suffix = f", {threads} thread" if threads != timer.threads else ""
+            row, result = timer.measure(
+                name + suffix,
+                kind,
+                partial(run_blocks, kernel, blocks, threads),
+                inputs.voxels,
+                check=partial(seeds_found, blocks=blocks, shape=shape),
+                note=note,
+                repeats=3 if threads == timer.threads else 2,
+            )
+            if kind == "kernel":
+                reference = result
+            elif kind == "prototype" and reference and not suffix:
+                differ = sum(int((a != b).sum()) for a, b in zip(reference, result))
+                row.note += f"; voxels labelled differently from seeds_and_flood: {differ}"
+            rows.append(row)
     return rows
+
+
+def seeds_found(results: list[Any], blocks: list[Block], shape: tuple[int, ...]) -> int:
+    """Seeds in the block cores: from (flooded, seeds) pairs of the naive recipe, or from seed ids in labels."""
+    if results and isinstance(results[0], tuple):
+        return sum(len(seeds) for _, seeds in results)
+    return sum(len(seed_ids_in_core(x, b, shape)) for x, b in zip(results, blocks))
 
 
 def flood_block(block: Block, kernel: Callable[..., np.ndarray], scale: tuple[float, ...], shape: tuple[int, ...]
@@ -847,17 +856,20 @@ def print_breakdowns(rows: list[Row], threads: int, top: int = 6) -> None:
 #: Pairs of measurements compared as speed-ups: (slower or naive, faster or cvplgraph).
 SPEEDUPS = [
     ("naive skimage blob_log", "blobs (log)"),
-    ("naive skimage blob_log", "cvplgraph detect (log) per block"),
+    ("naive skimage blob_log", "detect (log) per block"),
     ("naive skimage blob_dog", "blobs (dog)"),
-    ("naive skimage blob_dog", "cvplgraph detect (dog) per block"),
+    ("naive skimage blob_dog", "detect (dog) per block"),
     ("blobs (log)", "blobs (dog)"),
     ("blobs (log)", "blobs (peaks)"),
     ("naive skimage blob_log", "prototype LoG, sparse maxima"),
     ("naive skimage blob_log", "prototype LoG, sparse maxima, discrete"),
     ("naive skimage watershed", "watershed"),
-    ("naive skimage watershed", "cvplgraph seeds_and_flood per block"),
-    ("cvplgraph seeds_and_flood per block", "prototype bbox seeds_and_flood per block"),
-    ("cvplgraph seeds_and_flood per block", "prototype sparse seeds_and_flood per block"),
+    ("naive skimage watershed", "seeds_and_flood per block"),
+    ("seeds_and_flood per block", "prototype bbox kernel per block"),
+    ("seeds_and_flood per block", "prototype sparse kernel per block"),
+    ("naive skimage watershed, 1 thread", "seeds_and_flood per block, 1 thread"),
+    ("seeds_and_flood per block, 1 thread", "prototype bbox kernel per block, 1 thread"),
+    ("seeds_and_flood per block, 1 thread", "prototype sparse kernel per block, 1 thread"),
     ("watershed", "watershed op with the bbox kernel"),
     ("watershed", "watershed op with the sparse kernel"),
     ("naive skimage watershed", "watershed op with the sparse kernel"),
