@@ -26,10 +26,8 @@ One run of this script, with dask's threaded scheduler (``--threads`` threads):
 6. runs naive scikit-image calls on the same blocks and halos as the watershed
    and blob ops (``blob_log``, ``blob_dog``; ``peak_local_max`` +
    ``watershed``), cvplgraph's per-block functions on those blocks, and
-   prototypes of faster kernels: two watershed kernels, one that works only
-   inside the bounding box of each mask component and one that computes
-   distances and maxima at foreground voxels only (each also run as the whole
-   op, with the kernel swapped in), and Laplacian-of-Gaussian detectors that
+   prototypes of faster kernels: a watershed kernel that works only inside the
+   bounding box of each mask component, and Laplacian-of-Gaussian detectors that
    test for 4-D maxima only where the response passes the threshold. The
    watershed kernels also run on one thread: their cost per core when no other
    thread competes for the GIL (as on a cluster of one-thread worker processes);
@@ -46,7 +44,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import importlib
 import importlib.metadata
 import itertools
 import json
@@ -62,7 +59,6 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
-from unittest import mock
 
 import cc3d
 import dask
@@ -434,6 +430,11 @@ def time_ops(timer: Timer, inputs: Inputs, model: Path) -> list[Row]:
     labels_op("connected_components (6)", lambda: ops.connected_components(mask, connectivity=6))
     labels_op("connected_components (26)", lambda: ops.connected_components(mask, connectivity=26))
     labels_op("watershed", lambda: ops.watershed(mask, min_distance=MIN_DISTANCE, max_radius=MAX_RADIUS), 2)
+    labels_op(
+        "watershed (renumber false)",
+        lambda: ops.watershed(mask, min_distance=MIN_DISTANCE, max_radius=MAX_RADIUS, renumber=False),
+        2,
+    )
     for method, params in BLOBS.items():
         points_op(f"blobs ({method})", partial(ops.blobs, image, method=method, **params))
     points_op("centroids (with image)", lambda: ops.centroids(inputs.labels, image))
@@ -593,63 +594,6 @@ def components_flood(
     return out
 
 
-def tie_break(coords: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
-    """``seeds_and_flood``'s tiny offset for voxels ``coords`` ((3, n), local to a block starting at ``origin``)."""
-    index = np.ravel_multi_index(tuple(coords + np.asarray(origin)[:, None]), shape)
-    return 1e-6 * ((index * 0.6180339887498949) % 1.0)
-
-
-def sparse_seeds_flood(
-    mask: np.ndarray, scale: tuple[float, ...], min_distance: float, origin: tuple[int, ...], shape: tuple[int, ...]
-) -> np.ndarray:
-    """Prototype of ``seeds_and_flood`` with the same labels and less work per voxel.
-
-    Three changes, each exact: the distances are computed from scipy's feature
-    transform at foreground voxels only (scipy's own distance step is dense:
-    three float64 copies of the block); the maximum over the ball is tested only
-    at foreground voxels within the tie-break of their 3×3×3 maximum (a maximum
-    over the ball is one over its central 3×3×3 part), by gathering the ball's
-    offsets, instead of a dense maximum filter with a non-separable footprint;
-    the tie-break is computed for those voxels and the foreground only.
-    """
-    fg = mask > 0
-    if not fg.any():
-        return np.zeros(mask.shape, dtype=np.int64)
-    nearest = ndimage.distance_transform_edt(fg, sampling=scale, return_distances=False, return_indices=True)
-    inside = np.flatnonzero(fg)
-    at = np.array(np.unravel_index(inside, mask.shape))
-    squared = np.zeros(inside.size)
-    for axis, s in enumerate(scale):  # scipy's arithmetic, in its order
-        step = (nearest[axis].ravel()[inside] - at[axis]).astype(np.float64) * s
-        squared += step * step
-    distance = np.zeros(mask.shape)
-    distance.ravel()[inside] = np.sqrt(squared)
-    distance = ndimage.gaussian_filter(distance, sigma=[0.5 / s * min(scale) for s in scale], mode="nearest")
-    footprint = ball(min_distance, scale)
-    half = np.array(footprint.shape) // 2
-    near = footprint[tuple(slice(h - 1, h + 2) for h in half)]
-    candidates = np.flatnonzero(fg & (distance >= ndimage.maximum_filter(distance, footprint=near, mode="nearest")
-                                      - 2e-6))  # fmt: skip
-    coords = np.array(np.unravel_index(candidates, mask.shape))
-    value = distance.ravel()[candidates] + tie_break(coords, origin, shape)
-    last = np.array(mask.shape)[:, None] - 1
-    for offset in np.argwhere(footprint) - half:  # the candidates shrink with every offset
-        other = np.clip(coords + offset[:, None], 0, last)
-        keep = value >= distance[tuple(other)] + tie_break(other, origin, shape)
-        candidates, coords, value = candidates[keep], coords[:, keep], value[keep]
-    peaks = np.zeros(mask.shape, dtype=bool)
-    peaks.ravel()[candidates] = True
-    regions, n = ndimage.label(peaks, structure=np.ones((3, 3, 3)))
-    if n == 0:
-        return np.zeros(mask.shape, dtype=np.int64)
-    flat = candidates  # ascending: each region's first voxel comes first
-    _, first = np.unique(regions.ravel()[flat], return_index=True)
-    local = np.array(np.unravel_index(flat[first], mask.shape))
-    ids = np.concatenate([[0], np.ravel_multi_index(tuple(local + np.asarray(origin)[:, None]), shape) + 1])
-    distance.ravel()[inside] += tie_break(at, origin, shape)  # the flood reads foreground voxels only
-    return ids[skimage_watershed(-distance, regions, mask=fg)]
-
-
 def seed_ids_in_core(flooded: np.ndarray, block: Block, shape: tuple[int, ...]) -> np.ndarray:
     """Global coordinates of the seeds (id = 1 + global linear index) that lie in the block's core."""
     ids = np.unique(flooded[flooded > 0]) - 1
@@ -691,8 +635,6 @@ FLOOD_KERNELS: list[tuple[str, str, Callable[..., np.ndarray], str]] = [
     ("seeds_and_flood per block", "kernel", seeds_and_flood, "one pass of the op's kernel"),
     ("prototype bbox kernel per block", "prototype", components_flood,
      "distance transform, maxima and flood inside each component's bounding box"),
-    ("prototype sparse kernel per block", "prototype", sparse_seeds_flood,
-     "distances and maxima tested at foreground voxels only"),
 ]  # fmt: skip
 
 
@@ -743,23 +685,6 @@ def flood_block(block: Block, kernel: Callable[..., np.ndarray], scale: tuple[fl
                 ) -> np.ndarray:  # fmt: skip
     """A ``seeds_and_flood``-like kernel on one block + halo, placed by its first voxel in the volume."""
     return kernel(block.data, scale, MIN_DISTANCE, tuple(int(v) for v in block.pad_start), shape)
-
-
-def time_prototype_ops(timer: Timer, inputs: Inputs) -> list[Row]:
-    """The whole watershed op with each prototype kernel swapped in (nothing in the package is changed)."""
-    module = importlib.import_module("cvplgraph.ops.watershed")
-    rows = []
-    for label, kernel in (("bbox", components_flood), ("sparse", sparse_seeds_flood)):
-
-        def work(kernel: Callable[..., np.ndarray] = kernel) -> np.ndarray:
-            with mock.patch.object(module, "seeds_and_flood", kernel):
-                labels = ops.watershed(inputs.mask, min_distance=MIN_DISTANCE, max_radius=MAX_RADIUS)
-                return per_block(labels.data, _block_max)
-
-        rows.append(timer.measure(f"watershed op with the {label} kernel", "prototype", work, inputs.voxels,
-                                  check=lambda m: int(m.max()),
-                                  note=f"both passes of the op use {kernel.__name__}")[0])  # fmt: skip
-    return rows
 
 
 # --------------------------------------------------------------------------- profiles
@@ -866,13 +791,10 @@ SPEEDUPS = [
     ("naive skimage watershed", "watershed"),
     ("naive skimage watershed", "seeds_and_flood per block"),
     ("seeds_and_flood per block", "prototype bbox kernel per block"),
-    ("seeds_and_flood per block", "prototype sparse kernel per block"),
     ("naive skimage watershed, 1 thread", "seeds_and_flood per block, 1 thread"),
     ("seeds_and_flood per block, 1 thread", "prototype bbox kernel per block, 1 thread"),
-    ("seeds_and_flood per block, 1 thread", "prototype sparse kernel per block, 1 thread"),
-    ("watershed", "watershed op with the bbox kernel"),
-    ("watershed", "watershed op with the sparse kernel"),
-    ("naive skimage watershed", "watershed op with the sparse kernel"),
+    ("naive skimage watershed", "watershed (renumber false)"),
+    ("watershed", "watershed (renumber false)"),
 ]
 
 
@@ -942,7 +864,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         other_rows = [
             *time_blob_kernels(timer, inputs),
             *time_watershed_kernels(timer, inputs),
-            *time_prototype_ops(timer, inputs),
         ]
     rows = [raw, *op_rows, *other_rows]
     print_table(rows, raw, truth)

@@ -50,6 +50,19 @@ class Geometry:
         """(N, 3) voxel coordinates → (N, 3) µm."""
         return np.asarray(self.translation) + np.asarray(voxels, dtype=float) * np.asarray(self.scale)
 
+    def to_voxel(self, um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3) µm → the (N, 3) int64 index of the voxel holding each point, and whether it is inside.
+
+        Voxel ``i`` is centred at ``translation + i * scale`` (OME-NGFF) and covers
+        ``[centre - scale / 2, centre + scale / 2)``; a point on a face belongs to
+        the voxel after it. Indices of points outside the grid are clipped to it,
+        so they can be used to index (mask them with ``inside``).
+        """
+        um = np.asarray(um, dtype=np.float64).reshape(-1, 3)
+        index = np.floor((um - np.asarray(self.translation)) / np.asarray(self.scale) + 0.5)
+        inside = np.all((index >= 0) & (index < np.asarray(self.shape)), axis=1)
+        return np.clip(index, 0, np.asarray(self.shape) - 1).astype(np.int64), inside
+
     def to_dict(self) -> dict[str, list[float] | list[int]]:
         return {"shape": list(self.shape), "scale": list(self.scale), "translation": list(self.translation)}
 

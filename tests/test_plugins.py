@@ -114,6 +114,7 @@ def test_builtin_mask_ops_conform(volume: np.ndarray) -> None:
     for c in [(5, 10, 10), (5, 10, 16), (14, 30, 40), (10, 40, 8), (15, 20, 26)]:
         balls |= ((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= 12).astype(np.uint8)
     check_op(ops.watershed, {"mask": balls}, params={"min_distance": 3.0, "max_radius": 4.0})
+    check_op(ops.watershed, {"mask": balls}, params={"min_distance": 3.0, "max_radius": 4.0, "renumber": False})
 
 
 def test_conformance_rejects_wrong_dtype() -> None:

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 from skimage.feature import blob_log
+from skimage.segmentation import watershed as skimage_watershed
 
 from cvplgraph import ops
-from cvplgraph.ops.watershed import seeds_and_flood
+from cvplgraph.ops.watershed import ball, seeds_and_flood
 from cvplgraph.synth import SynthParams, synth_volume
 from cvplgraph.values import Geometry, wrap
 
@@ -39,16 +40,54 @@ def partition_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unique(np.stack([a.ravel(), b.ravel()], axis=1), axis=0)
 
 
+def dense_seeds_and_flood(mask: np.ndarray, scale: tuple[float, ...], min_distance: float) -> np.ndarray:
+    """The watershed's definition written densely on the whole array, with scipy and scikit-image:
+    smoothed EDT plus the position tie-break, seeds = maxima over the ball, flood of -distance.
+    Returns the same ids as the op (1 + linear index of each seed's first voxel)."""
+    fg = mask > 0
+    distance = ndimage.distance_transform_edt(fg, sampling=scale)
+    distance = ndimage.gaussian_filter(distance, sigma=[0.5 / s * min(scale) for s in scale], mode="nearest")
+    index = np.arange(mask.size).reshape(mask.shape)
+    distance += 1e-6 * ((index * 0.6180339887498949) % 1.0)
+    peaks = fg & (distance == ndimage.maximum_filter(distance, footprint=ball(min_distance, scale), mode="nearest"))
+    regions, n = ndimage.label(peaks, structure=np.ones((3, 3, 3)))
+    first = ndimage.minimum(index, regions, np.arange(1, n + 1)).astype(np.int64)
+    ids = np.concatenate([[0], first + 1])
+    return ids[skimage_watershed(-distance, regions, mask=fg)]
+
+
+@pytest.mark.parametrize(
+    "seed, scale, min_distance", [(0, SCALE, 6.0), (2, (1.0, 1.0, 1.0), 4.0), (3, (3.0, 0.7, 0.7), 5.0)]
+)
+def test_sparse_kernel_equals_dense_definition(seed: int, scale: tuple[float, ...], min_distance: float) -> None:
+    mask, _ = touching_pairs(seed)
+    got = seeds_and_flood(mask, scale, min_distance, (0, 0, 0), mask.shape)
+    np.testing.assert_array_equal(got, dense_seeds_and_flood(mask, scale, min_distance))
+
+
 @pytest.mark.parametrize("chunks", [(30, 96, 128), (10, 32, 40), (7, 50, 33)])
 def test_watershed_chunked_equals_whole_and_splits_pairs(chunks: tuple[int, int, int]) -> None:
     mask, centres = touching_pairs(0)
-    whole = seeds_and_flood(mask, SCALE, 6.0, (0, 0, 0), mask.shape)
+    whole = dense_seeds_and_flood(mask, SCALE, 6.0)
     labels = ops.watershed(wrap(da.from_array(mask, chunks=chunks), Geometry(mask.shape, SCALE)),
                            min_distance=6.0, max_radius=7.0).compute(scheduler="threads").values  # fmt: skip
     # the same objects as the whole-array computation: a bijection between ids
     pairs = partition_pairs(whole, labels)
     assert len(pairs) == len(np.unique(whole)) == len(np.unique(labels))
     assert labels.max() == len(np.unique(labels)) - 1  # renumbered 1..N
+    # without renumbering: one pass, and the ids are the whole-array ids themselves
+    positions = (
+        ops.watershed(
+            wrap(da.from_array(mask, chunks=chunks), Geometry(mask.shape, SCALE)),
+            min_distance=6.0,
+            max_radius=7.0,
+            renumber=False,
+        )
+        .compute(scheduler="threads")
+        .values
+    )
+    assert positions.dtype == np.int64
+    np.testing.assert_array_equal(positions, whole)
     # connected components merges every touching pair; watershed splits them
     assert ndimage.label(mask)[1] == len(centres) // 2
     assert labels.max() == len(centres)

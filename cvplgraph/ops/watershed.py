@@ -8,7 +8,8 @@ voxels are handled) is lightly smoothed, its regional maxima within
 (the linear index of its first voxel), so two blocks that both see a cell give
 it the same id, and each block writes only its core. Ids are then renumbered
 1..N through one global lookup table, in a second pass that recomputes the
-blocks (memory stays bounded by the block size).
+blocks (memory stays bounded by the block size); ``renumber = false`` skips
+that pass and keeps the position ids.
 """
 
 from __future__ import annotations
@@ -35,10 +36,31 @@ def ball(radius: float, scale: tuple[float, ...]) -> np.ndarray:
     return np.asarray(squared <= radius**2)
 
 
+def tie_break(coords: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """A tiny offset for voxels ``coords`` ((3, n), local to a region starting at ``origin``).
+
+    It depends only on the voxel's global position, so exact ties (symmetric
+    touching cells) are broken the same way in every block and the seeds do
+    not depend on the chunking.
+    """
+    index = np.ravel_multi_index(tuple(coords + np.asarray(origin)[:, None]), shape)
+    return 1e-6 * ((index * 0.6180339887498949) % 1.0)
+
+
 def seeds_and_flood(
     mask: np.ndarray, scale: tuple[float, ...], min_distance: float, origin: tuple[int, ...], shape: tuple[int, ...]
 ) -> np.ndarray:
     """Watershed of one array region; ids are 1 + global linear index of each seed's first voxel.
+
+    The definition: ``d`` = Euclidean distance to the background (µm), smoothed
+    with σ = 0.5 µm, plus :func:`tie_break`; seeds are the foreground voxels
+    where ``d`` equals its maximum over a ball of radius ``min_distance``
+    (26-connected groups of them form one seed); ``-d`` is flooded from the
+    seeds inside the mask. The work is done where the result can change: the
+    distances are taken from scipy's feature transform at foreground voxels
+    only, and the ball maximum is tested only at foreground voxels that are
+    (up to the tie-break) maxima of their 3×3×3 neighbourhood — a ball maximum
+    is one of its central part — by comparing with each offset of the ball.
 
     Parameters
     ----------
@@ -51,22 +73,40 @@ def seeds_and_flood(
     fg = mask > 0
     if not fg.any():
         return np.zeros(mask.shape, dtype=np.int64)
-    distance = ndimage.distance_transform_edt(fg, sampling=scale)
+    nearest = ndimage.distance_transform_edt(fg, sampling=scale, return_distances=False, return_indices=True)
+    inside = np.flatnonzero(fg)
+    at = np.array(np.unravel_index(inside, mask.shape))
+    squared = np.zeros(inside.size)
+    for axis, s in enumerate(scale):  # scipy's arithmetic, in its order: the same distances
+        step = (nearest[axis].ravel()[inside] - at[axis]).astype(np.float64) * s
+        squared += step * step
+    del nearest
+    distance = np.zeros(mask.shape)
+    distance.ravel()[inside] = np.sqrt(squared)
     distance = ndimage.gaussian_filter(distance, sigma=[0.5 / s * min(scale) for s in scale], mode="nearest")
-    # break exact ties (symmetric touching cells) the same way in every block: a tiny offset that
-    # depends only on the voxel's global position, so seeds and floods do not depend on the chunking
-    index = np.ravel_multi_index(tuple(np.ogrid[tuple(slice(o, o + n) for o, n in zip(origin, mask.shape))]), shape)
-    distance += 1e-6 * ((index * 0.6180339887498949) % 1.0)
-    peaks = fg & (distance == ndimage.maximum_filter(distance, footprint=ball(min_distance, scale), mode="nearest"))
+    footprint = ball(min_distance, scale)
+    half = np.array(footprint.shape) // 2
+    near = footprint[tuple(slice(h - 1, h + 2) for h in half)]
+    local_max = ndimage.maximum_filter(distance, footprint=near, mode="nearest")
+    candidates = np.flatnonzero(fg & (distance >= local_max - 2e-6))
+    del local_max
+    coords = np.array(np.unravel_index(candidates, mask.shape))
+    value = distance.ravel()[candidates] + tie_break(coords, origin, shape)
+    last = np.array(mask.shape)[:, None] - 1
+    for offset in np.argwhere(footprint) - half:  # the candidates shrink with every offset
+        other = np.clip(coords + offset[:, None], 0, last)  # clipping = the filter's "nearest" mode
+        keep = value >= distance[tuple(other)] + tie_break(other, origin, shape)
+        candidates, coords, value = candidates[keep], coords[:, keep], value[keep]
+    peaks = np.zeros(mask.shape, dtype=bool)
+    peaks.ravel()[candidates] = True
     regions, n = ndimage.label(peaks, structure=np.ones((3, 3, 3)))
     if n == 0:
         return np.zeros(mask.shape, dtype=np.int64)
-    first = ndimage.minimum(np.arange(regions.size).reshape(regions.shape), regions, np.arange(1, n + 1))
-    local = np.array(np.unravel_index(np.asarray(first, dtype=np.int64), regions.shape)).T
-    global_index = np.ravel_multi_index(tuple((local + np.asarray(origin)).T), shape)
-    ids = np.concatenate([[0], global_index.astype(np.int64) + 1])
-    flooded = skimage_watershed(-distance, regions, mask=fg)
-    return ids[flooded]
+    _, first = np.unique(regions.ravel()[candidates], return_index=True)  # candidates ascend: first voxels
+    local = np.array(np.unravel_index(candidates[first], mask.shape))
+    ids = np.concatenate([[0], np.ravel_multi_index(tuple(local + np.asarray(origin)[:, None]), shape) + 1])
+    distance.ravel()[inside] += tie_break(at, origin, shape)  # the flood reads foreground voxels only
+    return ids[skimage_watershed(-distance, regions, mask=fg)]
 
 
 def _block(
@@ -111,7 +151,7 @@ def _renumber(block: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 @op(
     "watershed",
-    version=1,
+    version=2,
     inputs={"mask": PortType.Mask},
     output=PortType.Labels,
     checks={
@@ -119,9 +159,11 @@ def _renumber(block: np.ndarray, ids: np.ndarray) -> np.ndarray:
         "max_radius": lambda v: None if v > 0 else "a number > 0 (µm)",
     },  # fmt: skip
     halo="2 × max_radius + min_distance per axis (in voxels)",
-    cost="a distance transform, a maximum filter and a flood per block (twice: ids are renumbered)",
+    cost="a feature transform, a sparse ball-maximum test and a flood per block; twice with renumber = true",
 )
-def watershed(mask: xr.DataArray, *, min_distance: float = 6.0, max_radius: float = 10.0) -> xr.DataArray:
+def watershed(
+    mask: xr.DataArray, *, min_distance: float = 6.0, max_radius: float = 10.0, renumber: bool = True
+) -> xr.DataArray:
     """Split touching cells: distance-transform seeds flooded inside the mask.
 
     Parameters
@@ -132,13 +174,20 @@ def watershed(mask: xr.DataArray, *, min_distance: float = 6.0, max_radius: floa
     max_radius : float
         Radius of the largest cell, µm; sets the halo so that every cell is
         seen whole by the block that holds its seed.
+    renumber : bool
+        Number the objects 1..N (int32). This needs the list of every seed
+        before any block can be written, so each block is computed twice
+        (memory stays bounded by the block). With ``false`` one pass suffices
+        and the ids are int64: 1 + the linear index of the seed's first voxel
+        in the volume — unique and independent of the chunking, but sparse.
+        ``centroids`` and ``count`` work the same with either.
 
     Returns
     -------
-    labels : (Z, Y, X) DataArray of int32
-        Objects numbered 1..N, unique across the volume. Away from the volume
-        border and for cells smaller than ``max_radius`` the objects equal the
-        same procedure on the whole array.
+    labels : (Z, Y, X) DataArray of int32 (int64 with ``renumber = false``)
+        Objects unique across the volume. Away from the volume border and for
+        cells smaller than ``max_radius`` the objects equal the same procedure
+        on the whole array.
     """
     import dask
     import dask.array as da
@@ -157,6 +206,8 @@ def watershed(mask: xr.DataArray, *, min_distance: float = 6.0, max_radius: floa
         )  # fmt: skip
 
     first = flooded(data)
+    if not renumber:
+        return like(first.rechunk(mask.data.chunks), mask)
     uniques = [dask.delayed(_unique, pure=True)(b) for b in first.to_delayed(optimize_graph=False).ravel()]
     ids = dask.delayed(_lut, pure=True)(*uniques)
     second = flooded(bind(data, ids))  # recomputed after the table exists: no block is held meanwhile
