@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -84,36 +85,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "synth",
-        help="write a synthetic OME-Zarr volume with known cells",
+        help="write a synthetic OME-Zarr volume (or brain, with --atlas) with known cells",
         description="Write a float32 (z, y, x) OME-Zarr volume of blob-like cells on a "
         "smooth background with noise, and the true centres as CSV. "
-        "Streams block by block; deterministic by seed.",
+        "With --atlas, OUT is a folder and the volume images a crop of an atlas: cells are "
+        "placed with a density per region, tissue is brighter than the outside, and the atlas "
+        "(BrainGlobe folder), the true cells with their region and the true count per region "
+        "are written beside it. Streams block by block; deterministic by seed.",
     )
-    p.add_argument("out", help="output store, e.g. synthetic.ome.zarr")
+    p.add_argument("out", help="output store, e.g. synthetic.ome.zarr (a folder with --atlas)")
     p.add_argument("--shape", type=int, nargs=3, default=(64, 256, 256), metavar=("Z", "Y", "X"))
-    p.add_argument("--chunks", type=int, nargs=3, default=(32, 128, 128), metavar=("Z", "Y", "X"))
+    p.add_argument("--chunks", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="block size (default: 32 128 128; 32 256 256 with --atlas)")  # fmt: skip
     p.add_argument(
         "--voxel-size",
         type=float,
         nargs=3,
-        default=(4.0, 1.5, 1.5),
+        default=None,
         metavar=("Z", "Y", "X"),
-        help="µm per voxel (default: 4 1.5 1.5)",
+        help="µm per voxel (default: 4 1.5 1.5; 8 6 6 with --atlas)",
     )
-    p.add_argument("--spacing", type=float, default=30.0, help="mean distance between cells, µm (default 30)")
+    p.add_argument("--spacing", type=float, default=None,
+                   help="mean distance between cells, µm (default 30; 60 with --atlas)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truth", help="CSV of true centres (default: OUT with .csv)")
+    p.add_argument(
+        "--atlas",
+        metavar="FOLDER",
+        help="image a synthetic brain: 'auto' (the Allen CCFv3 atlas of ../shared/data if found, "
+        "else a procedural one), 'procedural', or an Allen-style atlas folder",
+    )
+    p.add_argument("--crop", type=float, nargs=6, metavar=("Z0", "Z1", "Y0", "Y1", "X0", "X1"),
+                   help="with --atlas: the imaged box in atlas µm (default: a dorsal slab of 20 M voxels)")  # fmt: skip
     _add_common(p)
 
     p = sub.add_parser(
         "demo",
-        help="synthetic volume + specs/demo.toml, end to end",
-        description="Write a synthetic volume with known cells, run the demo spec "
-        "(threshold → connected components → centroids → counts) and "
-        "compare the count with the truth.",
+        help="synthetic brain + specs/demo.toml, end to end",
+        description="Write a synthetic brain (an image of an atlas crop with known cells per region), "
+        "run the demo spec (threshold → connected components → centroids → cells per region) "
+        "and compare the counts, in all and per region, with the truth.",
     )
     p.add_argument("--dir", default="cvplgraph-demo", help="working folder (default: ./cvplgraph-demo)")
-    p.add_argument("--shape", type=int, nargs=3, default=(64, 512, 512), metavar=("Z", "Y", "X"))
+    p.add_argument(
+        "--atlas",
+        default=None,
+        metavar="FOLDER",
+        help="the Allen CCFv3 atlas of ../shared/data when found (default), 'procedural', or an atlas folder",
+    )
     p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address, or 'threads' / 'sync'")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(p)
@@ -135,6 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.debug:
+        # an op that fails on a worker is reported once, as one line; the cluster's own logs
+        # (worker processes read this from the environment) would repeat it with a traceback
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: not record.name.startswith("distributed"))
     from . import commands
 
     try:

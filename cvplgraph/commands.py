@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from .errors import CvplError
 from .plan import COMPUTE, Plan
@@ -97,15 +98,17 @@ def cmd_ops(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    if args.atlas:
+        return _synth_brain(args)
     from .demo import write_synthetic
     from .synth import SynthParams
 
     try:
         params = SynthParams(
             shape=tuple(args.shape),
-            chunks=tuple(args.chunks),
-            voxel_size=tuple(args.voxel_size),
-            spacing_um=args.spacing,
+            chunks=tuple(args.chunks or (32, 128, 128)),
+            voxel_size=tuple(args.voxel_size or (4.0, 1.5, 1.5)),
+            spacing_um=args.spacing or 30.0,
             seed=args.seed,
         )
     except ValueError as exc:
@@ -114,17 +117,44 @@ def cmd_synth(args: argparse.Namespace) -> int:
     truth = args.truth or (out.removesuffix(".zarr").removesuffix(".ome") + "_cells.csv")
     cells = write_synthetic(out, params, truth)
     print(
-        f"wrote {out} {tuple(args.shape)} voxels of {tuple(args.voxel_size)} µm with {len(cells)} cells; "
+        f"wrote {out} {tuple(args.shape)} voxels of {params.voxel_size} µm with {len(cells)} cells; "
         f"true centres: {truth}"
     )
+    return 0
+
+
+def _synth_brain(args: argparse.Namespace) -> int:
+    from .brain import write_synthetic_brain
+
+    options: dict[str, Any] = {"seed": args.seed}
+    if args.voxel_size:
+        options["voxel_size"] = tuple(args.voxel_size)
+    if args.chunks:
+        options["chunks"] = tuple(args.chunks)
+    if args.spacing:
+        options["spacing_um"] = args.spacing
+    if args.crop:
+        c = args.crop
+        options["crop_um"] = ((c[0], c[1]), (c[2], c[3]), (c[4], c[5]))
+    try:
+        truth = write_synthetic_brain(args.out, atlas=None if args.atlas == "auto" else args.atlas, **options)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CvplError(f"synth: {exc}") from None
+    print(f"wrote {truth.image} with {len(truth.cells)} cells; atlas {truth.atlas}; truth {truth.cells_csv}, "
+          f"{truth.regions_csv}")  # fmt: skip
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    s = run_demo(args.dir, shape=tuple(args.shape), scheduler=args.scheduler, progress=not args.quiet)
+    s = run_demo(args.dir, atlas=args.atlas, scheduler=args.scheduler, progress=not args.quiet)
     print(f"cells found: {s.cells_found}, true cells: {s.true_cells} ({s.error_percent:+.2f} %)")
+    print("cells per region (both hemispheres), found / true:")
+    for row in s.regions.head(12).itertuples():
+        print(f"  {row.acronym:<16} {row.found:>6} / {row.true:<6} ({row.error_percent:+.1f} %)")
+    if len(s.regions) > 12:
+        print(f"  … {len(s.regions) - 12} more regions in {s.outputs['regions'].split(', ')[0]}")
     print(f"time: {s.seconds:.1f} s in all, {s.pipeline_seconds:.1f} s in the pipeline")
     for name, target in s.outputs.items():
         print(f"output {name}: {target}")

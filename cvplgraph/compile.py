@@ -57,7 +57,8 @@ def graph_problems(spec: Spec, declared: set[str]) -> list[Problem]:
     """Problems of the graph as a whole: unknown references, wrong edge types, cycles, outputs."""
     problems: list[Problem] = []
     nodes = {n.name: n for n in spec.nodes}
-    names = sorted({INPUT, *declared})
+    sources = spec.sources
+    names = sorted({*sources, *declared})
     for node in spec.nodes:
         opdef = REGISTRY[node.op]
         for port, source in node.inputs:
@@ -65,12 +66,12 @@ def graph_problems(spec: Spec, declared: set[str]) -> list[Problem]:
             if source == node.name:
                 problems.append(spec.problem(path, f"node `{node.name}` cannot take its own output as input"))
                 continue
-            if source != INPUT and source not in declared:
+            if source not in sources and source not in declared:
                 problems.append(spec.problem(path, f"unknown node {source!r}; known: {', '.join(names)}"))
                 continue
-            if source not in nodes and source != INPUT:
+            if source not in nodes and source not in sources:
                 continue  # the source itself is invalid and reported on its own
-            produced = PortType.Image if source == INPUT else REGISTRY[nodes[source].op].output
+            produced = PortType(sources[source]) if source in sources else REGISTRY[nodes[source].op].output
             accepted = opdef.port(port).types  # type: ignore[union-attr]
             if produced not in accepted:
                 problems.append(
@@ -98,8 +99,11 @@ def graph_problems(spec: Spec, declared: set[str]) -> list[Problem]:
     return problems
 
 
-def compile_spec(spec: Spec, input_fingerprint: str) -> nx.DiGraph:
+def compile_spec(spec: Spec, input_fingerprint: str, source_keys: dict[str, str] | None = None) -> nx.DiGraph:
     """The typed DAG of ``spec``; node attribute ``node`` holds a :class:`Node`.
+
+    ``input_fingerprint`` is the image's key; ``source_keys`` those of the
+    named inputs (atlases).
 
     Edges run source → consumer with attribute ``port``. Raises SpecError on
     graph problems (already checked by :func:`cvplgraph.spec.parse_spec`).
@@ -109,12 +113,15 @@ def compile_spec(spec: Spec, input_fingerprint: str) -> nx.DiGraph:
         raise SpecError(problems)
     graph = nx.DiGraph()
     graph.add_node(INPUT, node=Node(INPUT, None, None, (), (), PortType.Image, input_fingerprint))
+    for name, _ in spec.atlases:
+        key = (source_keys or {}).get(name, "")
+        graph.add_node(name, node=Node(name, None, None, (), (), PortType.Atlas, key))
     for n in spec.nodes:
         graph.add_node(n.name)
         for port, source in n.inputs:
             graph.add_edge(source, n.name, port=port)
     for name in nx.topological_sort(graph):
-        if name == INPUT:
+        if name in spec.sources:
             continue
         ns = spec.node(name)
         opdef = REGISTRY[ns.op]

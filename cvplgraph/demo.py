@@ -40,6 +40,7 @@ class DemoSummary:
     spec: str
     cache: str
     outputs: dict[str, str]
+    regions: pd.DataFrame  # found and true cells per region with ≥ 1 true cell (both hemispheres)
 
     @property
     def error_percent(self) -> float:
@@ -50,15 +51,30 @@ def demo_spec_text() -> str:
     return resources.files("cvplgraph").joinpath("specs/demo.toml").read_text(encoding="utf-8")
 
 
+def compare_regions(found: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Cells per region found by a run (``region_counts`` table) beside the synthetic truth, both hemispheres."""
+    both = found[found["hemisphere"] == "both"].set_index("id")
+    true = truth.groupby("id")["cells"].sum()
+    out = pd.DataFrame({"acronym": both["acronym"].reindex(true.index), "true": true})
+    out["found"] = both["cells"].reindex(true.index).fillna(0).astype(int)
+    out["error_percent"] = 100.0 * (out["found"] - out["true"]) / out["true"]
+    return out.sort_values("true", ascending=False).rename_axis("id").reset_index()
+
+
 def run_demo(
     folder: str | Path,
     *,
-    shape: tuple[int, int, int] = (64, 512, 512),
+    atlas: str | None = None,
     scheduler: str | None = None,
     progress: bool = False,
     say: Any = print,
 ) -> DemoSummary:
-    """Write a synthetic volume (once) next to a copy of the demo spec, run it, compare with the truth."""
+    """Write a synthetic brain (once) next to a copy of the demo spec, run it, compare with the truth.
+
+    ``atlas``: None = the Allen CCFv3 atlas of ``../shared/data`` when it is there, else a
+    procedural one; ``"procedural"``; or an Allen-style atlas folder.
+    """
+    from .brain import write_synthetic_brain
     from .execute import execute
     from .plan import make_plan
     from .spec import load_spec
@@ -68,16 +84,16 @@ def run_demo(
     folder.mkdir(parents=True, exist_ok=True)
     spec_path = folder / "demo.toml"
     spec_path.write_text(demo_spec_text(), encoding="utf-8")
-    volume, truth_csv = folder / "synthetic.ome.zarr", folder / "true_cells.csv"
-    params = SynthParams(shape=shape, chunks=(32, 256, 256))
-    if not (volume.exists() and truth_csv.exists()):
-        say(f"writing a synthetic volume {shape} with known cells → {volume}")
-        write_synthetic(str(volume), params, str(truth_csv))
-    truth = pd.read_csv(truth_csv)
+    cells_csv, regions_csv = folder / "cells.csv", folder / "regions_truth.csv"
+    if not ((folder / "image.ome.zarr").exists() and cells_csv.exists() and regions_csv.exists()):
+        say(f"writing a synthetic brain with known cells per region → {folder}")
+        write_synthetic_brain(folder, atlas=atlas, say=say)
+    truth = pd.read_csv(cells_csv)
     spec = load_spec(spec_path)
     plan = make_plan(spec)
     say(f"running {spec_path}: {len(plan.to_compute())} node(s) to compute")
     results = execute(plan, scheduler=scheduler, progress=progress)
+    found = pd.read_csv(folder / "results" / "regions.csv")
     return DemoSummary(
         int(results["counts"].attrs["total"]),
         len(truth),
@@ -86,4 +102,5 @@ def run_demo(
         str(spec_path),
         spec.cache_url,
         dict(results.report.outputs),
+        compare_regions(found, pd.read_csv(regions_csv)),
     )

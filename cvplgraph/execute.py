@@ -24,7 +24,7 @@ import xarray as xr
 from .errors import CvplError
 from .lower import Lowered, lower
 from .manifest import Entry
-from .outputs import write_block_counts, write_points
+from .outputs import region_dataset, write_block_counts, write_points, write_regions
 from .plan import CACHED, Plan, make_plan
 from .spec import Spec
 from .storage import read_value, write_array
@@ -183,7 +183,9 @@ def execute(plan: Plan, *, client: Any = None, scheduler: str | None = None, pro
     small_results = dict(zip(small, computed[len(writes) + len(array_outputs) :]))
     results: dict[str, Any] = {}
     for name, value in lowered.values.items():
-        if name in small_results:
+        if name in small_results and plan.graph.nodes[name]["node"].output is PortType.RegionTable:
+            results[name] = region_dataset(small_results[name])
+        elif name in small_results:
             results[name] = value.to_xarray(small_results[name])
         elif name in lowered.stores:  # stored in this run: hand out the stored copy, not a recomputation
             results[name] = read_value(
@@ -197,7 +199,9 @@ def execute(plan: Plan, *, client: Any = None, scheduler: str | None = None, pro
             write_points(target, small_results[name])
         elif kind is PortType.BlockCounts:
             write_block_counts(target, results[name])
-        report.outputs[name] = target
+        elif kind is PortType.RegionTable:
+            write_regions(target, small_results[name], spec.format_of(target))
+        report.outputs[name] = f"{report.outputs[name]}, {target}" if name in report.outputs else target
     return Results(results, report, plan)
 
 

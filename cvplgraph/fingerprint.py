@@ -14,6 +14,7 @@ from typing import Any
 
 import fsspec
 
+from .atlas import AtlasSpec, files_of
 from .errors import InputError
 from .hashing import digest
 from .spec import InputSpec
@@ -54,3 +55,23 @@ def fingerprint_input(spec: InputSpec) -> str:
         "intensity_range": list(spec.intensity_range) if spec.intensity_range else None,
     }
     return digest({"input": meta, "chunks": _listing(f"{spec.url.rstrip('/')}/{path}"), "selection": selection})
+
+
+def fingerprint_atlas(spec: AtlasSpec) -> str:
+    """Key of an atlas input: the listing of every file it reads, and how it is placed in sample space."""
+    files = files_of(spec)
+    listing = {
+        role: _listing(path) for role, path in sorted(files.items()) if path and (role != "metadata" or _exists(path))
+    }
+    options = {
+        "hemisphere_values": list(spec.hemisphere_values),
+        "scale": list(spec.scale) if spec.scale else None,
+        "translation": list(spec.translation) if spec.translation else None,
+        "transpose": list(spec.transpose),
+    }
+    return digest({"atlas": listing, "options": options})
+
+
+def _exists(path: str) -> bool:
+    fs, root = fsspec.core.url_to_fs(path)
+    return bool(fs.exists(root))

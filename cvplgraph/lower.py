@@ -8,6 +8,7 @@ from typing import Any
 
 import xarray as xr
 
+from .atlas import read_atlas
 from .compile import nodes_in_order
 from .plan import CACHED, COMPUTE, Plan
 from .spec import INPUT
@@ -36,7 +37,10 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
     for node in nodes_in_order(plan.graph):
         status = plan.nodes[node.name].status
         if node.is_input:
-            out.values[INPUT] = read_input(plan.spec.input)
+            spec = plan.spec
+            out.values[node.name] = (
+                read_input(spec.input) if node.name == INPUT else read_atlas(dict(spec.atlases)[node.name])
+            )
             continue
         if status == CACHED:
             entry = plan.entries[node.name]

@@ -9,7 +9,7 @@ from typing import Any
 import networkx as nx
 
 from .compile import Node, compile_spec, nodes_in_order
-from .fingerprint import fingerprint_input
+from .fingerprint import fingerprint_atlas, fingerprint_input
 from .hashing import canonical
 from .manifest import Entry, Manifest
 from .spec import INPUT, Spec
@@ -77,14 +77,17 @@ def why(node: Node, previous: Entry | None, input_names: dict[str, str]) -> list
 
 def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
     """Compile ``spec`` and compare every node's key with the cache."""
-    graph = compile_spec(spec, fingerprint or fingerprint_input(spec.input))
+    atlas_keys = {name: fingerprint_atlas(atlas) for name, atlas in spec.atlases}
+    graph = compile_spec(spec, fingerprint or fingerprint_input(spec.input), atlas_keys)
+    atlases = dict(spec.atlases)
     manifest = Manifest(spec.cache_url)
     plan = Plan(spec, graph, manifest)
     needed = {name for name, _ in spec.outputs}
     statuses: dict[str, str] = {}
     for node in nodes_in_order(graph):
         if node.is_input:
-            plan.nodes[INPUT] = NodePlan(INPUT, "input", "Image", node.key, INPUT_STATUS, (spec.input.url,))
+            url = spec.input.url if node.name == INPUT else atlases[node.name].url
+            plan.nodes[node.name] = NodePlan(node.name, "input", str(node.output), node.key, INPUT_STATUS, (url,))
             continue
         entry = manifest.get(node.key) if node.nodespec.cache else None
         if entry is not None:

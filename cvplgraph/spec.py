@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atlas import AtlasSpec
 from .errors import Problem, SpecError
 from .params import check_param
 from .registry import REGISTRY, known_ops
@@ -95,6 +96,17 @@ class Spec:
     outputs: tuple[tuple[str, str], ...] = ()  # (node, path)
     locations: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
     plugins: tuple[str, ...] = ()  # modules imported for their ops
+    atlases: tuple[tuple[str, AtlasSpec], ...] = ()  # [inputs.NAME] tables (kind = "atlas")
+    formats: tuple[tuple[str, str], ...] = ()  # (output path, format) where the spec names a format
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Names nodes take input from without a node, and their types: the image and each named input."""
+        return {INPUT: "Image", **{name: "Atlas" for name, _ in self.atlases}}
+
+    def format_of(self, target: str) -> str:
+        """The declared format of an output file, or "" (chosen by its suffix)."""
+        return dict(self.formats).get(target, "")
 
     @property
     def source(self) -> str:
@@ -291,6 +303,119 @@ def _parse_store(raw: Any, c: _Collector, path: str) -> StoreSpec:
     return StoreSpec(chunks, levels, compressor)  # type: ignore[arg-type]
 
 
+ATLAS_KEYS = ["kind", "url", "structures", "hemispheres", "hemisphere_values", "scale", "translation", "transpose",
+              "chunks"]  # fmt: skip
+OUTPUT_FORMATS = ("brainglobe",)
+
+
+def _float_list(value: Any, full: str, c: _Collector, positive: bool) -> tuple[float, ...] | None:
+    ok = (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 or not positive) for v in value)
+    )
+    if not ok:
+        c.add(full, f"expected a list of 3 {'numbers > 0' if positive else 'numbers'} (z, y, x µm), got {value!r}")
+        return None
+    return tuple(float(v) for v in value)
+
+
+def _parse_atlas(name: str, raw: Any, c: _Collector, base: Path) -> AtlasSpec | None:
+    path = f"inputs.{name}"
+    if not isinstance(raw, dict):
+        c.add(path, f'expected a table [inputs.{name}] with kind = "atlas" and url = "...", got {raw!r}')
+        return None
+    c.unknown_keys(raw, ATLAS_KEYS, path)
+    kind = c.typed(raw, "kind", path, str, '"atlas"', default="atlas")
+    if kind != "atlas":
+        c.add(f"{path}.kind", f'expected "atlas" (the image to segment is [input]), got {kind!r}')
+        return None
+    what = "an atlas: OME-Zarr labels, a TIFF or a BrainGlobe atlas folder"
+    url = c.typed(raw, "url", path, str, what, required=True)
+    structures = c.typed(raw, "structures", path, str, "a structure table (CSV or BrainGlobe JSON)", default="")
+    hemispheres = c.typed(raw, "hemispheres", path, str, "a hemisphere label volume", default="")
+    values = raw.get("hemisphere_values", {"left": 1, "right": 2})
+    left_right = (1, 2)
+    if (
+        not isinstance(values, dict)
+        or set(values) != {"left", "right"}
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in values.values())
+        or values["left"] == values["right"]
+    ):
+        c.add(
+            f"{path}.hemisphere_values", f"expected {{ left = 1, right = 2 }} (two different integers), got {values!r}"
+        )
+    else:
+        left_right = (values["left"], values["right"])
+    scale = _float_list(raw["scale"], f"{path}.scale", c, True) if "scale" in raw else None
+    translation = _float_list(raw["translation"], f"{path}.translation", c, False) if "translation" in raw else None
+    transpose: tuple[int, ...] = (0, 1, 2)
+    if "transpose" in raw:
+        axes = raw["transpose"]
+        ints = isinstance(axes, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in axes)
+        if ints and sorted(axes) == [0, 1, 2]:
+            transpose = tuple(axes)
+        else:
+            c.add(f"{path}.transpose", f"expected the file axes that become z, y, x, e.g. [2, 1, 0], got {axes!r}")
+    chunks = c.int_list(raw["chunks"], f"{path}.chunks", 3, 1) if "chunks" in raw else None
+    if not url:
+        return None
+    return AtlasSpec(
+        _resolve(url, base),
+        _resolve(structures, base) if structures else "",
+        _resolve(hemispheres, base) if hemispheres else "",
+        left_right,
+        scale,  # type: ignore[arg-type]
+        translation,  # type: ignore[arg-type]
+        transpose,  # type: ignore[arg-type]
+        chunks or AtlasSpec.chunks,  # type: ignore[arg-type]
+    )
+
+
+def _parse_inputs(raw: Any, c: _Collector, base: Path) -> tuple[tuple[str, AtlasSpec], ...]:
+    if not isinstance(raw, dict):
+        c.add("inputs", f'expected tables [inputs.NAME] with kind = "atlas", got {raw!r}')
+        return ()
+    out = []
+    for name, body in raw.items():
+        if name == INPUT:
+            c.add(f"inputs.{name}", f"`{INPUT}` is the raw image's name ([input]); choose another name")
+            continue
+        atlas = _parse_atlas(name, body, c, base)
+        if atlas is not None:
+            out.append((name, atlas))
+    return tuple(out)
+
+
+def _parse_outputs(raw: Any, c: _Collector, base: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``node = "path"``, ``node = { path = "...", format = "..." }`` or a list of those."""
+    outputs: list[tuple[str, str]] = []
+    formats: list[tuple[str, str]] = []
+    if not isinstance(raw, dict):
+        c.add("outputs", f'expected a table node = "path", got {raw!r}')
+        return outputs, formats
+    for node_name, value in raw.items():
+        path = f"outputs.{node_name}"
+        for target in value if isinstance(value, list) else [value]:
+            fmt = ""
+            if isinstance(target, dict):
+                c.unknown_keys(target, ["path", "format"], path)
+                fmt = target.get("format", "")
+                if fmt not in OUTPUT_FORMATS:
+                    c.add(f"{path}.format", f"expected one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+                target = target.get("path")
+            if not isinstance(target, str) or not target:
+                c.add(path, f'expected a file path (string) or {{ path = "...", format = "..." }}, got {target!r}')
+            elif "://" in target and not target.startswith("file://"):
+                c.add(path, f"expected a local file path (outputs are local files), got {target!r}")
+            else:
+                resolved = _resolve(target.removeprefix("file://"), base)
+                outputs.append((node_name, resolved))
+                if fmt:
+                    formats.append((resolved, fmt))
+    return outputs, formats
+
+
 def _parse_node(name: str, raw: Any, c: _Collector, base: Path) -> NodeSpec | None:
     path = f"nodes.{name}"
     if not isinstance(raw, dict):
@@ -388,9 +513,13 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
         m = re.search(r"line (\d+)", str(exc))
         raise SpecError([Problem(path, int(m.group(1)) if m else None, "toml", f"not valid TOML: {exc}")]) from None
     base = Path(path).resolve().parent if path != "<spec>" else Path.cwd()
-    c.unknown_keys(raw, ["plugins", "input", "nodes", "cache", "cluster", "outputs"], "")
+    c.unknown_keys(raw, ["plugins", "input", "inputs", "nodes", "cache", "cluster", "outputs"], "")
     plugins = _parse_plugins(raw.get("plugins", []), c, base)
     inp = _parse_input(raw.get("input"), c, base)
+    atlases = _parse_inputs(raw.get("inputs", {}), c, base)
+    for name, _ in atlases:
+        if isinstance(raw.get("nodes"), dict) and name in raw["nodes"]:
+            c.add(f"nodes.{name}", f"`{name}` is already the name of an input ([inputs.{name}]); choose another")
     nodes_raw = raw.get("nodes", {})
     nodes = []
     if not isinstance(nodes_raw, dict) or not nodes_raw:
@@ -410,18 +539,7 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
     else:
         c.add("cache", f'expected a table with url = "...", got {cache_raw!r}')
     cluster = _parse_cluster(raw.get("cluster", {}), c)
-    outputs = []
-    out_raw = raw.get("outputs", {})
-    if isinstance(out_raw, dict):
-        for node_name, target in out_raw.items():
-            if not isinstance(target, str) or not target:
-                c.add(f"outputs.{node_name}", f"expected a file path (string), got {target!r}")
-            elif "://" in target and not target.startswith("file://"):
-                c.add(f"outputs.{node_name}", f"expected a local file path (outputs are local files), got {target!r}")
-            else:
-                outputs.append((node_name, _resolve(target.removeprefix("file://"), base)))
-    else:
-        c.add("outputs", f'expected a table node = "path", got {out_raw!r}')
+    outputs, formats = _parse_outputs(raw.get("outputs", {}), c, base)
     # the graph is checked even when the input is unusable, so that every problem is reported at once
     spec = Spec(
         path,
@@ -432,6 +550,8 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
         tuple(outputs),
         locations,
         plugins,
+        atlases,
+        tuple(formats),
     )
     declared = {n for n in (nodes_raw if isinstance(nodes_raw, dict) else {}) if n != INPUT}
     problems = c.problems + graph_problems(spec, declared)

@@ -261,10 +261,16 @@ def read_array(url: str, level: int = 0) -> xr.DataArray:
 
 
 def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
+    import warnings
+
     group = create_group(url)
     for column in frame.columns:
         values = frame[column].to_numpy()
-        group.create_array(column, data=values, chunks=(max(1, min(len(values), 1 << 20)),))
+        if values.dtype == object:  # text columns (region names): fixed-width unicode, which zarr stores
+            values = values.astype(str)
+        with warnings.catch_warnings():  # zarr flags fixed-width unicode as not yet in the v3 spec
+            warnings.simplefilter("ignore")
+            group.create_array(column, data=values, chunks=(max(1, min(len(values), 1 << 20)),))
     group.attrs["cvplgraph"] = {
         "type": "Points",
         "columns": list(frame.columns),
@@ -317,11 +323,15 @@ def _read_counts(url: str) -> np.ndarray:
     return np.asarray(child_array(open_group(url), "counts", url)[:])
 
 
+#: Types carried as a :class:`~cvplgraph.values.Table` and stored as a zarr group of columns.
+TABLE_TYPES = (PortType.Points, PortType.RegionTable)
+
+
 def write_value(url: str, value: Any, kind: PortType, store: StoreSpec, name: str) -> list[Any]:
     """Lazy writes that store ``value`` of type ``kind`` at ``url``."""
     if kind.is_array:
         return write_array(url, value, kind, store, name)
-    if kind is PortType.Points:
+    if kind in TABLE_TYPES:
         return [write_table(url, value)]
     if kind is PortType.BlockCounts:
         return [write_counts(url, value)]
@@ -331,7 +341,7 @@ def write_value(url: str, value: Any, kind: PortType, store: StoreSpec, name: st
 def read_value(url: str, kind: PortType) -> Any:
     if kind.is_array:
         return read_array(url)
-    if kind is PortType.Points:
+    if kind in TABLE_TYPES:
         return read_table(url)
     if kind is PortType.BlockCounts:
         return read_counts(url)

@@ -38,7 +38,7 @@ import xarray as xr
 from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 
-__all__ = ["SynthParams", "make_cells", "synth_volume"]
+__all__ = ["SynthParams", "grid_sites", "make_cells", "synth_volume"]
 
 #: Distance, in sigmas, at which a gaussian falls to 1 % of its peak: sqrt(2 ln 100).
 ONE_PERCENT_SIGMAS: float = math.sqrt(2.0 * math.log(100.0))
@@ -256,20 +256,62 @@ def _grid_sites(extent_um: float, spacing_um: float) -> np.ndarray:
     return offset + spacing_um * np.arange(n, dtype=np.float64)
 
 
-def _cell_table(params: SynthParams) -> _CellTable:
+def grid_sites(params: SynthParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions of the candidate cell sites along each axis.
+
+    Parameters
+    ----------
+    params : SynthParams
+
+    Returns
+    -------
+    sites : three (n_a,) float64 arrays
+        Site positions (µm, relative to voxel 0 of the volume, i.e. without
+        any translation) along z, y and x; the grid is their outer product, so
+        a per-site ``occupancy`` array has shape ``(n_z, n_y, n_x)``.
+    """
+    vs = np.asarray(params.voxel_size, dtype=np.float64)
+    extent = (np.asarray(params.shape, dtype=np.float64) - 1.0) * vs
+    sz, sy, sx = (_grid_sites(float(e), params.spacing_um) for e in extent)
+    return sz, sy, sx
+
+
+def _site_occupancy(params: SynthParams, occupancy: object) -> np.ndarray | None:
+    """Validate a per-site occupancy array (see :func:`make_cells`); None stays None.
+
+    Returns
+    -------
+    occupancy : (n_z, n_y, n_x) float64 array in [0, 1], or None
+    """
+    if occupancy is None:
+        return None
+    shape = tuple(s.size for s in grid_sites(params))
+    array = np.asarray(occupancy, dtype=np.float64)
+    if array.shape != shape:
+        raise ValueError(f"occupancy must have one value per grid site, shape {shape}, got {array.shape}")
+    if not np.all((array >= 0.0) & (array <= 1.0)):  # also rejects NaN
+        raise ValueError("occupancy values must lie in [0, 1]")
+    return array
+
+
+def _cell_table(params: SynthParams, occupancy: np.ndarray | None = None) -> _CellTable:
     """Generate the cells (see :func:`make_cells`) with their grid bookkeeping.
 
     All occupancy flags are drawn first (one byte per grid site is kept), then
     position jitter, radius and brightness plane by plane straight into the
     final array, so peak memory stays close to the size of the result.
+    ``occupancy`` (per-site probabilities, validated) replaces
+    ``params.occupancy`` when given; the random draws are the same either way.
     """
+    occupancy = _site_occupancy(params, occupancy)
     vs = np.asarray(params.voxel_size, dtype=np.float64)
     extent = (np.asarray(params.shape, dtype=np.float64) - 1.0) * vs
-    sz, sy, sx = (_grid_sites(float(e), params.spacing_um) for e in extent)
+    sz, sy, sx = grid_sites(params)
     rng = np.random.default_rng(params.seed)
     occupied = np.empty((sz.size, sy.size, sx.size), dtype=bool)
     for kz in range(sz.size):
-        occupied[kz] = rng.random((sy.size, sx.size)) < params.occupancy
+        chance = params.occupancy if occupancy is None else occupancy[kz]
+        occupied[kz] = rng.random((sy.size, sx.size)) < chance
     per_row = occupied.sum(axis=2, dtype=np.int64).ravel()
     row_start = np.zeros(per_row.size + 1, dtype=np.int64)
     np.cumsum(per_row, out=row_start[1:])
@@ -309,11 +351,12 @@ def _for_rendering(table: _CellTable) -> _CellTable:
     return table._replace(data=data)
 
 
-def make_cells(params: SynthParams) -> pd.DataFrame:
+def make_cells(params: SynthParams, occupancy: np.ndarray | None = None) -> pd.DataFrame:
     """The true cells of the synthetic volume.
 
-    Grid sites (spacing ``params.spacing_um``, centred in the volume) are
-    occupied with probability ``params.occupancy``, jittered uniformly by at
+    Grid sites (spacing ``params.spacing_um``, centred in the volume, see
+    :func:`grid_sites`) are occupied with probability ``params.occupancy``
+    (or ``occupancy[kz, ky, kx]`` per site when given), jittered uniformly by at
     most ``params.max_jitter_um`` per axis and clipped to the volume, so every
     centre lies inside ``[0, shape - 1]`` voxels (cells on the border are cut,
     but still count). Radius and brightness are uniform in their ranges. Uses
@@ -322,6 +365,10 @@ def make_cells(params: SynthParams) -> pd.DataFrame:
     Parameters
     ----------
     params : SynthParams
+    occupancy : (n_z, n_y, n_x) array of float in [0, 1], optional
+        Per-site occupancy probability, shape = number of grid sites per axis
+        (see :func:`grid_sites`). None (default) uses ``params.occupancy``
+        everywhere; an array of ones gives the same cells as ``occupancy=1``.
 
     Returns
     -------
@@ -331,7 +378,7 @@ def make_cells(params: SynthParams) -> pd.DataFrame:
         amplitude above background). Rows in grid order (z plane, then y row,
         then x column of the grid site), RangeIndex.
     """
-    return _cells_frame(_cell_table(params))
+    return _cells_frame(_cell_table(params, occupancy))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -520,7 +567,7 @@ def _render_block(
     return out
 
 
-def synth_volume(params: SynthParams) -> tuple[xr.DataArray, pd.DataFrame]:
+def synth_volume(params: SynthParams, occupancy: np.ndarray | None = None) -> tuple[xr.DataArray, pd.DataFrame]:
     """A lazy synthetic lightsheet volume and its true cells.
 
     Nothing is computed here except the cell table: each dask block is produced
@@ -533,6 +580,8 @@ def synth_volume(params: SynthParams) -> tuple[xr.DataArray, pd.DataFrame]:
     Parameters
     ----------
     params : SynthParams
+    occupancy : (n_z, n_y, n_x) array of float in [0, 1], optional
+        Per-site occupancy probability, see :func:`make_cells`.
 
     Returns
     -------
@@ -541,12 +590,14 @@ def synth_volume(params: SynthParams) -> tuple[xr.DataArray, pd.DataFrame]:
         coords in µm (``index * voxel_size``); attrs ``scale`` (voxel size),
         ``translation`` (zeros) and ``units`` ("micrometer").
     cells : (n_cells, 8) DataFrame
-        Equal to :func:`make_cells` ``(params)``.
+        Equal to :func:`make_cells` ``(params, occupancy)``.
     """
-    table = _cell_table(params)
+    occupancy = _site_occupancy(params, occupancy)
+    table = _cell_table(params, occupancy)
     render = _for_rendering(table)
-    # The table does not depend on chunks: name it by the other fields.
-    cell_token = tokenize(*(getattr(params, f.name) for f in fields(params) if f.name != "chunks"))
+    # The table does not depend on chunks: name it by the other fields (and the per-site occupancy).
+    extra = () if occupancy is None else (occupancy,)
+    cell_token = tokenize(*(getattr(params, f.name) for f in fields(params) if f.name != "chunks"), *extra)
     table_node: Delayed = delayed(render, name=f"synth-cells-{cell_token}", traverse=False)
     chunks = da.core.normalize_chunks(params.chunks, shape=params.shape, dtype=np.float32)
     data = da.map_blocks(

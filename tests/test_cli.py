@@ -20,23 +20,28 @@ def cvplgraph(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 
 
 def test_demo_counts_within_two_percent_and_second_run_is_cached(tmp_path: Path) -> None:
-    """The demo with its real LocalCluster; the count must match the synthetic truth."""
-    out = cvplgraph("demo", "--dir", str(tmp_path / "demo"), "--shape", "48", "256", "256", "--quiet")
+    """The demo with its real LocalCluster; the counts must match the synthetic truth, in all and per region."""
+    out = cvplgraph("demo", "--dir", str(tmp_path / "demo"), "--atlas", "procedural", "--quiet")
     assert out.returncode == 0, out.stderr
     found = int(out.stdout.split("cells found: ")[1].split(",")[0])
-    truth = len(pd.read_csv(tmp_path / "demo" / "true_cells.csv"))
-    assert truth > 500
-    assert abs(found - truth) <= 0.02 * truth
-    assert (tmp_path / "demo" / "results" / "centroids.csv").exists()
+    truth = pd.read_csv(tmp_path / "demo" / "cells.csv")
+    assert len(truth) > 500
+    assert abs(found - len(truth)) <= 0.02 * len(truth)
+    assert "cells per region" in out.stdout and "outside_atlas" in out.stdout
+    for name in ("regions.csv", "summary.csv", "regions.png", "cells.csv", "counts.csv"):
+        assert (tmp_path / "demo" / "results" / name).exists(), name
     plan = cvplgraph("plan", str(tmp_path / "demo" / "demo.toml"), "--json")
     assert plan.returncode == 0, plan.stderr
     statuses = {n["name"]: n["status"] for n in json.loads(plan.stdout)["nodes"]}
     assert statuses == {
         "input": "input",
+        "atlas": "input",
         "mask": "cached",
         "cells": "cached",
         "centroids": "cached",
         "counts": "cached",
+        "regions": "cached",
+        "cell_regions": "cached",
     }
 
 

@@ -221,7 +221,7 @@ CASES: list[Case] = [
             Expect(
                 "extras",
                 at_header("extras"),
-                ("unknown field `extras`", "expected one of: plugins, input, nodes, cache, cluster, outputs"),
+                ("unknown field `extras`", "expected one of: plugins, input, inputs, nodes, cache, cluster, outputs"),
             ),
         ),
     ),
@@ -234,6 +234,48 @@ CASES: list[Case] = [
         "invalid-toml",
         replace_line("nodes.mask", "level", "level = 0.3 0.4"),
         (Expect("toml", at_key("nodes.mask", "level"), ("not valid TOML",)),),
+    ),
+    # ---- [inputs.NAME] (atlases) and output formats
+    Case(
+        "atlas-kind-unknown",
+        append('[inputs.atlas]\nkind = "image"\nurl = "atlas"\n'),
+        (Expect("inputs.atlas.kind", at_key("inputs.atlas", "kind"), ('expected "atlas"', "got 'image'")),),
+    ),
+    Case(
+        "atlas-url-missing",
+        append('[inputs.atlas]\nstructures = "s.csv"\n'),
+        (Expect("inputs.atlas.url", at_header("inputs.atlas"), ("missing", "BrainGlobe atlas folder")),),
+    ),
+    Case(
+        "atlas-transpose-not-a-permutation",
+        append('[inputs.atlas]\nurl = "a.tif"\ntranspose = [2, 2, 0]\n'),
+        (Expect("inputs.atlas.transpose", at_key("inputs.atlas", "transpose"), ("e.g. [2, 1, 0]", "got [2, 2, 0]")),),
+    ),
+    Case(
+        "atlas-scale-negative",
+        append('[inputs.atlas]\nurl = "a.tif"\nscale = [25, -25, 25]\n'),
+        (Expect("inputs.atlas.scale", at_key("inputs.atlas", "scale"), ("3 numbers > 0", "got [25, -25, 25]")),),
+    ),
+    Case(
+        "atlas-hemisphere-values-equal",
+        append('[inputs.atlas]\nurl = "a.tif"\nhemisphere_values = { left = 255, right = 255 }\n'),
+        (
+            Expect(
+                "inputs.atlas.hemisphere_values",
+                at_key("inputs.atlas", "hemisphere_values"),
+                ("two different integers", "255"),
+            ),
+        ),
+    ),
+    Case(
+        "atlas-named-input",
+        append('[inputs.input]\nurl = "a.tif"\n'),
+        (Expect("inputs.input", at_header("inputs.input"), ("raw image's name",)),),
+    ),
+    Case(
+        "output-format-unknown",
+        set_key("outputs", "counts", '{ path = "results/summary.csv", format = "clearmap" }'),
+        (Expect("outputs.counts.format", at_key("outputs", "counts"), ("expected one of brainglobe", "'clearmap'")),),
     ),
     # ---- [input]
     Case(

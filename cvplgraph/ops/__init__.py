@@ -9,12 +9,14 @@ from .components import connected_components
 from .count import count, density, filter_size
 from .filters import background_subtract, downsample, gaussian, normalize
 from .measure import centroids
+from .regions import cell_regions, region_counts, region_density_map
 from .threshold import local_threshold, otsu, threshold
 from .watershed import watershed
 
 __all__ = [
     "background_subtract",
     "blobs",
+    "cell_regions",
     "centroids",
     "connected_components",
     "count",
@@ -26,6 +28,8 @@ __all__ = [
     "normalize",
     "otsu",
     "pixel_classifier",
+    "region_counts",
+    "region_density_map",
     "threshold",
     "watershed",
 ]

@@ -1,0 +1,214 @@
+"""Points + Atlas → cells per brain region, in physical coordinates.
+
+Every point is looked up in the atlas by its µm position (image and atlas
+grids may differ in voxel size and offset). Per region and hemisphere the
+table gives the cell count, the volume (from the atlas voxels) and the
+density, both **exclusive** (the region's own voxels) and **inclusive** (the
+region and all its descendants). Points in atlas id 0 and points outside the
+atlas volume get explicit rows (ids 0 and −1); regions without cells appear
+with 0.
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..atlas import LEFT, OUTSIDE_ATLAS, OUTSIDE_BRAIN, RIGHT, Atlas, ancestors, lookup_points, voxel_counts
+from ..errors import InputError
+from ..registry import op
+from ..types import PortType
+from ..values import Table, wrap
+
+#: Hemisphere codes → the names used in tables ("both" = every point, whatever its hemisphere).
+HEMISPHERES = {LEFT: "left", RIGHT: "right"}
+REGION_COLUMNS = [
+    "id", "acronym", "name", "parent_id", "depth", "hemisphere",
+    "cells", "volume_mm3", "density_per_mm3",
+    "cells_inclusive", "volume_mm3_inclusive", "density_inclusive_per_mm3",
+]  # fmt: skip
+SPECIAL_ROWS = {
+    OUTSIDE_BRAIN: ("outside_brain", "outside the brain (atlas id 0)"),
+    OUTSIDE_ATLAS: ("outside_atlas", "outside the atlas volume"),
+}
+
+
+def _um(frame: pd.DataFrame) -> np.ndarray:
+    return frame[["z_um", "y_um", "x_um"]].to_numpy(dtype=np.float64)
+
+
+def _check_ids(voxels: pd.DataFrame, structures: pd.DataFrame, files: str) -> None:
+    present = set(voxels["id"].unique()) - {OUTSIDE_BRAIN}
+    missing = sorted(present - set(structures["id"]))
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (" …" if len(missing) > 8 else "")
+        raise InputError(f"{files}: {len(missing)} region id(s) in the atlas volume are missing from the "
+                         f"structure table: {shown}")  # fmt: skip
+
+
+def _region_table(
+    lookup: tuple[np.ndarray, np.ndarray],
+    voxels: pd.DataFrame,
+    structures: pd.DataFrame,
+    voxel_mm3: float,
+    lateral: bool,
+    files: str,
+) -> pd.DataFrame:
+    _check_ids(voxels, structures, files)
+    region, hemi = lookup
+    cells = pd.DataFrame({"id": region, "hemi": hemi.astype(np.int64)}).value_counts().rename("cells").reset_index()
+    known = structures[["id", "acronym", "name", "parent_id", "depth"]].copy()
+    extra = [i for i in SPECIAL_ROWS if i not in set(known["id"])]
+    specials = pd.DataFrame(
+        {"id": extra, "acronym": [SPECIAL_ROWS[i][0] for i in extra], "name": [SPECIAL_ROWS[i][1] for i in extra],
+         "parent_id": -1, "depth": 0}
+    )  # fmt: skip
+    regions = pd.concat([known, specials], ignore_index=True)
+    sides = [*HEMISPHERES.items(), (None, "both")] if lateral else [(None, "both")]
+    pairs = ancestors(structures)
+    rows = []
+    for code, label in sides:
+        pick_c = cells if code is None else cells[cells["hemi"] == code]
+        pick_v = voxels if code is None else voxels[voxels["hemi"] == code]
+        own = pd.DataFrame({"id": regions["id"]})
+        own["cells"] = own["id"].map(pick_c.groupby("id")["cells"].sum()).fillna(0).astype(np.int64)
+        own["voxels"] = own["id"].map(pick_v.groupby("id")["voxels"].sum()).fillna(0).astype(np.int64)
+        rolled = pairs.merge(own, on="id").groupby("ancestor")[["cells", "voxels"]].sum()
+        side = regions.copy()
+        side["hemisphere"] = label
+        side["cells"] = own["cells"].to_numpy()
+        side["volume_mm3"] = own["voxels"].to_numpy() * voxel_mm3
+        # regions outside the tree (the explicit rows) include only themselves
+        inclusive = rolled.reindex(side["id"].to_numpy())
+        has = inclusive["cells"].notna().to_numpy()
+        side["cells_inclusive"] = np.where(has, inclusive["cells"].to_numpy(), own["cells"].to_numpy()).astype(np.int64)
+        vox_incl = np.where(has, inclusive["voxels"].to_numpy(), own["voxels"].to_numpy())
+        side["volume_mm3_inclusive"] = vox_incl * voxel_mm3
+        rows.append(side)
+    table = pd.concat(rows, ignore_index=True)
+    outside = table["id"] == OUTSIDE_ATLAS
+    table.loc[outside, ["volume_mm3", "volume_mm3_inclusive"]] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["density_per_mm3"] = np.where(table["volume_mm3"] > 0, table["cells"] / table["volume_mm3"], np.nan)
+        table["density_inclusive_per_mm3"] = np.where(
+            table["volume_mm3_inclusive"] > 0, table["cells_inclusive"] / table["volume_mm3_inclusive"], np.nan
+        )
+    return table[REGION_COLUMNS]
+
+
+def _files(atlas: Atlas) -> str:
+    return f"{atlas.source} with {atlas.structures_file}"
+
+
+@op(
+    "region_counts",
+    version=1,
+    inputs={"points": PortType.Points, "atlas": PortType.Atlas},
+    output=PortType.RegionTable,
+    cost="one lookup task per atlas block holding points, one voxel count per atlas block",
+)
+def region_counts(points: Table, atlas: Atlas) -> Table:
+    """Cells, volume and density per atlas region and hemisphere, exclusive and inclusive.
+
+    Parameters
+    ----------
+    points : Points
+        Cell centres with ``z_um, y_um, x_um`` (physical coordinates).
+    atlas : Atlas
+        Region ids, structure table and optional hemispheres, in the same physical space.
+
+    Returns
+    -------
+    regions : RegionTable
+        One row per region (every region of the structure table, plus id 0
+        "outside_brain" and id −1 "outside_atlas") and hemisphere (``left``,
+        ``right`` and ``both``; only ``both`` without a hemisphere volume), with
+        columns ``id, acronym, name, parent_id, depth, hemisphere, cells,
+        volume_mm3, density_per_mm3`` and the same three ``_inclusive`` of the
+        region's subtree. A point is in the voxel whose centre is nearest;
+        points outside the atlas volume have no volume (NaN density).
+    """
+    geometry = atlas.geometry
+    voxel_mm3 = float(np.prod(geometry.scale)) * 1e-9
+    lookup = lookup_points(dask.delayed(_um, pure=True)(points.frame), atlas)
+    frame = dask.delayed(_region_table, pure=True)(
+        lookup, voxel_counts(atlas), atlas.structures, voxel_mm3, atlas.hemispheres is not None, _files(atlas)
+    )
+    return Table(frame, geometry)
+
+
+def _with_regions(frame: pd.DataFrame, lookup: tuple[np.ndarray, np.ndarray], structures: pd.DataFrame) -> pd.DataFrame:
+    region, hemi = lookup
+    names = dict(zip(structures["id"], structures["acronym"]))
+    names.update({k: v[0] for k, v in SPECIAL_ROWS.items() if k not in names})
+    out = frame.copy()
+    out["region_id"] = region
+    out["acronym"] = [names.get(int(r), "") for r in region]
+    out["hemisphere"] = np.array(["", "left", "right", ""], dtype=object)[np.minimum(hemi, 3)]
+    return out
+
+
+@op(
+    "cell_regions",
+    version=1,
+    inputs={"points": PortType.Points, "atlas": PortType.Atlas},
+    output=PortType.Points,
+    cost="one lookup task per atlas block holding points",
+)
+def cell_regions(points: Table, atlas: Atlas) -> Table:
+    """Every cell with its atlas region: the per-cell table.
+
+    Returns
+    -------
+    cells : Points
+        The input rows with ``region_id`` (0 = atlas id 0, −1 = outside the atlas
+        volume), ``acronym`` and ``hemisphere`` (``left``, ``right`` or empty).
+    """
+    lookup = lookup_points(dask.delayed(_um, pure=True)(points.frame), atlas)
+    return Table(dask.delayed(_with_regions, pure=True)(points.frame, lookup, atlas.structures), points.geometry)
+
+
+def _density_lut(table: pd.DataFrame, lateral: bool) -> tuple[np.ndarray, np.ndarray]:
+    codes = {"left": LEFT, "right": RIGHT} if lateral else {"both": 0}
+    rows = table[table["hemisphere"].isin(list(codes)) & (table["id"] > 0)]
+    keys = rows["id"].to_numpy(np.uint64) * np.uint64(4) + rows["hemisphere"].map(codes).to_numpy(np.uint64)
+    order = np.argsort(keys)
+    return keys[order], np.nan_to_num(rows["density_per_mm3"].to_numpy(np.float64)[order]).astype(np.float32)
+
+
+def _paint(ids: np.ndarray, hemi: np.ndarray | None, lut: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    keys, values = lut
+    k = ids.astype(np.uint64) * np.uint64(4) + (hemi.astype(np.uint64) if hemi is not None else np.uint64(0))
+    pos = np.clip(np.searchsorted(keys, k), 0, max(len(keys) - 1, 0))
+    if not len(keys):
+        return np.zeros(ids.shape, np.float32)
+    return np.where(keys[pos] == k, values[pos], np.float32(0)).astype(np.float32)
+
+
+@op(
+    "region_density_map",
+    version=1,
+    inputs={"regions": PortType.RegionTable, "atlas": PortType.Atlas},
+    output=PortType.Density,
+    cost="one table lookup per atlas voxel",
+)
+def region_density_map(regions: Table, atlas: Atlas) -> xr.DataArray:
+    """Each atlas voxel coloured by its region's (exclusive) density, for display.
+
+    Returns
+    -------
+    density : Density
+        float32 cells per mm³ on the atlas grid (per hemisphere when the atlas
+        has one); 0 outside every region.
+    """
+    lateral = atlas.hemispheres is not None
+    lut = dask.delayed(_density_lut, pure=True)(regions.frame, lateral)
+    ids = atlas.annotation.data
+    if lateral:
+        data = da.map_blocks(_paint, ids, atlas.hemispheres.data, lut, dtype=np.float32)  # type: ignore[union-attr]
+    else:
+        data = da.map_blocks(_paint, ids, None, lut, dtype=np.float32)
+    return wrap(data, atlas.geometry, name="region_density")

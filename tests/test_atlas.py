@@ -1,0 +1,342 @@
+"""Atlas inputs and per-region counts, against the real Allen CCFv3 annotation and independent references."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from conftest import SHARED_DATA
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cvplgraph
+from cvplgraph import ops
+from cvplgraph.atlas import AtlasSpec, read_atlas
+from cvplgraph.errors import InputError
+from cvplgraph.outputs import BRAINGLOBE_COLUMNS, brainglobe_summary
+from cvplgraph.spec import StoreSpec
+from cvplgraph.storage import write_array
+from cvplgraph.types import PortType
+from cvplgraph.values import Geometry, Table, wrap
+
+CCF = SHARED_DATA / "atlas_ccf2017"
+pytestmark = pytest.mark.skipif(not CCF.exists(), reason=f"the real atlas is not at {CCF} (../shared/data)")
+ENV_CLI = [sys.executable, "-m", "cvplgraph.cli"]
+
+
+def ccf_spec(resolution: int = 100, **changes: object) -> AtlasSpec:
+    base = AtlasSpec(
+        url=str(CCF / f"annotation_{resolution}um.tif"),
+        structures=str(CCF / "structures.csv"),
+        hemispheres=str(CCF / f"hemispheres_{resolution}um.tif"),
+        scale=(float(resolution),) * 3,
+        transpose=(2, 1, 0),
+    )
+    return AtlasSpec(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+
+
+def points_table(um: np.ndarray) -> Table:
+    frame = pd.DataFrame(um, columns=["z_um", "y_um", "x_um"])
+    return Table(dask.delayed(frame), Geometry((1, 1, 1)))
+
+
+def regions(um: np.ndarray, spec: AtlasSpec) -> pd.DataFrame:
+    return ops.region_counts(points_table(um), read_atlas(spec)).compute(scheduler="threads")
+
+
+@pytest.fixture(scope="module")
+def ccf100() -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """The annotation and hemispheres in sample (z, y, x) order, and the structure table, read whole."""
+    annotation = np.transpose(tifffile.imread(CCF / "annotation_100um.tif"), (2, 1, 0))
+    hemispheres = np.transpose(tifffile.imread(CCF / "hemispheres_100um.tif"), (2, 1, 0))
+    return annotation, hemispheres, pd.read_csv(CCF / "structures.csv")
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+@pytest.mark.parametrize("resolution", [100, 50])
+def test_volumes_per_region_and_hemisphere_reproduce_the_golden_table(resolution: int) -> None:
+    table = regions(np.empty((0, 3)), ccf_spec(resolution))
+    golden = pd.read_csv(CCF / f"leaf_volumes_{resolution}um.csv")
+    golden["hemisphere"] = golden["hemisphere"].map({"hemi1": "left", "hemi2": "right"})
+    voxel_mm3 = (resolution / 1000) ** 3
+    ours = table[(table["id"] > 0) & (table["volume_mm3"] > 0) & table["hemisphere"].isin(["left", "right"])]
+    ours = ours.assign(voxels=np.rint(ours["volume_mm3"] / voxel_mm3).astype(int))
+    merged = golden.merge(ours, on=["id", "hemisphere"], how="outer", indicator=True)
+    assert (merged["_merge"] == "both").all(), merged[merged["_merge"] != "both"].head()
+    np.testing.assert_array_equal(merged["voxels_x"], merged["voxels_y"])
+    np.testing.assert_allclose(merged["volume_mm3_x"], merged["volume_mm3_y"], rtol=1e-12)
+
+
+def test_isocortex_owns_no_voxels_but_rolls_up_to_123_mm3() -> None:
+    table = regions(np.empty((0, 3)), ccf_spec()).set_index(["acronym", "hemisphere"])
+    iso = table.loc[("Isocortex", "both")]
+    assert iso["volume_mm3"] == 0 and np.isnan(iso["density_per_mm3"])
+    assert iso["volume_mm3_inclusive"] == pytest.approx(123, abs=1)
+    root = table.loc[("root", "both")]
+    assert root["volume_mm3_inclusive"] == pytest.approx(json.loads((CCF / "metadata.json").read_text())["100um"]
+                                                         ["brain_volume_mm3"])  # fmt: skip
+
+
+# --------------------------------------------------------------------------- counts
+
+
+def reference_counts(um: np.ndarray, annotation: np.ndarray, hemi: np.ndarray, structures: pd.DataFrame,
+                     scale: float, translation: np.ndarray) -> pd.DataFrame:  # fmt: skip
+    """Per (id, side) exclusive and inclusive counts, computed directly with numpy and string paths."""
+    index = np.floor((um - translation) / scale + 0.5).astype(int)
+    inside = np.all((index >= 0) & (index < np.array(annotation.shape)), axis=1)
+    ids = np.full(len(um), -1)
+    sides = np.zeros(len(um), int)
+    ids[inside] = annotation[tuple(index[inside].T)]
+    sides[inside] = hemi[tuple(index[inside].T)]
+    rows = []
+    for side, code in (("left", 1), ("right", 2), ("both", None)):
+        pick = ids if code is None else ids[sides == code]
+        counted = pd.Series(pick).value_counts()
+        for rid in structures["id"]:
+            members = structures["id"][structures["structure_id_path"].str.contains(f"/{rid}/", regex=False)]
+            rows.append((rid, side, int(counted.get(rid, 0)), int(counted.reindex(members).fillna(0).sum())))
+        for special in (0, -1):
+            rows.append((special, side, int(counted.get(special, 0)), int(counted.get(special, 0))))
+    return pd.DataFrame(rows, columns=["id", "hemisphere", "cells", "cells_inclusive"])
+
+
+def test_counts_equal_a_direct_lookup_with_explicit_outside_rows(ccf100) -> None:  # type: ignore[no-untyped-def]
+    annotation, hemi, structures = ccf100
+    rng = np.random.default_rng(1)
+    translation = np.array([-300.0, 250.0, 40.0])
+    extent = np.array(annotation.shape) * 100.0
+    um = rng.uniform(translation - 500, translation + extent + 500, size=(20000, 3))
+    table = regions(um, ccf_spec(translation=tuple(translation)))
+    expected = reference_counts(um, annotation, hemi, structures, 100.0, translation)
+    got = table[["id", "hemisphere", "cells", "cells_inclusive"]]
+    merged = expected.merge(got, on=["id", "hemisphere"], how="outer", indicator=True)
+    assert (merged["_merge"] == "both").all()
+    np.testing.assert_array_equal(merged["cells_x"], merged["cells_y"])
+    np.testing.assert_array_equal(merged["cells_inclusive_x"], merged["cells_inclusive_y"])
+    both = table[table["hemisphere"] == "both"].set_index("id")
+    assert both.loc[-1, "cells"] > 0 and both.loc[0, "cells"] > 0  # reported, never dropped
+    assert both.loc[[i for i in both.index if i > 0], "cells"].sum() + both.loc[[0, -1], "cells"].sum() == len(um)
+    assert (both["cells"] == 0).sum() > 100  # regions without cells appear with 0
+    assert len(both) == len(structures) + 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    image_scale=st.tuples(*[st.floats(0.3, 20.0)] * 3),
+    image_translation=st.tuples(*[st.floats(-2000, 2000)] * 3),
+    atlas_scale=st.tuples(*[st.sampled_from([10.0, 25.0, 40.0, 100.0])] * 3),
+    atlas_translation=st.tuples(*[st.floats(-500, 500)] * 3),
+    voxel=st.tuples(st.integers(0, 7), st.integers(0, 9), st.integers(0, 5)),
+    offset=st.tuples(*[st.floats(-0.49, 0.49)] * 3),
+)
+def test_a_point_maps_to_the_atlas_voxel_that_holds_it(  # type: ignore[no-untyped-def]
+    image_scale, image_translation, atlas_scale, atlas_translation, voxel, offset
+) -> None:
+    """A cell at image voxel v lands in atlas voxel u when its µm position lies in u's box, whatever the grids."""
+    atlas_geometry = Geometry((8, 10, 6), atlas_scale, atlas_translation)
+    ids = np.arange(1, 8 * 10 * 6 + 1, dtype=np.uint32).reshape(8, 10, 6)
+    structures = pd.DataFrame({"id": ids.ravel().astype(np.int64), "acronym": "r", "name": "r", "parent_id": -1,
+                               "depth": 0, "path": [(int(i),) for i in ids.ravel()]})  # fmt: skip
+    atlas = read_atlas_from_arrays(ids, atlas_geometry, structures)
+    # the point: the centre of atlas voxel `voxel`, moved within its box, expressed in image voxels
+    um = np.asarray(atlas_translation) + (np.asarray(voxel) + np.asarray(offset)) * np.asarray(atlas_scale)
+    image = Geometry((1, 1, 1), image_scale, image_translation)
+    image_voxel = (um - np.asarray(image.translation)) / np.asarray(image.scale)
+    frame = pd.DataFrame([[*image_voxel, *image.to_um(image_voxel[None])[0]]], columns=["z", "y", "x", "z_um", "y_um",
+                                                                                          "x_um"])  # fmt: skip
+    cells = ops.cell_regions(Table(dask.delayed(frame), image), atlas).compute(scheduler="sync")
+    assert cells["region_id"].iloc[0] == ids[voxel]
+
+
+def read_atlas_from_arrays(ids: np.ndarray, geometry: Geometry, structures: pd.DataFrame) -> cvplgraph.atlas.Atlas:
+    import dask.array as da
+
+    from cvplgraph.atlas import Atlas
+
+    return Atlas(wrap(da.from_array(ids, chunks=(3, 4, 5)), geometry), None, structures, "<arrays>", "<table>")
+
+
+# --------------------------------------------------------------------------- formats and outputs
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory: pytest.TempPathFactory, ccf100) -> dict[str, AtlasSpec]:  # type: ignore[no-untyped-def]
+    """The same 100 µm atlas as TIFF, as a BrainGlobe folder and as OME-Zarr labels."""
+    annotation, hemi, _ = ccf100
+    folder = tmp_path_factory.mktemp("atlases")
+    brainglobe = folder / "brainglobe"
+    brainglobe.mkdir()
+    tifffile.imwrite(brainglobe / "annotation.tiff", annotation)
+    tifffile.imwrite(brainglobe / "hemispheres.tiff", hemi)
+    shutil.copy(CCF / "structures.csv", brainglobe / "structures.csv")
+    (brainglobe / "metadata.json").write_text(json.dumps({"name": "ccf", "resolution": [100, 100, 100]}))
+    geometry = Geometry(annotation.shape, (100.0, 100.0, 100.0))
+    for name, values in (("annotation", annotation), ("hemispheres", hemi)):
+        import dask.array as da
+
+        data = wrap(da.from_array(values, chunks=(40, 64, 64)), geometry)
+        dask.compute(*write_array(str(folder / f"{name}.ome.zarr"), data, PortType.Labels, StoreSpec(), name))
+    return {
+        "tiff": ccf_spec(),
+        "brainglobe": AtlasSpec(url=str(brainglobe)),
+        "ome-zarr": AtlasSpec(
+            url=str(folder / "annotation.ome.zarr"),
+            structures=str(CCF / "structures.csv"),
+            hemispheres=str(folder / "hemispheres.ome.zarr"),
+        ),  # fmt: skip
+    }
+
+
+def test_tiff_brainglobe_folder_and_ome_zarr_give_the_same_table(formats: dict[str, AtlasSpec]) -> None:
+    um = np.random.default_rng(2).uniform(0, 11000, size=(5000, 3))
+    tables = {name: regions(um, spec) for name, spec in formats.items()}
+    assert read_atlas(formats["brainglobe"]).annotation.dtype == np.uint32
+    for name, table in tables.items():
+        pd.testing.assert_frame_equal(table, tables["tiff"], obj=name)
+
+
+def test_brainglobe_summary_has_the_reference_columns() -> None:
+    reference = SHARED_DATA / "brainmapper_output_example" / "brainglobe_utils_reference" / "region_totals.csv"
+    um = np.random.default_rng(3).uniform(0, 11000, size=(3000, 3))
+    summary = brainglobe_summary(regions(um, ccf_spec()))
+    assert list(summary.columns) == list(pd.read_csv(reference, nrows=0).columns) == BRAINGLOBE_COLUMNS
+    assert (summary["left_cell_count"] + summary["right_cell_count"] == summary["total_cells"]).all()
+    assert summary["total_volume_mm3"].sum() == pytest.approx(505.359)
+
+
+def test_density_map_paints_each_voxel_with_its_regions_density(ccf100) -> None:  # type: ignore[no-untyped-def]
+    annotation, hemi, _ = ccf100
+    atlas = read_atlas(ccf_spec())
+    um = np.random.default_rng(4).uniform(0, 11000, size=(20000, 3))
+    table = ops.region_counts(points_table(um), atlas)
+    painted = ops.region_density_map(table, atlas).data.compute(scheduler="threads")
+    frame = table.compute(scheduler="threads")
+    lut = frame[frame["hemisphere"] != "both"].set_index(["id", "hemisphere"])["density_per_mm3"].fillna(0)
+    keys = pd.MultiIndex.from_arrays([annotation.ravel().astype(np.int64),
+                                      pd.Series(hemi.ravel()).map({1: "left", 2: "right"})])  # fmt: skip
+    expected = np.where(annotation.ravel() > 0, lut.reindex(keys).fillna(0).to_numpy(), 0).reshape(annotation.shape)
+    np.testing.assert_allclose(painted, expected.astype(np.float32), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def test_float_atlas_is_rejected_naming_the_file(tmp_path: Path, ccf100) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "annotation_float.tif"
+    tifffile.imwrite(path, ccf100[0].astype(np.float32))
+    with pytest.raises(InputError, match=r"annotation_float\.tif: region ids are stored as float32"):
+        read_atlas(ccf_spec(url=str(path), hemispheres=""))
+
+
+def test_hemisphere_volume_of_the_wrong_shape_is_rejected(tmp_path: Path, ccf100) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "hemi_small.tif"
+    tifffile.imwrite(path, ccf100[1][:, :, :-3].transpose(2, 1, 0).copy())
+    with pytest.raises(InputError, match=r"hemi_small\.tif: hemisphere volume has shape"):
+        read_atlas(ccf_spec(hemispheres=str(path)))
+
+
+def test_structure_table_missing_ids_is_an_error_naming_it(tmp_path: Path) -> None:
+    table = pd.read_csv(CCF / "structures.csv")
+    path = tmp_path / "structures_short.csv"
+    table[table["acronym"] != "CA1"].to_csv(path, index=False)
+    with pytest.raises(InputError, match=r"structures_short\.csv: 1 region id\(s\) in the atlas volume are missing"):
+        regions(np.zeros((1, 3)), ccf_spec(structures=str(path)))
+
+
+ATLAS_SPEC = """\
+[input]
+url = "{image}"
+
+[inputs.atlas]
+url = "{ccf}/annotation_100um.tif"
+structures = "{structures}"
+hemispheres = "{ccf}/hemispheres_100um.tif"
+scale = [100, 100, 100]
+transpose = [2, 1, 0]
+
+[cache]
+url = "cache"
+
+[nodes.mask]
+op = "threshold"
+image = "input"
+level = 0.3
+
+[nodes.cells]
+op = "connected_components"
+mask = "mask"
+
+[nodes.centroids]
+op = "centroids"
+labels = "cells"
+
+[nodes.regions]
+op = "region_counts"
+points = "centroids"
+atlas = "atlas"
+
+[nodes.cell_table]
+op = "cell_regions"
+points = "centroids"
+atlas = "atlas"
+
+[nodes.density_map]
+op = "region_density_map"
+regions = "regions"
+atlas = "atlas"
+
+[outputs]
+regions = ["results/regions.csv", {{ path = "results/summary.csv", format = "brainglobe" }}, "results/regions.zarr",
+           "results/regions.png"]
+cell_table = "results/cells.csv"
+density_map = "results/density.ome.zarr"
+"""
+
+
+def test_a_spec_with_an_atlas_runs_end_to_end(tmp_path: Path, synthetic) -> None:  # type: ignore[no-untyped-def]
+    image, truth = synthetic
+    path = tmp_path / "atlas.toml"
+    path.write_text(ATLAS_SPEC.format(image=image, ccf=CCF, structures=CCF / "structures.csv"))
+    results = cvplgraph.run(cvplgraph.load_spec(path), scheduler="threads")
+    table = pd.read_csv(tmp_path / "results" / "regions.csv")
+    cells = pd.read_csv(tmp_path / "results" / "cells.csv")
+    assert table[table["hemisphere"] == "both"]["cells"].sum() == len(cells) > 0.95 * len(truth)
+    # the image sits at the atlas origin: its cells lie where the annotation is 0 or in the brain's corner
+    assert set(cells["region_id"]) <= set(table["id"])
+    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+    assert list(summary.columns) == BRAINGLOBE_COLUMNS
+    assert (tmp_path / "results" / "regions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ds = results["regions"]
+    assert set(ds.dims) == {"region", "hemisphere"} and "acronym" in ds.coords
+    import xarray as xr
+
+    stored = xr.open_zarr(tmp_path / "results" / "regions.zarr")
+    assert int(stored["cells"].sel(hemisphere="both").sum()) == len(cells)
+    # a second run reads everything from the cache
+    again = cvplgraph.run(cvplgraph.load_spec(path), scheduler="threads")
+    assert again.report.computed == []
+
+
+def test_cli_reports_a_bad_atlas_in_one_line(tmp_path: Path, synthetic) -> None:  # type: ignore[no-untyped-def]
+    table = pd.read_csv(CCF / "structures.csv")
+    short = tmp_path / "structures_short.csv"
+    table[table["acronym"] != "CA1"].to_csv(short, index=False)
+    path = tmp_path / "atlas.toml"
+    path.write_text(ATLAS_SPEC.format(image=synthetic[0], ccf=CCF, structures=short))
+    done = subprocess.run([*ENV_CLI, "run", str(path), "--quiet"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "structures_short.csv" in lines[0] and "missing from the structure table" in lines[0]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "results" / "regions.csv").exists()
