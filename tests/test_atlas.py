@@ -340,3 +340,14 @@ def test_cli_reports_a_bad_atlas_in_one_line(tmp_path: Path, synthetic) -> None:
     assert len(lines) == 1 and "structures_short.csv" in lines[0] and "missing from the structure table" in lines[0]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "results" / "regions.csv").exists()
+
+
+def test_clearmap_style_hemisphere_codes_are_mapped(tmp_path: Path, ccf100) -> None:  # type: ignore[no-untyped-def]
+    """A 0 / 255 hemisphere volume with the mapping spelled out gives the same table as the 1 / 2 one."""
+    hemi = ccf100[1]
+    recoded = np.where(hemi == 1, 255, 0).astype(np.uint8).transpose(2, 1, 0).copy()
+    path = tmp_path / "hemispheres_0_255.tif"
+    tifffile.imwrite(path, recoded)
+    um = np.random.default_rng(5).uniform(0, 11000, size=(4000, 3))
+    mapped = regions(um, ccf_spec(hemispheres=str(path), hemisphere_values=(255, 0)))
+    pd.testing.assert_frame_equal(mapped, regions(um, ccf_spec()))
