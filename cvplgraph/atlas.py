@@ -344,20 +344,43 @@ def _assemble(part: dict[Any, Any], *picked: Any) -> tuple[np.ndarray, np.ndarra
     return region, hemi
 
 
-def voxel_counts(atlas: Atlas) -> Any:
-    """Lazy table (id, hemisphere code, voxels) of every region and hemisphere, exact, block by block."""
+def voxel_counts(atlas: Atlas, within: Geometry | None = None) -> Any:
+    """Lazy table (id, hemisphere code, voxels) of every region and hemisphere, exact, block by block.
+
+    With ``within`` (an image grid), only atlas voxels whose centre lies inside
+    that grid's extent count: the part of each region that was imaged.
+    """
     annotation = atlas.annotation.data
-    parts = []
     hemi_blocks = atlas.hemispheres.data.to_delayed().ravel() if atlas.hemispheres is not None else None
+    bounds = block_bounds(annotation.chunks)
+    grid = tuple(len(b) - 1 for b in bounds)
+    parts = []
     for k, block in enumerate(annotation.to_delayed().ravel()):
-        parts.append(dask.delayed(_count_block)(block, hemi_blocks[k] if hemi_blocks is not None else None))
+        keep = None
+        if within is not None:
+            b = np.unravel_index(k, grid)
+            keep = [_inside_axis(atlas.geometry, within, a, int(bounds[a][b[a]]), int(bounds[a][b[a] + 1]))
+                    for a in range(3)]  # fmt: skip
+        parts.append(dask.delayed(_count_block)(block, hemi_blocks[k] if hemi_blocks is not None else None, keep))
     return dask.delayed(_merge_counts)(*parts)
 
 
-def _count_block(ids: np.ndarray, hemi: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _inside_axis(atlas: Geometry, image: Geometry, axis: int, start: int, stop: int) -> np.ndarray:
+    """Which atlas voxels ``start..stop`` along ``axis`` have their centre inside the image's extent."""
+    centres = atlas.translation[axis] + atlas.scale[axis] * np.arange(start, stop)
+    low = image.translation[axis] - image.scale[axis] / 2
+    high = image.translation[axis] + image.scale[axis] * (image.shape[axis] - 0.5)
+    return (centres >= low) & (centres < high)
+
+
+def _count_block(
+    ids: np.ndarray, hemi: np.ndarray | None, keep: list[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     keys = ids.astype(np.uint64) * np.uint64(4)
     if hemi is not None:
         keys += hemi.astype(np.uint64)
+    if keep is not None:
+        keys = keys[np.ix_(*keep)]
     return np.unique(keys, return_counts=True)
 
 

@@ -49,7 +49,8 @@ def points_table(um: np.ndarray) -> Table:
 
 
 def regions(um: np.ndarray, spec: AtlasSpec) -> pd.DataFrame:
-    return ops.region_counts(points_table(um), read_atlas(spec)).compute(scheduler="threads")
+    """The region table of points at ``um``, with whole-region volumes."""
+    return ops.region_counts(points_table(um), read_atlas(spec), volume="atlas").compute(scheduler="threads")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,27 @@ def test_isocortex_owns_no_voxels_but_rolls_up_to_123_mm3() -> None:
     root = table.loc[("root", "both")]
     assert root["volume_mm3_inclusive"] == pytest.approx(json.loads((CCF / "metadata.json").read_text())["100um"]
                                                          ["brain_volume_mm3"])  # fmt: skip
+
+
+@pytest.mark.parametrize("chunks", [(64, 64, 64), (17, 40, 33)])
+def test_imaged_volumes_count_the_atlas_voxels_inside_the_image(ccf100, chunks) -> None:  # type: ignore[no-untyped-def]
+    """A crop of the brain: volumes (hence densities) cover only the imaged part of each region."""
+    annotation, hemi, _ = ccf100
+    image = Geometry((120, 300, 250), (8.0, 6.0, 6.0), (-400.0, 4512.0, 4690.0))
+    atlas = read_atlas(ccf_spec(chunks=chunks))
+    table = ops.region_counts(Table(dask.delayed(pd.DataFrame(columns=["z_um", "y_um", "x_um"])), image), atlas)
+    got = table.compute(scheduler="threads")
+    axes = []
+    for a in range(3):
+        centres = 100.0 * np.arange(annotation.shape[a])
+        low = image.translation[a] - image.scale[a] / 2
+        axes.append((centres >= low) & (centres < low + image.scale[a] * image.shape[a]))
+    inside = axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :]
+    expected = pd.Series(annotation[inside]).value_counts() * 1e-3
+    both = got[(got["hemisphere"] == "both")].set_index("id")["volume_mm3"]
+    np.testing.assert_allclose(both.reindex(expected.index).to_numpy(), expected.to_numpy(), rtol=1e-12)
+    assert both.drop(expected.index, errors="ignore").fillna(0).eq(0).all()
+    assert 0 < both[expected.index].sum() < 5  # a crop: a few mm³, not the whole brain
 
 
 # --------------------------------------------------------------------------- counts
@@ -219,7 +241,7 @@ def test_density_map_paints_each_voxel_with_its_regions_density(ccf100) -> None:
     annotation, hemi, _ = ccf100
     atlas = read_atlas(ccf_spec())
     um = np.random.default_rng(4).uniform(0, 11000, size=(20000, 3))
-    table = ops.region_counts(points_table(um), atlas)
+    table = ops.region_counts(points_table(um), atlas, volume="atlas")
     painted = ops.region_density_map(table, atlas).data.compute(scheduler="threads")
     frame = table.compute(scheduler="threads")
     lut = frame[frame["hemisphere"] != "both"].set_index(["id", "hemisphere"])["density_per_mm3"].fillna(0)
@@ -333,7 +355,9 @@ def test_cli_reports_a_bad_atlas_in_one_line(tmp_path: Path, synthetic) -> None:
     short = tmp_path / "structures_short.csv"
     table[table["acronym"] != "CA1"].to_csv(short, index=False)
     path = tmp_path / "atlas.toml"
-    path.write_text(ATLAS_SPEC.format(image=synthetic[0], ccf=CCF, structures=short))
+    # whole-region volumes: the check covers every atlas voxel, not only the imaged corner
+    text = ATLAS_SPEC.format(image=synthetic[0], ccf=CCF, structures=short)
+    path.write_text(text.replace('atlas = "atlas"\n', 'atlas = "atlas"\nvolume = "atlas"\n', 1))
     done = subprocess.run([*ENV_CLI, "run", str(path), "--quiet"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()

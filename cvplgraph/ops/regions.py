@@ -11,6 +11,8 @@ with 0.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import dask
 import dask.array as da
 import numpy as np
@@ -108,9 +110,10 @@ def _files(atlas: Atlas) -> str:
     version=1,
     inputs={"points": PortType.Points, "atlas": PortType.Atlas},
     output=PortType.RegionTable,
+    checks={"volume": lambda v: None if v in ("imaged", "atlas") else '"imaged" or "atlas"'},
     cost="one lookup task per atlas block holding points, one voxel count per atlas block",
 )
-def region_counts(points: Table, atlas: Atlas) -> Table:
+def region_counts(points: Table, atlas: Atlas, *, volume: Literal["imaged", "atlas"] = "imaged") -> Table:
     """Cells, volume and density per atlas region and hemisphere, exclusive and inclusive.
 
     Parameters
@@ -119,6 +122,11 @@ def region_counts(points: Table, atlas: Atlas) -> Table:
         Cell centres with ``z_um, y_um, x_um`` (physical coordinates).
     atlas : Atlas
         Region ids, structure table and optional hemispheres, in the same physical space.
+    volume : "imaged" or "atlas"
+        ``imaged``: a region's volume is that of its atlas voxels whose centre
+        lies inside the image's extent, so densities stay true when the image
+        is a crop (for a whole-brain image both are the same); ``atlas``: the
+        whole region.
 
     Returns
     -------
@@ -135,7 +143,12 @@ def region_counts(points: Table, atlas: Atlas) -> Table:
     voxel_mm3 = float(np.prod(geometry.scale)) * 1e-9
     lookup = lookup_points(dask.delayed(_um, pure=True)(points.frame), atlas)
     frame = dask.delayed(_region_table, pure=True)(
-        lookup, voxel_counts(atlas), atlas.structures, voxel_mm3, atlas.hemispheres is not None, _files(atlas)
+        lookup,
+        voxel_counts(atlas, points.geometry if volume == "imaged" else None),
+        atlas.structures,
+        voxel_mm3,
+        atlas.hemispheres is not None,
+        _files(atlas),
     )
     return Table(frame, geometry)
 
