@@ -375,3 +375,17 @@ def test_clearmap_style_hemisphere_codes_are_mapped(tmp_path: Path, ccf100) -> N
     um = np.random.default_rng(5).uniform(0, 11000, size=(4000, 3))
     mapped = regions(um, ccf_spec(hemispheres=str(path), hemisphere_values=(255, 0)))
     pd.testing.assert_frame_equal(mapped, regions(um, ccf_spec()))
+
+
+def test_a_cell_in_a_region_missing_from_the_table_is_an_error(tmp_path: Path, ccf100) -> None:  # type: ignore[no-untyped-def]
+    """Even where the region's voxels are not counted (a tiny image), its cells are never dropped silently."""
+    annotation = ccf100[0]
+    ca1 = pd.read_csv(CCF / "structures.csv").set_index("acronym").loc["CA1", "id"]
+    voxel = np.argwhere(annotation == ca1)[0]
+    table = pd.read_csv(CCF / "structures.csv")
+    path = tmp_path / "structures_no_ca1.csv"
+    table[table["acronym"] != "CA1"].to_csv(path, index=False)
+    atlas = read_atlas(ccf_spec(structures=str(path)))
+    counts = ops.region_counts(points_table(voxel[None] * 100.0), atlas)  # imaged volume: one µm³ at the origin
+    with pytest.raises(InputError, match=r"structures_no_ca1\.csv: 1 region id\(s\).*: 382"):
+        counts.compute(scheduler="sync")

@@ -42,8 +42,9 @@ def _um(frame: pd.DataFrame) -> np.ndarray:
     return frame[["z_um", "y_um", "x_um"]].to_numpy(dtype=np.float64)
 
 
-def _check_ids(voxels: pd.DataFrame, structures: pd.DataFrame, files: str) -> None:
-    present = set(voxels["id"].unique()) - {OUTSIDE_BRAIN}
+def _check_ids(voxels: pd.DataFrame, region: np.ndarray, structures: pd.DataFrame, files: str) -> None:
+    """Every id counted, in the volume or under a cell, must be in the structure table."""
+    present = (set(voxels["id"].unique()) | set(np.unique(region).tolist())) - {OUTSIDE_BRAIN, OUTSIDE_ATLAS}
     missing = sorted(present - set(structures["id"]))
     if missing:
         shown = ", ".join(map(str, missing[:8])) + (" …" if len(missing) > 8 else "")
@@ -59,8 +60,8 @@ def _region_table(
     lateral: bool,
     files: str,
 ) -> pd.DataFrame:
-    _check_ids(voxels, structures, files)
     region, hemi = lookup
+    _check_ids(voxels, region, structures, files)
     cells = pd.DataFrame({"id": region, "hemi": hemi.astype(np.int64)}).value_counts().rename("cells").reset_index()
     known = structures[["id", "acronym", "name", "parent_id", "depth"]].copy()
     extra = [i for i in SPECIAL_ROWS if i not in set(known["id"])]
