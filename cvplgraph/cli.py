@@ -84,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "view",
+        help="open the input and cached nodes in napari",
+        description="Open napari with the input image, the atlases and the requested cached nodes "
+        "(default: every cached node) as layers in physical coordinates: images and densities as "
+        "image layers, masks and labels as labels layers, points with their features, the atlas "
+        "with region names. Nothing is computed: a node that is not cached is reported.",
+    )
+    p.add_argument("spec", help="the spec TOML file")
+    p.add_argument("nodes", nargs="*", help="nodes to show (default: every cached node)")
+    p.add_argument("--no-window", action="store_true", help="list the layers instead of opening napari")
+    _add_common(p)
+
+    p = sub.add_parser(
         "synth",
         help="write a synthetic OME-Zarr volume (or brain, with --atlas) with known cells",
         description="Write a float32 (z, y, x) OME-Zarr volume of blob-like cells on a "

@@ -161,3 +161,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"cache: {s.cache}")
     print(f"next: `cvplgraph plan {s.spec}` shows every node cached; edit a parameter there and plan again")
     return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    import sys
+
+    from .spec import load_spec
+    from .view import layers
+
+    spec = load_spec(args.spec)
+    found = layers(spec, args.nodes)
+    for name, why in found.missing.items():
+        print(f"cvplgraph: {name}: {why}", file=sys.stderr)
+    if args.no_window:
+        for data, kwargs, layer_type in found.data:
+            levels = len(data) if kwargs.get("multiscale") else 1
+            shape = tuple((data[0] if kwargs.get("multiscale") else data).shape)
+            print(f"{kwargs['name']}: {layer_type}, shape {shape}, {levels} level(s), "
+                  f"scale {tuple(kwargs['scale'])}, translate {tuple(kwargs['translate'])}")  # fmt: skip
+        return 1 if found.missing and args.nodes else 0
+    try:
+        import napari
+    except ImportError:
+        raise CvplError("napari is not installed; install it with: pip install 'cvplgraph[napari]'") from None
+    viewer = napari.Viewer(title=f"cvplgraph: {spec.path}")
+    for data, kwargs, layer_type in found.data:
+        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+    napari.run()
+    return 0

@@ -219,8 +219,12 @@ def run(
     scheduler : str, optional
         A scheduler address, or ``"threads"``/``"sync"`` for dask's local schedulers.
     viewer : napari viewer, optional
-        Reserved for displaying results; not used yet.
+        After the run, add the input, the atlases and every cached node as layers
+        (see :mod:`cvplgraph.view`); a ``napari.components.ViewerModel`` works too.
     """
+    results = execute(make_plan(spec), client=client, scheduler=scheduler, progress=progress)
     if viewer is not None:
-        raise CvplError("viewer display is not available yet")
-    return execute(make_plan(spec), client=client, scheduler=scheduler, progress=progress)
+        from .view import show
+
+        show(viewer, spec)
+    return results
