@@ -195,12 +195,14 @@ def ngff_metadata(geometry: Geometry, levels: int, kind: PortType, name: str) ->
     datasets = []
     for level in range(levels):
         factor = np.array([2.0**level if s > 1 else 1.0 for s in geometry.shape])
+        # a mean over f voxels is centred between them; a nearest (strided) label voxel is the first
+        shift = np.zeros(3) if kind.is_label else (factor - 1) / 2 * np.asarray(geometry.scale)
         datasets.append(
             {
                 "path": str(level),
                 "coordinateTransformations": [
                     {"type": "scale", "scale": (np.asarray(geometry.scale) * factor).tolist()},
-                    {"type": "translation", "translation": list(geometry.translation)},
+                    {"type": "translation", "translation": (np.asarray(geometry.translation) + shift).tolist()},
                 ],
             }
         )
@@ -225,6 +227,9 @@ def write_array(url: str, value: xr.DataArray, kind: PortType, store: StoreSpec,
     group = create_group(url)
     group.attrs.update(ngff_metadata(geometry, store.multiscale, kind, name))
     data = value.data
+    # the stored chunking may suit display (e.g. 1 × 4096 × 4096); reading back for computation
+    # restores the working chunking
+    group.attrs["cvplgraph"] = {"type": str(kind), "working_chunks": [list(c) for c in data.chunks]}
     writes = []
     for level in range(store.multiscale):
         if level:
@@ -248,12 +253,18 @@ def write_array(url: str, value: xr.DataArray, kind: PortType, store: StoreSpec,
     return writes
 
 
-def read_array(url: str, level: int = 0) -> xr.DataArray:
+def read_array(url: str, level: int = 0, *, working: bool = True) -> xr.DataArray:
+    """One level of a stored array; level 0 comes back in the chunks it was computed in
+    (``working=False``: in the stored chunks, as a viewer wants them)."""
     group = open_group(url)
-    ms = multiscales(group.attrs.asdict(), url)
+    attrs = group.attrs.asdict()
+    ms = multiscales(attrs, url)
     ds = ms["datasets"][level]
     scale, translation = _transforms(ds["coordinateTransformations"], 3)
     data = da.from_zarr(child_array(group, ds["path"], url))
+    chunks = attrs.get("cvplgraph", {}).get("working_chunks") if working and level == 0 else None
+    if chunks and [sum(c) for c in chunks] == list(data.shape) and tuple(map(tuple, chunks)) != data.chunks:
+        data = data.rechunk(tuple(tuple(c) for c in chunks))
     return wrap(data, Geometry(tuple(data.shape), tuple(scale.tolist()), tuple(translation.tolist())))  # type: ignore[arg-type]
 
 

@@ -54,7 +54,7 @@ def _placement(geometry: Geometry) -> dict[str, Any]:
 def _pyramid(url: str) -> tuple[list[da.Array], Geometry]:
     """Every level of a stored OME-Zarr array (lazy), and the geometry of level 0."""
     levels = len(multiscales(open_group(url).attrs.asdict(), url)["datasets"])
-    arrays = [read_array(url, level) for level in range(levels)]
+    arrays = [read_array(url, level, working=False) for level in range(levels)]
     return [a.data for a in arrays], Geometry.of(arrays[0])
 
 

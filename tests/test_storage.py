@@ -143,3 +143,28 @@ def test_written_stores_open_with_ome_zarr_reader(tmp_path: Path, kind: PortType
     back = read_array(str(url))
     assert back.attrs["translation"] == [8.0, 0.0, -3.0]
     np.testing.assert_array_equal(back.values, values)
+
+
+@pytest.mark.parametrize("kind", [PortType.Image, PortType.Labels])
+def test_pyramid_levels_sit_where_their_voxels_came_from(tmp_path: Path, kind: PortType) -> None:
+    """A mean over 4 voxels is centred 1.5 voxels in; a strided label voxel is the first one."""
+    values = np.zeros((8, 40, 36), np.float32 if kind is PortType.Image else np.int32)
+    geometry = Geometry((8, 40, 36), (4.0, 1.5, 1.5), (8.0, 0.0, -3.0))
+    url = tmp_path / "pyramid.ome.zarr"
+    data = wrap(da.from_array(values, chunks=(4, 16, 16)), geometry)
+    dask.compute(*write_array(str(url), data, kind, StoreSpec(multiscale=3), "node"))
+    level2 = Geometry.of(read_array(str(url), 2))
+    shift = np.zeros(3) if kind is PortType.Labels else 1.5 * np.asarray(geometry.scale)
+    np.testing.assert_allclose(level2.translation, np.asarray(geometry.translation) + shift)
+    np.testing.assert_allclose(level2.scale, 4 * np.asarray(geometry.scale))
+
+
+def test_display_chunks_are_stored_and_working_chunks_come_back(tmp_path: Path) -> None:
+    values = np.random.default_rng(2).random((8, 40, 36)).astype(np.float32)
+    url = tmp_path / "display.ome.zarr"
+    data = wrap(da.from_array(values, chunks=(4, 16, 16)), Geometry((8, 40, 36)))
+    dask.compute(*write_array(str(url), data, PortType.Image, StoreSpec(chunks=(1, 40, 36)), "node"))
+    assert zarr.open_group(str(url))["0"].chunks == (1, 40, 36)  # what a 2-D browser reads fastest
+    assert read_array(str(url)).data.chunks == data.data.chunks  # computation gets its chunking back
+    assert read_array(str(url), working=False).data.chunks[0] == (1,) * 8
+    np.testing.assert_array_equal(read_array(str(url)).values, values)

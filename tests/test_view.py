@@ -158,3 +158,21 @@ def test_run_with_a_viewer_adds_the_layers(tmp_path: Path, project: tuple[Path, 
     viewer = ViewerModel()
     cvplgraph.run(cvplgraph.load_spec(copy / project[0].name), scheduler="threads", viewer=viewer)
     assert "later" in [layer.name for layer in viewer.layers]  # computed by this run, then shown
+
+
+@pytest.mark.parametrize("node, layer_type", [("smooth", "image"), ("cells", "labels")])
+def test_stores_open_with_the_napari_ome_zarr_plugin(project: tuple[Path, Geometry], node: str,
+                                                     layer_type: str) -> None:  # fmt: skip
+    """Not only cvplgraph reads its stores: napari's OME-Zarr reader plugin opens them with their pyramid."""
+    from napari_ome_zarr import napari_get_reader
+
+    plan = cvplgraph.plan(cvplgraph.load_spec(project[0]))
+    url = plan.manifest.store_url(plan.entries[node].store)
+    reader = napari_get_reader(url)
+    assert reader is not None, f"napari-ome-zarr does not recognise {url}"
+    (data, kwargs, kind), *_ = reader(url)
+    assert kind == layer_type
+    np.testing.assert_allclose(kwargs["scale"], project[1].scale)
+    levels = data if isinstance(data, list) else [data]
+    assert len(levels) == (3 if node == "cells" else 1)
+    assert np.asarray(levels[-1]).dtype == (np.int32 if node == "cells" else np.float32)
