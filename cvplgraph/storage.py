@@ -257,12 +257,13 @@ def read_array(url: str, level: int = 0, *, working: bool = True) -> xr.DataArra
     """One level of a stored array; level 0 comes back in the chunks it was computed in
     (``working=False``: in the stored chunks, as a viewer wants them)."""
     group = open_group(url)
-    attrs = group.attrs.asdict()
+    attrs: dict[str, Any] = dict(group.attrs.asdict())
     ms = multiscales(attrs, url)
     ds = ms["datasets"][level]
     scale, translation = _transforms(ds["coordinateTransformations"], 3)
     data = da.from_zarr(child_array(group, ds["path"], url))
-    chunks = attrs.get("cvplgraph", {}).get("working_chunks") if working and level == 0 else None
+    ours: dict[str, Any] = attrs.get("cvplgraph") or {}
+    chunks: list[list[int]] | None = ours.get("working_chunks") if working and level == 0 else None
     if chunks and [sum(c) for c in chunks] == list(data.shape) and tuple(map(tuple, chunks)) != data.chunks:
         data = data.rechunk(tuple(tuple(c) for c in chunks))
     return wrap(data, Geometry(tuple(data.shape), tuple(scale.tolist()), tuple(translation.tolist())))  # type: ignore[arg-type]
