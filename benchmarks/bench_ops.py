@@ -44,11 +44,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import importlib.metadata
 import itertools
 import json
 import os
-import platform
 import pstats
 import tempfile
 import time
@@ -68,6 +66,7 @@ import pandas as pd
 import xarray as xr
 from dask.diagnostics import Profiler
 from dask.utils import key_split
+from machine_info import machine
 from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage.feature import blob_dog, blob_log, peak_local_max
@@ -746,27 +745,6 @@ def profile_ops(timer: Timer, inputs: Inputs, model: Path, names: list[str], top
 # --------------------------------------------------------------------------- reporting
 
 
-def machine() -> dict[str, Any]:
-    """CPU, memory and package versions."""
-    versions: dict[str, str | None] = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    with open("/proc/meminfo") as f:
-        mem_kib = int(next(line for line in f if line.startswith("MemTotal:")).split()[1])
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.machine())
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "memory_gib": round(mem_kib / 2**20, 1),
-        "python": platform.python_version(),
-        "versions": versions,
-    }
-
-
 def print_table(rows: list[Row], raw: Row, truth: int) -> None:
     """CPU s: this process's CPU time (all threads); R/P: recall/precision of found points; others: CPU share
     taken by other processes during the best run."""
@@ -891,7 +869,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "voxels": int(np.prod(shape)),
         "true_cells": truth,
         "threads": args.threads,
-        "machine": machine(),
+        "machine": machine(PACKAGES),
         "quiet": args.quiet,
         "classifier": training,
         "measurements": [

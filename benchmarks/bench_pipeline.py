@@ -29,15 +29,12 @@ Example::
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import logging
 import math
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 import warnings
@@ -53,6 +50,7 @@ import numpy as np
 import pandas as pd
 from distributed import Client, LocalCluster, get_task_stream
 from distributed.utils import key_split
+from machine_info import machine
 
 import cvplgraph
 from cvplgraph.demo import write_synthetic
@@ -268,44 +266,6 @@ def dask_image_label(client: Client, url: Path) -> Callable[[], tuple[int, None]
 # --------------------------------------------------------------------------- reporting
 
 
-def machine() -> dict[str, Any]:
-    """CPU, memory and package versions, with the cvplgraph commit when run from a git checkout."""
-    versions: dict[str, str | None] = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    with open("/proc/meminfo") as f:
-        mem_kib = int(next(line for line in f if line.startswith("MemTotal:")).split()[1])
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.machine())
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "memory_gib": round(mem_kib / 2**20, 1),
-        "python": platform.python_version(),
-        "versions": versions,
-        "cvplgraph_path": str(Path(cvplgraph.__file__).parent),
-        "cvplgraph_commit": cvplgraph_commit(),
-    }
-
-
-def cvplgraph_commit() -> str | None:
-    """``git describe`` of the checkout cvplgraph is imported from (``-dirty`` if modified), if it is one."""
-    package = Path(cvplgraph.__file__).parent
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(package), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return done.stdout.strip() or None
-
-
 def summarise(workload: Workload, raw: Workload, input_bytes: int) -> dict[str, Any]:
     """The best run of ``workload``, its ratio to the best raw read, and the ratios paired by round.
 
@@ -456,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "workers": args.workers,
         "threads_per_worker": args.threads,
         "worker_env": pre_spawn,
-        "machine": machine(),
+        "machine": machine(PACKAGES),
         "measurements": rows,
     }
     if args.json:

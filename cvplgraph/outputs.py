@@ -47,12 +47,7 @@ def suffix_problem(kind: PortType, path: str) -> str | None:
 
 
 def _atomic_text(path: str, text: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, target)
+    _atomic_bytes(path, text.encode("utf-8"))
 
 
 def write_points(path: str, frame: pd.DataFrame) -> None:

@@ -20,6 +20,7 @@ from .atlas import AtlasSpec
 from .errors import Problem, SpecError
 from .params import check_param
 from .registry import REGISTRY, known_ops
+from .spec_fields import Collector, line_of, locate_fields, resolve_path
 
 INPUT = "input"  # the name nodes use to refer to the raw image
 AXES = ("z", "y", "x")
@@ -120,109 +121,7 @@ class Spec:
         return Problem(self.path, line_of(self.locations, path), path, message)
 
 
-# --- locating fields in the TOML text -------------------------------------------------------
-
-_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r'^\s*("[^"]*"|\'[^\']*\'|[A-Za-z0-9_.\-]+)\s*=')
-_INLINE_KEY = re.compile(r'[{,]\s*("[^"]*"|[A-Za-z0-9_\-]+)\s*=')
-
-
-def _dotted(text: str) -> str:
-    return ".".join(part.strip().strip("\"'") for part in text.split("."))
-
-
-def locate_fields(text: str) -> dict[str, int]:
-    """Map dotted field paths to 1-based line numbers (tables, keys and inline-table keys)."""
-    out: dict[str, int] = {}
-    table = ""
-    for number, line in enumerate(text.splitlines(), start=1):
-        if m := _HEADER.match(line):
-            table = _dotted(m.group(1))
-            out.setdefault(table, number)
-            continue
-        if m := _KEY.match(line):
-            key = _dotted(m.group(1))
-            path = f"{table}.{key}" if table else key
-            out.setdefault(path, number)
-            for sub in _INLINE_KEY.finditer(line[m.end() :]):
-                out.setdefault(f"{path}.{_dotted(sub.group(1))}", number)
-    return out
-
-
-def line_of(locations: Mapping[str, int], path: str) -> int | None:
-    """Line of a dotted field path, or of its nearest enclosing table."""
-    while path:
-        if path in locations:
-            return locations[path]
-        path = path.rpartition(".")[0]
-    return None
-
-
-# --- small parsers: each returns a normalised value or records a problem ----------------------
-
-
-class _Collector:
-    def __init__(self, file: str, locations: dict[str, int]) -> None:
-        self.file = file
-        self.locations = locations
-        self.problems: list[Problem] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.problems.append(Problem(self.file, line_of(self.locations, path), path, message))
-
-    def unknown_keys(self, table: Mapping[str, Any], allowed: list[str], path: str) -> None:
-        for key in table:
-            if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                maybe = f" (did you mean `{hint[0]}`?)" if hint else ""
-                self.add(
-                    f"{path}.{key}" if path else key,
-                    f"unknown field `{key}`{maybe}; expected one of: {', '.join(allowed)}",
-                )
-
-    def typed(
-        self,
-        table: Mapping[str, Any],
-        key: str,
-        path: str,
-        kind: type | tuple[type, ...],
-        expected: str,
-        default: Any = None,
-        required: bool = False,
-    ) -> Any:
-        full = f"{path}.{key}"
-        if key not in table:
-            if required:
-                self.add(full, f"missing; expected {expected}")
-            return default
-        value = table[key]
-        if not isinstance(value, kind) or (
-            isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
-        ):
-            self.add(full, f"expected {expected}, got {value!r}")
-            return default
-        return value
-
-    def int_list(self, value: Any, full: str, length: int, minimum: int) -> tuple[int, ...] | None:
-        ok = (
-            isinstance(value, list)
-            and len(value) == length
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
-        )
-        if not ok:
-            self.add(full, f"expected a list of {length} integers ≥ {minimum}, got {value!r}")
-            return None
-        return tuple(value)
-
-
-def _resolve(url: str, base: Path) -> str:
-    """Local relative paths are relative to the spec's folder; URLs stay as they are."""
-    if "://" in url or Path(url).is_absolute():
-        return url
-    return str((base / url).resolve())
-
-
-def _parse_input(raw: Any, c: _Collector, base: Path) -> InputSpec | None:
+def _parse_input(raw: Any, c: Collector, base: Path) -> InputSpec | None:
     if not isinstance(raw, dict):
         c.add("input", 'missing [input] table; expected url = "path/to/image.ome.zarr"')
         return None
@@ -255,10 +154,10 @@ def _parse_input(raw: Any, c: _Collector, base: Path) -> InputSpec | None:
     chunks = c.int_list(raw["chunks"], "input.chunks", 3, 1) if "chunks" in raw else None
     if not isinstance(url, str) or not url.strip():
         return None
-    return InputSpec(_resolve(url, base), ints["channel"], ints["timepoint"], ints["level"], crop, irange, chunks)  # type: ignore[arg-type]
+    return InputSpec(resolve_path(url, base), ints["channel"], ints["timepoint"], ints["level"], crop, irange, chunks)  # type: ignore[arg-type]
 
 
-def _parse_crop(raw: Any, c: _Collector) -> tuple[tuple[int, int], ...] | None:
+def _parse_crop(raw: Any, c: Collector) -> tuple[tuple[int, int], ...] | None:
     if not isinstance(raw, dict):
         c.add("input.crop", f"expected a table like {{ z = [0, 64], y = [0, 512], x = [0, 512] }}, got {raw!r}")
         return None
@@ -282,7 +181,7 @@ def _parse_crop(raw: Any, c: _Collector) -> tuple[tuple[int, int], ...] | None:
     return tuple(out)
 
 
-def _parse_store(raw: Any, c: _Collector, path: str) -> StoreSpec:
+def _parse_store(raw: Any, c: Collector, path: str) -> StoreSpec:
     if not isinstance(raw, dict):
         c.add(path, f"expected a table like {{ chunks = [64, 256, 256], multiscale = 1 }}, got {raw!r}")
         return StoreSpec()
@@ -308,7 +207,7 @@ ATLAS_KEYS = ["kind", "url", "structures", "hemispheres", "hemisphere_values", "
 OUTPUT_FORMATS = ("brainglobe",)
 
 
-def _float_list(value: Any, full: str, c: _Collector, positive: bool) -> tuple[float, ...] | None:
+def _float_list(value: Any, full: str, c: Collector, positive: bool) -> tuple[float, ...] | None:
     ok = (
         isinstance(value, list)
         and len(value) == 3
@@ -320,7 +219,7 @@ def _float_list(value: Any, full: str, c: _Collector, positive: bool) -> tuple[f
     return tuple(float(v) for v in value)
 
 
-def _parse_atlas(name: str, raw: Any, c: _Collector, base: Path) -> AtlasSpec | None:
+def _parse_atlas(name: str, raw: Any, c: Collector, base: Path) -> AtlasSpec | None:
     path = f"inputs.{name}"
     if not isinstance(raw, dict):
         c.add(path, f'expected a table [inputs.{name}] with kind = "atlas" and url = "...", got {raw!r}')
@@ -361,9 +260,9 @@ def _parse_atlas(name: str, raw: Any, c: _Collector, base: Path) -> AtlasSpec | 
     if not url:
         return None
     return AtlasSpec(
-        _resolve(url, base),
-        _resolve(structures, base) if structures else "",
-        _resolve(hemispheres, base) if hemispheres else "",
+        resolve_path(url, base),
+        resolve_path(structures, base) if structures else "",
+        resolve_path(hemispheres, base) if hemispheres else "",
         left_right,
         scale,  # type: ignore[arg-type]
         translation,  # type: ignore[arg-type]
@@ -372,7 +271,7 @@ def _parse_atlas(name: str, raw: Any, c: _Collector, base: Path) -> AtlasSpec | 
     )
 
 
-def _parse_inputs(raw: Any, c: _Collector, base: Path) -> tuple[tuple[str, AtlasSpec], ...]:
+def _parse_inputs(raw: Any, c: Collector, base: Path) -> tuple[tuple[str, AtlasSpec], ...]:
     if not isinstance(raw, dict):
         c.add("inputs", f'expected tables [inputs.NAME] with kind = "atlas", got {raw!r}')
         return ()
@@ -387,7 +286,7 @@ def _parse_inputs(raw: Any, c: _Collector, base: Path) -> tuple[tuple[str, Atlas
     return tuple(out)
 
 
-def _parse_outputs(raw: Any, c: _Collector, base: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def _parse_outputs(raw: Any, c: Collector, base: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """``node = "path"``, ``node = { path = "...", format = "..." }`` or a list of those."""
     outputs: list[tuple[str, str]] = []
     formats: list[tuple[str, str]] = []
@@ -409,14 +308,14 @@ def _parse_outputs(raw: Any, c: _Collector, base: Path) -> tuple[list[tuple[str,
             elif "://" in target and not target.startswith("file://"):
                 c.add(path, f"expected a local file path (outputs are local files), got {target!r}")
             else:
-                resolved = _resolve(target.removeprefix("file://"), base)
+                resolved = resolve_path(target.removeprefix("file://"), base)
                 outputs.append((node_name, resolved))
                 if fmt:
                     formats.append((resolved, fmt))
     return outputs, formats
 
 
-def _parse_node(name: str, raw: Any, c: _Collector, base: Path) -> NodeSpec | None:
+def _parse_node(name: str, raw: Any, c: Collector, base: Path) -> NodeSpec | None:
     path = f"nodes.{name}"
     if not isinstance(raw, dict):
         c.add(path, f'expected a table [nodes.{name}] with op = "...", got {raw!r}')
@@ -459,7 +358,7 @@ def _parse_node(name: str, raw: Any, c: _Collector, base: Path) -> NodeSpec | No
         if not ok or problem:
             c.add(f"{path}.{p.name}", f"expected {problem or p.describe()}, got {raw[p.name]!r}")
             continue
-        given.append((p.name, _resolve(value, base) if p.name in opdef.paths else value))
+        given.append((p.name, resolve_path(value, base) if p.name in opdef.paths else value))
     cache = c.typed(raw, "cache", path, bool, "true or false", default=True)
     store = _parse_store(raw["store"], c, f"{path}.store") if "store" in raw else StoreSpec()
     view = raw.get("view", {})
@@ -469,7 +368,7 @@ def _parse_node(name: str, raw: Any, c: _Collector, base: Path) -> NodeSpec | No
     return NodeSpec(name, opname, tuple(inputs), tuple(sorted(given)), cache, store, tuple(sorted(view.items())))
 
 
-def _parse_plugins(raw: Any, c: _Collector, base: Path) -> tuple[str, ...]:
+def _parse_plugins(raw: Any, c: Collector, base: Path) -> tuple[str, ...]:
     """Import the plugin modules a spec names, before its nodes are checked against the registry."""
     from .plugins import import_plugin
 
@@ -482,7 +381,7 @@ def _parse_plugins(raw: Any, c: _Collector, base: Path) -> tuple[str, ...]:
     return tuple(raw)
 
 
-def _parse_cluster(raw: Any, c: _Collector) -> ClusterSpec:
+def _parse_cluster(raw: Any, c: Collector) -> ClusterSpec:
     if not isinstance(raw, dict):
         c.add("cluster", f"expected a table, got {raw!r}")
         return ClusterSpec()
@@ -506,7 +405,7 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
     from .compile import graph_problems
 
     locations = locate_fields(text)
-    c = _Collector(path, locations)
+    c = Collector(path, locations)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -545,7 +444,7 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
         path,
         inp or InputSpec(""),
         tuple(nodes),
-        _resolve(cache_url or "cache", base),
+        resolve_path(cache_url or "cache", base),
         cluster,
         tuple(outputs),
         locations,

@@ -16,7 +16,7 @@ layer, such as ``colormap``, ``opacity``, ``contrast_limits``, ``visible``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dask.array as da
@@ -132,16 +132,12 @@ def _node_layer(plan: Plan, name: str) -> LayerData | None:
 
 
 def _input_layer(spec: Spec) -> LayerData:
+    """The input image, with the store's own pyramid when the whole level 0 is shown."""
     image = read_input(spec.input)
     levels = [image.data]
-    try:  # the store's own pyramid, when the full image is shown
-        ms = multiscales(open_group(spec.input.url).attrs.asdict(), spec.input.url)
-        if len(ms["datasets"]) > 1 and not spec.input.crop and spec.input.level == 0:
-            from dataclasses import replace
-
-            levels += [read_input(replace(spec.input, level=k)).data for k in range(1, len(ms["datasets"]))]
-    except CvplError:
-        pass
+    if not spec.input.crop and spec.input.level == 0:
+        count = len(multiscales(open_group(spec.input.url).attrs.asdict(), spec.input.url)["datasets"])
+        levels += [read_input(replace(spec.input, level=k)).data for k in range(1, count)]
     return _array_layer(INPUT, levels, Geometry.of(image), PortType.Image, {})
 
 

@@ -20,8 +20,8 @@ import tifffile
 from scipy.spatial import cKDTree
 
 from cvplgraph.brain import (
+    ALLEN_STRUCTURE_COLUMNS,
     CELL_COLUMNS,
-    STRUCTURE_COLUMNS,
     BrainTruth,
     atlas_on_grid,
     procedural_atlas,
@@ -123,7 +123,7 @@ def test_atlas_folder_matches_source(kind: str, request: pytest.FixtureRequest) 
     assert meta["symmetric"] is False
     assert meta["name"] and meta["citation"]
     structures = pd.read_csv(truth.atlas / "structures.csv")
-    assert list(structures.columns[: len(STRUCTURE_COLUMNS)]) == list(STRUCTURE_COLUMNS)
+    assert list(structures.columns[: len(ALLEN_STRUCTURE_COLUMNS)]) == list(ALLEN_STRUCTURE_COLUMNS)
     if file_order:
         pd.testing.assert_frame_equal(structures, pd.read_csv(ALLEN / "structures.csv"))
     # every annotated id is described; some parent (Isocortex, 315) owns no voxels

@@ -102,10 +102,6 @@ def _region_table(
     return table[REGION_COLUMNS]
 
 
-def _files(atlas: Atlas) -> str:
-    return f"{atlas.source} with {atlas.structures_file}"
-
-
 @op(
     "region_counts",
     version=1,
@@ -149,7 +145,7 @@ def region_counts(points: Table, atlas: Atlas, *, volume: Literal["imaged", "atl
         atlas.structures,
         voxel_mm3,
         atlas.hemispheres is not None,
-        _files(atlas),
+        f"{atlas.source} with {atlas.structures_file}",
     )
     return Table(frame, geometry)
 
@@ -195,10 +191,10 @@ def _density_lut(table: pd.DataFrame, lateral: bool) -> tuple[np.ndarray, np.nda
 
 def _paint(ids: np.ndarray, hemi: np.ndarray | None, lut: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     keys, values = lut
-    k = ids.astype(np.uint64) * np.uint64(4) + (hemi.astype(np.uint64) if hemi is not None else np.uint64(0))
-    pos = np.clip(np.searchsorted(keys, k), 0, max(len(keys) - 1, 0))
     if not len(keys):
         return np.zeros(ids.shape, np.float32)
+    k = ids.astype(np.uint64) * np.uint64(4) + (hemi.astype(np.uint64) if hemi is not None else np.uint64(0))
+    pos = np.minimum(np.searchsorted(keys, k), len(keys) - 1)
     return np.where(keys[pos] == k, values[pos], np.float32(0)).astype(np.float32)
 
 
