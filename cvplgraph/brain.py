@@ -277,6 +277,19 @@ def regions_truth(cells: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def busiest_plane(cells: pd.DataFrame, step_um: float) -> float:
+    """The z (µm) of the image plane crossed by the most cells (``z_um``, ``radius_um``).
+
+    Cells sit on a jittered lattice, so some planes cross few of them; this is
+    the plane to look at (or take a picture of).
+    """
+    if not len(cells):
+        raise ValueError("no cells: every plane is as good as another")
+    planes = np.arange(cells["z_um"].min() - step_um, cells["z_um"].max() + 2 * step_um, step_um)
+    crossed = [int((abs(cells["z_um"] - z) <= cells["radius_um"]).sum()) for z in planes]
+    return float(planes[int(np.argmax(crossed))])
+
+
 def _crop_geometry(crop_um: Crop, voxel_size: tuple[float, float, float]) -> Geometry:
     shape = []
     for (start, stop), v in zip(crop_um, voxel_size):

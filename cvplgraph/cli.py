@@ -23,6 +23,17 @@ and computes what is not cached yet as one dask graph.
 """
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``WxH`` → (width, height) for argparse."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1024x768, got {text!r}") from None
+    if width < 64 or height < 64:
+        raise argparse.ArgumentTypeError(f"expected at least 64x64 pixels, got {text!r}")
+    return width, height
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
 
@@ -94,6 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="the spec TOML file")
     p.add_argument("nodes", nargs="*", help="nodes to show (default: every cached node)")
     p.add_argument("--no-window", action="store_true", help="list the layers instead of opening napari")
+    p.add_argument(
+        "--screenshot",
+        metavar="PNG",
+        help="render the layers in a napari window, save the canvas to PNG and exit "
+        "(needs a display: a desktop, or a virtual one such as `xvfb-run cvplgraph view …`)",
+    )
+    p.add_argument(
+        "--z", type=float, metavar="UM", help="with --screenshot: the plane shown, in µm (default: the input's middle)"
+    )
+    p.add_argument(
+        "--thickness",
+        type=float,
+        metavar="UM",
+        help="with --screenshot: draw points within this slab around the plane (µm)",
+    )
+    p.add_argument(
+        "--size", type=_size, default=(1024, 768), metavar="WxH", help="screenshot size in pixels (default 1024x768)"
+    )
     _add_common(p)
 
     p = sub.add_parser(

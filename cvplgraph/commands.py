@@ -167,7 +167,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     import sys
 
     from .spec import load_spec
-    from .view import layers
+    from .view import add, layers, screenshot
 
     spec = load_spec(args.spec)
     found = layers(spec, args.nodes)
@@ -184,8 +184,12 @@ def cmd_view(args: argparse.Namespace) -> int:
         import napari
     except ImportError:
         raise CvplError("napari is not installed; install it with: pip install 'cvplgraph[napari]'") from None
-    viewer = napari.Viewer(title=f"cvplgraph: {spec.path}")
-    for data, kwargs, layer_type in found.data:
-        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+    title = f"cvplgraph: {spec.path}"
+    if args.screenshot:
+        screenshot(found, args.screenshot, size=args.size, z=args.z, thickness=args.thickness, title=title)
+        print(f"screenshot: {args.screenshot}")
+        return 1 if found.missing and args.nodes else 0
+    viewer = napari.Viewer(title=title)
+    add(viewer, found)
     napari.run()
     return 0

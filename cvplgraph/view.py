@@ -73,9 +73,28 @@ def _array_layer(
         if kind is PortType.Image:
             kwargs.update(contrast_limits=(0.0, 1.0), colormap="gray")
         elif kind is PortType.Density:
-            kwargs.update(colormap="inferno")
+            kwargs.update(colormap="inferno", contrast_limits=_robust_limits(data[-1]))
     kwargs.update(dict(options.get("layer", {})))
     return (data if len(data) > 1 else data[0], kwargs, layer_type)
+
+
+#: Largest pyramid level (voxels) read to choose the contrast of a density layer.
+LIMITS_VOXELS = 16_000_000
+
+
+def _robust_limits(smallest: da.Array) -> tuple[float, float] | None:
+    """(0, 99.5th percentile of the non-zero values) of a pyramid's smallest level.
+
+    napari would otherwise guess from the first plane it draws, which for a
+    density map over an atlas is often one region. ``None`` (napari's guess)
+    when even the smallest level is too large to read for this.
+    """
+    if smallest.size > LIMITS_VOXELS:
+        return None
+    values = np.asarray(smallest.compute(scheduler="threads"), dtype=np.float64)
+    values = values[np.isfinite(values) & (values > 0)]
+    top = float(np.percentile(values, 99.5)) if values.size else 0.0
+    return (0.0, top if top > 0 else 1.0)
 
 
 def _points_layer(name: str, frame: pd.DataFrame, geometry: Geometry, options: dict[str, Any]) -> LayerData:
@@ -85,12 +104,26 @@ def _points_layer(name: str, frame: pd.DataFrame, geometry: Geometry, options: d
         "name": name,
         **_placement(geometry),
         "features": features,
-        "size": 3 * min(geometry.scale) if len(frame) else 1.0,
-        "face_color": "yellow",
-        "opacity": 0.8,
+        "size": _marker_size(frame, geometry),
+        "face_color": "transparent",
+        "border_color": "yellow",
+        "border_width": 0.15,
     }
     kwargs.update(dict(options.get("layer", {})))
     return (coords, kwargs, "points")
+
+
+def _marker_size(frame: pd.DataFrame, geometry: Geometry) -> np.ndarray | float:
+    """Marker diameters in voxels of the plane shown (napari scales them by the layer's scale).
+
+    A ring as wide as the cell: the diameter of the sphere of the cell's volume
+    when the table has ``volume_um3``, else three voxels.
+    """
+    pixel = float(np.mean(geometry.scale[-2:]))
+    if "volume_um3" not in frame or not len(frame):
+        return 3.0
+    diameter = 2 * np.cbrt(3 * frame["volume_um3"].to_numpy(dtype=np.float64) / (4 * np.pi))
+    return np.maximum(diameter / pixel, 1.0) * 1.3
 
 
 def _counts_layer(name: str, value: BlockCounts, options: dict[str, Any]) -> LayerData:
@@ -156,7 +189,7 @@ def layers(spec: Spec, nodes: Sequence[str] = (), *, plan: Plan | None = None) -
     wanted = list(nodes) or [n for n in known if plan.nodes[n].status == CACHED]
     out.data.append(_input_layer(spec))
     for name, atlas in spec.atlases:
-        out.data.append(atlas_layer(name, read_atlas(atlas)))
+        out.data.append(_start_hidden(atlas_layer(name, read_atlas(atlas)), name not in nodes))
     for name in wanted:
         if name in spec.sources:
             continue
@@ -165,13 +198,81 @@ def layers(spec: Spec, nodes: Sequence[str] = (), *, plan: Plan | None = None) -
             continue
         layer = _node_layer(plan, name)
         if layer is not None:
-            out.data.append(layer)
+            node = plan.graph.nodes[name]["node"]
+            covering = node.output in COVERING and "visible" not in dict(node.nodespec.view).get("layer", {})
+            out.data.append(_start_hidden(layer, covering and name not in nodes))
     return out
+
+
+#: Port types whose layers cover the whole field of view (shown only when asked for by name).
+COVERING = frozenset({PortType.Density, PortType.BlockCounts})
+
+
+def _start_hidden(layer: LayerData, hide: bool) -> LayerData:
+    """``layer`` made invisible at first when ``hide`` (the user ticks it on in napari)."""
+    data, kwargs, layer_type = layer
+    return (data, {**kwargs, "visible": False} if hide else kwargs, layer_type)
 
 
 def show(viewer: Any, spec: Spec, nodes: Sequence[str] = (), *, plan: Plan | None = None) -> Layers:
     """Add the layers of :func:`layers` to a napari viewer (or ``ViewerModel``)."""
     found = layers(spec, nodes, plan=plan)
+    add(viewer, found)
+    return found
+
+
+def add(viewer: Any, found: Layers) -> None:
+    """Add layer-data tuples to a napari viewer (or ``ViewerModel``)."""
     for data, kwargs, layer_type in found.data:
         getattr(viewer, f"add_{layer_type}")(data, **kwargs)
-    return found
+
+
+def _fit(viewer: Any, name: str, canvas: tuple[int, int], z: float | None = None, zoom: float = 1.0) -> None:
+    """Centre the camera on layer ``name`` and zoom so that it fills a ``canvas`` of (height, width) pixels.
+
+    ``z``: the plane shown, in µm (default: the layer's middle plane); ``zoom``:
+    magnification beyond fitting the layer.
+    """
+    low, high = np.asarray(viewer.layers[name].extent.world, dtype=np.float64)
+    middle = (low + high) / 2
+    if z is not None:
+        middle[0] = z
+    viewer.dims.point = tuple(middle)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = tuple(middle[-2:])
+    camera.zoom = 0.95 * zoom * float(np.min(np.asarray(canvas) / (high - low)[-2:]))
+
+
+def screenshot(
+    found: Layers,
+    path: str,
+    *,
+    size: tuple[int, int] = (1024, 768),
+    z: float | None = None,
+    zoom: float = 1.0,
+    thickness: float | None = None,
+    title: str = "cvplgraph",
+) -> np.ndarray:
+    """Render ``found`` in a napari window and save the canvas as a PNG at ``path``.
+
+    Needs a display (a desktop session or a virtual one such as Xvfb) and a Qt
+    binding. The window is shown (napari only renders shown canvases), resized
+    to ``size`` (width, height), centred on the input at plane ``z`` (µm; default
+    its middle) and magnified ``zoom`` times beyond fitting the input, captured
+    and closed. ``thickness`` (µm): points within half of it from the plane are
+    drawn too (napari's thick slicing; images still show the plane itself).
+    Returns the RGBA picture.
+    """
+    import napari
+
+    viewer = napari.Viewer(title=title, show=True)
+    try:
+        viewer.window.resize(*size)
+        add(viewer, found)
+        width, height = size
+        _fit(viewer, INPUT, (height, width), z, zoom)
+        if thickness:
+            viewer.dims.thickness = (thickness, *viewer.dims.thickness[1:])
+        return np.asarray(viewer.screenshot(path, size=(height, width), canvas_only=True, flash=False))
+    finally:
+        viewer.close()

@@ -42,6 +42,7 @@ def test_demo_counts_within_two_percent_and_second_run_is_cached(tmp_path: Path)
         "counts": "cached",
         "regions": "cached",
         "cell_regions": "cached",
+        "region_map": "cached",
     }
 
 

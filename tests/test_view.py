@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from napari.components import ViewerModel
 
 import cvplgraph
-from cvplgraph.brain import write_synthetic_brain
+from cvplgraph.brain import busiest_plane, write_synthetic_brain
 from cvplgraph.values import Geometry
 
 SPEC = """\
@@ -80,10 +81,10 @@ sigma = 2.0
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Geometry]:
-    """A small procedural brain, and every node but `later` computed and cached."""
+    """A small procedural brain (its edge: outside, cortex, cerebellum), every node but `later` cached."""
     folder = tmp_path_factory.mktemp("view")
     truth = write_synthetic_brain(
-        folder, atlas="procedural", crop_um=((-100, 540), (4500, 5268), (2600, 3368)), chunks=(40, 64, 64),
+        folder, atlas="procedural", crop_um=((300, 940), (4500, 5268), (2600, 3368)), chunks=(40, 64, 64),
         say=lambda _: None,
     )  # fmt: skip
     spec_path = folder / "view.toml"
@@ -176,3 +177,101 @@ def test_stores_open_with_the_napari_ome_zarr_plugin(project: tuple[Path, Geomet
     levels = data if isinstance(data, list) else [data]
     assert len(levels) == (3 if node == "cells" else 1)
     assert np.asarray(levels[-1]).dtype == (np.int32 if node == "cells" else np.float32)
+
+
+def test_layers_that_cover_the_field_start_hidden_unless_named(project: tuple[Path, Geometry]) -> None:
+    """Atlas, densities and block counts would hide the cells: shown at first only when asked for by name."""
+    spec = cvplgraph.load_spec(project[0])
+    everything = ViewerModel()
+    cvplgraph.view.show(everything, spec)
+    visible = {layer.name for layer in everything.layers if layer.visible}
+    assert visible == {"input", "mask", "cells", "centroids", "cell_table"}  # smooth: hidden by its spec options
+    named = ViewerModel()
+    cvplgraph.view.show(named, spec, ["region_map", "counts"])
+    assert named.layers["region_map"].visible and named.layers["counts"].visible
+    assert not named.layers["atlas"].visible
+
+
+def test_density_contrast_spans_the_values_not_the_first_plane(project: tuple[Path, Geometry]) -> None:
+    viewer = ViewerModel()
+    cvplgraph.view.show(viewer, cvplgraph.load_spec(project[0]), ["region_map"])
+    layer = viewer.layers["region_map"]
+    values = np.asarray(layer.data)
+    values = values[values > 0]
+    low, high = layer.contrast_limits
+    assert low == 0.0 and np.percentile(values, 99) <= high <= values.max()
+
+
+def test_point_markers_are_as_wide_as_the_cells(project: tuple[Path, Geometry]) -> None:
+    viewer = ViewerModel()
+    cvplgraph.view.show(viewer, cvplgraph.load_spec(project[0]), ["centroids"])
+    layer = viewer.layers["centroids"]
+    diameter_um = 2 * np.cbrt(3 * layer.features["volume_um3"].to_numpy() / (4 * np.pi))
+    pixel_um = float(np.mean(layer.scale[-2:]))
+    np.testing.assert_allclose(layer.size * pixel_um, 1.3 * np.maximum(diameter_um, pixel_um))
+
+
+# --- a real napari window (Qt) on a virtual screen ------------------------------------------------
+
+
+def _display_prefix() -> tuple[list[str], str]:
+    """How to start a Qt program here (a command prefix), or ``([], reason)`` when it cannot start."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("qtpy") is None or not any(
+        importlib.util.find_spec(b) for b in ("PyQt6", "PySide6", "PyQt5", "PySide2")
+    ):
+        return [], "no Qt binding installed (pip install 'cvplgraph[napari]')"
+    if os.environ.get("DISPLAY"):
+        prefix: list[str] = []
+    elif shutil.which("xvfb-run"):
+        prefix = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24"]
+    else:
+        return [], "no display and no xvfb-run (bash scripts/install-system-packages.sh installs it)"
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", "from qtpy.QtWidgets import QApplication; QApplication([])"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        lines = (probe.stderr or probe.stdout).strip().splitlines()
+        return [], f"Qt cannot start here: {lines[-1] if lines else f'exit code {probe.returncode}'}"
+    return prefix or [""], ""
+
+
+@pytest.fixture(scope="module")
+def display() -> list[str]:
+    prefix, reason = _display_prefix()
+    if reason:
+        pytest.skip(reason)
+    return [p for p in prefix if p]
+
+
+def _colourful(picture: np.ndarray) -> float:
+    """Fraction of pixels that are clearly not grey (labels colours, yellow rings)."""
+    rgb = picture[..., :3].astype(int)
+    return float(((rgb.max(axis=-1) - rgb.min(axis=-1)) > 60).mean())
+
+
+def test_napari_window_renders_the_steps(display: list[str], project: tuple[Path, Geometry], tmp_path: Path) -> None:
+    """`cvplgraph view --screenshot` in a real Qt napari window: the picture shows the image and the overlays."""
+    import matplotlib.image
+
+    spec, geometry = project
+    plane = busiest_plane(pd.read_csv(spec.parent / "cells.csv"), geometry.scale[0])
+    pictures = {}
+    for name, nodes in {"raw": ["input"], "steps": ["cells", "centroids"]}.items():
+        png = tmp_path / f"{name}.png"
+        out = subprocess.run(
+            [*display, sys.executable, "-m", "cvplgraph.cli", "view", str(spec), *nodes,
+             "--screenshot", str(png), "--size", "640x480", "--z", str(plane)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        pictures[name] = (matplotlib.image.imread(png) * 255).astype(np.uint8)
+    raw, steps = pictures["raw"], pictures["steps"]
+    assert raw.shape[:2] == steps.shape[:2] == (480, 640)
+    assert raw[..., :3].std() > 5, "the image layer rendered blank"
+    assert len(np.unique(raw[..., :3].reshape(-1, 3), axis=0)) > 50, "the image layer rendered flat"
+    # the raw image is grey; the labels and the point rings add colour over it
+    assert _colourful(raw) < 0.001 < 0.01 < _colourful(steps)
