@@ -23,6 +23,8 @@ def format_plan(plan: Plan) -> str:
     rows = [("node", "op", "type", "status", "shape", "chunks", "bytes", "why")]
     for p in plan.nodes.values():
         status = p.status if p.status != COMPUTE else "to compute"
+        if p.status == COMPUTE and p.done is not None:
+            status = f"partial {p.done:.0%}"
         rows.append(
             (
                 p.name,

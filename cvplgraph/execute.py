@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class RunReport:
     cached: list[str] = field(default_factory=list)  # nodes read from the cache
     committed: list[str] = field(default_factory=list)  # nodes newly stored
     outputs: dict[str, str] = field(default_factory=dict)
+    blocks: dict[str, tuple[int, int]] = field(default_factory=dict)  # node → (blocks written, blocks resumed)
     seconds: float = 0.0
     dashboard: str | None = None
 
@@ -126,14 +128,32 @@ def _store_bytes(url: str) -> int:
         return 0
 
 
-def _commit(plan: Plan, lowered: Lowered, seconds: float) -> list[str]:
+def _provenance(plan: Plan, name: str) -> tuple[dict[str, int], dict[str, str]]:
+    """Op versions of ``name`` and everything upstream, and the keys of the raw inputs it comes from."""
+    import networkx as nx
+
+    ops: dict[str, int] = {}
+    inputs: dict[str, str] = {}
+    for upstream in [*nx.ancestors(plan.graph, name), name]:
+        node = plan.graph.nodes[upstream]["node"]
+        if node.is_input:
+            inputs[upstream] = node.key
+        else:
+            ops[node.opdef.name] = node.opdef.version
+    return dict(sorted(ops.items())), dict(sorted(inputs.items()))
+
+
+def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> list[str]:
+    """Commit an entry for every store this run completed, then drop its chunk records."""
+    from . import __version__
+
     committed = []
-    graph_nodes = {n: plan.graph.nodes[n]["node"] for n in lowered.writes}
-    for name in lowered.writes:
-        node = graph_nodes[name]
+    host = socket.gethostname()
+    for name, written in lowered.cached.items():
+        node = plan.graph.nodes[name]["node"]
         value = lowered.values[name]
-        url = plan.manifest.store_url(lowered.stores[name])
         array = value.data if isinstance(value, xr.DataArray) else None
+        op_versions, input_keys = _provenance(plan, name)
         entry = Entry(
             key=node.key,
             node=name,
@@ -142,17 +162,25 @@ def _commit(plan: Plan, lowered: Lowered, seconds: float) -> list[str]:
             params=dict(node.params),
             inputs={port: plan.graph.nodes[src]["node"].key for port, src in node.inputs},
             type=str(node.output),
-            store=lowered.stores[name],
+            store=written.store,
             store_options=node.nodespec.store.to_dict(),
             shape=list(array.shape) if array is not None else None,
             dtype=str(array.dtype) if array is not None else None,
             chunks=[c[0] for c in array.chunks] if array is not None else None,
-            bytes=_store_bytes(url),
-            seconds=round(seconds, 3),
+            bytes=_store_bytes(plan.manifest.store_url(written.store)),
+            seconds=round(finished - started, 3),
             created=time.time(),
             spec=plan.spec.source,
+            cvplgraph_version=__version__,
+            op_versions=op_versions,
+            input_fingerprints=input_keys,
+            started=started,
+            finished=finished,
+            host=host,
         )
         plan.manifest.commit(entry)
+        if written.records is not None:
+            written.records.clear()
         committed.append(name)
     return committed
 
@@ -173,13 +201,14 @@ def execute(plan: Plan, *, client: Any = None, scheduler: str | None = None, pro
             array_outputs += write_array(target, value, node.output, node.nodespec.store, name)
     writes = [w for ws in lowered.writes.values() for w in ws]
     targets = writes + array_outputs + [v.frame if isinstance(v, Table) else v.counts for v in small.values()]
-    start = time.perf_counter()
+    report.blocks = {name: (w.blocks, w.blocks_done) for name, w in lowered.cached.items()}
+    start, started = time.perf_counter(), time.time()
     with connect(spec, client, scheduler) as cl:
         if cl is not None:
             report.dashboard = getattr(cl, "dashboard_link", None)
         computed = _compute(targets, cl, progress)
     report.seconds = time.perf_counter() - start
-    report.committed = _commit(plan, lowered, report.seconds)
+    report.committed = _commit(plan, lowered, started, time.time())
     small_results = dict(zip(small, computed[len(writes) + len(array_outputs) :]))
     results: dict[str, Any] = {}
     for name, value in lowered.values.items():

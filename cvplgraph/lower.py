@@ -12,8 +12,7 @@ from .atlas import read_atlas
 from .compile import nodes_in_order
 from .plan import CACHED, COMPUTE, Plan
 from .spec import INPUT
-from .storage import read_input, read_value, store_suffix, write_value
-from .types import PortType
+from .storage import CachedWrite, read_input, read_value, write_cached_value
 
 
 @dataclass
@@ -21,13 +20,17 @@ class Lowered:
     """Lazy values per node, and the writes the run must perform."""
 
     values: dict[str, Any] = field(default_factory=dict)
-    writes: dict[str, list[Any]] = field(default_factory=dict)  # node → lazy store writes
-    stores: dict[str, str] = field(default_factory=dict)  # node → store path relative to the cache
+    cached: dict[str, CachedWrite] = field(default_factory=dict)  # node → its cache store and writes
     ops_called: list[str] = field(default_factory=list)
 
+    @property
+    def writes(self) -> dict[str, list[Any]]:
+        return {name: w.writes for name, w in self.cached.items()}
 
-def store_path(key: str, kind: PortType) -> str:
-    return f"stores/{key}{store_suffix(kind)}"
+    @property
+    def stores(self) -> dict[str, str]:
+        """Node → store path relative to the cache root."""
+        return {name: w.store for name, w in self.cached.items()}
 
 
 def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
@@ -57,9 +60,7 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
             value.name = node.name
         out.values[node.name] = value
         if with_writes and node.nodespec.cache:
-            rel = store_path(node.key, node.output)
-            out.stores[node.name] = rel
-            out.writes[node.name] = write_value(
-                plan.manifest.store_url(rel), value, node.output, node.nodespec.store, node.name
+            out.cached[node.name] = write_cached_value(
+                plan.manifest.url, node.key, value, node.output, node.nodespec.store, node.name
             )
     return out

@@ -41,9 +41,16 @@ class Entry:
     dtype: str | None = None
     chunks: list[int] | None = None
     bytes: int = 0
-    seconds: float = 0.0
-    created: float = 0.0
+    seconds: float = 0.0  # wall time of the run's compute that produced it
+    created: float = 0.0  # when the entry was committed (Unix time)
     spec: str = ""
+    # provenance
+    cvplgraph_version: str = ""
+    op_versions: dict[str, int] = field(default_factory=dict)  # every op upstream, this one included
+    input_fingerprints: dict[str, str] = field(default_factory=dict)  # raw input name → key
+    started: float = 0.0
+    finished: float = 0.0
+    host: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

@@ -12,6 +12,7 @@ from .compile import Node, compile_spec, nodes_in_order
 from .fingerprint import fingerprint_atlas, fingerprint_input
 from .hashing import canonical
 from .manifest import Entry, Manifest
+from .resume import partial_progress
 from .spec import INPUT, Spec
 
 CACHED, COMPUTE, SKIP, INPUT_STATUS = "cached", "compute", "skip", "input"
@@ -30,6 +31,7 @@ class NodePlan:
     chunks: tuple[int, ...] | None = None
     dtype: str | None = None
     nbytes: int | None = None
+    done: float | None = None  # share of the chunks an interrupted run already wrote (resumed, not redone)
 
 
 @dataclass
@@ -111,6 +113,9 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
         reasons = (
             why(node, manifest.previous(node.name, spec.source), keys) if node.nodespec.cache else ["cache = false"]
         )
+        done = partial_progress(manifest.url, node.key) if node.nodespec.cache else None
+        if done is not None:
+            reasons.append(f"an interrupted run wrote {done:.0%} of its chunks; the rest is computed")
         statuses[node.name] = COMPUTE
         plan.nodes[node.name] = NodePlan(
             node.name,
@@ -120,6 +125,7 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
             COMPUTE,
             tuple(reasons),
             node.nodespec.cache,
+            done=done,
         )
     # a node that is not cached is computed only when a node to compute or an output needs it;
     # demand flows upstream and stops at cached nodes

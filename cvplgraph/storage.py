@@ -3,13 +3,15 @@
 Images, masks and labels are written as OME-NGFF 0.5 multiscale groups (zarr
 v3), labels with ``image-label`` metadata; inputs are read in NGFF 0.4 (zarr
 v2) or 0.5 (zarr v3). Points and BlockCounts are zarr groups with one array per
-column and their geometry in the group attributes. Writes are lazy (dask
-``store(..., compute=False)``) so they join the run's single graph.
+column and their geometry in the group attributes. Writes are lazy (one dask
+task per block) so they join the run's single graph.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -22,6 +24,7 @@ from dask.delayed import Delayed
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from .errors import CacheError, InputError
+from .resume import Records, expand, layout_name, mark
 from .spec import InputSpec, StoreSpec
 from .types import PortType
 from .values import DIMS, BlockCounts, Geometry, Table, wrap
@@ -221,36 +224,155 @@ def ngff_metadata(geometry: Geometry, levels: int, kind: PortType, name: str) ->
     return {"ome": ome}
 
 
-def write_array(url: str, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str) -> list[Any]:
-    """Create the OME-Zarr group at ``url`` now; return the lazy writes of its levels."""
-    geometry = Geometry.of(value)
-    group = create_group(url)
-    group.attrs.update(ngff_metadata(geometry, store.multiscale, kind, name))
-    data = value.data
-    # the stored chunking may suit display (e.g. 1 × 4096 × 4096); reading back for computation
-    # restores the working chunking
-    group.attrs["cvplgraph"] = {"type": str(kind), "working_chunks": [list(c) for c in data.chunks]}
-    writes = []
+def _levels(data: da.Array, kind: PortType, store: StoreSpec) -> list[tuple[da.Array, tuple[int, ...]]]:
+    """Every pyramid level to store, rechunked so blocks cover whole stored chunks, and its chunk shape."""
+    out = []
     for level in range(store.multiscale):
         if level:
             data = _downsample(data, kind)
         chunks = tuple(min(c, s) for c, s in zip(store.chunks or tuple(c[0] for c in data.chunks), data.shape))
-        array = group.create_array(
-            str(level),
-            shape=data.shape,
-            chunks=chunks,
-            dtype=data.dtype,
-            dimension_names=list(DIMS),
-            compressors=compressors(dict(store.compressor)),
-            fill_value=0,
-        )
         aligned = (
             data
             if all(all(c % k == 0 for c in cs[:-1]) for cs, k in zip(data.chunks, chunks))
             else data.rechunk(chunks)
         )
-        writes.append(da.store(aligned, array, lock=False, compute=False))  # type: ignore[arg-type]
+        out.append((aligned, chunks))
+    return out
+
+
+def _describe(group: zarr.Group, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str) -> None:
+    group.attrs.update(ngff_metadata(Geometry.of(value), store.multiscale, kind, name))
+    # the stored chunking may suit display (e.g. 1 × 4096 × 4096); reading back for computation
+    # restores the working chunking
+    group.attrs["cvplgraph"] = {"type": str(kind), "working_chunks": [list(c) for c in value.data.chunks]}
+
+
+def write_array(url: str, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str) -> list[Any]:
+    """Create the OME-Zarr group at ``url`` now (replacing anything there); return the lazy writes of its levels.
+
+    For declared outputs. Cache stores use :func:`write_cached_array`, which never
+    replaces anything and resumes.
+    """
+    group = create_group(url)
+    _describe(group, value, kind, store, name)
+    writes = []
+    for level, (aligned, chunks) in enumerate(_levels(value.data, kind, store)):
+        array = group.create_array(
+            str(level),
+            shape=aligned.shape,
+            chunks=chunks,
+            dtype=aligned.dtype,
+            dimension_names=list(DIMS),
+            compressors=compressors(dict(store.compressor)),
+            fill_value=0,
+        )
+        writes += _block_writes(aligned, array, chunks)[0]
     return writes
+
+
+def _block_writes(
+    aligned: da.Array, array: zarr.Array, chunks: tuple[int, ...], records: Records | None = None, level: int = 0
+) -> tuple[list[Delayed], int]:
+    """One Delayed task per block writing its chunks (and recording them); blocks already recorded are left out.
+
+    Delayed, not ``da.store``: dask (2026.8) misorders results when one
+    ``compute`` mixes arrays and delayed objects. Returns the tasks and the
+    number of blocks left out.
+    """
+    done = records.done(level) if records is not None else set()
+    blocks = aligned.to_delayed(optimize_graph=False)  # keep task names: consumers share these blocks
+    starts = [np.cumsum((0, *c)) for c in aligned.chunks]
+    writes = []
+    skipped = 0
+    for index in np.ndindex(*aligned.numblocks):
+        low = [int(starts[a][i]) for a, i in enumerate(index)]
+        high = [int(starts[a][i + 1]) for a, i in enumerate(index)]
+        ranges = tuple((lo // c, -(-hi // c)) for lo, hi, c in zip(low, high, chunks))
+        if done and all(chunk in done for chunk in expand(ranges)):
+            skipped += 1
+            continue
+        region = tuple(slice(lo, hi) for lo, hi in zip(low, high))
+        marker = records.marker_url(level, ranges) if records is not None else None
+        writes.append(dask.delayed(_write_block, pure=False)(blocks[index], array, region, marker))
+    return writes, skipped
+
+
+@dataclass
+class CachedWrite:
+    """The lazy writes of one cache store, and how much of it an earlier run already wrote."""
+
+    store: str  # path relative to the cache root
+    writes: list[Any]
+    records: Records | None  # chunk completion records (arrays only)
+    blocks: int  # write tasks in this run
+    blocks_done: int  # blocks skipped: every chunk already recorded
+
+
+def write_cached_array(
+    cache_url: str, key: str, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str
+) -> CachedWrite:
+    """Lazy, resumable writes of ``value`` to ``stores/<key>/<layout>.ome.zarr``.
+
+    The store is opened, or created if missing — never replaced, so a run
+    writing the same key concurrently, or an earlier run's chunks, stay valid.
+    One task per block writes its chunks, then records them; blocks whose
+    chunks are all recorded are left out of the graph (dask then computes only
+    what the other blocks need).
+    """
+    levels = _levels(value.data, kind, store)
+    codec = dict(store.compressor)
+    dtype = str(value.data.dtype)
+    shapes = [(tuple(a.shape), c) for a, c in levels]
+    layout = layout_name(shapes, dtype, codec)
+    rel = f"stores/{key}/{layout}.ome.zarr"
+    records = Records.of(cache_url, key, layout, shapes)
+    records.prepare(dtype, codec)
+    group = _open_or_create_group(f"{cache_url.rstrip('/')}/{rel}")
+    _describe(group, value, kind, store, name)
+    writes: list[Any] = []
+    skipped = 0
+    for level, (aligned, chunks) in enumerate(levels):
+        array = _open_or_create_array(group, str(level), aligned, chunks, codec)
+        tasks, left_out = _block_writes(aligned, array, chunks, records, level)
+        writes += tasks
+        skipped += left_out
+    return CachedWrite(rel, writes, records, len(writes), skipped)
+
+
+def _write_block(block: np.ndarray, array: zarr.Array, region: tuple[slice, ...], marker: str | None) -> int:
+    """Write one block's chunks, then record them as done (in this order: a kill in between rewrites them)."""
+    array[region] = block
+    if marker is not None:
+        mark(marker)
+    return 1
+
+
+def _open_or_create_group(url: str) -> zarr.Group:
+    try:
+        return zarr.open_group(zarr_location(url), mode="a")
+    except OSError as exc:
+        raise CacheError(f"{url}: cannot create the store ({exc})") from None
+
+
+def _open_or_create_array(
+    group: zarr.Group, path: str, data: da.Array, chunks: tuple[int, ...], codec: dict[str, Any]
+) -> zarr.Array:
+    try:
+        return group.create_array(
+            path,
+            shape=data.shape,
+            chunks=chunks,
+            dtype=data.dtype,
+            dimension_names=list(DIMS),
+            compressors=compressors(codec),
+            fill_value=0,
+        )
+    except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError, FileExistsError):
+        pass  # written (in part) by an earlier or concurrent run with the same layout: same values
+    array = group[path]
+    if not isinstance(array, zarr.Array) or array.shape != data.shape or tuple(array.chunks) != chunks:
+        raise CacheError(f"{group.store}: array {path} does not have the layout its name promises; remove it")
+    return array
 
 
 def read_array(url: str, level: int = 0, *, working: bool = True) -> xr.DataArray:
@@ -339,14 +461,24 @@ def _read_counts(url: str) -> np.ndarray:
 TABLE_TYPES = (PortType.Points, PortType.RegionTable)
 
 
-def write_value(url: str, value: Any, kind: PortType, store: StoreSpec, name: str) -> list[Any]:
-    """Lazy writes that store ``value`` of type ``kind`` at ``url``."""
+def write_cached_value(
+    cache_url: str, key: str, value: Any, kind: PortType, store: StoreSpec, name: str
+) -> CachedWrite:
+    """Lazy writes that store ``value`` of type ``kind`` in the cache under ``key``.
+
+    Arrays resume chunk by chunk (:func:`write_cached_array`). Tables and block
+    counts are small and written by one task, into a folder of their own per
+    run (``stores/<key>/<run>.zarr``), so concurrent runs never write into each
+    other's store.
+    """
     if kind.is_array:
-        return write_array(url, value, kind, store, name)
+        return write_cached_array(cache_url, key, value, kind, store, name)
+    rel = f"stores/{key}/{uuid.uuid4().hex[:12]}.zarr"
+    url = f"{cache_url.rstrip('/')}/{rel}"
     if kind in TABLE_TYPES:
-        return [write_table(url, value)]
+        return CachedWrite(rel, [write_table(url, value)], None, 1, 0)
     if kind is PortType.BlockCounts:
-        return [write_counts(url, value)]
+        return CachedWrite(rel, [write_counts(url, value)], None, 1, 0)
     raise InputError(f"no storage for values of type {kind}")
 
 
@@ -358,7 +490,3 @@ def read_value(url: str, kind: PortType) -> Any:
     if kind is PortType.BlockCounts:
         return read_counts(url)
     raise InputError(f"no storage for values of type {kind}")
-
-
-def store_suffix(kind: PortType) -> str:
-    return ".ome.zarr" if kind.is_array else ".zarr"
