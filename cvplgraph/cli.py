@@ -126,6 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "cache",
+        help="list, show, verify or garbage-collect the cache of a spec",
+        description="Inspect and maintain a cache: `ls` lists entries (node, type, size, age, spec); "
+        "`show KEY` prints an entry with its provenance; `verify` re-checks every entry's store "
+        "(metadata and chunk presence, with --deep every chunk's values) and moves damaged entries "
+        "out of the manifest so the next run recomputes them (exit 1 when any); `gc` removes entries "
+        "not needed by the given specs or beyond an age/size budget (--dry-run lists them).",
+    )
+    p.add_argument("action", choices=["ls", "show", "verify", "gc"])
+    p.add_argument(
+        "args", nargs="*", metavar="ARG", help="show: a key (or its start); gc: spec files whose nodes to keep"
+    )
+    p.add_argument("--cache", metavar="URL", help="the cache (default: the cache of the first spec given, or ./cache)")
+    p.add_argument("--spec", metavar="TOML", help="take the cache URL from this spec")
+    p.add_argument("--deep", action="store_true", help="verify: also re-read every chunk and compare checksums")
+    p.add_argument("--dry-run", action="store_true", help="gc: list what would be removed, remove nothing")
+    p.add_argument("--max-age", type=float, metavar="DAYS", help="gc: also remove entries older than this")
+    p.add_argument("--max-size", type=float, metavar="GB", help="gc: then remove the oldest until the cache fits")
+    _add_common(p)
+
+    p = sub.add_parser(
         "synth",
         help="write a synthetic OME-Zarr volume (or brain, with --atlas) with known cells",
         description="Write a float32 (z, y, x) OME-Zarr volume of blob-like cells on a "

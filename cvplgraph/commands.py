@@ -195,3 +195,58 @@ def cmd_view(args: argparse.Namespace) -> int:
     add(viewer, found)
     napari.run()
     return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    import datetime
+    import json
+    import time
+
+    from .cachetool import age, garbage, reachable, verify
+    from .manifest import Manifest
+    from .spec import load_spec
+
+    specs = args.args if args.action == "gc" else []
+    source = args.spec or (specs[0] if specs else None)
+    url = args.cache or (load_spec(source).cache_url if source else "cache")
+    manifest = Manifest(url)
+    entries = sorted(manifest.entries(), key=lambda e: e.created)
+    if args.action == "ls":
+        now = time.time()
+        rows = [("key", "node", "op", "type", "bytes", "age", "spec")]
+        rows += [(e.key, e.node, e.op, e.type, _fmt_bytes(e.bytes), age(now - e.created), e.spec) for e in entries]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print(f"{len(entries)} entries, {_fmt_bytes(sum(e.bytes for e in entries))}; cache: {manifest.url}")
+        return 0
+    if args.action == "show":
+        if len(args.args) != 1:
+            raise CvplError("cache show: give one key (or the start of one); `cvplgraph cache ls` lists them")
+        found = [e for e in entries if e.key.startswith(args.args[0])]
+        if len(found) != 1:
+            what = "no entry" if not found else f"{len(found)} entries"
+            raise CvplError(f"cache show: {what} with a key starting {args.args[0]!r} in {manifest.url}")
+        document = json.loads(found[0].to_json())
+        for stamp in ("created", "started", "finished"):
+            if document.get(stamp):
+                document[stamp] = datetime.datetime.fromtimestamp(document[stamp]).isoformat(timespec="seconds")
+        print(json.dumps(document, indent=1, sort_keys=True))
+        return 0
+    if args.action == "verify":
+        problems = verify(manifest, deep=args.deep)
+        for p in problems:
+            print(f"invalid {p.entry.key} ({p.entry.node}): {p.reason}; the next run recomputes it")
+        print(f"{len(entries) - len(problems)} of {len(entries)} entries verified{' deeply' if args.deep else ''}")
+        return 1 if problems else 0
+    keep = reachable(specs) if specs else None
+    if keep is None and args.max_age is None and args.max_size is None:
+        raise CvplError("cache gc: give the spec files whose nodes to keep, or --max-age / --max-size")
+    max_bytes = int(args.max_size * 1e9) if args.max_size is not None else None
+    doomed = garbage(manifest, keep=keep, max_age_days=args.max_age, max_bytes=max_bytes)
+    for e in doomed:
+        print(f"{'would remove' if args.dry_run else 'removed'} {e.key} ({e.node}, {_fmt_bytes(e.bytes)})")
+        if not args.dry_run:
+            manifest.remove(e)
+    print(f"{len(doomed)} of {len(entries)} entries {'to remove' if args.dry_run else 'removed'}")
+    return 0

@@ -10,6 +10,7 @@ never describes an incomplete store.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -178,7 +179,11 @@ def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> li
             finished=finished,
             host=host,
         )
-        plan.manifest.commit(entry)
+        if plan.manifest.get(node.key) is None:  # else a concurrent run committed the same store: keep its entry
+            if written.records is not None:  # the chunk checksums stay beside the store, for `cache verify`
+                checksums = json.dumps({"levels": written.records.checksums()}).encode()
+                plan.manifest.fs.pipe_file(f"{plan.manifest.root}/{written.store}.chunks.json", checksums)
+            plan.manifest.commit(entry)
         if written.records is not None:
             written.records.clear()
         committed.append(name)

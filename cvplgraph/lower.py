@@ -60,7 +60,10 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
             value.name = node.name
         out.values[node.name] = value
         if with_writes and node.nodespec.cache:
-            out.cached[node.name] = write_cached_value(
+            written = write_cached_value(
                 plan.manifest.url, node.key, value, node.output, node.nodespec.store, node.name
             )
+            out.cached[node.name] = written
+            if written.resumed is not None:  # an interrupted run wrote part of it: consumers read that part
+                out.values[node.name] = written.resumed
     return out

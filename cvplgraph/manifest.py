@@ -112,5 +112,24 @@ class Manifest:
             f.write(entry.to_json())
         self.fs.mv(tmp, path)
 
+    def invalidate(self, key: str, reason: str) -> None:
+        """Move the entry of ``key`` to ``invalid/`` with the reason: the next run recomputes it."""
+        entry = self.get(key)
+        if entry is None:
+            return
+        self.fs.makedirs(f"{self.root}/invalid", exist_ok=True)
+        document = {**json.loads(entry.to_json()), "invalid": reason, "invalidated": time.time()}
+        self.fs.pipe_file(f"{self.root}/invalid/{key}.json", json.dumps(document, indent=1).encode())
+        self.fs.rm(self._entry_path(key))
+
+    def remove(self, entry: Entry) -> None:
+        """Delete an entry, then its store and records (in that order: never an entry without its store)."""
+        self.fs.rm(self._entry_path(entry.key))
+        for path in (f"{self.root}/stores/{entry.key}", f"{self.root}/partial/{entry.key}"):
+            try:
+                self.fs.rm(path, recursive=True)
+            except FileNotFoundError:
+                pass
+
     def now(self) -> float:
         return time.time()

@@ -6,7 +6,7 @@ done". Each write task therefore records, after its chunks are written, one
 empty marker object whose name is the range of chunk indices it wrote::
 
     partial/<key>/<layout>/layout.json      levels (shape, chunks), dtype, compressor
-    partial/<key>/<layout>/<level>/<z0>-<z1>.<y0>-<y1>.<x0>-<x1>
+    partial/<key>/<layout>/<level>/<z0>-<z1>.<y0>-<y1>.<x0>-<x1>   {"i.j.k": checksum or null, …}
 
 A later run with the same key and layout skips every block whose chunks are
 all marked. The layout (stored shape and chunks of every pyramid level, dtype,
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,19 +109,45 @@ class Records:
         done = sum(len(self.done(i)) for i in range(len(self.levels)))
         return done / total if total else 0.0
 
+    def checksums(self) -> list[dict[str, str | None]]:
+        """Per level: chunk index ("i.j.k") → checksum of its values (None: all fill value, not stored)."""
+        fs, root = fsspec.core.url_to_fs(self.url)
+        out: list[dict[str, str | None]] = []
+        for level in range(len(self.levels)):
+            sums: dict[str, str | None] = {}
+            try:
+                paths = [p for p in fs.ls(f"{root}/{level}", detail=False) if parse_marker(p.rsplit("/", 1)[-1])]
+            except FileNotFoundError:
+                paths = []
+            for path in paths:
+                try:
+                    sums.update(json.loads(fs.cat_file(path)))
+                except (FileNotFoundError, ValueError):
+                    continue  # cleared by a concurrent run that committed this key: its entry stands
+            out.append(dict(sorted(sums.items())))
+        return out
+
     def clear(self) -> None:
         """Remove the records (once the store's entry is committed)."""
         fs, root = fsspec.core.url_to_fs(self.url)
         try:
             fs.rm(root, recursive=True)
-        except FileNotFoundError:
-            pass
+        except OSError:  # gone already, or a concurrent run of the same key is still adding records:
+            pass  # leftovers of a committed key are never read again (`cache gc` removes them)
 
 
-def mark(url: str) -> None:
-    """Record a written range (runs inside the write task, after the write)."""
+def mark(url: str, checksums: dict[str, str | None]) -> None:
+    """Record a written range (runs inside the write task, after the write) with its chunks' checksums."""
     fs, path = fsspec.core.url_to_fs(url)
-    fs.pipe_file(path, b"")
+    body = json.dumps(checksums, separators=(",", ":")).encode()
+    if "file" not in fs.protocol:
+        fs.pipe_file(path, body)  # an object store's PUT is atomic
+        return
+    folder, name = path.rsplit("/", 1)
+    tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"  # not a marker name: ignored if a kill leaves it
+    fs.makedirs(folder, exist_ok=True)  # a concurrent run that committed this key may have cleared the records
+    fs.pipe_file(tmp, body)
+    fs.mv(tmp, path)
 
 
 def partial_progress(cache_url: str, key: str) -> float | None:

@@ -10,6 +10,7 @@ task per block) so they join the run's single graph.
 from __future__ import annotations
 
 import uuid
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from dask.base import tokenize
 from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from .errors import CacheError, InputError
@@ -224,19 +227,21 @@ def ngff_metadata(geometry: Geometry, levels: int, kind: PortType, name: str) ->
     return {"ome": ome}
 
 
+def _align(data: da.Array, store_chunks: tuple[int, ...] | None) -> tuple[da.Array, tuple[int, ...]]:
+    """``data`` rechunked (only if needed) so its blocks cover whole stored chunks, and the stored chunk shape."""
+    chunks = tuple(min(c, s) for c, s in zip(store_chunks or tuple(c[0] for c in data.chunks), data.shape))
+    if all(all(c % k == 0 for c in cs[:-1]) for cs, k in zip(data.chunks, chunks)):
+        return data, chunks
+    return data.rechunk(chunks), chunks
+
+
 def _levels(data: da.Array, kind: PortType, store: StoreSpec) -> list[tuple[da.Array, tuple[int, ...]]]:
-    """Every pyramid level to store, rechunked so blocks cover whole stored chunks, and its chunk shape."""
+    """Every pyramid level to store (aligned to its stored chunks), and its chunk shape."""
     out = []
     for level in range(store.multiscale):
         if level:
             data = _downsample(data, kind)
-        chunks = tuple(min(c, s) for c, s in zip(store.chunks or tuple(c[0] for c in data.chunks), data.shape))
-        aligned = (
-            data
-            if all(all(c % k == 0 for c in cs[:-1]) for cs, k in zip(data.chunks, chunks))
-            else data.rechunk(chunks)
-        )
-        out.append((aligned, chunks))
+        out.append(_align(data, store.chunks))
     return out
 
 
@@ -306,6 +311,7 @@ class CachedWrite:
     records: Records | None  # chunk completion records (arrays only)
     blocks: int  # write tasks in this run
     blocks_done: int  # blocks skipped: every chunk already recorded
+    resumed: xr.DataArray | None = None  # the value with recorded blocks read from the store, when any
 
 
 def write_cached_array(
@@ -331,20 +337,70 @@ def write_cached_array(
     _describe(group, value, kind, store, name)
     writes: list[Any] = []
     skipped = 0
-    for level, (aligned, chunks) in enumerate(levels):
+    resumed = None
+    data = value.data
+    for level in range(store.multiscale):
+        if level:
+            data = _downsample(data, kind)
+        aligned, chunks = _align(data, store.chunks)
         array = _open_or_create_array(group, str(level), aligned, chunks, codec)
         tasks, left_out = _block_writes(aligned, array, chunks, records, level)
         writes += tasks
         skipped += left_out
-    return CachedWrite(rel, writes, records, len(writes), skipped)
+        if level == 0 and left_out and aligned is value.data:
+            # what an interrupted run wrote is read back: by consumers and by the next pyramid level
+            data = _splice(value.data, array, chunks, records.done(0))
+            resumed = value.copy(data=data)
+    return CachedWrite(rel, writes, records, len(writes), skipped, resumed)
+
+
+def _splice(data: da.Array, array: zarr.Array, chunks: tuple[int, ...], done: set[tuple[int, ...]]) -> da.Array:
+    """``data`` whose blocks with every chunk recorded are read from ``array`` instead of computed.
+
+    Consumers of a resumed node then need only the missing blocks computed
+    (dask culls the rest of the graph).
+    """
+    name = "resumed-" + tokenize(data.name, array.store_path, sorted(done))
+    starts = [np.cumsum((0, *c)) for c in data.chunks]
+    layer: dict[Any, Any] = {}
+    for index in np.ndindex(*data.numblocks):
+        low = [int(starts[a][i]) for a, i in enumerate(index)]
+        high = [int(starts[a][i + 1]) for a, i in enumerate(index)]
+        ranges = tuple((lo // c, -(-hi // c)) for lo, hi, c in zip(low, high, chunks))
+        if all(chunk in done for chunk in expand(ranges)):
+            layer[(name, *index)] = (_read_region, array, tuple(slice(lo, hi) for lo, hi in zip(low, high)))
+        else:
+            layer[(name, *index)] = (data.name, *index)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])  # type: ignore[list-item]
+    return da.Array(graph, name, data.chunks, dtype=data.dtype)
+
+
+def _read_region(array: zarr.Array, region: tuple[slice, ...]) -> np.ndarray:
+    return np.asarray(array[region])
 
 
 def _write_block(block: np.ndarray, array: zarr.Array, region: tuple[slice, ...], marker: str | None) -> int:
-    """Write one block's chunks, then record them as done (in this order: a kill in between rewrites them)."""
+    """Write one block's chunks, then record them as done (in this order: a kill in between rewrites them).
+
+    The record holds a checksum of every chunk's values (None for a chunk of
+    fill values, which zarr does not store), for ``cvplgraph cache verify``.
+    """
     array[region] = block
     if marker is not None:
-        mark(marker)
+        chunks = tuple(int(c) for c in array.chunks)
+        origin = [r.start for r in region]
+        sums: dict[str, str | None] = {}
+        for offset in np.ndindex(*(-(-n // c) for n, c in zip(block.shape, chunks))):
+            part = block[tuple(slice(o * c, (o + 1) * c) for o, c in zip(offset, chunks))]
+            index = ".".join(str(s // c + o) for s, c, o in zip(origin, chunks, offset))
+            sums[index] = chunk_checksum(part) if part.any() else None
+        mark(marker, sums)
     return 1
+
+
+def chunk_checksum(values: np.ndarray) -> str:
+    """CRC-32 of a chunk's values (C order), independent of how the chunk is compressed."""
+    return f"{zlib.crc32(np.ascontiguousarray(values).tobytes()):08x}"
 
 
 def _open_or_create_group(url: str) -> zarr.Group:

@@ -1,0 +1,271 @@
+"""A cache you can trust: kill -9 at any moment, chunk-level resume, concurrent runs.
+
+Runs are real `cvplgraph run` processes. A plugin op that sleeps per block makes a
+run last a few seconds and logs every block it computes. Kill points are chosen by
+how many chunk records exist (not by time), and pass/fail never depends on timing:
+whatever moment the kill lands on, the next run must give byte-identical results.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import cvplgraph
+from cvplgraph.demo import write_synthetic
+from cvplgraph.synth import SynthParams
+
+PLUGIN = '''\
+import os, time, uuid
+import numpy as np
+from cvplgraph.registry import op
+from cvplgraph.types import PortType
+from cvplgraph.values import like
+
+
+@op("slow_copy", version=1, inputs={"image": PortType.Image}, output=PortType.Image, halo="none",
+    cost="sleeps per block")
+def slow_copy(image, *, seconds: float = 0.05, log: str = ""):
+    """The image, unchanged, one block every ``seconds``; each block computed leaves a file in ``log``."""
+    def kernel(block):
+        time.sleep(seconds)
+        if log:
+            open(os.path.join(log, uuid.uuid4().hex), "w").close()
+        return block
+    return like(image.data.map_blocks(kernel, meta=np.array((), dtype=np.float32)), image)
+'''
+
+SPEC = """\
+plugins = ["slow_ops"]
+
+[input]
+url = "{url}"
+
+[cache]
+url = "{cache}"
+
+[nodes.slow]
+op = "slow_copy"
+image = "input"
+seconds = {seconds}
+log = "{log}"
+store = {{ multiscale = 2 }}
+
+[nodes.mask]
+op = "threshold"
+image = "slow"
+level = 0.3
+
+[nodes.cells]
+op = "connected_components"
+mask = "mask"
+
+[nodes.centroids]
+op = "centroids"
+labels = "cells"
+image = "slow"
+
+[outputs]
+centroids = "{out}/centroids.csv"
+"""
+
+BLOCKS = 64  # (64, 128, 128) in (16, 32, 32) chunks
+
+
+@pytest.fixture(autouse=True)
+def _plugin_forgotten() -> Iterator[None]:
+    """Loading the specs here registers `slow_copy` in this process: forget it afterwards."""
+    from cvplgraph.registry import REGISTRY
+
+    yield
+    REGISTRY.pop("slow_copy", None)  # together: a later import registers it afresh
+    sys.modules.pop("slow_ops", None)
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    url = tmp_path_factory.mktemp("crash") / "volume.ome.zarr"
+    write_synthetic(str(url), SynthParams(shape=(64, 128, 128), chunks=(16, 32, 32), seed=5))
+    return url
+
+
+def project(folder: Path, volume: Path, seconds: float = 0.05, cache: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "slow_ops.py").write_text(PLUGIN)
+    (folder / "log").mkdir(exist_ok=True)
+    spec = folder / "spec.toml"
+    spec.write_text(SPEC.format(url=volume, cache=cache or folder / "cache", seconds=seconds,
+                                log=folder / "log", out=folder / "results"))  # fmt: skip
+    return spec
+
+
+def start(spec: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cvplgraph.cli", "run", str(spec), "--scheduler", "threads", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def records(cache: Path) -> int:
+    """Chunk records now under ``cache`` (os.walk skips folders a committing run removes meanwhile)."""
+    return sum(
+        sum(1 for f in files if f != "layout.json" and not f.startswith("."))
+        for _, _, files in os.walk(cache / "partial")
+    )
+
+
+def kill_after(proc: subprocess.Popen[str], cache: Path, count: int) -> int:
+    """SIGKILL the run's process group once ``count`` chunk records exist; returns the records then."""
+    while proc.poll() is None and records(cache) < count:
+        time.sleep(0.005)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return records(cache)
+
+
+def stored(spec_path: Path) -> dict[str, object]:
+    """Every committed node's stored data (each pyramid level of arrays, the table of points)."""
+    spec = cvplgraph.load_spec(spec_path)
+    plan = cvplgraph.plan(spec)
+    out: dict[str, object] = {}
+    for name, entry in plan.entries.items():
+        url = plan.manifest.store_url(entry.store)
+        group = zarr.open_group(url, mode="r")
+        if entry.type in ("Image", "Mask", "Labels"):
+            out[name] = [np.asarray(group[str(level)][:]) for level in range(len(list(group.array_keys())))]
+        else:
+            out[name] = {k: np.asarray(group[k][:]) for k in sorted(group.array_keys())}
+    return out
+
+
+def assert_same(a: dict[str, object], b: dict[str, object]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        left, right = a[name], b[name]
+        if isinstance(left, list):
+            assert len(left) == len(right)  # type: ignore[arg-type]
+            for x, y in zip(left, right):  # type: ignore[call-overload]
+                np.testing.assert_array_equal(x, y, err_msg=name)
+        else:
+            for k in left:  # type: ignore[union-attr]
+                np.testing.assert_array_equal(left[k], right[k], err_msg=f"{name}.{k}")  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def reference(volume: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], bytes]:
+    """An uninterrupted run: stored values and the output file."""
+    spec = project(tmp_path_factory.mktemp("reference"), volume, seconds=0.0)
+    out = subprocess.run([sys.executable, "-m", "cvplgraph.cli", "run", str(spec), "--scheduler", "threads",
+                          "--quiet"], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return stored(spec), (spec.parent / "results" / "centroids.csv").read_bytes()
+
+
+def committed_entries_are_complete(spec: Path, reference: dict[str, object]) -> None:
+    """No entry may describe a store that is incomplete or wrong."""
+    now = stored(spec)
+    assert_same(now, {name: reference[name] for name in now})
+
+
+@pytest.mark.parametrize("kill_at", [0, 1, BLOCKS // 2, BLOCKS + 12, 10_000])
+def test_kill_minus_9_then_rerun_gives_identical_results(
+    kill_at: int, volume: Path, tmp_path: Path, reference: tuple[dict[str, object], bytes]
+) -> None:
+    """kill_at: chunk records written before the kill (0: at once; 10 000: after every write, i.e. at commit)."""
+    spec = project(tmp_path, volume)
+    kill_after(start(spec), tmp_path / "cache", kill_at)
+    committed_entries_are_complete(spec, reference[0])
+    out = subprocess.run([sys.executable, "-m", "cvplgraph.cli", "run", str(spec), "--scheduler", "threads",
+                          "--quiet"], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert_same(stored(spec), reference[0])
+    assert (tmp_path / "results" / "centroids.csv").read_bytes() == reference[1]
+    assert not (tmp_path / "cache" / "partial").exists() or records(tmp_path / "cache") == 0
+
+
+def test_resume_computes_only_the_missing_blocks(volume: Path, tmp_path: Path,
+                                                 reference: tuple[dict[str, object], bytes]) -> None:  # fmt: skip
+    """Killed at ~70 % of `slow`'s chunks, the next run computes only the blocks without a record.
+
+    `slow` → `mask` (blockwise) only, so each missing block is computed exactly once.
+    """
+    spec = project(tmp_path, volume)
+    spec.write_text(spec.read_text().split("[nodes.cells]")[0])
+    kill_after(start(spec), tmp_path / "cache", int(0.7 * BLOCKS))
+    plan = cvplgraph.plan(cvplgraph.load_spec(spec))
+    slow = plan.nodes["slow"]
+    if "slow" in plan.entries:
+        pytest.fail("the run finished before it could be killed; slow down the plugin op")
+    level0 = _chunks(tmp_path / "cache", 0, slow.key)
+    assert slow.done is not None and 0 < slow.done < 1 and 0 < len(level0) < BLOCKS
+    shown = subprocess.run([sys.executable, "-m", "cvplgraph.cli", "plan", str(spec)], capture_output=True, text=True)
+    assert f"partial {slow.done:.0%}" in shown.stdout
+    log = tmp_path / "log"
+    for f in log.iterdir():
+        f.unlink()
+    results = cvplgraph.run(cvplgraph.load_spec(spec), scheduler="threads")
+    assert len(list(log.iterdir())) == BLOCKS - len(level0)  # the op ran on the missing blocks only
+    written, resumed = results.report.blocks["slow"]
+    assert resumed >= len(level0)
+    assert_same(stored(spec), {name: reference[0][name] for name in ("slow", "mask")})
+
+
+def _chunks(cache: Path, level: int, key: str) -> set[tuple[int, ...]]:
+    """Chunk indices of ``level`` of the store of ``key`` that the records say are written."""
+    from cvplgraph.resume import expand, parse_marker
+
+    out: set[tuple[int, ...]] = set()
+    for marker in cache.glob(f"partial/{key}/*/{level}/*"):
+        ranges = parse_marker(marker.name)
+        if ranges:
+            out.update(expand(ranges))
+    return out
+
+
+def test_two_concurrent_runs_on_one_cache(volume: Path, tmp_path: Path,
+                                          reference: tuple[dict[str, object], bytes]) -> None:  # fmt: skip
+    """Same cache, same and overlapping specs, at once: both finish, both correct, nothing corrupted."""
+    first = project(tmp_path / "a", volume, cache=str(tmp_path / "cache"))
+    second = project(tmp_path / "b", volume, cache=str(tmp_path / "cache"))
+    # b asks for one node more than a (overlapping), on the same blocks
+    second.write_text(second.read_text().replace("[outputs]", '[nodes.counts]\nop = "count"\nobjects = "centroids"\n'
+                                                  'block = [32, 64, 64]\n\n[outputs]'))  # fmt: skip
+    second.write_text(second.read_text().replace(str(tmp_path / "b" / "log"), str(tmp_path / "a" / "log")))
+    procs = [start(first), start(second)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    for spec in (first, second):
+        assert (spec.parent / "results" / "centroids.csv").read_bytes() == reference[1]
+        assert_same({k: v for k, v in stored(spec).items() if k != "counts"}, reference[0])
+    assert "counts" in stored(second)
+    again = cvplgraph.plan(cvplgraph.load_spec(second))
+    assert again.to_compute() == []  # each reuses what the other committed
+
+
+def test_no_entry_points_at_a_store_being_written(volume: Path, tmp_path: Path) -> None:
+    """Mid-run, the manifest holds nothing for the nodes being computed."""
+    spec = project(tmp_path, volume)
+    proc = start(spec)
+    kill_after(proc, tmp_path / "cache", BLOCKS // 3)
+    assert list((tmp_path / "cache").glob("manifest/*.json")) == []
+
+
+def test_plan_reads_partial_progress_from_records(volume: Path, tmp_path: Path) -> None:
+    spec = project(tmp_path, volume)
+    kill_after(start(spec), tmp_path / "cache", BLOCKS // 2)
+    slow = cvplgraph.plan(cvplgraph.load_spec(spec)).nodes["slow"]
+    per_level = [len(_chunks(tmp_path / "cache", level, slow.key)) for level in (0, 1)]
+    # level 0: 4 × 4 × 4 chunks; level 1 (32, 64, 64) in (8, 16, 16) chunks: 4 × 4 × 4 too
+    assert slow.done == pytest.approx(sum(per_level) / (2 * BLOCKS))
+    assert 0 < sum(per_level) < 2 * BLOCKS

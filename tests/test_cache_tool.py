@@ -1,0 +1,122 @@
+"""`cvplgraph cache`: ls, show (provenance), verify (deleted and corrupted chunks), gc."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+import cvplgraph
+from cvplgraph.manifest import Manifest
+from cvplgraph.registry import get_op
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cvplgraph.cli", *args], capture_output=True, text=True)
+
+
+def cached(spec_file: Path) -> tuple[cvplgraph.Spec, Manifest]:
+    spec = cvplgraph.load_spec(spec_file)
+    cvplgraph.run(spec, scheduler="threads")
+    return spec, Manifest(spec.cache_url)
+
+
+def entry_of(manifest: Manifest, node: str):  # noqa: ANN201
+    (entry,) = [e for e in manifest.entries() if e.node == node]
+    return entry
+
+
+def stored_chunks(manifest: Manifest, node: str) -> list[Path]:
+    store = Path(manifest.root) / entry_of(manifest, node).store
+    return sorted(p for p in (store / "0" / "c").rglob("*") if p.is_file())
+
+
+def test_ls_and_show_give_every_entry_with_its_provenance(spec_file: Path) -> None:
+    spec, manifest = cached(spec_file)
+    listing = cli("cache", "ls", "--spec", str(spec_file))
+    assert listing.returncode == 0, listing.stderr
+    for node in ("mask", "cells", "centroids", "counts"):
+        assert node in listing.stdout
+    mask = entry_of(manifest, "mask")
+    shown = cli("cache", "show", mask.key[:8], "--spec", str(spec_file))
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["cvplgraph_version"] == cvplgraph.__version__
+    assert document["op_versions"] == {"threshold": get_op("threshold").version}
+    assert document["input_fingerprints"] == {"input": cvplgraph.plan(spec).nodes["input"].key}
+    assert document["host"] and document["spec"] == str(spec_file.resolve())
+    assert document["started"] <= document["finished"]
+    cells = json.loads(cli("cache", "show", entry_of(manifest, "counts").key, "--spec", str(spec_file)).stdout)
+    upstream = ("threshold", "connected_components", "centroids", "count")
+    assert cells["op_versions"] == {op: get_op(op).version for op in upstream}
+
+
+def test_verify_passes_on_a_sound_cache(spec_file: Path) -> None:
+    cached(spec_file)
+    for deep in ([], ["--deep"]):
+        out = cli("cache", "verify", "--spec", str(spec_file), *deep)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "4 of 4 entries verified" in out.stdout
+
+
+def test_verify_finds_a_deleted_chunk_and_the_next_run_recomputes(spec_file: Path) -> None:
+    spec, manifest = cached(spec_file)
+    reference = np.asarray(cvplgraph.run(spec, scheduler="threads")["cells"])
+    chunk = stored_chunks(manifest, "cells")[0]
+    chunk.unlink()
+    out = cli("cache", "verify", "--spec", str(spec_file))
+    assert out.returncode == 1
+    assert "cells" in out.stdout and "missing" in out.stdout
+    assert "cells" in cvplgraph.plan(spec).to_compute() and "mask" not in cvplgraph.plan(spec).to_compute()
+    again = cvplgraph.run(spec, scheduler="threads")
+    assert again.report.computed[:1] == ["cells"]
+    np.testing.assert_array_equal(np.asarray(again["cells"]), reference)
+    assert cli("cache", "verify", "--spec", str(spec_file)).returncode == 0
+
+
+def test_deep_verify_finds_changed_values_that_shallow_verify_cannot(spec_file: Path) -> None:
+    spec, manifest = cached(spec_file)
+    store = Path(manifest.root) / entry_of(manifest, "mask").store
+    array = zarr.open_array(str(store / "0"), mode="r+")
+    block = np.asarray(array[:8, :8, :8])
+    array[:8, :8, :8] = 1 - block  # a well-formed chunk with other values
+    assert cli("cache", "verify", "--spec", str(spec_file)).returncode == 0
+    deep = cli("cache", "verify", "--spec", str(spec_file), "--deep")
+    assert deep.returncode == 1 and "mask" in deep.stdout and "other values" in deep.stdout
+    assert cvplgraph.plan(spec).nodes["mask"].status == "compute"
+
+
+def test_corrupted_chunk_bytes_are_found_by_deep_verify(spec_file: Path) -> None:
+    spec, manifest = cached(spec_file)
+    chunk = stored_chunks(manifest, "cells")[0]
+    chunk.write_bytes(b"\x00garbage" * 7)
+    deep = cli("cache", "verify", "--spec", str(spec_file), "--deep")
+    assert deep.returncode == 1 and "cells" in deep.stdout
+
+
+def test_gc_keeps_everything_a_spec_needs(spec_file: Path, tmp_path: Path) -> None:
+    spec, manifest = cached(spec_file)
+    old = {e.node: e.key for e in manifest.entries()}
+    spec_file.write_text(spec_file.read_text().replace("level = 0.3", "level = 0.4"))
+    cvplgraph.run(cvplgraph.load_spec(spec_file), scheduler="threads")
+    assert len(manifest.entries()) == 8
+    dry = cli("cache", "gc", str(spec_file), "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.count("would remove") == 4 and len(manifest.entries()) == 8
+    out = cli("cache", "gc", str(spec_file))
+    assert out.returncode == 0, out.stderr
+    left = {e.key for e in manifest.entries()}
+    assert left.isdisjoint(old.values()) and len(left) == 4
+    assert cvplgraph.plan(cvplgraph.load_spec(spec_file)).to_compute() == []  # nothing the spec needs went
+    for key in old.values():
+        assert not (Path(manifest.root) / "stores" / key).exists()
+
+
+def test_gc_without_specs_or_budget_refuses(spec_file: Path) -> None:
+    cached(spec_file)
+    out = cli("cache", "gc", "--spec", str(spec_file))
+    assert out.returncode == 1 and "give the spec files" in out.stderr
+    assert "Traceback" not in out.stderr
