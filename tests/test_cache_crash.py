@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -108,10 +108,10 @@ def project(folder: Path, volume: Path, seconds: float = 0.05, cache: str | None
     return spec
 
 
-def start(spec: Path) -> subprocess.Popen[str]:
+def start(spec: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "cvplgraph.cli", "run", str(spec), "--scheduler", "threads", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env,
     )  # fmt: skip
 
 
@@ -123,14 +123,14 @@ def records(cache: Path) -> int:
     )
 
 
-def kill_after(proc: subprocess.Popen[str], cache: Path, count: int) -> int:
-    """SIGKILL the run's process group once ``count`` chunk records exist; returns the records then."""
-    while proc.poll() is None and records(cache) < count:
+def kill_after(proc: subprocess.Popen[str], cache: Path, count: int, counter: Callable[[], int] | None = None) -> None:
+    """SIGKILL the run's process group once ``count`` chunk records exist (counted by ``counter``)."""
+    counter = counter or (lambda: records(cache))
+    while proc.poll() is None and counter() < count:
         time.sleep(0.005)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    return records(cache)
 
 
 def stored(spec_path: Path) -> dict[str, object]:

@@ -1,0 +1,157 @@
+"""The cache on an object store: an S3 API server (moto) started here on 127.0.0.1.
+
+The same promises as on a local disk: hits, invalidation, kill -9 safety, chunk-level resume,
+`cache verify`. The endpoint reaches cvplgraph the way a user would configure it, through fsspec's
+environment configuration (``FSSPEC_S3_ENDPOINT_URL``) and the usual AWS variables.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pytest
+from test_cache_crash import BLOCKS, _plugin_forgotten, assert_same, kill_after, project, start, stored
+
+import cvplgraph
+
+__all__ = ["_plugin_forgotten"]  # the autouse fixture, active in this module too
+
+pytest.importorskip("moto", reason="moto[server] is a test dependency: pip install -e '.[test]'")
+pytest.importorskip("s3fs", reason="s3fs is a test dependency: pip install -e '.[test]'")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A moto S3 server on 127.0.0.1 with a bucket; yields the environment that points runs at it."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    saved_env = {k: os.environ.get(k) for k in env}
+    saved_conf = fsspec.config.conf.get("s3")
+    os.environ.update(env)
+    fsspec.config.conf["s3"] = {"endpoint_url": env["FSSPEC_S3_ENDPOINT_URL"]}
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir("cvplgraph-test")
+        yield {**os.environ, **env}
+    finally:
+        server.terminate()
+        server.wait()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if saved_conf is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved_conf
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cvplgraph.demo import write_synthetic
+    from cvplgraph.synth import SynthParams
+
+    url = tmp_path_factory.mktemp("s3volume") / "volume.ome.zarr"
+    write_synthetic(str(url), SynthParams(shape=(64, 128, 128), chunks=(16, 32, 32), seed=5))
+    return url
+
+
+def run(spec: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cvplgraph.cli", "run", str(spec), "--scheduler", "threads",
+                           "--quiet"], capture_output=True, text=True, env=env)  # fmt: skip
+
+
+def s3_records(prefix: str) -> int:
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    try:
+        found = fs.find(f"{prefix}/partial")
+    except FileNotFoundError:
+        return 0
+    return sum(1 for p in found if not p.endswith("layout.json"))
+
+
+@pytest.fixture(scope="module")
+def local_reference(volume: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], bytes]:
+    spec = project(tmp_path_factory.mktemp("s3reference"), volume, seconds=0.0)
+    out = run(spec, dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    return stored(spec), (spec.parent / "results" / "centroids.csv").read_bytes()
+
+
+def test_hits_and_invalidation_on_s3(s3: dict[str, str], volume: Path, tmp_path: Path,
+                                     local_reference: tuple[dict[str, object], bytes]) -> None:  # fmt: skip
+    spec = project(tmp_path, volume, seconds=0.0, cache="s3://cvplgraph-test/hits")
+    first = run(spec, s3)
+    assert first.returncode == 0, first.stderr
+    assert_same(stored(spec), local_reference[0])  # same bytes as with a local cache
+    assert (tmp_path / "results" / "centroids.csv").read_bytes() == local_reference[1]
+    assert cvplgraph.plan(cvplgraph.load_spec(spec)).to_compute() == []
+    spec.write_text(spec.read_text().replace("level = 0.3", "level = 0.35"))
+    plan = cvplgraph.plan(cvplgraph.load_spec(spec))
+    assert plan.to_compute() == ["mask", "cells", "centroids"]
+    assert plan.nodes["mask"].reasons == ("parameter `level` changed 0.3 → 0.35",)
+
+
+def test_kill_and_resume_on_s3(s3: dict[str, str], volume: Path, tmp_path: Path,
+                               local_reference: tuple[dict[str, object], bytes]) -> None:  # fmt: skip
+    prefix = "cvplgraph-test/resume"
+    spec = project(tmp_path, volume, cache=f"s3://{prefix}")
+    spec.write_text(spec.read_text().split("[nodes.cells]")[0])
+    kill_after(start(spec, s3), tmp_path, BLOCKS // 2, counter=lambda: s3_records(prefix))
+    plan = cvplgraph.plan(cvplgraph.load_spec(spec))
+    now = stored(spec)  # whatever is committed is complete and right
+    assert_same(now, {n: local_reference[0][n] for n in now})
+    slow = plan.nodes["slow"]
+    if "slow" in plan.entries:
+        pytest.fail("the run finished before it could be killed; slow down the plugin op")
+    assert slow.done is not None and 0 < slow.done < 1
+    for f in (tmp_path / "log").iterdir():
+        f.unlink()
+    again = run(spec, s3)
+    assert again.returncode == 0, again.stderr
+    assert 0 < len(list((tmp_path / "log").iterdir())) < BLOCKS  # resumed, not restarted
+    assert_same(stored(spec), {n: local_reference[0][n] for n in ("slow", "mask")})
+
+
+def test_verify_finds_a_deleted_object(s3: dict[str, str], volume: Path, tmp_path: Path) -> None:
+    prefix = "cvplgraph-test/verify"
+    spec = project(tmp_path, volume, seconds=0.0, cache=f"s3://{prefix}")
+    assert run(spec, s3).returncode == 0
+    plan = cvplgraph.plan(cvplgraph.load_spec(spec))
+    fs = fsspec.filesystem("s3")
+    chunks = sorted(fs.find(f"{prefix}/{plan.entries['mask'].store}/0/c"))
+    fs.rm(chunks[len(chunks) // 2])
+    out = subprocess.run([sys.executable, "-m", "cvplgraph.cli", "cache", "verify", "--spec", str(spec)],
+                         capture_output=True, text=True, env=s3)  # fmt: skip
+    assert out.returncode == 1 and "mask" in out.stdout and "missing" in out.stdout
+    assert cvplgraph.plan(cvplgraph.load_spec(spec)).nodes["mask"].status == "compute"
