@@ -179,7 +179,8 @@ def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> li
             finished=finished,
             host=host,
         )
-        if plan.manifest.get(node.key) is None:  # else a concurrent run committed the same store: keep its entry
+        existing = plan.manifest.get(node.key)
+        if existing is None or existing.store != written.store:  # same store: a concurrent run committed it
             if written.records is not None:  # the chunk checksums stay beside the store, for `cache verify`
                 checksums = json.dumps({"levels": written.records.checksums()}).encode()
                 plan.manifest.fs.pipe_file(f"{plan.manifest.root}/{written.store}.chunks.json", checksums)
@@ -208,6 +209,8 @@ def execute(plan: Plan, *, client: Any = None, scheduler: str | None = None, pro
     targets = writes + array_outputs + [v.frame if isinstance(v, Table) else v.counts for v in small.values()]
     report.blocks = {name: (w.blocks, w.blocks_done) for name, w in lowered.cached.items()}
     start, started = time.perf_counter(), time.time()
+    if client is None and not lowered.ops_called and not array_outputs:
+        scheduler = "threads"  # everything cached: reading a few small tables needs no cluster
     with connect(spec, client, scheduler) as cl:
         if cl is not None:
             report.dashboard = getattr(cl, "dashboard_link", None)
@@ -235,8 +238,30 @@ def execute(plan: Plan, *, client: Any = None, scheduler: str | None = None, pro
             write_block_counts(target, results[name])
         elif kind is PortType.RegionTable:
             write_regions(target, small_results[name], spec.format_of(target))
+        _write_provenance(plan, name, target)
         report.outputs[name] = f"{report.outputs[name]}, {target}" if name in report.outputs else target
     return Results(results, report, plan)
+
+
+def _write_provenance(plan: Plan, name: str, target: str) -> None:
+    """``<target>.cvplgraph.json`` beside an output: the node and cache keys it came from."""
+    from . import __version__
+
+    node = plan.graph.nodes[name]["node"]
+    op_versions, input_keys = _provenance(plan, name)
+    document = {
+        "node": name,
+        "key": node.key,
+        "op": node.opdef.name,
+        "params": dict(node.params),
+        "op_versions": op_versions,
+        "input_fingerprints": input_keys,
+        "spec": plan.spec.source,
+        "cache": plan.manifest.url,
+        "cvplgraph_version": __version__,
+    }  # no time stamp: a run that recomputes nothing rewrites its outputs byte for byte
+    fs, path = fsspec.core.url_to_fs(f"{target.rstrip('/')}.cvplgraph.json")
+    fs.pipe_file(path, json.dumps(document, indent=1, default=str).encode())
 
 
 def run(

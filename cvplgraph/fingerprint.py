@@ -9,6 +9,7 @@ key too; working chunks are not, because every op is chunk-invariant.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -21,7 +22,9 @@ from .spec import InputSpec
 from .storage import child_array, multiscales, open_group
 
 
-def _listing(url: str) -> list[tuple[str, int, str]]:
+def _listing(url: str, content: bool = False) -> list[tuple[str, int, str]]:
+    """(path, size, stamp) of every object under ``url``; the stamp is the mtime or ETag, or with
+    ``content`` a SHA-256 of the bytes (every object read once; mtimes then do not matter)."""
     fs, root = fsspec.core.url_to_fs(url)
     try:
         found = fs.find(root, detail=True)
@@ -29,7 +32,10 @@ def _listing(url: str) -> list[tuple[str, int, str]]:
         raise InputError(f"{url}: does not exist") from None
     rows = []
     for path, info in sorted(found.items()):
-        stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+        if content:
+            stamp = hashlib.sha256(fs.cat_file(path)).hexdigest()
+        else:
+            stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
         rows.append((path[len(root) :].lstrip("/"), int(info.get("size") or 0), str(stamp)))
     return rows
 
@@ -54,7 +60,8 @@ def fingerprint_input(spec: InputSpec) -> str:
         "crop": [list(c) for c in spec.crop] if spec.crop else None,
         "intensity_range": list(spec.intensity_range) if spec.intensity_range else None,
     }
-    return digest({"input": meta, "chunks": _listing(f"{spec.url.rstrip('/')}/{path}"), "selection": selection})
+    listing = _listing(f"{spec.url.rstrip('/')}/{path}", content=spec.fingerprint == "content")
+    return digest({"input": meta, "chunks": listing, "selection": selection})
 
 
 def fingerprint_atlas(spec: AtlasSpec) -> str:

@@ -92,7 +92,8 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
             plan.nodes[node.name] = NodePlan(node.name, "input", str(node.output), node.key, INPUT_STATUS, (url,))
             continue
         entry = manifest.get(node.key) if node.nodespec.cache else None
-        if entry is not None:
+        restore = entry is not None and _store_changes(entry.store_options, node.nodespec.store.to_dict())
+        if entry is not None and not restore:
             plan.entries[node.name] = entry
             statuses[node.name] = CACHED
             plan.nodes[node.name] = NodePlan(
@@ -113,6 +114,8 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
         reasons = (
             why(node, manifest.previous(node.name, spec.source), keys) if node.nodespec.cache else ["cache = false"]
         )
+        if restore and entry is not None:  # same values, stored differently: computed again and stored anew
+            reasons = [f"storage options changed: {restore}"]
         done = partial_progress(manifest.url, node.key) if node.nodespec.cache else None
         if done is not None:
             reasons.append(f"an interrupted run wrote {done:.0%} of its chunks; the rest is computed")
@@ -143,6 +146,11 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
                 p.name, p.op, p.type, p.key, SKIP, ("cache = false and nothing needs it",), False
             )
     return plan
+
+
+def _store_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What differs between two nodes' storage options ("" when nothing)."""
+    return "; ".join(f"{k} {_fmt(old.get(k))} → {_fmt(new.get(k))}" for k in sorted(new) if old.get(k) != new.get(k))
 
 
 def _t(v: list[int] | None) -> tuple[int, ...] | None:

@@ -38,6 +38,7 @@ class InputSpec:
     crop: tuple[tuple[int, int], ...] | None = None  # (start, stop) per z, y, x
     intensity_range: tuple[float, float] | None = None
     chunks: tuple[int, int, int] | None = None  # working chunks; default: the store's
+    fingerprint: str = "listing"  # "listing": metadata + chunk names, sizes, mtimes/ETags; "content": + bytes
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,13 @@ def _parse_input(raw: Any, c: Collector, base: Path) -> InputSpec | None:
     if not isinstance(raw, dict):
         c.add("input", 'missing [input] table; expected url = "path/to/image.ome.zarr"')
         return None
-    c.unknown_keys(raw, ["url", "channel", "timepoint", "level", "crop", "intensity_range", "chunks"], "input")
+    c.unknown_keys(
+        raw, ["url", "channel", "timepoint", "level", "crop", "intensity_range", "chunks", "fingerprint"], "input"
+    )
+    fingerprint = c.typed(raw, "fingerprint", "input", str, '"listing" or "content"', default="listing")
+    if fingerprint not in ("listing", "content"):
+        c.add("input.fingerprint", f'expected "listing" or "content", got {fingerprint!r}')
+        fingerprint = "listing"
     url = c.typed(raw, "url", "input", str, "an OME-Zarr path or fsspec URL (a string)", required=True)
     if isinstance(url, str) and not url.strip():
         c.add("input.url", "expected an OME-Zarr path or fsspec URL, got an empty string")
@@ -154,7 +161,16 @@ def _parse_input(raw: Any, c: Collector, base: Path) -> InputSpec | None:
     chunks = c.int_list(raw["chunks"], "input.chunks", 3, 1) if "chunks" in raw else None
     if not isinstance(url, str) or not url.strip():
         return None
-    return InputSpec(resolve_path(url, base), ints["channel"], ints["timepoint"], ints["level"], crop, irange, chunks)  # type: ignore[arg-type]
+    return InputSpec(
+        resolve_path(url, base),
+        ints["channel"],
+        ints["timepoint"],
+        ints["level"],
+        crop,
+        irange,
+        chunks,  # type: ignore[arg-type]
+        fingerprint,
+    )
 
 
 def _parse_crop(raw: Any, c: Collector) -> tuple[tuple[int, int], ...] | None:

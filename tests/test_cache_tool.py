@@ -120,3 +120,11 @@ def test_gc_without_specs_or_budget_refuses(spec_file: Path) -> None:
     out = cli("cache", "gc", "--spec", str(spec_file))
     assert out.returncode == 1 and "give the spec files" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_outputs_carry_the_keys_they_came_from(spec_file: Path) -> None:
+    spec, manifest = cached(spec_file)
+    sidecar = json.loads((spec_file.parent / "results" / "centroids.csv.cvplgraph.json").read_text())
+    assert sidecar["node"] == "centroids" and sidecar["key"] == entry_of(manifest, "centroids").key
+    assert sidecar["input_fingerprints"] == {"input": cvplgraph.plan(spec).nodes["input"].key}
+    assert sidecar["spec"] == str(spec_file.resolve()) and sidecar["cache"] == manifest.url

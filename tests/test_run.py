@@ -167,3 +167,50 @@ def test_fsspec_file_urls_for_input_and_cache(spec_file: Path, synthetic: tuple[
     assert cvplgraph.run(spec, scheduler="threads").report.committed
     assert (spec_file.parent / "url-cache" / "manifest").is_dir()
     assert cvplgraph.plan(spec).to_compute() == []
+
+
+def test_content_fingerprint_ignores_a_touch_but_not_new_bytes(
+    spec_file: Path, tmp_path: Path, synthetic: tuple[Path, pd.DataFrame]
+) -> None:
+    """`fingerprint = "content"`: a chunk rewritten with the same bytes keeps the key; other bytes change it."""
+    import os
+    import shutil
+
+    import zarr
+
+    copy = tmp_path / "copy.ome.zarr"
+    shutil.copytree(synthetic[0], copy)
+    text = spec_file.read_text().replace(str(synthetic[0]), str(copy))
+    spec_file.write_text(text.replace("[input]\n", '[input]\nfingerprint = "content"\n'))
+    listing_file = tmp_path / "listing.toml"
+    listing_file.write_text(text)
+    key = {name: cvplgraph.plan(cvplgraph.load_spec(p)).nodes["input"].key
+           for name, p in (("content", spec_file), ("listing", listing_file))}  # fmt: skip
+    chunk = next(p for p in (copy / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    stat = chunk.stat()
+    os.utime(chunk, (stat.st_atime + 100, stat.st_mtime + 100))  # same bytes, new mtime
+    assert cvplgraph.plan(cvplgraph.load_spec(spec_file)).nodes["input"].key == key["content"]
+    assert cvplgraph.plan(cvplgraph.load_spec(listing_file)).nodes["input"].key != key["listing"]
+    array = zarr.open_array(str(copy / "0"), mode="r+")
+    array[0, 0, :4] = np.asarray(array[0, 0, :4]) + 0.25  # new bytes
+    assert cvplgraph.plan(cvplgraph.load_spec(spec_file)).nodes["input"].key != key["content"]
+
+
+def test_changed_storage_options_store_the_node_anew(spec_file: Path) -> None:
+    """Same key (same values), other pyramid: plan says why, the run stores it again, the view gets the levels."""
+    spec = cvplgraph.load_spec(spec_file)
+    cvplgraph.run(spec, scheduler="threads")
+    text = spec_file.read_text()
+    pyramid = 'op = "connected_components"\nstore = { multiscale = 3 }'
+    spec_file.write_text(text.replace('op = "connected_components"', pyramid))
+    spec = cvplgraph.load_spec(spec_file)
+    plan = cvplgraph.plan(spec)
+    assert plan.to_compute() == ["cells"]
+    assert plan.nodes["cells"].reasons == ("storage options changed: multiscale 1 → 3",)
+    cvplgraph.run(spec, scheduler="threads")
+    again = cvplgraph.plan(spec)
+    assert again.to_compute() == []
+    from cvplgraph.storage import multiscales, open_group
+
+    url = again.manifest.store_url(again.entries["cells"].store)
+    assert len(multiscales(open_group(url).attrs.asdict(), url)["datasets"]) == 3

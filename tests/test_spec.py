@@ -328,6 +328,11 @@ CASES: list[Case] = [
         set_key("input", "intensity_range", "[1.0, 0.25]"),
         (Expect("input.intensity_range", at_key("input", "intensity_range"), ("low < high", "got [1.0, 0.25]")),),
     ),
+    Case(
+        "fingerprint-unknown",
+        add_key("input", "fingerprint", '"mtime"'),
+        (Expect("input.fingerprint", at_key("input", "fingerprint"), ('"listing" or "content"', "got 'mtime'")),),
+    ),
     # ---- nodes: ops and parameters
     Case(
         "unknown-op",
