@@ -9,6 +9,7 @@ from typing import Any
 import xarray as xr
 
 from .atlas import read_atlas
+from .checkpoint import scope as checkpoint_scope
 from .compile import nodes_in_order
 from .plan import CACHED, COMPUTE, Plan
 from .spec import INPUT
@@ -54,7 +55,11 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
         args = [out.values.get(src) for _, src in node.inputs]
         by_port = dict(zip((p for p, _ in node.inputs), args))
         positional = [by_port.get(port.name) for port in node.opdef.inputs]
-        value = node.opdef.func(*positional, **dict(node.params))
+        if with_writes and node.nodespec.cache:  # keep the op's checkpoints, for a resumed run
+            with checkpoint_scope(f"{plan.manifest.url}/partial/{node.key}/checkpoints"):
+                value = node.opdef.func(*positional, **dict(node.params))
+        else:
+            value = node.opdef.func(*positional, **dict(node.params))
         out.ops_called.append(node.name)
         if isinstance(value, xr.DataArray):
             value.name = node.name

@@ -128,8 +128,8 @@ class Records:
         return out
 
     def clear(self) -> None:
-        """Remove the records (once the store's entry is committed)."""
-        fs, root = fsspec.core.url_to_fs(self.url)
+        """Remove the records and checkpoints of this key (once its entry is committed)."""
+        fs, root = fsspec.core.url_to_fs(self.url.rsplit("/", 1)[0])
         try:
             fs.rm(root, recursive=True)
         except OSError:  # gone already, or a concurrent run of the same key is still adding records:
@@ -138,8 +138,12 @@ class Records:
 
 def mark(url: str, checksums: dict[str, str | None]) -> None:
     """Record a written range (runs inside the write task, after the write) with its chunks' checksums."""
+    write_atomically(url, json.dumps(checksums, separators=(",", ":")).encode())
+
+
+def write_atomically(url: str, body: bytes) -> None:
+    """Write ``body`` so that readers see all of it or nothing, even if the writer is killed."""
     fs, path = fsspec.core.url_to_fs(url)
-    body = json.dumps(checksums, separators=(",", ":")).encode()
     if "file" not in fs.protocol:
         fs.pipe_file(path, body)  # an object store's PUT is atomic
         return

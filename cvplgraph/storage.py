@@ -351,6 +351,8 @@ def write_cached_array(
             # what an interrupted run wrote is read back: by consumers and by the next pyramid level
             data = _splice(value.data, array, chunks, records.done(0))
             resumed = value.copy(data=data)
+            for hint in [k for k in resumed.attrs if k.startswith("_cvplgraph")]:
+                del resumed.attrs[hint]  # ops' hints about the unspliced graph: consumers use the data
     return CachedWrite(rel, writes, records, len(writes), skipped, resumed)
 
 
@@ -405,7 +407,10 @@ def chunk_checksum(values: np.ndarray) -> str:
 
 def _open_or_create_group(url: str) -> zarr.Group:
     try:
-        return zarr.open_group(zarr_location(url), mode="a")
+        try:
+            return zarr.open_group(zarr_location(url), mode="a")
+        except zarr.errors.ContainsGroupError:  # a concurrent run created it a moment ago
+            return zarr.open_group(zarr_location(url), mode="r+")
     except OSError as exc:
         raise CacheError(f"{url}: cannot create the store ({exc})") from None
 

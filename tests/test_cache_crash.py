@@ -116,10 +116,15 @@ def start(spec: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str
 
 
 def records(cache: Path) -> int:
-    """Chunk records now under ``cache`` (os.walk skips folders a committing run removes meanwhile)."""
+    """Chunk records now under ``cache``."""
+    return records_in(cache / "partial")
+
+
+def records_in(folder: Path) -> int:
+    """Chunk records below ``folder`` (os.walk skips folders a committing run removes meanwhile)."""
     return sum(
-        sum(1 for f in files if f != "layout.json" and not f.startswith("."))
-        for _, _, files in os.walk(cache / "partial")
+        sum(1 for f in files if f != "layout.json" and not f.startswith(".") and not f.endswith(".npy"))
+        for _, _, files in os.walk(folder)
     )
 
 
@@ -269,3 +274,46 @@ def test_plan_reads_partial_progress_from_records(volume: Path, tmp_path: Path) 
     # level 0: 4 × 4 × 4 chunks; level 1 (32, 64, 64) in (8, 16, 16) chunks: 4 × 4 × 4 too
     assert slow.done == pytest.approx(sum(per_level) / (2 * BLOCKS))
     assert 0 < sum(per_level) < 2 * BLOCKS
+
+
+def test_a_checkpoint_is_saved_then_loaded_instead_of_computed(tmp_path: Path) -> None:
+    import dask
+
+    from cvplgraph.checkpoint import checkpoint, scope
+
+    calls: list[int] = []
+
+    def first_pass() -> np.ndarray:
+        calls.append(1)
+        return np.arange(5, dtype=np.int64)
+
+    outside = dask.delayed(first_pass)()
+    assert checkpoint("lut-grid", outside) is outside  # no run: nothing kept
+    with scope(str(tmp_path / "checkpoints")):
+        saved = checkpoint("lut-grid", dask.delayed(first_pass)())
+    np.testing.assert_array_equal(saved.compute(), np.arange(5))
+    assert calls == [1] and (tmp_path / "checkpoints" / "lut-grid.npy").exists()
+    with scope(str(tmp_path / "checkpoints")):
+        loaded = checkpoint("lut-grid", dask.delayed(first_pass)())
+    np.testing.assert_array_equal(loaded.compute(), np.arange(5))
+    assert calls == [1]  # the second time it came from the file
+
+
+def test_connected_components_resume_from_their_checkpoint(
+    volume: Path, tmp_path: Path, reference: tuple[dict[str, object], bytes]
+) -> None:
+    """Killed while writing the labels: the lookup table was kept, and the rerun is still exact."""
+    spec = project(tmp_path, volume)
+    proc = start(spec)
+    cells = cvplgraph.plan(cvplgraph.load_spec(spec)).nodes["cells"].key
+    kill_after(proc, tmp_path / "cache", 1, counter=lambda: records_in(tmp_path / "cache" / "partial" / cells))
+    kept = sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "partial" / cells).glob("checkpoints/*.npy"))
+    if not kept:
+        pytest.fail("killed before the labels were written; the kill point is chosen by their records")
+    assert kept == ["lut", "offsets"]
+    out = subprocess.run([sys.executable, "-m", "cvplgraph.cli", "run", str(spec), "--scheduler", "threads",
+                          "--quiet"], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert_same(stored(spec), reference[0])
+    assert (tmp_path / "results" / "centroids.csv").read_bytes() == reference[1]
+    assert not (tmp_path / "cache" / "partial" / cells).exists()  # cleared with the commit

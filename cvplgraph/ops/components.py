@@ -21,7 +21,7 @@ per-block partial sums through the lookup table (see ``measure``).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import cc3d
@@ -35,6 +35,7 @@ from dask.highlevelgraph import HighLevelGraph
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
+from ..checkpoint import checkpoint
 from ..errors import OpError
 from ..registry import op
 from ..types import PortType
@@ -249,6 +250,11 @@ def connected_components(mask: xr.DataArray, *, connectivity: Literal[6, 26] = 6
         on the whole array up to a permutation of ids, on any chunking.
     """
     parts = label_blocks(mask.data, connectivity=connectivity)
+    # the first pass's small results, kept for a resumed run (they depend on the block grid too)
+    grid = tokenize(mask.data.chunks, connectivity)
+    parts = replace(
+        parts, offsets=checkpoint(f"offsets-{grid}", parts.offsets), lut=checkpoint(f"lut-{grid}", parts.lut)
+    )
     out = like(relabelled(parts), mask)
     out.attrs[BLOCK_LABELS_ATTR] = parts
     return out
