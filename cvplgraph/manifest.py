@@ -125,7 +125,12 @@ class Manifest:
     def remove(self, entry: Entry) -> None:
         """Delete an entry, then its store and records (in that order: never an entry without its store)."""
         self.fs.rm(self._entry_path(entry.key))
-        for path in (f"{self.root}/stores/{entry.key}", f"{self.root}/partial/{entry.key}"):
+        # the key's folders, and the entry's own store (older caches kept stores/<key>.ome.zarr)
+        for path in (
+            f"{self.root}/{entry.store}",
+            f"{self.root}/stores/{entry.key}",
+            f"{self.root}/partial/{entry.key}",
+        ):
             try:
                 self.fs.rm(path, recursive=True)
             except FileNotFoundError:
