@@ -25,46 +25,17 @@ import sys
 import time
 from pathlib import Path
 
+from bench_pipeline import spec_text
 from machine_info import machine
 
 import cvplgraph
 from cvplgraph.demo import write_synthetic
 from cvplgraph.synth import SynthParams
 
-SPEC = """\
-[input]
-url = "{url}"
-
-[cache]
-url = "cache"
-
-[nodes.mask]
-op = "threshold"
-image = "input"
-level = 0.3
-
-[nodes.cells]
-op = "connected_components"
-mask = "mask"
-
-[nodes.centroids]
-op = "centroids"
-labels = "cells"
-image = "input"
-
-[nodes.counts]
-op = "count"
-objects = "centroids"
-block = [64, 128, 128]
-
-[outputs]
-counts = "results/counts.csv"
-"""
-
 
 def records(cache: Path) -> int:
     return sum(
-        sum(1 for f in files if f != "layout.json" and not f.startswith("."))
+        sum(1 for f in files if f != "layout.json" and not f.startswith(".") and not f.endswith(".npy"))
         for _, _, files in os.walk(cache / "partial")
     )
 
@@ -89,11 +60,12 @@ def main() -> None:
         print(f"writing {volume}")
         write_synthetic(str(volume), SynthParams(shape=tuple(args.shape), chunks=tuple(args.chunks), seed=1))
     spec_path = work / "spec.toml"
-    spec_path.write_text(SPEC.format(url=volume))
+    cache = work / "cache"
+    counting = spec_text(volume, cache, tuple(args.chunks), cache_arrays=True)  # the pipeline benchmark's spec
+    spec_path.write_text(counting + '\n[outputs]\ncounts = "results/counts.csv"\n')
     chunks = 1
     for s, c in zip(args.shape, args.chunks):
         chunks *= -(-s // c)
-    cache = work / "cache"
 
     def clear() -> None:
         shutil.rmtree(cache, ignore_errors=True)

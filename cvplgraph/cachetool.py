@@ -12,8 +12,7 @@ import zarr
 
 from .manifest import Entry, Manifest
 from .storage import child_array, chunk_checksum, multiscales, zarr_location
-
-ARRAY_TYPES = ("Image", "Mask", "Labels", "Density")
+from .types import PortType
 
 
 @dataclass(frozen=True)
@@ -76,11 +75,11 @@ def _table_problems(manifest: Manifest, entry: Entry, deep: bool) -> list[str]:
     return [] if arrays else ["store holds no arrays"]
 
 
-def verify(manifest: Manifest, *, deep: bool = False, say: object = None) -> list[Problem]:
+def verify(manifest: Manifest, *, deep: bool = False) -> list[Problem]:
     """Re-check every committed entry; damaged ones are moved out of the manifest (recomputed next run)."""
     problems = []
     for entry in sorted(manifest.entries(), key=lambda e: e.created):
-        check = _array_problems if entry.type in ARRAY_TYPES else _table_problems
+        check = _array_problems if PortType(entry.type).is_array else _table_problems
         found = check(manifest, entry, deep)
         if found:
             reason = "; ".join(found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")

@@ -21,6 +21,7 @@ from typing import Any
 
 import dask
 import fsspec
+import networkx as nx
 import xarray as xr
 
 from .errors import CvplError
@@ -131,8 +132,6 @@ def _store_bytes(url: str) -> int:
 
 def _provenance(plan: Plan, name: str) -> tuple[dict[str, int], dict[str, str]]:
     """Op versions of ``name`` and everything upstream, and the keys of the raw inputs it comes from."""
-    import networkx as nx
-
     ops: dict[str, int] = {}
     inputs: dict[str, str] = {}
     for upstream in [*nx.ancestors(plan.graph, name), name]:

@@ -9,11 +9,12 @@ from typing import Any
 import xarray as xr
 
 from .atlas import read_atlas
+from .cachestore import CachedWrite, write_cached_value
 from .checkpoint import scope as checkpoint_scope
 from .compile import nodes_in_order
 from .plan import CACHED, COMPUTE, Plan
 from .spec import INPUT
-from .storage import CachedWrite, read_input, read_value, write_cached_value
+from .storage import read_input, read_value
 
 
 @dataclass

@@ -18,6 +18,7 @@ writing the same key write the same bytes to the same chunks.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import uuid
@@ -58,8 +59,6 @@ def parse_marker(name: str) -> Ranges | None:
 
 def expand(ranges: Ranges) -> Iterable[tuple[int, ...]]:
     """Every chunk index inside ``ranges``."""
-    import itertools
-
     return itertools.product(*(range(a, b) for a, b in ranges))
 
 

@@ -9,10 +9,8 @@ task per block) so they join the run's single graph.
 
 from __future__ import annotations
 
-import uuid
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dask
@@ -21,13 +19,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
-from dask.base import tokenize
 from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from .errors import CacheError, InputError
-from .resume import Records, expand, layout_name, mark
+from .resume import Ranges, expand, mark
 from .spec import InputSpec, StoreSpec
 from .types import PortType
 from .values import DIMS, BlockCounts, Geometry, Table, wrap
@@ -188,7 +184,7 @@ def compressors(options: dict[str, Any]) -> list[Any]:
     return []
 
 
-def _downsample(data: da.Array, kind: PortType) -> da.Array:
+def downsample(data: da.Array, kind: PortType) -> da.Array:
     """One pyramid step: ×2 along every axis longer than 1; mean for images, nearest for labels."""
     factors = {a: 2 if s > 1 else 1 for a, s in enumerate(data.shape)}
     if kind.is_label:
@@ -227,7 +223,7 @@ def ngff_metadata(geometry: Geometry, levels: int, kind: PortType, name: str) ->
     return {"ome": ome}
 
 
-def _align(data: da.Array, store_chunks: tuple[int, ...] | None) -> tuple[da.Array, tuple[int, ...]]:
+def align(data: da.Array, store_chunks: tuple[int, ...] | None) -> tuple[da.Array, tuple[int, ...]]:
     """``data`` rechunked (only if needed) so its blocks cover whole stored chunks, and the stored chunk shape."""
     chunks = tuple(min(c, s) for c, s in zip(store_chunks or tuple(c[0] for c in data.chunks), data.shape))
     if all(all(c % k == 0 for c in cs[:-1]) for cs, k in zip(data.chunks, chunks)):
@@ -235,17 +231,17 @@ def _align(data: da.Array, store_chunks: tuple[int, ...] | None) -> tuple[da.Arr
     return data.rechunk(chunks), chunks
 
 
-def _levels(data: da.Array, kind: PortType, store: StoreSpec) -> list[tuple[da.Array, tuple[int, ...]]]:
+def levels(data: da.Array, kind: PortType, store: StoreSpec) -> list[tuple[da.Array, tuple[int, ...]]]:
     """Every pyramid level to store (aligned to its stored chunks), and its chunk shape."""
     out = []
     for level in range(store.multiscale):
         if level:
-            data = _downsample(data, kind)
-        out.append(_align(data, store.chunks))
+            data = downsample(data, kind)
+        out.append(align(data, store.chunks))
     return out
 
 
-def _describe(group: zarr.Group, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str) -> None:
+def describe(group: zarr.Group, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str) -> None:
     group.attrs.update(ngff_metadata(Geometry.of(value), store.multiscale, kind, name))
     # the stored chunking may suit display (e.g. 1 × 4096 × 4096); reading back for computation
     # restores the working chunking
@@ -255,130 +251,67 @@ def _describe(group: zarr.Group, value: xr.DataArray, kind: PortType, store: Sto
 def write_array(url: str, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str) -> list[Any]:
     """Create the OME-Zarr group at ``url`` now (replacing anything there); return the lazy writes of its levels.
 
-    For declared outputs. Cache stores use :func:`write_cached_array`, which never
-    replaces anything and resumes.
+    For declared outputs. Cache stores use :func:`cvplgraph.cachestore.write_cached_array`,
+    which never replaces anything and resumes.
     """
     group = create_group(url)
-    _describe(group, value, kind, store, name)
+    describe(group, value, kind, store, name)
     writes = []
-    for level, (aligned, chunks) in enumerate(_levels(value.data, kind, store)):
-        array = group.create_array(
-            str(level),
-            shape=aligned.shape,
-            chunks=chunks,
-            dtype=aligned.dtype,
-            dimension_names=list(DIMS),
-            compressors=compressors(dict(store.compressor)),
-            fill_value=0,
+    for level, (aligned, chunks) in enumerate(levels(value.data, kind, store)):
+        writes += block_writes(
+            aligned, create_array(group, str(level), aligned, chunks, dict(store.compressor)), chunks
         )
-        writes += _block_writes(aligned, array, chunks)[0]
     return writes
 
 
-def _block_writes(
-    aligned: da.Array, array: zarr.Array, chunks: tuple[int, ...], records: Records | None = None, level: int = 0
-) -> tuple[list[Delayed], int]:
-    """One Delayed task per block writing its chunks (and recording them); blocks already recorded are left out.
+def create_array(
+    group: zarr.Group, path: str, data: da.Array, chunks: tuple[int, ...], codec: dict[str, Any]
+) -> zarr.Array:
+    """A new level array in ``group`` for ``data`` stored in ``chunks`` (fill value 0)."""
+    return group.create_array(
+        path,
+        shape=data.shape,
+        chunks=chunks,
+        dtype=data.dtype,
+        dimension_names=list(DIMS),
+        compressors=compressors(codec),
+        fill_value=0,
+    )
+
+
+def block_regions(
+    chunks: tuple[tuple[int, ...], ...], stored: tuple[int, ...]
+) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...], Ranges]]:
+    """For every block of a dask chunking: its index, its region, and the stored chunks it covers."""
+    starts = [np.cumsum((0, *c)) for c in chunks]
+    for index in np.ndindex(*(len(c) for c in chunks)):
+        low = [int(starts[a][i]) for a, i in enumerate(index)]
+        high = [int(starts[a][i + 1]) for a, i in enumerate(index)]
+        region = tuple(slice(lo, hi) for lo, hi in zip(low, high))
+        yield index, region, tuple((lo // c, -(-hi // c)) for lo, hi, c in zip(low, high, stored))
+
+
+def block_writes(
+    aligned: da.Array,
+    array: zarr.Array,
+    chunks: tuple[int, ...],
+    done: set[tuple[int, ...]] = frozenset(),  # type: ignore[assignment]
+    marker: Callable[[Ranges], str] | None = None,
+) -> list[Delayed]:
+    """One Delayed task per block writing its chunks (then, with ``marker``, recording them),
+    except blocks whose chunks are all in ``done``.
 
     Delayed, not ``da.store``: dask (2026.8) misorders results when one
-    ``compute`` mixes arrays and delayed objects. Returns the tasks and the
-    number of blocks left out.
+    ``compute`` mixes arrays and delayed objects.
     """
-    done = records.done(level) if records is not None else set()
     blocks = aligned.to_delayed(optimize_graph=False)  # keep task names: consumers share these blocks
-    starts = [np.cumsum((0, *c)) for c in aligned.chunks]
     writes = []
-    skipped = 0
-    for index in np.ndindex(*aligned.numblocks):
-        low = [int(starts[a][i]) for a, i in enumerate(index)]
-        high = [int(starts[a][i + 1]) for a, i in enumerate(index)]
-        ranges = tuple((lo // c, -(-hi // c)) for lo, hi, c in zip(low, high, chunks))
+    for index, region, ranges in block_regions(aligned.chunks, chunks):
         if done and all(chunk in done for chunk in expand(ranges)):
-            skipped += 1
             continue
-        region = tuple(slice(lo, hi) for lo, hi in zip(low, high))
-        marker = records.marker_url(level, ranges) if records is not None else None
-        writes.append(dask.delayed(_write_block, pure=False)(blocks[index], array, region, marker))
-    return writes, skipped
-
-
-@dataclass
-class CachedWrite:
-    """The lazy writes of one cache store, and how much of it an earlier run already wrote."""
-
-    store: str  # path relative to the cache root
-    writes: list[Any]
-    records: Records | None  # chunk completion records (arrays only)
-    blocks: int  # write tasks in this run
-    blocks_done: int  # blocks skipped: every chunk already recorded
-    resumed: xr.DataArray | None = None  # the value with recorded blocks read from the store, when any
-
-
-def write_cached_array(
-    cache_url: str, key: str, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str
-) -> CachedWrite:
-    """Lazy, resumable writes of ``value`` to ``stores/<key>/<layout>.ome.zarr``.
-
-    The store is opened, or created if missing — never replaced, so a run
-    writing the same key concurrently, or an earlier run's chunks, stay valid.
-    One task per block writes its chunks, then records them; blocks whose
-    chunks are all recorded are left out of the graph (dask then computes only
-    what the other blocks need).
-    """
-    levels = _levels(value.data, kind, store)
-    codec = dict(store.compressor)
-    dtype = str(value.data.dtype)
-    shapes = [(tuple(a.shape), c) for a, c in levels]
-    layout = layout_name(shapes, dtype, codec)
-    rel = f"stores/{key}/{layout}.ome.zarr"
-    records = Records.of(cache_url, key, layout, shapes)
-    records.prepare(dtype, codec)
-    group = _open_or_create_group(f"{cache_url.rstrip('/')}/{rel}")
-    _describe(group, value, kind, store, name)
-    writes: list[Any] = []
-    skipped = 0
-    resumed = None
-    data = value.data
-    for level in range(store.multiscale):
-        if level:
-            data = _downsample(data, kind)
-        aligned, chunks = _align(data, store.chunks)
-        array = _open_or_create_array(group, str(level), aligned, chunks, codec)
-        tasks, left_out = _block_writes(aligned, array, chunks, records, level)
-        writes += tasks
-        skipped += left_out
-        if level == 0 and left_out and aligned is value.data:
-            # what an interrupted run wrote is read back: by consumers and by the next pyramid level
-            data = _splice(value.data, array, chunks, records.done(0))
-            resumed = value.copy(data=data)
-            for hint in [k for k in resumed.attrs if k.startswith("_cvplgraph")]:
-                del resumed.attrs[hint]  # ops' hints about the unspliced graph: consumers use the data
-    return CachedWrite(rel, writes, records, len(writes), skipped, resumed)
-
-
-def _splice(data: da.Array, array: zarr.Array, chunks: tuple[int, ...], done: set[tuple[int, ...]]) -> da.Array:
-    """``data`` whose blocks with every chunk recorded are read from ``array`` instead of computed.
-
-    Consumers of a resumed node then need only the missing blocks computed
-    (dask culls the rest of the graph).
-    """
-    name = "resumed-" + tokenize(data.name, array.store_path, sorted(done))
-    starts = [np.cumsum((0, *c)) for c in data.chunks]
-    layer: dict[Any, Any] = {}
-    for index in np.ndindex(*data.numblocks):
-        low = [int(starts[a][i]) for a, i in enumerate(index)]
-        high = [int(starts[a][i + 1]) for a, i in enumerate(index)]
-        ranges = tuple((lo // c, -(-hi // c)) for lo, hi, c in zip(low, high, chunks))
-        if all(chunk in done for chunk in expand(ranges)):
-            layer[(name, *index)] = (_read_region, array, tuple(slice(lo, hi) for lo, hi in zip(low, high)))
-        else:
-            layer[(name, *index)] = (data.name, *index)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])  # type: ignore[list-item]
-    return da.Array(graph, name, data.chunks, dtype=data.dtype)
-
-
-def _read_region(array: zarr.Array, region: tuple[slice, ...]) -> np.ndarray:
-    return np.asarray(array[region])
+        url = marker(ranges) if marker is not None else None
+        writes.append(dask.delayed(_write_block, pure=False)(blocks[index], array, region, url))
+    return writes
 
 
 def _write_block(block: np.ndarray, array: zarr.Array, region: tuple[slice, ...], marker: str | None) -> int:
@@ -403,37 +336,6 @@ def _write_block(block: np.ndarray, array: zarr.Array, region: tuple[slice, ...]
 def chunk_checksum(values: np.ndarray) -> str:
     """CRC-32 of a chunk's values (C order), independent of how the chunk is compressed."""
     return f"{zlib.crc32(np.ascontiguousarray(values).tobytes()):08x}"
-
-
-def _open_or_create_group(url: str) -> zarr.Group:
-    try:
-        try:
-            return zarr.open_group(zarr_location(url), mode="a")
-        except zarr.errors.ContainsGroupError:  # a concurrent run created it a moment ago
-            return zarr.open_group(zarr_location(url), mode="r+")
-    except OSError as exc:
-        raise CacheError(f"{url}: cannot create the store ({exc})") from None
-
-
-def _open_or_create_array(
-    group: zarr.Group, path: str, data: da.Array, chunks: tuple[int, ...], codec: dict[str, Any]
-) -> zarr.Array:
-    try:
-        return group.create_array(
-            path,
-            shape=data.shape,
-            chunks=chunks,
-            dtype=data.dtype,
-            dimension_names=list(DIMS),
-            compressors=compressors(codec),
-            fill_value=0,
-        )
-    except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError, FileExistsError):
-        pass  # written (in part) by an earlier or concurrent run with the same layout: same values
-    array = group[path]
-    if not isinstance(array, zarr.Array) or array.shape != data.shape or tuple(array.chunks) != chunks:
-        raise CacheError(f"{group.store}: array {path} does not have the layout its name promises; remove it")
-    return array
 
 
 def read_array(url: str, level: int = 0, *, working: bool = True) -> xr.DataArray:
@@ -520,27 +422,6 @@ def _read_counts(url: str) -> np.ndarray:
 
 #: Types carried as a :class:`~cvplgraph.values.Table` and stored as a zarr group of columns.
 TABLE_TYPES = (PortType.Points, PortType.RegionTable)
-
-
-def write_cached_value(
-    cache_url: str, key: str, value: Any, kind: PortType, store: StoreSpec, name: str
-) -> CachedWrite:
-    """Lazy writes that store ``value`` of type ``kind`` in the cache under ``key``.
-
-    Arrays resume chunk by chunk (:func:`write_cached_array`). Tables and block
-    counts are small and written by one task, into a folder of their own per
-    run (``stores/<key>/<run>.zarr``), so concurrent runs never write into each
-    other's store.
-    """
-    if kind.is_array:
-        return write_cached_array(cache_url, key, value, kind, store, name)
-    rel = f"stores/{key}/{uuid.uuid4().hex[:12]}.zarr"
-    url = f"{cache_url.rstrip('/')}/{rel}"
-    if kind in TABLE_TYPES:
-        return CachedWrite(rel, [write_table(url, value)], None, 1, 0)
-    if kind is PortType.BlockCounts:
-        return CachedWrite(rel, [write_counts(url, value)], None, 1, 0)
-    raise InputError(f"no storage for values of type {kind}")
 
 
 def read_value(url: str, kind: PortType) -> Any:

@@ -35,10 +35,6 @@ from .values import BlockCounts, Geometry, Table
 LayerData = tuple[Any, dict[str, Any], str]
 
 
-class NotCachedError(CvplError):
-    """A node asked for display has no cache entry yet."""
-
-
 @dataclass
 class Layers:
     """The layers of a spec, and the nodes that could not be shown (with the reason)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -59,3 +61,13 @@ def spec_file(tmp_path: Path, synthetic: tuple[Path, pd.DataFrame]) -> Path:
     path = tmp_path / "spec.toml"
     path.write_text(SPEC.format(url=synthetic[0], level=0.3))
     return path
+
+
+@pytest.fixture(autouse=True)
+def _plugin_forgotten() -> Iterator[None]:
+    """The cache tests load a plugin op, `slow_copy`, into this process: forget it after each test."""
+    from cvplgraph.registry import REGISTRY
+
+    yield
+    REGISTRY.pop("slow_copy", None)  # together: a later import registers it afresh
+    sys.modules.pop("slow_ops", None)

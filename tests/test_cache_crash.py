@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,16 +81,6 @@ centroids = "{out}/centroids.csv"
 BLOCKS = 64  # (64, 128, 128) in (16, 32, 32) chunks
 
 
-@pytest.fixture(autouse=True)
-def _plugin_forgotten() -> Iterator[None]:
-    """Loading the specs here registers `slow_copy` in this process: forget it afterwards."""
-    from cvplgraph.registry import REGISTRY
-
-    yield
-    REGISTRY.pop("slow_copy", None)  # together: a later import registers it afresh
-    sys.modules.pop("slow_ops", None)
-
-
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
     url = tmp_path_factory.mktemp("crash") / "volume.ome.zarr"
@@ -106,6 +96,12 @@ def project(folder: Path, volume: Path, seconds: float = 0.05, cache: str | None
     spec.write_text(SPEC.format(url=volume, cache=cache or folder / "cache", seconds=seconds,
                                 log=folder / "log", out=folder / "results"))  # fmt: skip
     return spec
+
+
+def run_to_end(spec: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`cvplgraph run SPEC` in a process of its own, to the end."""
+    return subprocess.run([sys.executable, "-m", "cvplgraph.cli", "run", str(spec), "--scheduler", "threads",
+                           "--quiet"], capture_output=True, text=True, env=env)  # fmt: skip
 
 
 def start(spec: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -170,8 +166,7 @@ def assert_same(a: dict[str, object], b: dict[str, object]) -> None:
 def reference(volume: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], bytes]:
     """An uninterrupted run: stored values and the output file."""
     spec = project(tmp_path_factory.mktemp("reference"), volume, seconds=0.0)
-    out = subprocess.run([sys.executable, "-m", "cvplgraph.cli", "run", str(spec), "--scheduler", "threads",
-                          "--quiet"], capture_output=True, text=True)  # fmt: skip
+    out = run_to_end(spec)
     assert out.returncode == 0, out.stderr
     return stored(spec), (spec.parent / "results" / "centroids.csv").read_bytes()
 
@@ -190,8 +185,7 @@ def test_kill_minus_9_then_rerun_gives_identical_results(
     spec = project(tmp_path, volume)
     kill_after(start(spec), tmp_path / "cache", kill_at)
     committed_entries_are_complete(spec, reference[0])
-    out = subprocess.run([sys.executable, "-m", "cvplgraph.cli", "run", str(spec), "--scheduler", "threads",
-                          "--quiet"], capture_output=True, text=True)  # fmt: skip
+    out = run_to_end(spec)
     assert out.returncode == 0, out.stderr
     assert_same(stored(spec), reference[0])
     assert (tmp_path / "results" / "centroids.csv").read_bytes() == reference[1]
@@ -311,8 +305,7 @@ def test_connected_components_resume_from_their_checkpoint(
     if not kept:
         pytest.fail("killed before the labels were written; the kill point is chosen by their records")
     assert kept == ["lut", "offsets"]
-    out = subprocess.run([sys.executable, "-m", "cvplgraph.cli", "run", str(spec), "--scheduler", "threads",
-                          "--quiet"], capture_output=True, text=True)  # fmt: skip
+    out = run_to_end(spec)
     assert out.returncode == 0, out.stderr
     assert_same(stored(spec), reference[0])
     assert (tmp_path / "results" / "centroids.csv").read_bytes() == reference[1]

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from test_cache_crash import BLOCKS, _plugin_forgotten, assert_same, kill_after, project, start, stored
+from test_cache_crash import BLOCKS, assert_same, kill_after, project, run_to_end, start, stored
 
 import cvplgraph
-
-__all__ = ["_plugin_forgotten"]  # the autouse fixture, active in this module too
 
 pytest.importorskip("moto", reason="moto[server] is a test dependency: pip install -e '.[test]'")
 pytest.importorskip("s3fs", reason="s3fs is a test dependency: pip install -e '.[test]'")
@@ -85,11 +83,6 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return url
 
 
-def run(spec: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cvplgraph.cli", "run", str(spec), "--scheduler", "threads",
-                           "--quiet"], capture_output=True, text=True, env=env)  # fmt: skip
-
-
 def s3_records(prefix: str) -> int:
     fs = fsspec.filesystem("s3")
     fs.invalidate_cache()
@@ -103,7 +96,7 @@ def s3_records(prefix: str) -> int:
 @pytest.fixture(scope="module")
 def local_reference(volume: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], bytes]:
     spec = project(tmp_path_factory.mktemp("s3reference"), volume, seconds=0.0)
-    out = run(spec, dict(os.environ))
+    out = run_to_end(spec, dict(os.environ))
     assert out.returncode == 0, out.stderr
     return stored(spec), (spec.parent / "results" / "centroids.csv").read_bytes()
 
@@ -111,7 +104,7 @@ def local_reference(volume: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 def test_hits_and_invalidation_on_s3(s3: dict[str, str], volume: Path, tmp_path: Path,
                                      local_reference: tuple[dict[str, object], bytes]) -> None:  # fmt: skip
     spec = project(tmp_path, volume, seconds=0.0, cache="s3://cvplgraph-test/hits")
-    first = run(spec, s3)
+    first = run_to_end(spec, s3)
     assert first.returncode == 0, first.stderr
     assert_same(stored(spec), local_reference[0])  # same bytes as with a local cache
     assert (tmp_path / "results" / "centroids.csv").read_bytes() == local_reference[1]
@@ -137,7 +130,7 @@ def test_kill_and_resume_on_s3(s3: dict[str, str], volume: Path, tmp_path: Path,
     assert slow.done is not None and 0 < slow.done < 1
     for f in (tmp_path / "log").iterdir():
         f.unlink()
-    again = run(spec, s3)
+    again = run_to_end(spec, s3)
     assert again.returncode == 0, again.stderr
     assert 0 < len(list((tmp_path / "log").iterdir())) < BLOCKS  # resumed, not restarted
     assert_same(stored(spec), {n: local_reference[0][n] for n in ("slow", "mask")})
@@ -146,7 +139,7 @@ def test_kill_and_resume_on_s3(s3: dict[str, str], volume: Path, tmp_path: Path,
 def test_verify_finds_a_deleted_object(s3: dict[str, str], volume: Path, tmp_path: Path) -> None:
     prefix = "cvplgraph-test/verify"
     spec = project(tmp_path, volume, seconds=0.0, cache=f"s3://{prefix}")
-    assert run(spec, s3).returncode == 0
+    assert run_to_end(spec, s3).returncode == 0
     plan = cvplgraph.plan(cvplgraph.load_spec(spec))
     fs = fsspec.filesystem("s3")
     chunks = sorted(fs.find(f"{prefix}/{plan.entries['mask'].store}/0/c"))
