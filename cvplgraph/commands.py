@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import CvplError
@@ -17,6 +18,12 @@ def _fmt_bytes(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return str(n)
+
+
+def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of text as lines with columns padded to a common width."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def format_plan(plan: Plan) -> str:
@@ -37,8 +44,7 @@ def format_plan(plan: Plan) -> str:
                 "; ".join(p.reasons),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
+    lines = _aligned(rows)
     n = len(plan.to_compute())
     lines.append(
         f"\n{n} node(s) to compute, {sum(p.status == 'cached' for p in plan.nodes.values())} cached; "
@@ -175,13 +181,14 @@ def cmd_view(args: argparse.Namespace) -> int:
     found = layers(spec, args.nodes)
     for name, why in found.missing.items():
         print(f"cvplgraph: {name}: {why}", file=sys.stderr)
+    status = 1 if found.missing and args.nodes else 0  # a node named but not cached
     if args.no_window:
         for data, kwargs, layer_type in found.data:
             levels = len(data) if kwargs.get("multiscale") else 1
             shape = tuple((data[0] if kwargs.get("multiscale") else data).shape)
             print(f"{kwargs['name']}: {layer_type}, shape {shape}, {levels} level(s), "
                   f"scale {tuple(kwargs['scale'])}, translate {tuple(kwargs['translate'])}")  # fmt: skip
-        return 1 if found.missing and args.nodes else 0
+        return status
     try:
         import napari
     except ImportError:
@@ -190,7 +197,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     if args.screenshot:
         screenshot(found, args.screenshot, size=args.size, z=args.z, thickness=args.thickness, title=title)
         print(f"screenshot: {args.screenshot}")
-        return 1 if found.missing and args.nodes else 0
+        return status
     viewer = napari.Viewer(title=title)
     add(viewer, found)
     napari.run()
@@ -215,9 +222,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         now = time.time()
         rows = [("key", "node", "op", "type", "bytes", "age", "spec")]
         rows += [(e.key, e.node, e.op, e.type, _fmt_bytes(e.bytes), age(now - e.created), e.spec) for e in entries]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("\n".join(_aligned(rows)))
         print(f"{len(entries)} entries, {_fmt_bytes(sum(e.bytes for e in entries))}; cache: {manifest.url}")
         return 0
     if args.action == "show":
