@@ -101,9 +101,7 @@ def write_cached_array(
             # what an interrupted run wrote is read back: by consumers and by the next pyramid levels
             spliced = _splice(value.data, array, chunks, done)
             pyramid[1:] = levels(spliced, kind, store)[1:]
-            out.resumed = value.copy(data=spliced)
-            for hint in [k for k in out.resumed.attrs if k.startswith("_cvplgraph")]:
-                del out.resumed.attrs[hint]  # ops' hints about the unspliced graph: consumers use the data
+            out.resumed = value.copy(data=spliced)  # ops' hints stay: they describe the same values
     return out
 
 

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import zarr
@@ -129,6 +130,72 @@ def garbage(
             doomed.append(entry)
             total -= entry.bytes
     return doomed
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """Something in the cache that no entry describes."""
+
+    path: str  # relative to the cache root
+    bytes: int
+    reason: str
+
+
+def orphans(manifest: Manifest, *, grace_seconds: float) -> list[Orphan]:
+    """Stores and records without an entry, last written more than ``grace_seconds`` ago (a run
+    still writing them is younger), and records left beside committed entries.
+
+    What a key was last written is the newest modification time among its chunk records and
+    checkpoints and the metadata of its stores: records are added all through a run, so a long
+    run's store counts as alive for as long as it makes progress.
+    """
+    fs, root = manifest.fs, manifest.root
+    committed = {e.key for e in manifest.entries()}
+    found: dict[str, list[str]] = {}
+    for folder in ("stores", "partial"):
+        try:
+            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root}/{folder}", detail=False)]
+        except FileNotFoundError:
+            continue
+        for name in names:  # stores/<key>/… (older caches: stores/<key>.ome.zarr), partial/<key>/…
+            found.setdefault(name.split(".", 1)[0], []).append(f"{folder}/{name}")
+    now = time.time()
+    out = []
+    for key, paths in sorted(found.items()):
+        if key in committed:
+            out += [Orphan(p, _bytes(fs, f"{root}/{p}"), "records of a committed entry") for p in paths
+                    if p.startswith("partial/")]  # fmt: skip
+            continue
+        idle = now - max(_modified(fs, f"{root}/{p}") for p in paths)
+        if idle >= grace_seconds:
+            out += [Orphan(p, _bytes(fs, f"{root}/{p}"), f"no entry, last written {age(idle)} ago") for p in paths]
+    return out
+
+
+def _modified(fs: Any, path: str) -> float:
+    """Newest modification time of the files that say a run is alive: every file under
+    ``partial/<key>``; the folder's own entries and each store's top-level metadata under ``stores``."""
+    if "/partial/" in path:
+        infos = list(fs.find(path, detail=True).values())
+    else:
+        infos = fs.ls(path, detail=True) if fs.isdir(path) else [fs.info(path)]
+        infos += [fs.info(f"{i['name']}/zarr.json") for i in list(infos) if fs.exists(f"{i['name']}/zarr.json")]
+    times = [_mtime(info) for info in infos] + [0.0]
+    return max(t for t in times if t is not None)
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    stamp = info.get("mtime", info.get("LastModified"))
+    if stamp is None:
+        return None  # a folder on an object store
+    return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
+
+
+def _bytes(fs: Any, path: str) -> int:
+    try:
+        return int(fs.du(path))
+    except FileNotFoundError:
+        return 0
 
 
 def age(seconds: float) -> str:

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         "`show KEY` prints an entry with its provenance; `verify` re-checks every entry's store "
         "(metadata and chunk presence, with --deep every chunk's values) and moves damaged entries "
         "out of the manifest so the next run recomputes them (exit 1 when any); `gc` removes entries "
-        "not needed by the given specs or beyond an age/size budget (--dry-run lists them).",
+        "not needed by the given specs or beyond an age/size budget, and leftovers no entry describes "
+        "(stores and chunk records of killed runs) once idle for --grace hours (--dry-run lists them).",
     )
     p.add_argument("action", choices=["ls", "show", "verify", "gc"])
     p.add_argument(
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="gc: list what would be removed, remove nothing")
     p.add_argument("--max-age", type=float, metavar="DAYS", help="gc: also remove entries older than this")
     p.add_argument("--max-size", type=float, metavar="GB", help="gc: then remove the oldest until the cache fits")
+    p.add_argument("--grace", type=float, default=24.0, metavar="HOURS",
+                   help="gc: leave leftovers written to in the last HOURS alone, a run may still be writing "
+                   "them (default 24)")  # fmt: skip
     _add_common(p)
 
     p = sub.add_parser(

@@ -29,6 +29,7 @@ from .lower import Lowered, lower
 from .manifest import Entry
 from .outputs import region_dataset, write_block_counts, write_points, write_regions
 from .plan import CACHED, Plan, make_plan
+from .resume import clear_partial
 from .spec import Spec
 from .storage import read_value, write_array
 from .types import PortType
@@ -184,8 +185,7 @@ def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> li
                 checksums = json.dumps({"levels": written.records.checksums()}).encode()
                 plan.manifest.fs.pipe_file(f"{plan.manifest.root}/{written.store}.chunks.json", checksums)
             plan.manifest.commit(entry)
-        if written.records is not None:
-            written.records.clear()
+        clear_partial(plan.manifest.url, node.key)  # records and the op's checkpoints
         committed.append(name)
     return committed
 

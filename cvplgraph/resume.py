@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -126,13 +127,14 @@ class Records:
             out.append(dict(sorted(sums.items())))
         return out
 
-    def clear(self) -> None:
-        """Remove the records and checkpoints of this key (once its entry is committed)."""
-        fs, root = fsspec.core.url_to_fs(self.url.rsplit("/", 1)[0])
-        try:
-            fs.rm(root, recursive=True)
-        except OSError:  # gone already, or a concurrent run of the same key is still adding records:
-            pass  # leftovers of a committed key are never read again (`cache gc` removes them)
+
+def clear_partial(cache_url: str, key: str) -> None:
+    """Remove the records and checkpoints of ``key`` (once its entry is committed)."""
+    fs, root = fsspec.core.url_to_fs(f"{cache_url.rstrip('/')}/partial/{key}")
+    try:
+        fs.rm(root, recursive=True)
+    except OSError:  # gone already, or a concurrent run of the same key is still adding records:
+        pass  # leftovers of a committed key are never read again (`cache gc` removes them)
 
 
 def mark(url: str, checksums: dict[str, str | None]) -> None:
@@ -142,15 +144,26 @@ def mark(url: str, checksums: dict[str, str | None]) -> None:
 
 def write_atomically(url: str, body: bytes) -> None:
     """Write ``body`` so that readers see all of it or nothing, even if the writer is killed."""
-    fs, path = fsspec.core.url_to_fs(url)
-    if "file" not in fs.protocol:
-        fs.pipe_file(path, body)  # an object store's PUT is atomic
-        return
-    folder, name = path.rsplit("/", 1)
-    tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"  # not a marker name: ignored if a kill leaves it
-    fs.makedirs(folder, exist_ok=True)  # a concurrent run that committed this key may have cleared the records
-    fs.pipe_file(tmp, body)
-    fs.mv(tmp, path)
+    if "://" in url and not url.startswith("file://"):
+        fs, path = fsspec.core.url_to_fs(url)
+        if "file" not in fs.protocol:
+            fs.pipe_file(path, body)  # an object store's PUT is atomic
+            return
+    else:  # a local path: plain os calls, this runs once per written block
+        path = url.removeprefix("file://")
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")  # not a marker name: ignored if left by a kill
+    try:
+        _write_file(tmp, body)
+    except FileNotFoundError:  # a concurrent run that committed this key may have cleared the records
+        os.makedirs(folder, exist_ok=True)
+        _write_file(tmp, body)
+    os.replace(tmp, path)
+
+
+def _write_file(path: str, body: bytes) -> None:
+    with open(path, "wb") as file:
+        file.write(body)
 
 
 def partial_progress(cache_url: str, key: str) -> float | None:

@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from dask.base import tokenize
 from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from .errors import CacheError, InputError
@@ -298,20 +300,23 @@ def block_writes(
     done: set[tuple[int, ...]] = frozenset(),  # type: ignore[assignment]
     marker: Callable[[Ranges], str] | None = None,
 ) -> list[Delayed]:
-    """One Delayed task per block writing its chunks (then, with ``marker``, recording them),
-    except blocks whose chunks are all in ``done``.
+    """One task per block writing its chunks (then, with ``marker``, recording them), except
+    blocks whose chunks are all in ``done``; each task as a Delayed.
 
     Delayed, not ``da.store``: dask (2026.8) misorders results when one
-    ``compute`` mixes arrays and delayed objects.
+    ``compute`` mixes arrays and delayed objects. The tasks share one graph
+    layer built here (a ``dask.delayed`` call per block tokenizes its
+    arguments, which costs more than the layer for thousands of blocks).
     """
-    blocks = aligned.to_delayed(optimize_graph=False)  # keep task names: consumers share these blocks
-    writes = []
+    name = "write_block-" + tokenize(aligned.name, str(array.store_path), sorted(done), marker is None)
+    layer: dict[Any, Any] = {}
     for index, region, ranges in block_regions(aligned.chunks, chunks):
         if done and all(chunk in done for chunk in expand(ranges)):
             continue
         url = marker(ranges) if marker is not None else None
-        writes.append(dask.delayed(_write_block, pure=False)(blocks[index], array, region, url))
-    return writes
+        layer[(name, *index)] = (_write_block, (aligned.name, *index), array, region, url)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[aligned])  # type: ignore[list-item]
+    return [Delayed(key, graph, layer=name) for key in layer]
 
 
 def _write_block(block: np.ndarray, array: zarr.Array, region: tuple[slice, ...], marker: str | None) -> int:

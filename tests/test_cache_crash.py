@@ -98,17 +98,22 @@ def project(folder: Path, volume: Path, seconds: float = 0.05, cache: str | None
     return spec
 
 
-def run_to_end(spec: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def command(spec: Path, scheduler: str | None) -> list[str]:
+    """`cvplgraph run SPEC` on ``scheduler`` (None: the spec's cluster, a LocalCluster here)."""
+    where = ["--scheduler", scheduler] if scheduler else []
+    return [sys.executable, "-m", "cvplgraph.cli", "run", str(spec), *where, "--quiet"]
+
+
+def run_to_end(
+    spec: Path, env: dict[str, str] | None = None, scheduler: str | None = "threads"
+) -> subprocess.CompletedProcess[str]:
     """`cvplgraph run SPEC` in a process of its own, to the end."""
-    return subprocess.run([sys.executable, "-m", "cvplgraph.cli", "run", str(spec), "--scheduler", "threads",
-                           "--quiet"], capture_output=True, text=True, env=env)  # fmt: skip
+    return subprocess.run(command(spec, scheduler), capture_output=True, text=True, env=env)
 
 
-def start(spec: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cvplgraph.cli", "run", str(spec), "--scheduler", "threads", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env,
-    )  # fmt: skip
+def start(spec: Path, env: dict[str, str] | None = None, scheduler: str | None = "threads") -> subprocess.Popen[str]:
+    return subprocess.Popen(command(spec, scheduler), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env)  # fmt: skip
 
 
 def records(cache: Path) -> int:
@@ -117,10 +122,12 @@ def records(cache: Path) -> int:
 
 
 def records_in(folder: Path) -> int:
-    """Chunk records below ``folder`` (os.walk skips folders a committing run removes meanwhile)."""
+    """Chunk records below ``folder``, not counting ops' checkpoints (os.walk skips folders a
+    committing run removes meanwhile)."""
     return sum(
-        sum(1 for f in files if f != "layout.json" and not f.startswith(".") and not f.endswith(".npy"))
-        for _, _, files in os.walk(folder)
+        sum(1 for f in files if f != "layout.json" and not f.startswith("."))
+        for path, _, files in os.walk(folder)
+        if "checkpoints" not in Path(path).parts
     )
 
 
@@ -189,7 +196,26 @@ def test_kill_minus_9_then_rerun_gives_identical_results(
     assert out.returncode == 0, out.stderr
     assert_same(stored(spec), reference[0])
     assert (tmp_path / "results" / "centroids.csv").read_bytes() == reference[1]
-    assert not (tmp_path / "cache" / "partial").exists() or records(tmp_path / "cache") == 0
+    leftovers = [p for p in (tmp_path / "cache" / "partial").rglob("*") if p.is_file()]
+    assert leftovers == []  # committed: records and checkpoints are gone
+
+
+def test_kill_minus_9_on_a_local_cluster_then_rerun(
+    volume: Path, tmp_path: Path, reference: tuple[dict[str, object], bytes]
+) -> None:
+    """The same on a LocalCluster of two worker processes (the kill takes the run's whole process
+    group, workers included), killed half-way through the first node's chunks."""
+    spec = project(tmp_path, volume)
+    spec.write_text(spec.read_text() + "\n[cluster]\nn_workers = 2\nthreads_per_worker = 1\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = start(spec, env, scheduler=None)  # workers import the plugin op through PYTHONPATH
+    kill_after(proc, tmp_path / "cache", BLOCKS // 2)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
+    committed_entries_are_complete(spec, reference[0])
+    out = run_to_end(spec, env, scheduler=None)
+    assert out.returncode == 0, out.stderr
+    assert_same(stored(spec), reference[0])
+    assert (tmp_path / "results" / "centroids.csv").read_bytes() == reference[1]
 
 
 def test_resume_computes_only_the_missing_blocks(volume: Path, tmp_path: Path,
@@ -291,6 +317,44 @@ def test_a_checkpoint_is_saved_then_loaded_instead_of_computed(tmp_path: Path) -
         loaded = checkpoint("lut-grid", dask.delayed(first_pass)())
     np.testing.assert_array_equal(loaded.compute(), np.arange(5))
     assert calls == [1]  # the second time it came from the file
+
+
+def test_block_checkpoints_load_what_was_saved_and_compute_the_rest(tmp_path: Path) -> None:
+    import dask
+
+    from cvplgraph.checkpoint import checkpoint_blocks, scope
+
+    calls: list[int] = []
+
+    def summary(i: int) -> tuple[np.ndarray, ...]:
+        calls.append(i)
+        return (
+            np.asarray(i, dtype=np.int64),
+            np.full((2, 3), i, dtype=np.uint32),
+            np.linspace(0, i, 4),
+            np.empty((0, 3)),
+        )
+
+    def blocks(n: int) -> list:
+        return [dask.delayed(summary, pure=True)(i) for i in range(n)]
+
+    outside = blocks(3)
+    assert checkpoint_blocks("faces", outside) is outside  # no run: nothing kept
+    folder = tmp_path / "checkpoints"
+    with scope(str(folder)):
+        first = checkpoint_blocks("faces", blocks(4)[:2])  # an interrupted run saved blocks 0 and 1
+    dask.compute(*first)
+    assert sorted(calls) == [0, 1] and sorted(p.name for p in (folder / "faces").iterdir()) == ["0", "1"]
+    calls.clear()
+    with scope(str(folder)):
+        resumed = checkpoint_blocks("faces", blocks(4))
+    values = dask.compute(*resumed)
+    assert sorted(calls) == [2, 3]  # blocks 0 and 1 came from their files
+    for i, parts in enumerate(values):
+        expected = summary(i)
+        assert [(p.dtype, p.shape) for p in parts] == [(p.dtype, p.shape) for p in expected]
+        for got, want in zip(parts, expected):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_connected_components_resume_from_their_checkpoint(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,11 +118,41 @@ def test_gc_keeps_everything_a_spec_needs(spec_file: Path, tmp_path: Path) -> No
         assert not (Path(manifest.root) / "stores" / key).exists()
 
 
-def test_gc_without_specs_or_budget_refuses(spec_file: Path) -> None:
-    cached(spec_file)
+def test_gc_removes_leftovers_once_idle_and_keeps_every_entry(spec_file: Path) -> None:
+    """Leftovers of killed runs (a store and its records without an entry) go once idle for
+    --grace hours; records beside a committed entry go at once; entries stay without a spec."""
+    spec, manifest = cached(spec_file)
+    root = Path(manifest.root)
+    cells = entry_of(manifest, "cells")
+
+    def leftover(key: str, days_idle: float) -> list[Path]:
+        store = root / "stores" / key / "abc.ome.zarr"
+        shutil.copytree(root / cells.store, store)
+        record = root / "partial" / key / "abc" / "0" / "0-1.0-1.0-1"
+        record.parent.mkdir(parents=True)
+        record.write_text('{"0.0.0": null}')
+        stamp = time.time() - days_idle * 86400
+        for path in [*store.rglob("*"), *record.parent.parent.rglob("*"), store]:
+            os.utime(path, (stamp, stamp))
+        return [root / "stores" / key, root / "partial" / key]
+
+    stale, fresh = leftover("0" * 24, days_idle=2), leftover("1" * 24, days_idle=0)
+    beside = root / "partial" / cells.key / "abc" / "0" / "0-1.0-1.0-1"  # a concurrent run's late record
+    beside.parent.mkdir(parents=True)
+    beside.write_text("{}")
+    entries = {e.key for e in manifest.entries()}
+
+    dry = cli("cache", "gc", "--spec", str(spec_file), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("would remove") == 3 and "1" * 24 not in dry.stdout
+    assert all(p.exists() for p in [*stale, *fresh, beside])
     out = cli("cache", "gc", "--spec", str(spec_file))
-    assert out.returncode == 1 and "give the spec files" in out.stderr
-    assert "Traceback" not in out.stderr
+    assert out.returncode == 0 and "entries kept" in out.stdout, out.stderr
+    assert not any(p.exists() for p in [*stale, beside]) and all(p.exists() for p in fresh)
+    assert {e.key for e in manifest.entries()} == entries
+    assert cvplgraph.plan(cvplgraph.load_spec(spec_file)).to_compute() == []
+    assert cli("cache", "gc", "--spec", str(spec_file), "--grace", "0").returncode == 0
+    assert not any(p.exists() for p in fresh) and {e.key for e in manifest.entries()} == entries
 
 
 def test_outputs_carry_the_keys_they_came_from(spec_file: Path) -> None:

@@ -35,7 +35,7 @@ from dask.highlevelgraph import HighLevelGraph
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
-from ..checkpoint import checkpoint
+from ..checkpoint import checkpoint, checkpoint_blocks
 from ..errors import OpError
 from ..registry import op
 from ..types import PortType
@@ -72,16 +72,23 @@ def _label_block(block: np.ndarray, connectivity: Literal[6, 26]) -> np.ndarray:
     return cc3d.connected_components(block, connectivity=connectivity, binary_image=True, out_dtype=np.uint32)
 
 
-def _faces(labels: np.ndarray) -> tuple[int, tuple[tuple[np.ndarray, np.ndarray], ...]]:
+#: A block's summary: its label count (a 0-d array), then its first and last layer along z, y and x
+#: (plain arrays, so that a checkpoint can save it).
+Summary = tuple[np.ndarray, ...]
+
+
+def _faces(labels: np.ndarray) -> Summary:
     """A block's label count and its (first, last) layer along each axis."""
-    faces = tuple(
-        (np.take(labels, 0, axis=a).copy(), np.take(labels, labels.shape[a] - 1, axis=a).copy()) for a in range(3)
-    )
-    return int(labels.max(initial=0)), faces
+    faces = [np.take(labels, i, axis=a).copy() for a in range(3) for i in (0, labels.shape[a] - 1)]
+    return (np.asarray(labels.max(initial=0), dtype=np.int64), *faces)
 
 
-def _offsets(summaries: list[tuple[int, object]]) -> np.ndarray:
-    counts = np.array([s[0] for s in summaries], dtype=np.int64)
+def _face(summary: Summary, axis: int, last: bool) -> np.ndarray:
+    return summary[1 + 2 * axis + int(last)]
+
+
+def _offsets(summaries: list[Summary]) -> np.ndarray:
+    counts = np.array([int(s[0]) for s in summaries], dtype=np.int64)
     return np.concatenate([[0], np.cumsum(counts)[:-1]])
 
 
@@ -98,7 +105,7 @@ def _plane_pairs(
     offsets: np.ndarray,
     lower: np.ndarray,
     upper: np.ndarray,
-    *summaries: tuple[int, tuple[tuple[np.ndarray, np.ndarray], ...]],
+    *summaries: Summary,
 ) -> np.ndarray:
     """Equivalent id pairs across one tile of a plane between two block rows.
 
@@ -107,12 +114,12 @@ def _plane_pairs(
     tile itself) and its flat block index (plain arrays keep the task small); ``summaries`` holds those blocks'
     ``_faces`` results in the same order (lower first, then upper).
     """
-    shape0 = summaries[0][1][axis][1].shape
+    shape0 = _face(summaries[0], axis, True).shape
     slab = np.zeros((2, shape0[0] + 2, shape0[1] + 2), dtype=np.int64)
     entries = [(0, (int(r[0]), int(r[1])), int(r[2]), True) for r in lower]
     entries += [(1, (int(r[0]), int(r[1])), int(r[2]), False) for r in upper]
     for (layer, pos, flat, last), summary in zip(entries, summaries):
-        piece = _rim_piece(summary[1][axis][1 if last else 0], pos).astype(np.int64)
+        piece = _rim_piece(_face(summary, axis, last), pos).astype(np.int64)
         piece[piece > 0] += offsets[flat]
         r0 = {-1: 0, 0: 1, 1: shape0[0] + 1}[pos[0]]
         c0 = {-1: 0, 0: 1, 1: shape0[1] + 1}[pos[1]]
@@ -144,15 +151,18 @@ def _union(total: np.ndarray | int, *pair_arrays: np.ndarray) -> np.ndarray:
     return lut.astype(LABEL_DTYPE)
 
 
-def _total(offsets: np.ndarray, last: tuple[int, object]) -> int:
-    return int(offsets[-1] + last[0]) if len(offsets) else 0
+def _total(offsets: np.ndarray, last: Summary) -> int:
+    return int(offsets[-1] + int(last[0])) if len(offsets) else 0
 
 
 def label_blocks(mask: da.Array, *, connectivity: Literal[6, 26] = 6) -> BlockLabels:
     """Pass 1: per-block labels, offsets and the global lookup table (all lazy).
 
     The graph is written as plain task tuples: building it costs microseconds
-    per block, which matters for volumes of tens of thousands of blocks.
+    per block, which matters for volumes of tens of thousands of blocks. Each
+    block's summary (label count and faces) is a block checkpoint: inside a run
+    that caches the node, a resumed run loads the summaries an interrupted one
+    saved instead of labelling those blocks again.
     """
     structure = structure_for(connectivity)
     local = da.map_blocks(_label_block, mask, connectivity, dtype=np.uint32)
@@ -161,9 +171,13 @@ def label_blocks(mask: da.Array, *, connectivity: Literal[6, 26] = 6) -> BlockLa
     faces, offsets, total, lut, count = (f"{n}-{token}" for n in ("faces", "offsets", "total", "lut", "count"))
     indices = list(itertools.product(*map(range, grid)))
     flat_index = {idx: i for i, idx in enumerate(indices)}
-    dsk: dict = {(faces, i): (_faces, (local.name, *idx)) for i, idx in enumerate(indices)}
-    dsk[offsets] = (_offsets, [(faces, i) for i in range(len(indices))])
-    dsk[total] = (_total, offsets, (faces, len(indices) - 1))
+    summaries = {(faces, i): (_faces, (local.name, *idx)) for i, idx in enumerate(indices)}
+    summary_graph = HighLevelGraph.from_collections(faces, summaries, dependencies=[local])  # type: ignore[arg-type]
+    kept = checkpoint_blocks(
+        f"faces-{tokenize(mask.chunks)}", [Delayed(k, summary_graph, layer=faces) for k in summaries]
+    )
+    face_keys = [value.key for value in kept]
+    dsk: dict = {offsets: (_offsets, face_keys), total: (_total, offsets, face_keys[-1])}
 
     def side(block_idx: tuple[int, ...], axis: int) -> np.ndarray:
         """The blocks whose faces meet the plane tile of ``block_idx`` (itself and, for
@@ -195,13 +209,13 @@ def label_blocks(mask: da.Array, *, connectivity: Literal[6, 26] = 6) -> BlockLa
                 offsets,
                 lower,
                 upper,
-                *[(faces, int(i)) for i in lower[:, 2]],
-                *[(faces, int(i)) for i in upper[:, 2]],
+                *[face_keys[int(i)] for i in lower[:, 2]],
+                *[face_keys[int(i)] for i in upper[:, 2]],
             )
             pair_keys.append(key)
     dsk[lut] = (_union, total, *pair_keys)
     dsk[count] = (_count, lut)
-    graph = HighLevelGraph.from_collections(token, dsk, dependencies=[local])
+    graph = HighLevelGraph.from_collections(token, dsk, dependencies=kept)  # type: ignore[arg-type]
     return BlockLabels(local, *(Delayed(k, graph, layer=token) for k in (offsets, lut, count)))
 
 

@@ -15,7 +15,9 @@ import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.base import tokenize
 
+from ..checkpoint import checkpoint_blocks
 from ..registry import op
 from ..types import PortType
 from ..values import Geometry, Table
@@ -117,6 +119,10 @@ def object_table(labels: xr.DataArray, image: xr.DataArray | None = None) -> Tab
         dask.delayed(_partial_stats, pure=True)(b, i, _block_starts(source.chunks, bid))
         for b, i, bid in zip(blocks, img_blocks, block_ids)
     ]
+    # each block's statistics are kept as computed: a resumed run redoes only the blocks it lacks
+    # (the name says what they depend on besides the node key: which labels, which blocks)
+    kind = "local" if parts is not None else "final"
+    partial = checkpoint_blocks(f"stats-{kind}-{tokenize(source.chunks)}", partial)
     offsets = parts.offsets if parts is not None else None
     lut = parts.lut if parts is not None else None
     frame = dask.delayed(_merge, pure=True)(geometry, image is not None, offsets, lut, *partial)
