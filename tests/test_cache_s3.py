@@ -128,6 +128,12 @@ def test_kill_and_resume_on_s3(s3: dict[str, str], volume: Path, tmp_path: Path,
     if "slow" in plan.entries:
         pytest.fail("the run finished before it could be killed; slow down the plugin op")
     assert slow.done is not None and 0 < slow.done < 1
+    # the killed run's store and records are leftovers, kept while younger than --grace
+    gc = [sys.executable, "-m", "cvplgraph.cli", "cache", "gc", "--spec", str(spec), "--dry-run"]
+    young = subprocess.run(gc, capture_output=True, text=True, env=s3)
+    assert young.returncode == 0 and "0 leftovers to remove" in young.stdout, young.stderr
+    idle = subprocess.run([*gc, "--grace", "0"], capture_output=True, text=True, env=s3)
+    assert f"stores/{slow.key}" in idle.stdout and f"partial/{slow.key}" in idle.stdout, idle.stderr
     for f in (tmp_path / "log").iterdir():
         f.unlink()
     again = run_to_end(spec, s3)
