@@ -126,6 +126,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
+        "bench",
+        help="compare methods against ground truth (precision, recall, F1, count error)",
+        description="Run every variant of a suite on every dataset — each dataset's variants as one "
+        "graph, shared steps computed once and cached — and score each variant's points against the "
+        "truth by one-to-one matching within a tolerance. Prints a table; writes results.csv, "
+        "results.md, regions.csv (with region truth) and PNG plots to the suite's output folder. "
+        "Suite format: docs/bench.md.",
+    )
+    p.add_argument("suite", help="the suite TOML file ([bench], [datasets.NAME], [variants.NAME])")
+    p.add_argument("--output", metavar="FOLDER", help="where to write the tables and plots (default: the suite's)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default="threads",
+                   help="dask scheduler address, or 'threads' (default) / 'sync'")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "tune",
+        help="search a spec's free parameters against annotated cells; write the best spec",
+        description="Try every combination of the free parameters (--param, or the spec's [tune] table) "
+        "on the spec's input, cropped with --crop, all trials as one graph through the spec's cache; "
+        "score each against the truth (F1 of one-to-one matching) and write the best spec beside this "
+        "one as NAME.tuned.toml with its score. Example: cvplgraph tune spec.toml --truth cells.xml "
+        "--voxel-size 5 2 2 --crop 0 20 0 256 0 256 --param mask.level=0.1:0.5:9",
+    )
+    p.add_argument("spec", help="the spec TOML file")
+    p.add_argument("--truth", required=True, help="true cell centres: CSV (µm or voxels), napari points CSV, "
+                   "or CellCounter XML")  # fmt: skip
+    p.add_argument("--param", action="append", default=[], metavar="NODE.PARAM=VALUES",
+                   help="values to try: v1,v2,… or start:stop:count (repeat for more parameters)")  # fmt: skip
+    p.add_argument("--crop", type=int, nargs=6, metavar=("Z0", "Z1", "Y0", "Y1", "X0", "X1"),
+                   help="tune on this box of the input (voxels, stop exclusive)")  # fmt: skip
+    p.add_argument("--points", metavar="NODE", help="the node whose points are scored (default: the only one)")
+    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                   help="µm per voxel of a truth file in voxels")  # fmt: skip
+    p.add_argument("--tolerance", type=float, metavar="UM", help="matching distance (default 5 µm)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default="threads",
+                   help="dask scheduler address, or 'threads' (default) / 'sync'")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(p)
+
+    p = sub.add_parser(
         "cache",
         help="list, show, verify or garbage-collect the cache of a spec",
         description="Inspect and maintain a cache: `ls` lists entries (node, type, size, age, spec); "

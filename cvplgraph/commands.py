@@ -83,6 +83,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .bench import load_suite, run_suite
+    from .benchreport import table, text_table, write_report
+
+    suite = load_suite(args.suite)
+    if args.output:
+        suite = replace(suite, output=Path(args.output))
+    scores, runs = run_suite(suite, scheduler=args.scheduler, progress=not args.quiet)
+    print(text_table(table(scores)))
+    for path in write_report(suite.output, scores, runs, suite.path):
+        print(f"  → {path}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .benchreport import table, text_table
+    from .tune import parse_param, tune
+
+    params = dict(parse_param(p) for p in args.param)
+    result = tune(args.spec, args.truth, params=params or None, crop=tuple(args.crop) if args.crop else None,
+                  points=args.points, voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
+                  tolerance_um=args.tolerance, scheduler=args.scheduler, progress=not args.quiet)  # fmt: skip
+    print(text_table(table(result.scores)))
+    best = result.best
+    chosen = ", ".join(f"{n}.{p} = {v}" for (n, p), v in result.values.items())
+    print(f"best: {chosen} — F1 {best.f1:.3f} (trial {result.trials_to_best} of {len(result.scores)})")
+    print(f"  → {result.spec}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .spec import load_spec
     from .train import train

@@ -24,6 +24,7 @@ import fsspec
 import networkx as nx
 import xarray as xr
 
+from .compile import nodes_in_order
 from .errors import CvplError
 from .lower import Lowered, lower
 from .manifest import Entry
@@ -49,6 +50,7 @@ class RunReport:
     blocks: dict[str, tuple[int, int]] = field(default_factory=dict)  # node → (blocks written, blocks resumed)
     seconds: float = 0.0
     dashboard: str | None = None
+    node_seconds: dict[str, float] = field(default_factory=dict)  # with profile=True: task seconds per node
 
 
 class Results(Mapping[str, Any]):
@@ -106,21 +108,60 @@ def connect(spec: Spec, client: Any = None, scheduler: str | None = None) -> Ite
         yield cl
 
 
-def _compute(targets: list[Any], client: Any, progress: bool) -> list[Any]:
-    if client is None:
+def _compute(
+    targets: list[Any], client: Any, progress: bool, tasks: list[tuple[str, float]] | None = None
+) -> list[Any]:
+    """Compute ``targets`` in one graph; with ``tasks``, append (key, seconds) of every task run."""
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            if progress:
+                from dask.diagnostics import ProgressBar
+
+                stack.enter_context(ProgressBar(dt=1.0))
+            if tasks is not None:
+                from dask.diagnostics import Profiler
+
+                profiler = stack.enter_context(Profiler())
+            out = list(dask.compute(*targets))
+            if tasks is not None:
+                tasks += [(str(t.key), t.end_time - t.start_time) for t in profiler.results]
+            return out
+        if tasks is not None:
+            from distributed import get_task_stream
+
+            stream = stack.enter_context(get_task_stream(client))
+        futures = client.compute(targets)
         if progress:
-            from dask.diagnostics import ProgressBar
+            from distributed import progress as show
 
-            with ProgressBar(dt=1.0):
-                return list(dask.compute(*targets))
-        return list(dask.compute(*targets))
-    futures = client.compute(targets)
-    if progress:
-        from distributed import progress as show
+            show(futures, notebook=False)
+            print()
+        out = client.gather(futures)
+    if tasks is not None:
+        for record in stream.data:
+            spans = [s["stop"] - s["start"] for s in record.get("startstops", ()) if s.get("action") == "compute"]
+            tasks.append((str(record["key"]), sum(spans)))
+    return out
 
-        show(futures, notebook=False)
-        print()
-    return client.gather(futures)
+
+def task_owners(plan: Plan, lowered: Lowered) -> dict[str, str]:
+    """Task key (as a string) → the node whose value or cache writes introduced it.
+
+    Nodes are visited upstream first, so a task belongs to the first node whose
+    graph holds it (a node's graph includes everything upstream of it).
+    """
+    owners: dict[str, str] = {}
+    for node in nodes_in_order(plan.graph):
+        value = lowered.values.get(node.name)
+        if value is None:
+            continue
+        parts: list[Any] = [value.data if isinstance(value, xr.DataArray) else getattr(value, "frame", None)]
+        parts += [getattr(value, "counts", None), *lowered.writes.get(node.name, [])]
+        for part in parts:
+            if dask.is_dask_collection(part):
+                for key in part.__dask_graph__():
+                    owners.setdefault(str(key), node.name)
+    return owners
 
 
 def _store_bytes(url: str) -> int:
@@ -190,8 +231,12 @@ def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> li
     return committed
 
 
-def execute(plan: Plan, *, client: Any = None, scheduler: str | None = None, progress: bool = False) -> Results:
-    """Run everything the plan marks to compute, write outputs, commit the cache."""
+def execute(
+    plan: Plan, *, client: Any = None, scheduler: str | None = None, progress: bool = False, profile: bool = False
+) -> Results:
+    """Run everything the plan marks to compute, write outputs, commit the cache.
+
+    With ``profile``, the report's ``node_seconds`` holds the task seconds spent on each node."""
     spec = plan.spec
     lowered = lower(plan)
     report = RunReport(
@@ -213,8 +258,14 @@ def execute(plan: Plan, *, client: Any = None, scheduler: str | None = None, pro
     with connect(spec, client, scheduler) as cl:
         if cl is not None:
             report.dashboard = getattr(cl, "dashboard_link", None)
-        computed = _compute(targets, cl, progress)
+        tasks: list[tuple[str, float]] | None = [] if profile else None
+        computed = _compute(targets, cl, progress, tasks)
     report.seconds = time.perf_counter() - start
+    if tasks is not None:
+        owners = task_owners(plan, lowered)
+        for key, seconds in tasks:
+            if key in owners:
+                report.node_seconds[owners[key]] = report.node_seconds.get(owners[key], 0.0) + seconds
     report.committed = _commit(plan, lowered, started, time.time())
     small_results = dict(zip(small, computed[len(writes) + len(array_outputs) :]))
     results: dict[str, Any] = {}

@@ -418,17 +418,27 @@ def _parse_cluster(raw: Any, c: Collector) -> ClusterSpec:
 
 def parse_spec(text: str, path: str = "<spec>") -> Spec:
     """Parse and validate spec text; raise :class:`SpecError` listing every problem."""
-    from .compile import graph_problems
+    return spec_from_raw(load_toml(text, path), path, locate_fields(text))
 
-    locations = locate_fields(text)
-    c = Collector(path, locations)
+
+def load_toml(text: str, path: str) -> dict[str, Any]:
+    """TOML text as a dict, or a :class:`SpecError` naming the line."""
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         raise SpecError([Problem(path, int(m.group(1)) if m else None, "toml", f"not valid TOML: {exc}")]) from None
+
+
+def spec_from_raw(raw: dict[str, Any], path: str = "<spec>", locations: Mapping[str, int] | None = None) -> Spec:
+    """Validate a spec given as the dict its TOML parses to (``path`` names it in problems, and
+    relative paths are resolved against its folder; ``locations`` maps fields to lines)."""
+    from .compile import graph_problems
+
+    locations = dict(locations or {})
+    c = Collector(path, locations)
     base = Path(path).resolve().parent if path != "<spec>" else Path.cwd()
-    c.unknown_keys(raw, ["plugins", "input", "inputs", "nodes", "cache", "cluster", "outputs"], "")
+    c.unknown_keys(raw, ["plugins", "input", "inputs", "nodes", "cache", "cluster", "outputs", "tune"], "")
     plugins = _parse_plugins(raw.get("plugins", []), c, base)
     inp = _parse_input(raw.get("input"), c, base)
     atlases = _parse_inputs(raw.get("inputs", {}), c, base)

@@ -1,0 +1,185 @@
+"""`cvplgraph bench` and `cvplgraph tune`: merged graphs, scores against independent references."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+import cvplgraph
+from cvplgraph.bench import load_suite, run_suite
+from cvplgraph.benchreport import write_report
+from cvplgraph.demo import write_synthetic
+from cvplgraph.errors import CvplError, SpecError
+from cvplgraph.metrics import match
+from cvplgraph.storage import read_input
+from cvplgraph.synth import SynthParams
+from cvplgraph.tune import parse_param, tune
+
+ROOT = Path(__file__).parents[1]
+PARAMS = SynthParams(shape=(24, 80, 80), chunks=(12, 40, 40), seed=11, noise=0.04)
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("bench")
+    url, truth = folder / "image.ome.zarr", folder / "cells.csv"
+    write_synthetic(str(url), PARAMS, str(truth))
+    return url, truth
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cvplgraph.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def suite_file(folder: Path, body: str) -> Path:
+    path = folder / "suite.toml"
+    path.write_text(body)
+    return path
+
+
+def scipy_points(image: np.ndarray, level: float, scale: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """Whole-array reference: threshold, label (6-connectivity), intensity-weighted centres, in µm."""
+    labels, n = ndimage.label(image > level)
+    centres = np.array(ndimage.center_of_mass(image, labels, range(1, n + 1))).reshape(-1, 3)
+    return origin + centres * scale
+
+
+def test_variants_sharing_a_prefix_compute_it_once_and_score_like_the_reference(
+    volume: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two offsets of a local threshold share the smoothing node: it is computed once. Each variant's
+    score equals matching the whole-array scipy pipeline on its own mask against the truth."""
+    url, truth = volume
+    suite = suite_file(
+        tmp_path,
+        f"""
+[bench]
+output = "out"
+tolerance_um = 4.0
+
+[datasets.synthetic]
+input = {{ url = "{url}" }}
+truth = "{truth}"
+
+[variants.local]
+spec = "{ROOT / "specs" / "local_threshold.toml"}"
+points = "centroids"
+grid = {{ "mask.offset" = [0.05, 0.15] }}
+""",
+    )
+    loaded = load_suite(suite)
+    scores, runs = run_suite(loaded, log=lambda *_: None)
+    (run,) = runs
+    smooth = [n for n in run.computed if n.endswith(".smooth")]
+    assert len(smooth) == 1  # shared prefix: once
+    assert len(run.computed) == 1 + 2 * 3  # smooth, then mask, cells, centroids per variant
+    assert [s.variant for s in scores] == ["local[offset=0.05]", "local[offset=0.15]"]
+    true = pd.read_csv(truth)[["z_um", "y_um", "x_um"]].to_numpy()
+    for score, offset in zip(scores, (0.05, 0.15)):
+        alone = tmp_path / f"alone-{offset}.toml"
+        text = (ROOT / "specs" / "local_threshold.toml").read_text()
+        text = text.replace('url = "synthetic.ome.zarr"', f'url = "{url}"')
+        text = text.replace("offset = 0.1", f"offset = {offset}")
+        alone.write_text(text.replace('url = "cache"', f'url = "{tmp_path / "alone-cache"}"').split("[outputs]")[0])
+        found = cvplgraph.run(cvplgraph.load_spec(alone), scheduler="threads")["centroids"].to_dataframe()
+        m = match(found[["z_um", "y_um", "x_um"]].to_numpy(), true, 4.0)
+        assert (score.found, score.tp, score.fp, score.fn) == (len(found), m.tp, m.fp, m.fn)
+        assert score.f1 == pytest.approx(m.f1) and score.true == len(true)
+    # the shared smoothing counts as the first variant's own time, in the second's total only
+    assert scores[0].seconds_own == pytest.approx(scores[0].seconds_total) and scores[0].seconds_own > 0
+    assert scores[1].seconds_total > scores[1].seconds_own > 0
+    files = write_report(loaded.output, scores, runs, loaded.path)
+    table = pd.read_csv(loaded.output / "results.csv")
+    assert list(table["variant"]) == [s.variant for s in scores]
+    assert table["f1"].tolist() == pytest.approx([s.f1 for s in scores])
+    for png in [f for f in files if f.suffix == ".png"]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+
+
+def test_tune_finds_the_best_threshold_of_an_independent_reference(volume: tuple[Path, Path], tmp_path: Path) -> None:
+    """On a crop (not aligned with the chunks) the tuned level is the one whose whole-array scipy
+    pipeline scores best against the truth inside the crop; the tuned spec carries it."""
+    url, truth = volume
+    spec = tmp_path / "spec.toml"
+    text = (ROOT / "specs" / "demo.toml").read_text()
+    text = text.replace('url = "image.ome.zarr"', f'url = "{url}"').replace('url = "atlas"', 'url = "no-atlas"')
+    spec.write_text(text.split("[nodes.counts]")[0].replace("[inputs.atlas]", "# [inputs.atlas]")
+                    .replace('url = "no-atlas"', '# url = "no-atlas"'))  # fmt: skip
+    levels = [0.15, 0.3, 0.55, 0.8]
+    crop = (2, 22, 5, 70, 9, 77)
+    grid = {("mask", "level"): levels}
+    result = tune(spec, str(truth), params=grid, crop=crop, tolerance_um=4.0, log=lambda *_: None)
+
+    image = read_input(cvplgraph.load_spec(spec).input)
+    box = tuple(slice(a, b) for a, b in zip(crop[::2], crop[1::2]))
+    scale = np.asarray(image.attrs["scale"])
+    pixels = np.asarray(image.data[box])
+    origin = np.asarray(image.attrs["translation"]) + scale * np.array(crop[::2])
+    true = pd.read_csv(truth)[["z_um", "y_um", "x_um"]].to_numpy()
+    low, high = origin - scale / 2, origin + (np.array(pixels.shape) - 0.5) * scale
+    true = true[np.all((true >= low) & (true < high), axis=1)]
+    reference = [match(scipy_points(pixels, level, scale, origin), true, 4.0).f1 for level in levels]
+    assert [s.f1 for s in result.scores] == pytest.approx(reference)
+    best = int(np.argmax(reference))
+    assert 0 < best < len(levels) - 1  # the grid brackets the optimum: the test could fail either way
+    assert result.values == {("mask", "level"): levels[best]} and result.trials_to_best == best + 1
+    tuned = cvplgraph.load_spec(result.spec)
+    assert dict(tuned.node("mask").params)["level"] == levels[best]
+    assert f"F1 {reference[best]:.3f}" in result.spec.read_text().splitlines()[1]
+
+
+def test_parse_param_forms() -> None:
+    assert parse_param("mask.level=0.1:0.5:5") == (("mask", "level"), [0.1, 0.2, 0.3, 0.4, 0.5])
+    assert parse_param("cells.connectivity=6,26") == (("cells", "connectivity"), [6, 26])
+    assert parse_param("blobs.method=log,dog") == (("blobs", "method"), ["log", "dog"])
+    with pytest.raises(CvplError, match="node.parameter"):
+        parse_param("level=0.3")
+
+
+def test_a_suite_with_mistakes_names_each_line(tmp_path: Path) -> None:
+    suite = suite_file(
+        tmp_path,
+        """
+[bench]
+tolerance_um = -1
+
+[datasets.a]
+synth = { shape = [8, 8] }
+
+[variants.x]
+spec = "no/such/spec.toml"
+""",
+    )
+    with pytest.raises(SpecError) as info:
+        load_suite(suite)
+    text = str(info.value)
+    assert f"{suite}:3: bench.tolerance_um" in text
+    assert f"{suite}:6: datasets.a.synth" in text and "shape" in text
+    assert f"{suite}:9: variants.x.spec" in text
+
+
+def test_unreadable_truth_fails_with_one_line_before_anything_runs(volume: tuple[Path, Path], tmp_path: Path) -> None:
+    url, _ = volume
+    bad = tmp_path / "truth.csv"
+    bad.write_text("a,b\n1,2\n")
+    suite = suite_file(
+        tmp_path,
+        f"""
+[datasets.d]
+input = {{ url = "{url}" }}
+truth = "{bad}"
+
+[variants.t]
+spec = "{ROOT / "specs" / "otsu.toml"}"
+""",
+    )
+    out = cli("bench", str(suite))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert str(bad) in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "suite-results" / "cache").exists()  # nothing ran
