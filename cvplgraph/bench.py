@@ -594,7 +594,10 @@ def region_scores(regions: Any, truth: pd.Series) -> pd.DataFrame:
     acronyms, else by id."""
     from .metrics import region_errors
 
-    frame = regions["cells"].sum("hemisphere").to_dataframe().reset_index()
+    cells = regions["cells"]
+    both = "both" in cells["hemisphere"].values  # the region table's total over hemispheres
+    cells = cells.sel(hemisphere="both") if both else cells.sum("hemisphere")
+    frame = cells.to_dataframe().reset_index()
     by = "acronym" if truth.index.dtype == object else "region"
     found = frame.groupby(by)["cells"].sum()
     return region_errors(found, truth)

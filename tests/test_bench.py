@@ -134,6 +134,44 @@ def test_tune_finds_the_best_threshold_of_an_independent_reference(volume: tuple
     assert f"F1 {reference[best]:.3f}" in result.spec.read_text().splitlines()[1]
 
 
+def test_region_truth_is_compared_per_region(tmp_path: Path) -> None:
+    """A synthetic brain crop: the per-region errors hold the true counts of its truth file and the
+    found counts of the variant's region table, and big regions are counted within 5 %."""
+    from cvplgraph.brain import write_synthetic_brain
+
+    brain = write_synthetic_brain(tmp_path / "brain", atlas="procedural", say=lambda *_: None,
+                                  crop_um=((900.0, 1380.0), (4600.0, 5500.0), (2400.0, 3300.0)))  # fmt: skip
+    suite = suite_file(
+        tmp_path,
+        f"""
+[datasets.brain]
+input = {{ url = "{brain.image}" }}
+inputs.atlas = {{ url = "{brain.atlas}" }}
+truth = "{brain.cells_csv}"
+region_truth = "{brain.regions_csv}"
+
+[variants.demo]
+spec = "demo"
+points = "centroids"
+regions = "regions"
+""",
+    )
+    loaded = load_suite(suite)
+    scores, runs = run_suite(loaded, log=lambda *_: None)
+    (score,) = scores
+    written = {p.name for p in write_report(loaded.output, scores, runs, loaded.path)}
+    assert {"regions.csv", "region_errors.png"} <= written
+    assert len(pd.read_csv(loaded.output / "regions.csv")) == len(score.regions)
+    table = score.regions.set_index("region")
+    true = brain.regions.groupby("id")["cells"].sum()
+    assert set(true.index) <= set(table.index)
+    assert table["true"].to_dict() == {region: true.get(region, 0) for region in table.index}
+    assert (table["error"] == table["found"] - table["true"]).all()
+    assert table.loc[table.index > 0, "found"].sum() <= score.found
+    big = table[(table["true"] >= 100) & (table.index > 0)]
+    assert len(big) >= 2 and (big["error_pct"].abs() <= 5).all(), table
+
+
 def test_parse_param_forms() -> None:
     assert parse_param("mask.level=0.1:0.5:5") == (("mask", "level"), [0.1, 0.2, 0.3, 0.4, 0.5])
     assert parse_param("cells.connectivity=6,26") == (("cells", "connectivity"), [6, 26])
