@@ -221,3 +221,28 @@ spec = "{ROOT / "specs" / "otsu.toml"}"
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert str(bad) in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "suite-results" / "cache").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("where", ["threads", "cluster"])
+def test_task_seconds_are_attributed_to_every_computed_node(
+    where: str, volume: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """With profile=True a run reports, per node it computed, the seconds spent in its tasks —
+    from dask's profiler on threads, from the task stream on a distributed cluster."""
+    from distributed import Client, LocalCluster
+
+    from cvplgraph.execute import execute
+
+    url, _ = volume
+    spec = tmp_path / "spec.toml"
+    text = (ROOT / "specs" / "local_threshold.toml").read_text().replace('url = "synthetic.ome.zarr"', f'url = "{url}"')
+    spec.write_text(text.replace('url = "cache"', f'url = "{tmp_path / "cache"}"').split("[outputs]")[0])
+    plan = cvplgraph.plan(cvplgraph.load_spec(spec))
+    if where == "threads":
+        report = execute(plan, scheduler="threads", profile=True).report
+    else:
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster:
+            with Client(cluster) as client:
+                report = execute(plan, client=client, profile=True).report
+    assert set(report.node_seconds) == {*report.computed, "input"}  # reading the input is the input's
+    assert all(seconds > 0 for seconds in report.node_seconds.values())
