@@ -380,8 +380,9 @@ def merge(specs: dict[str, Spec], suite_path: str) -> tuple[Spec, dict[tuple[str
             names[(variant, node.name)] = identity[key]
             ident[node.name] = key
     first = next(iter(specs.values()))
+    plugins = tuple(dict.fromkeys(p for s in specs.values() for p in s.plugins))
     spec = replace(first, path=suite_path, nodes=tuple(merged), outputs=(), locations={}, formats=(),
-                   atlases=tuple(atlases.items()))  # fmt: skip
+                   atlases=tuple(atlases.items()), plugins=plugins)  # fmt: skip
     return spec, names
 
 
