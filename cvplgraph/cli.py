@@ -38,6 +38,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
 
 
+def _add_local_run(p: argparse.ArgumentParser) -> None:
+    """Options of commands that run many small graphs here (bench, tune): threads by default."""
+    p.add_argument("--scheduler", metavar="ADDRESS", default="threads",
+                   help="dask scheduler address, or 'threads' (default) / 'sync'")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cvplgraph", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -136,10 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("suite", help="the suite TOML file ([bench], [datasets.NAME], [variants.NAME])")
     p.add_argument("--output", metavar="FOLDER", help="where to write the tables and plots (default: the suite's)")
-    p.add_argument("--scheduler", metavar="ADDRESS", default="threads",
-                   help="dask scheduler address, or 'threads' (default) / 'sync'")  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_common(p)
+    _add_local_run(p)
 
     p = sub.add_parser(
         "tune",
@@ -161,10 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
                    help="µm per voxel of a truth file in voxels")  # fmt: skip
     p.add_argument("--tolerance", type=float, metavar="UM", help="matching distance (default 5 µm)")
-    p.add_argument("--scheduler", metavar="ADDRESS", default="threads",
-                   help="dask scheduler address, or 'threads' (default) / 'sync'")  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_common(p)
+    _add_local_run(p)
 
     p = sub.add_parser(
         "cache",

@@ -87,8 +87,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from .bench import load_suite, run_suite
+    from .bench import run_suite
     from .benchreport import table, text_table, write_report
+    from .benchsuite import load_suite
 
     suite = load_suite(args.suite)
     if args.output:

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .bench import Dataset, Score, Suite, Variant, run_suite
+from .bench import Score, run_suite
+from .benchsuite import Dataset, Suite, Variant
 from .errors import CvplError
 from .spec import AXES, load_spec, load_toml
 from .spec_fields import locate_fields
