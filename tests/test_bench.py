@@ -12,8 +12,9 @@ import pytest
 from scipy import ndimage
 
 import cvplgraph
-from cvplgraph.bench import load_suite, run_suite
+from cvplgraph.bench import run_suite
 from cvplgraph.benchreport import write_report
+from cvplgraph.benchsuite import load_suite
 from cvplgraph.demo import write_synthetic
 from cvplgraph.errors import CvplError, SpecError
 from cvplgraph.metrics import match
@@ -246,3 +247,37 @@ def test_task_seconds_are_attributed_to_every_computed_node(
                 report = execute(plan, client=client, profile=True).report
     assert set(report.node_seconds) == {*report.computed, "input"}  # reading the input is the input's
     assert all(seconds > 0 for seconds in report.node_seconds.values())
+
+
+def test_a_tiff_dataset_is_converted_once_with_its_values_and_voxel_size(tmp_path: Path) -> None:
+    """The TIFF becomes an OME-Zarr input holding the same values (scaled by the input's
+    intensity range) and the dataset's voxel size; a second run reuses it."""
+    import tifffile
+
+    from cvplgraph.spec import InputSpec
+
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((10, 300, 270)) * 4000).astype(np.uint16)  # planes not multiples of the blocks
+    tifffile.imwrite(tmp_path / "crop.tif", pixels)
+    suite = suite_file(
+        tmp_path,
+        f"""
+[datasets.crop]
+tiff = "crop.tif"
+voxel_size = [5.0, 2.0, 2.0]
+input = {{ intensity_range = [0, 4000] }}
+
+[variants.t]
+spec = "{ROOT / "specs" / "otsu.toml"}"
+points = "centroids"
+""",
+    )
+    loaded = load_suite(suite)
+    (score,), _ = run_suite(loaded, log=lambda *_: None)
+    (store,) = (loaded.output / "datasets").glob("crop-*/image.ome.zarr")
+    image = read_input(InputSpec(str(store), intensity_range=(0.0, 4000.0)))  # as the run reads it
+    assert tuple(image.attrs["scale"]) == (5.0, 2.0, 2.0)
+    np.testing.assert_allclose(np.asarray(image.data), pixels / np.float32(4000), rtol=1e-6)
+    stamp = (store / "zarr.json").stat().st_mtime_ns
+    (again,), _ = run_suite(loaded, log=lambda *_: None)
+    assert (store / "zarr.json").stat().st_mtime_ns == stamp and again.found == score.found
