@@ -336,7 +336,7 @@ def paint_annotations(inputs: Inputs, rng: np.random.Generator) -> np.ndarray:
     lie more than 15 µm from every true centre are painted 1 (background).
     """
     shape, scale = inputs.image.shape, np.asarray(inputs.scale)
-    region = np.array(inputs.chunks)
+    region = np.minimum(inputs.chunks, shape)  # the first block, clipped to a volume smaller than a chunk
     out = np.zeros(shape, np.uint8)
     centres = inputs.truth[["z", "y", "x"]].to_numpy()
     radii = inputs.truth["radius_um"].to_numpy()
