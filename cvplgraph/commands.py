@@ -74,8 +74,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{len(todo)} node(s) to compute" + (f": {', '.join(todo)}" if todo else " — everything is cached"))
     results = execute(plan, scheduler=args.scheduler, progress=not args.quiet)
     report = results.report
-    if report.dashboard and not args.quiet:
-        print(f"dask dashboard: {report.dashboard}")
     if not args.quiet:
         print(f"done in {report.seconds:.1f} s; computed: {', '.join(report.computed) or 'nothing'}")
         for name, target in report.outputs.items():

@@ -1,8 +1,7 @@
 """Execute a plan: one compute over every write and small result, then commit.
 
-The client is the caller's, else one connected to ``cluster.address``, else a
-LocalCluster sized to the machine (or a local dask scheduler when the caller
-asks for ``scheduler="threads"``/``"sync"``, handy in notebooks and tests).
+Where it computes is :mod:`cvplgraph.cluster`'s choice (the caller's client, a
+scheduler address, a factory, a LocalCluster, or dask's local schedulers).
 Manifest entries are committed only after the compute returned, so an entry
 never describes an incomplete store.
 """
@@ -12,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -24,8 +22,8 @@ import fsspec
 import networkx as nx
 import xarray as xr
 
+from .cluster import connect, ship_plugins
 from .compile import nodes_in_order
-from .errors import CvplError
 from .lower import Lowered, lower
 from .manifest import Entry
 from .outputs import region_dataset, write_block_counts, write_points, write_regions
@@ -69,43 +67,6 @@ class Results(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._values)
-
-
-@contextlib.contextmanager
-def connect(spec: Spec, client: Any = None, scheduler: str | None = None) -> Iterator[Any]:
-    """Yield a distributed Client (or None for a local dask scheduler)."""
-    if client is not None:
-        yield client
-        return
-    if scheduler in ("threads", "sync", "synchronous", "processes"):
-        with dask.config.set(scheduler=scheduler):
-            yield None
-        return
-    from distributed import Client, LocalCluster
-
-    address = scheduler or spec.cluster.address
-    if address:
-        try:
-            c = Client(address, timeout="10s")
-        except (OSError, TimeoutError) as exc:
-            raise CvplError(f"cannot reach the dask scheduler at {address}: {exc}") from None
-        with c:
-            yield c
-        return
-    cfg = spec.cluster
-    workers = cfg.n_workers or max(1, os.cpu_count() or 1)
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=cfg.threads_per_worker or 1,
-            memory_limit=cfg.memory_limit,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as cl,
-    ):
-        yield cl
 
 
 def _compute(
@@ -255,9 +216,15 @@ def execute(
     start, started = time.perf_counter(), time.time()
     if client is None and not lowered.ops_called and not array_outputs:
         scheduler = "threads"  # everything cached: reading a few small tables needs no cluster
-    with connect(spec, client, scheduler) as cl:
-        if cl is not None:
-            report.dashboard = getattr(cl, "dashboard_link", None)
+    modules = {plan.graph.nodes[n]["node"].opdef.func.__module__ for n in lowered.ops_called}
+
+    def connected(cl: Any) -> None:
+        report.dashboard = getattr(cl, "dashboard_link", None)
+        if progress and report.dashboard:
+            print(f"dask dashboard: {report.dashboard}", flush=True)
+        ship_plugins(cl, modules)
+
+    with connect(spec, client, scheduler, on_connect=connected) as cl:
         tasks: list[tuple[str, float]] | None = [] if profile else None
         computed = _compute(targets, cl, progress, tasks)
     report.seconds = time.perf_counter() - start

@@ -177,7 +177,12 @@ def op(
             raise TypeError(f"op {name}: checks name unknown parameters {sorted(unknown)}")
         summary = doc.split("\n\n")[0].replace("\n", " ")
         opdef = OpDef(name, version, ports, output, params, func, summary, dict(checks or {}), halo, cost, paths)
-        if name in REGISTRY and REGISTRY[name].func is not func:
+        previous = REGISTRY.get(name)
+        reloaded = previous is not None and (previous.func.__module__, previous.func.__qualname__) == (
+            func.__module__,
+            func.__qualname__,
+        )  # the same module imported again (importlib.reload, as a worker does with an uploaded plugin)
+        if previous is not None and previous.func is not func and not reloaded:
             raise CvplError(f"op {name!r} is registered twice")
         REGISTRY[name] = opdef
         wrapper = adapt_call(opdef)

@@ -80,12 +80,14 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class ClusterSpec:
-    """Where the graph runs: "" → a LocalCluster sized to the machine; else a scheduler address."""
+    """Where the graph runs: a scheduler address, a factory, else a LocalCluster sized to the machine."""
 
     address: str = ""
     n_workers: int = 0  # 0 → one per core
     threads_per_worker: int = 0  # 0 → 1
     memory_limit: str = "auto"
+    factory: str = ""  # "module:function" returning a distributed Client or Cluster
+    options: tuple[tuple[str, Any], ...] = ()  # keyword arguments of the factory
 
 
 @dataclass(frozen=True)
@@ -401,7 +403,7 @@ def _parse_cluster(raw: Any, c: Collector) -> ClusterSpec:
     if not isinstance(raw, dict):
         c.add("cluster", f"expected a table, got {raw!r}")
         return ClusterSpec()
-    c.unknown_keys(raw, ["address", "n_workers", "threads_per_worker", "memory_limit"], "cluster")
+    c.unknown_keys(raw, ["address", "n_workers", "threads_per_worker", "memory_limit", "factory", "options"], "cluster")
     address = c.typed(
         raw, "address", "cluster", str, '"" or a scheduler address such as "tcp://127.0.0.1:8786"', default=""
     )
@@ -413,7 +415,18 @@ def _parse_cluster(raw: Any, c: Collector) -> ClusterSpec:
     for key, value in (("n_workers", workers), ("threads_per_worker", threads)):
         if value < 0:
             c.add(f"cluster.{key}", f"expected an integer ≥ 0, got {value!r}")
-    return ClusterSpec(address, max(workers, 0), max(threads, 0), memory)
+    factory = c.typed(raw, "factory", "cluster", str, 'a "module:function" reference', default="")
+    if factory and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", factory):
+        c.add("cluster.factory", f'expected a "module:function" reference such as "lab_cluster:slurm", got {factory!r}')
+    if factory and address:
+        c.add("cluster.factory", f"expected either address or factory, got both (address {address!r})")
+    options = raw.get("options", {})
+    if not isinstance(options, dict):
+        c.add("cluster.options", f"expected a table of keyword arguments for the factory, got {options!r}")
+        options = {}
+    elif options and not factory:
+        c.add("cluster.options", "expected a factory to pass these options to; set cluster.factory")
+    return ClusterSpec(address, max(workers, 0), max(threads, 0), memory, factory, tuple(options.items()))
 
 
 def parse_spec(text: str, path: str = "<spec>") -> Spec:

@@ -2,87 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from dask_processes import dask_processes, free_port
 
 import cvplgraph
-
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    dask_cli = shutil.which("dask", path=str(BIN)) or shutil.which("dask")
-    assert dask_cli, "the `dask` command (from distributed) must be installed"
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    logs = tmp_path_factory.mktemp("dask-logs")
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    procs = [
-        subprocess.Popen(
-            [dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"],
-            stdout=open(logs / "scheduler.log", "w"),
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    ]
-    procs.append(
-        subprocess.Popen(
-            [
-                dask_cli,
-                "worker",
-                address,
-                "--host",
-                "127.0.0.1",
-                "--nworkers",
-                "1",
-                "--nthreads",
-                "2",
-                "--memory-limit",
-                "2GiB",
-                "--no-dashboard",
-            ],
-            stdout=open(logs / "worker.log", "w"),
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=logs,
-        )
-    )
-    from distributed import Client
-
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with Client(address, timeout="2s") as client:
-                    if client.scheduler_info()["workers"]:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the test cluster did not start; logs in {logs}")
-            time.sleep(0.5)
+    with dask_processes(tmp_path_factory.mktemp("dask-logs")) as address:
         yield address
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
 
 
 def test_existing_scheduler_gives_the_same_result_as_local(spec_file: Path, scheduler: str, tmp_path: Path) -> None:
