@@ -7,8 +7,8 @@ Order of precedence: a ``client`` passed in; ``scheduler="threads"``/``"sync"``
 otherwise a LocalCluster of one single-threaded worker process per core, each
 with its share of the machine's memory as its limit.
 
-Workers need only cvplgraph installed. Plugin ops that are files of the user's
-(not installed in the Python environment) are uploaded to every worker, and to
+Workers need only cvplgraph installed. Plugin ops from the user's own files
+(modules of no installed distribution, e.g. beside the spec) are uploaded to every worker, and to
 workers that join later, with ``Client.upload_file``; ops from installed
 packages must be importable on the workers, which is checked before anything
 runs.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import logging
 import os
 import sys
@@ -134,14 +135,9 @@ def _from_factory(spec: Spec) -> tuple[Any, Any]:
     )
 
 
-def _is_installed(module: ModuleType) -> bool:
-    """Whether the module lives inside the Python environment (site-packages), not in a user's folder."""
-    path = getattr(module, "__file__", None)
-    if path is None:
-        return True  # built-in or namespace: nothing to upload
-    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    resolved = Path(path).resolve()
-    return any(resolved.is_relative_to(p) for p in prefixes)
+def _installed_packages() -> set[str]:
+    """Top-level module names that belong to an installed distribution (pip, conda, editable)."""
+    return set(importlib.metadata.packages_distributions())
 
 
 def _upload(client: Any, module: ModuleType) -> None:
@@ -178,9 +174,9 @@ def ship_plugins(client: Any, modules: Iterable[str]) -> None:
     user = sorted({m for m in modules if m.split(".")[0] != "cvplgraph" and m in sys.modules})
     if not user:
         return
-    tops = {m.split(".")[0] for m in user}
-    for top in sorted(tops):
-        if top in sys.modules and not _is_installed(sys.modules[top]):
+    installed = _installed_packages()
+    for top in sorted({m.split(".")[0] for m in user} - installed):
+        if getattr(sys.modules.get(top), "__file__", None):
             try:
                 _upload(client, sys.modules[top])
             except Exception as exc:

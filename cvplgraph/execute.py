@@ -199,24 +199,16 @@ def execute(
 
     With ``profile``, the report's ``node_seconds`` holds the task seconds spent on each node."""
     spec = plan.spec
-    lowered = lower(plan)
-    report = RunReport(
-        computed=list(lowered.ops_called), cached=[n for n, p in plan.nodes.items() if p.status == CACHED]
-    )
-    small = {n: v for n, v in lowered.values.items() if isinstance(v, (Table, BlockCounts))}
-    array_outputs = []
-    for name, target in spec.outputs:
-        value = lowered.values[name]
-        if isinstance(value, xr.DataArray):
-            node = plan.graph.nodes[name]["node"]
-            array_outputs += write_array(target, value, node.output, node.nodespec.store, name)
-    writes = [w for ws in lowered.writes.values() for w in ws]
-    targets = writes + array_outputs + [v.frame if isinstance(v, Table) else v.counts for v in small.values()]
-    report.blocks = {name: (w.blocks, w.blocks_done) for name, w in lowered.cached.items()}
-    start, started = time.perf_counter(), time.time()
-    if client is None and not lowered.ops_called and not array_outputs:
+    todo = plan.to_compute()
+    report = RunReport(computed=todo, cached=[n for n, p in plan.nodes.items() if p.status == CACHED])
+    array_kinds = (PortType.Image, PortType.Mask, PortType.Labels)
+    if (
+        client is None
+        and not todo
+        and all(plan.graph.nodes[n]["node"].output not in array_kinds for n, _ in spec.outputs)
+    ):
         scheduler = "threads"  # everything cached: reading a few small tables needs no cluster
-    modules = {plan.graph.nodes[n]["node"].opdef.func.__module__ for n in lowered.ops_called}
+    modules = {plan.graph.nodes[n]["node"].opdef.func.__module__ for n in todo}
 
     def connected(cl: Any) -> None:
         report.dashboard = getattr(cl, "dashboard_link", None)
@@ -224,7 +216,20 @@ def execute(
             print(f"dask dashboard: {report.dashboard}", flush=True)
         ship_plugins(cl, modules)
 
+    start, started = time.perf_counter(), time.time()
+    # connect before lowering: a cluster that cannot start leaves the cache untouched
     with connect(spec, client, scheduler, on_connect=connected) as cl:
+        lowered = lower(plan)
+        small = {n: v for n, v in lowered.values.items() if isinstance(v, (Table, BlockCounts))}
+        array_outputs = []
+        for name, target in spec.outputs:
+            value = lowered.values[name]
+            if isinstance(value, xr.DataArray):
+                node = plan.graph.nodes[name]["node"]
+                array_outputs += write_array(target, value, node.output, node.nodespec.store, name)
+        writes = [w for ws in lowered.writes.values() for w in ws]
+        targets = writes + array_outputs + [v.frame if isinstance(v, Table) else v.counts for v in small.values()]
+        report.blocks = {name: (w.blocks, w.blocks_done) for name, w in lowered.cached.items()}
         tasks: list[tuple[str, float]] | None = [] if profile else None
         computed = _compute(targets, cl, progress, tasks)
     report.seconds = time.perf_counter() - start

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,3 +75,53 @@ def _plugin_forgotten() -> Iterator[None]:
     yield
     REGISTRY.pop("slow_copy", None)  # together: a later import registers it afresh
     sys.modules.pop("slow_ops", None)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A moto S3 server on 127.0.0.1 with a bucket; yields the environment that points runs at it.
+
+    The endpoint reaches cvplgraph the way a user would configure it, through fsspec's environment
+    configuration (``FSSPEC_S3_ENDPOINT_URL``) and the usual AWS variables."""
+    pytest.importorskip("moto", reason="moto[server] is a test dependency: pip install -e '.[test]'")
+    pytest.importorskip("s3fs", reason="s3fs is a test dependency: pip install -e '.[test]'")
+    import fsspec
+    from dask_processes import free_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    saved_env = {k: os.environ.get(k) for k in env}
+    saved_conf = fsspec.config.conf.get("s3")
+    os.environ.update(env)
+    fsspec.config.conf["s3"] = {"endpoint_url": env["FSSPEC_S3_ENDPOINT_URL"]}
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir("cvplgraph-test")
+        yield {**os.environ, **env}
+    finally:
+        server.terminate()
+        server.wait()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if saved_conf is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved_conf
