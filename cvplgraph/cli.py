@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scheduler",
         metavar="ADDRESS",
-        help="dask scheduler address (overrides [cluster] address), or 'threads' / 'sync'",
+        help="dask scheduler address (overrides [cluster] address and factory), or 'threads' / 'sync' "
+        "for dask's local schedulers; default: the spec's [cluster], else a LocalCluster on this machine",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(p)

@@ -141,18 +141,23 @@ def _installed_packages() -> set[str]:
 
 
 def _upload(client: Any, module: ModuleType) -> None:
-    """Send a user's plugin module (a file or a package folder) to every worker, present and future."""
+    """Send a user's plugin module (a file or a package folder) to the scheduler, which unpickles the
+    task graph, and to every worker, present and future (see :mod:`cvplgraph.upload`). The names make
+    a later run replace, not add to, the upload."""
+    from distributed.diagnostics.plugin import UploadFile
+
+    from .upload import SchedulerModule
+
     path = Path(module.__file__ or "")
-    if path.name != "__init__.py":
-        client.upload_file(str(path))
-        return
-    package = path.parent
     with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / f"{package.name}.zip"
-        with zipfile.ZipFile(archive, "w") as z:
-            for file in sorted(package.rglob("*.py")):
-                z.write(file, Path(package.name) / file.relative_to(package))
-        client.upload_file(str(archive))
+        if path.name == "__init__.py":  # a package folder: send it zipped
+            package, path = path.parent, Path(tmp) / f"{path.parent.name}.zip"
+            with zipfile.ZipFile(path, "w") as z:
+                for file in sorted(package.rglob("*.py")):
+                    z.write(file, Path(package.name) / file.relative_to(package))
+        name = f"cvplgraph-plugin-{module.__name__}"
+        client.register_plugin(SchedulerModule(path.name, path.read_bytes()), name=name)
+        client.register_plugin(UploadFile(str(path)), name=name)
 
 
 def _missing_modules(names: list[str]) -> list[str]:

@@ -68,13 +68,20 @@ def spec_file(tmp_path: Path, synthetic: tuple[Path, pd.DataFrame]) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _plugin_forgotten() -> Iterator[None]:
-    """The cache tests load a plugin op, `slow_copy`, into this process: forget it after each test."""
+def _plugins_forgotten(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests load plugin ops and cluster factories from their temporary folders into this process:
+    forget those ops and modules after each test, so that the next test imports its own."""
     from cvplgraph.registry import REGISTRY
 
     yield
-    REGISTRY.pop("slow_copy", None)  # together: a later import registers it afresh
-    sys.modules.pop("slow_ops", None)
+    base = str(tmp_path_factory.getbasetemp().resolve())
+    temporary = {
+        name for name, module in sys.modules.items() if (getattr(module, "__file__", None) or "").startswith(base)
+    }
+    for op_name in [n for n, opdef in REGISTRY.items() if opdef.func.__module__ in temporary]:
+        del REGISTRY[op_name]
+    for name in temporary:
+        del sys.modules[name]
 
 
 @pytest.fixture(scope="module")

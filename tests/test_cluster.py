@@ -288,3 +288,51 @@ def test_workers_sharing_no_disk_with_the_client_use_an_object_store(
     pd.testing.assert_frame_equal(centroids(spec).drop(columns="label"), centroids(local).drop(columns="label"))
     assert sorted(p.name for p in project.iterdir()) == ["results", "spec.toml"]  # the cache is on S3 only
     assert fs.ls("cvplgraph-test/cluster/cache/manifest")
+
+
+SBATCH = """\
+#!/usr/bin/env bash
+# stand-in for SLURM's sbatch: start the job script on this machine, print a job id as sbatch does
+cp "$1" "{jobs}/job-$$.sh"
+setsid bash "{jobs}/job-$$.sh" > "{jobs}/job-$$.log" 2>&1 < /dev/null &
+echo "Submitted batch job $!"
+"""
+SCANCEL = """\
+#!/usr/bin/env bash
+echo "$@" >> "{jobs}/cancelled"
+for id in "$@"; do kill -TERM -- "-$id" 2>/dev/null; done
+exit 0
+"""
+
+
+def test_the_slurm_recipe_from_the_docs_runs_a_pipeline(
+    reference: Path, synthetic: tuple[Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/cluster.md's SLURM factory, as written, through dask-jobqueue with stand-in sbatch/scancel."""
+    pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is a test dependency: pip install -e '.[test]'")
+    import re
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "cluster.md").read_text(encoding="utf-8")
+    recipe = next(code for code in re.findall(r"```python\n(.*?)```", docs, flags=re.S) if "SLURMCluster" in code)
+    jobs, bin_dir = tmp_path / "jobs", tmp_path / "bin"
+    jobs.mkdir()
+    bin_dir.mkdir()
+    for name, text in (("sbatch", SBATCH), ("scancel", SCANCEL)):
+        (bin_dir / name).write_text(text.format(jobs=jobs))
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "lab_cluster.py").write_text(recipe)
+    options = (
+        '[cluster]\nfactory = "lab_cluster:slurm"\noptions = { jobs = 1, cores = 2, processes = 2, memory = "2GiB", '
+        f'host = "127.0.0.1", local_directory = "{tmp_path}", worker_extra_args = ["--host", "127.0.0.1"] }}\n'
+    )
+    spec = gated_project(project, synthetic[0], extra=options)
+    result = cvplgraph.run(cvplgraph.load_spec(spec))
+    assert result.report.computed == ["scaled", "mask", "cells", "centroids", "counts"]
+    pd.testing.assert_frame_equal(centroids(spec).drop(columns="label"), centroids(reference).drop(columns="label"))
+    (script,) = jobs.glob("job-*.sh")
+    text = script.read_text()
+    assert "#SBATCH --mem=" in text and "--nworkers 2" in text and "tcp://127.0.0.1:" in text
+    assert (jobs / "cancelled").exists()  # the factory's cluster was closed: its job cancelled

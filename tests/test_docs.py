@@ -19,3 +19,21 @@ def test_readme_commands_are_the_ci_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     test_command = next(line for line in ci.splitlines() if "pytest" in line).strip()
     assert test_command in readme
+
+
+def test_cluster_recipes_are_valid_python_and_spec_tables() -> None:
+    """Every recipe in docs/cluster.md compiles, and every [cluster] table passes the spec check."""
+    import re
+
+    from cvplgraph.spec import parse_spec
+
+    text = (ROOT / "docs" / "cluster.md").read_text(encoding="utf-8")
+    python = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    tables = re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+    assert len(python) >= 4 and len(tables) >= 5
+    for code in python:
+        compile(code, "docs/cluster.md", "exec")
+    for table in tables:
+        head = '[input]\nurl = "volume.ome.zarr"\n\n[nodes.mask]\nop = "threshold"\nimage = "input"\n\n'
+        spec = parse_spec(head + table, "docs/cluster.md")
+        assert spec.cluster.address or spec.cluster.factory

@@ -1,0 +1,126 @@
+"""Scale-out figures: throughput against the number of workers, worker memory against chunk size,
+and a paper estimate for a whole brain on a large cluster.
+
+1. Throughput: the counting pipeline (threshold → connected components → centroids → count, only
+   the small results cached) on a synthetic float32 volume, on LocalClusters of 1, 2 and 4
+   single-threaded worker processes; each figure is relative to the raw read + decompress of the
+   same volume on the 1-worker cluster, measured in the same run.
+2. Memory: each worker's peak RSS during the pipeline for several chunk sizes, at two volume
+   sizes. Peak memory should follow the chunk size and stay flat in the volume size.
+3. Estimate: from the measured per-block worker seconds, the scheduling overhead and the serial
+   tail (the union of face pairs and the merge of per-block sums, which grow with the number of
+   objects), the wall time of a 500 GB volume on 64 workers.
+
+    python benchmarks/bench_cluster.py --workdir /tmp/cvpl-cluster --json cluster.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_pipeline import PACKAGES, Workload, ensure_volume, pipeline, raw_read, run_once, spec_text, volume_shape
+from distributed import Client, LocalCluster
+from machine_info import machine
+
+#: Task prefixes that run once per volume, after every block (see cvplgraph.ops.components, measure).
+SERIAL = ("lut", "_merge", "count", "offsets", "total", "_union")
+WORKERS = (1, 2, 4)
+CHUNKS = ((32, 128, 128), (64, 256, 256), (128, 256, 256), (128, 512, 512))
+
+
+def cluster(workers: int, memory: str) -> tuple[LocalCluster, Client]:
+    c = LocalCluster(n_workers=workers, threads_per_worker=1, memory_limit=memory, processes=True,
+                     host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)  # fmt: skip
+    return c, Client(c)
+
+
+def measure(client: Client, workdir: Path, size_gib: float, chunks: tuple[int, int, int], runs: int) -> dict[str, Any]:
+    """Raw read and pipeline (i) on one volume, best of ``runs`` each."""
+    shape = volume_shape(size_gib)
+    url, _ = ensure_volume(workdir, shape, chunks, client)
+    raw = Workload("raw read", raw_read(client, url))
+    raw.work()  # untimed: page cache, imports
+    spec = workdir / f"cluster-{'x'.join(map(str, shape))}-c{'x'.join(map(str, chunks))}.toml"
+    spec.write_text(spec_text(url, spec.with_suffix(".cache"), chunks, cache_arrays=False))
+    work, clear = pipeline(client, spec)
+    counting = Workload("pipeline", work, clear)
+    for _ in range(runs):
+        run_once(client, raw)
+        run_once(client, counting)
+    best = counting.best
+    blocks = int(np.prod([-(-s // c) for s, c in zip(shape, chunks)]))
+    tasks = best.task_seconds
+    return {
+        "shape": list(shape),
+        "chunks": list(chunks),
+        "bytes": int(np.prod(shape)) * 4,
+        "blocks": blocks,
+        "raw_seconds": raw.best.seconds,
+        "pipeline_seconds": best.seconds,
+        "cells": best.cells,
+        "peak_rss_per_worker": max(best.peak_rss_bytes.values()),
+        "task_seconds": sum(v for k, v in tasks.items() if not k.startswith("[")),
+        "serial_seconds": sum(v for k, v in tasks.items() if k in SERIAL),
+        "breakdown": tasks,
+    }
+
+
+def estimate(row: dict[str, Any], slots: int, target_bytes: float = 500e9, workers: int = 64) -> dict[str, float]:
+    """Wall seconds for ``target_bytes`` of float32 on ``workers`` single-threaded workers, from one run."""
+    per_block = (row["task_seconds"] - row["serial_seconds"]) / row["blocks"]
+    overhead = row["pipeline_seconds"] * slots / max(row["task_seconds"], 1e-9)  # wall × slots per task second
+    scale = target_bytes / row["bytes"]
+    blocks = row["blocks"] * scale
+    parallel = blocks * per_block * overhead / workers
+    serial = row["serial_seconds"] * scale  # grows with the objects, i.e. with the volume
+    return {"blocks": blocks, "per_block_seconds": per_block, "overhead": overhead,
+            "parallel_seconds": parallel, "serial_seconds": serial, "total_seconds": parallel + serial}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=None, help="volumes and caches (default: a temp dir)")
+    parser.add_argument("--size-gib", type=float, default=1.0, help="volume for the throughput figures")
+    parser.add_argument("--memory-sizes", type=float, nargs=2, default=[0.25, 1.0], help="volumes for memory")
+    parser.add_argument("--runs", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="cvplgraph-cluster-"))).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    throughput = []
+    for n in WORKERS:
+        c, client = cluster(n, "4GiB")
+        with c, client:
+            row = measure(client, workdir, args.size_gib, (64, 256, 256), args.runs)
+        row["workers"] = n
+        throughput.append(row)
+    reference = throughput[0]["raw_seconds"]
+    print("\nworkers | raw read GB/s | pipeline GB/s | pipeline / raw read of 1 worker | peak RSS per worker MiB")
+    for row in throughput:
+        gb = row["bytes"] / 1e9
+        print(f"{row['workers']} | {gb / row['raw_seconds']:.2f} | {gb / row['pipeline_seconds']:.2f} | "
+              f"{reference / row['pipeline_seconds']:.2f} | {row['peak_rss_per_worker'] / 2**20:.0f}")  # fmt: skip
+    memory = []
+    c, client = cluster(2, "4GiB")
+    with c, client:
+        for chunks in CHUNKS:
+            for size in args.memory_sizes:
+                row = measure(client, workdir, size, chunks, 1)
+                memory.append(row)
+                print(f"chunks {chunks}, {size} GiB: peak RSS per worker {row['peak_rss_per_worker'] / 2**20:.0f} MiB")
+    paper = estimate(next(r for r in throughput if r["workers"] == 2), slots=2)
+    print(f"\n500 GB on 64 workers: {paper['total_seconds'] / 60:.0f} min ({paper})")
+    report = {"machine": machine(PACKAGES), "throughput": throughput, "memory": memory, "estimate": paper}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+    return report
+
+
+if __name__ == "__main__":
+    main()
