@@ -8,10 +8,10 @@ otherwise a LocalCluster of one single-threaded worker process per core, each
 with its share of the machine's memory as its limit.
 
 Workers need only cvplgraph installed. Plugin ops from the user's own files
-(modules of no installed distribution, e.g. beside the spec) are uploaded to every worker, and to
-workers that join later, with ``Client.upload_file``; ops from installed
-packages must be importable on the workers, which is checked before anything
-runs.
+(modules of no installed distribution, e.g. beside the spec) are uploaded to the
+scheduler and every worker, and to workers that join later, as plugins; ops
+from installed packages must be importable on the workers, which is checked
+before anything runs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from .errors import CvplError
 from .plugins import import_plugin
 from .spec import Spec
 
-log = logging.getLogger(__name__)
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "processes")
 
 
@@ -127,7 +126,7 @@ def _from_factory(spec: Spec) -> tuple[Any, Any]:
     except Exception as exc:  # the factory is user code talking to an outside system
         raise CvplError(f"cluster.factory {cfg.factory!r} failed: {type(exc).__name__}: {exc}") from exc
     if isinstance(made, Client):
-        return made, None
+        return made, getattr(made, "cluster", None)  # Client(cluster) does not close that cluster itself
     if hasattr(made, "scheduler_address"):  # a Cluster object (LocalCluster, SLURMCluster, KubeCluster, …)
         return Client(made), made
     raise CvplError(
