@@ -122,7 +122,7 @@ def test_an_installed_plugin_missing_on_the_workers_is_a_clear_error(
     assert "plugin module(s) lab_installed cannot be imported on 2 worker(s)" in out.stderr
     assert "install them on every worker" in out.stderr
     assert "Traceback" not in out.stderr
-    assert not (project / "cache" / "manifest.json").exists() or cvplgraph.plan(cvplgraph.load_spec(spec)).entries == {}
+    assert not (project / "cache").exists()  # stopped before anything was written
 
 
 FACTORY = """\
