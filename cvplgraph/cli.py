@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="dask scheduler address (overrides [cluster] address and factory), or 'threads' / 'sync' "
         "for dask's local schedulers; default: the spec's [cluster], else a LocalCluster on this machine",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    shown.add_argument("--json", action="store_true",
+                       help="JSON lines on stdout: start, progress (tasks, ETA, bytes) every second, done")  # fmt: skip
+    p.add_argument("--report", metavar="HTML", help="also write the run's report page (see `cvplgraph report`)")
     _add_common(p)
 
     p = sub.add_parser(
@@ -78,6 +82,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("spec", help="the spec TOML file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--dag",
+        metavar="FILE",
+        help="also draw the DAG, coloured by status, edges labelled with ports: .svg or .png (Graphviz when "
+        "installed, else drawn in Python), .dot or .mmd text; '-' prints Mermaid (or --dag-format dot) "
+        "instead of the table",
+    )
+    p.add_argument(
+        "--dag-format", choices=["svg", "png", "dot", "mermaid"], help="override the format --dag's suffix implies"
+    )
+    p.add_argument(
+        "--explain",
+        metavar="NODE",
+        help="why NODE will (or will not) run: what changed since its cached entry, old → new",
+    )
+    _add_common(p)
+
+    p = sub.add_parser(
+        "report",
+        help="write a run's report: one self-contained HTML page",
+        description="Write one HTML page about a recorded run (every `cvplgraph run` records itself in "
+        "<cache>/runs/): the spec, the DAG coloured by status, per-node time / bytes / cache hit, counts, "
+        "the per-region table with a bar chart of densities, a maximum-intensity projection of the input "
+        "with the detected centroids, and the environment. Plots are embedded; the page loads nothing.",
+    )
+    p.add_argument("run", help="a spec (its newest run), a run record (.json), or a run id with --cache")
+    p.add_argument("--out", metavar="HTML", help="the page to write (default: report-<run id>.html here)")
+    p.add_argument("--cache", metavar="URL", help="the cache holding the run id")
     _add_common(p)
 
     p = sub.add_parser(
@@ -280,11 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cvplgraph: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(
-            "cvplgraph: interrupted; nothing partial was committed — run the same command again to resume",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt as exc:
+        message = str(exc) or "interrupted; nothing partial was committed — run the same command again to resume"
+        print(f"cvplgraph: {message}", file=sys.stderr)
         return 130
 
 

@@ -58,26 +58,90 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
     plan = plan_with_estimates(load_spec(args.spec))
+    if args.explain:
+        from .explain import explain
+
+        print(explain(plan, args.explain))
+        return 0
+    if args.dag:
+        from .dag import dag_from_plan, write_dag
+
+        text = write_dag(dag_from_plan(plan), args.dag, args.dag_format)
+        if text is not None:
+            print(text)
+            return 0
     print(plan.to_json() if args.json else format_plan(plan))
+    if args.dag and not args.json:
+        print(f"DAG → {args.dag}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .execute import execute
+    import time
+
+    from .execute import RunReport, execute
     from .plan import make_plan
+    from .progress import Display
+    from .runlog import make_record, new_run_id, save_record
     from .spec import load_spec
 
     spec = load_spec(args.spec)
     plan = make_plan(spec)
     todo = plan.to_compute()
-    if not args.quiet:
+    display = Display("json" if args.json else "quiet" if args.quiet else "bar")
+    started, run_id = time.time(), new_run_id()
+    display.event("start", run=run_id, spec=spec.source, compute=todo,
+                  cached=[n for n, p in plan.nodes.items() if p.status == "cached"])  # fmt: skip
+    if display.mode == "bar":
         print(f"{len(todo)} node(s) to compute" + (f": {', '.join(todo)}" if todo else " — everything is cached"))
-    results = execute(plan, scheduler=args.scheduler, progress=not args.quiet)
+    try:
+        results = execute(plan, scheduler=args.scheduler, progress=display, profile=True)
+    except KeyboardInterrupt:
+        report = RunReport(computed=todo, seconds=time.time() - started)
+        url = save_record(make_record(plan, report, run_id=run_id, status="interrupted", started=started))
+        display.event("interrupted", run=run_id, record=url)
+        raise KeyboardInterrupt(_interrupted(plan, args.spec)) from None
     report = results.report
-    if not args.quiet:
+    record = make_record(plan, report, results, run_id=run_id, started=started)
+    record_url = save_record(record)
+    page = None
+    if args.report:
+        from .report import write_report
+
+        page = write_report(record, args.report)
+    if display.mode == "json":
+        display.event("done", run=run_id, seconds=round(report.seconds, 3), computed=report.computed,
+                      outputs=report.outputs, counts=record["counts"], record=record_url, report=page)  # fmt: skip
+    elif display.mode == "bar":
         print(f"done in {report.seconds:.1f} s; computed: {', '.join(report.computed) or 'nothing'}")
         for name, target in report.outputs.items():
             print(f"  {name} → {target}")
+        print(f"run {run_id} recorded" + (f"; report → {page}" if page else f" (cvplgraph report {args.spec})"))
+    return 0
+
+
+def _interrupted(plan: Plan, spec: str) -> str:
+    """What an interrupted run leaves: nothing committed, the chunks already written kept for the next run."""
+    from .resume import partial_progress
+
+    kept = []
+    for name in plan.to_compute():
+        share = partial_progress(plan.manifest.url, plan.nodes[name].key) if plan.nodes[name].cache else None
+        if share:
+            kept.append(f"{name} {share:.0%}")
+    written = f"; chunks already written are kept ({', '.join(kept)})" if kept else ""
+    return (
+        f"interrupted: no cache entry was committed for an unfinished node{written} — resume with: cvplgraph run {spec}"
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .runlog import load_record
+
+    record = load_record(args.run, cache=args.cache)
+    page = write_report(record, args.out or f"report-{record['id']}.html")
+    print(f"report → {page}")
     return 0
 
 

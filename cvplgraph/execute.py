@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -28,6 +29,7 @@ from .lower import Lowered, lower
 from .manifest import Entry
 from .outputs import region_dataset, write_block_counts, write_points, write_regions
 from .plan import CACHED, Plan, make_plan
+from .progress import Display, as_display, cluster_progress, counting, local_progress
 from .resume import clear_partial
 from .spec import Spec
 from .storage import read_value, write_array
@@ -49,6 +51,8 @@ class RunReport:
     seconds: float = 0.0
     dashboard: str | None = None
     node_seconds: dict[str, float] = field(default_factory=dict)  # with profile=True: task seconds per node
+    cluster: dict[str, Any] = field(default_factory=dict)  # where it ran: kind, workers, threads, memory
+    io: dict[str, int] = field(default_factory=dict)  # tasks, read_bytes, written_bytes (with progress shown)
 
 
 class Results(Mapping[str, Any]):
@@ -70,15 +74,12 @@ class Results(Mapping[str, Any]):
 
 
 def _compute(
-    targets: list[Any], client: Any, progress: bool, tasks: list[tuple[str, float]] | None = None
+    targets: list[Any], client: Any, display: Display, tasks: list[tuple[str, float]] | None = None
 ) -> list[Any]:
     """Compute ``targets`` in one graph; with ``tasks``, append (key, seconds) of every task run."""
     with contextlib.ExitStack() as stack:
         if client is None:
-            if progress:
-                from dask.diagnostics import ProgressBar
-
-                stack.enter_context(ProgressBar(dt=1.0))
+            stack.enter_context(local_progress(display))
             if tasks is not None:
                 from dask.diagnostics import Profiler
 
@@ -91,18 +92,35 @@ def _compute(
             from distributed import get_task_stream
 
             stream = stack.enter_context(get_task_stream(client))
+        figures = stack.enter_context(counting(client, display))
         futures = client.compute(targets)
-        if progress:
-            from distributed import progress as show
-
-            show(futures, notebook=False)
-            print()
-        out = client.gather(futures)
+        try:
+            cluster_progress(futures, display, figures)
+            out = client.gather(futures)
+        except BaseException:  # Ctrl-C or a failed task: stop what is still running for this run
+            with contextlib.suppress(Exception):
+                client.cancel(futures)
+            raise
     if tasks is not None:
         for record in stream.data:
             spans = [s["stop"] - s["start"] for s in record.get("startstops", ()) if s.get("action") == "compute"]
             tasks.append((str(record["key"]), sum(spans)))
     return out
+
+
+def _cluster_info(client: Any, scheduler: str | None) -> dict[str, Any]:
+    """Where a run computed: dask's local scheduler, or a cluster's workers, threads and memory."""
+    if client is None:
+        threads = 1 if scheduler == "sync" else os.cpu_count() or 1
+        return {"kind": f"dask {scheduler or 'threads'} scheduler", "workers": 1, "threads": threads}
+    workers = list(client.scheduler_info().get("workers", {}).values())
+    return {
+        "kind": type(client.cluster).__name__ if getattr(client, "cluster", None) is not None else "dask scheduler",
+        "address": client.scheduler.address,
+        "workers": len(workers),
+        "threads": sum(int(w.get("nthreads", 0)) for w in workers),
+        "memory_bytes": sum(int(w.get("memory_limit") or 0) for w in workers),
+    }
 
 
 def task_owners(plan: Plan, lowered: Lowered) -> dict[str, str]:
@@ -193,11 +211,19 @@ def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> li
 
 
 def execute(
-    plan: Plan, *, client: Any = None, scheduler: str | None = None, progress: bool = False, profile: bool = False
+    plan: Plan,
+    *,
+    client: Any = None,
+    scheduler: str | None = None,
+    progress: bool | str | Display = False,
+    profile: bool = False,
 ) -> Results:
     """Run everything the plan marks to compute, write outputs, commit the cache.
 
-    With ``profile``, the report's ``node_seconds`` holds the task seconds spent on each node."""
+    ``progress``: True for a bar on stderr, ``"json"`` for JSON lines on stdout,
+    or a :class:`~cvplgraph.progress.Display`. With ``profile``, the report's
+    ``node_seconds`` holds the task seconds spent on each node."""
+    display = as_display(progress)
     spec = plan.spec
     todo = plan.to_compute()
     report = RunReport(computed=todo, cached=[n for n, p in plan.nodes.items() if p.status == CACHED])
@@ -212,8 +238,9 @@ def execute(
 
     def connected(cl: Any) -> None:
         report.dashboard = getattr(cl, "dashboard_link", None)
-        if progress and report.dashboard:
-            print(f"dask dashboard: {report.dashboard}", flush=True)
+        if report.dashboard:
+            display.message(f"dask dashboard: {report.dashboard}")
+            display.event("dashboard", url=report.dashboard)
         ship_plugins(cl, modules)
 
     start, started = time.perf_counter(), time.time()
@@ -231,7 +258,11 @@ def execute(
         targets = writes + array_outputs + [v.frame if isinstance(v, Table) else v.counts for v in small.values()]
         report.blocks = {name: (w.blocks, w.blocks_done) for name, w in lowered.cached.items()}
         tasks: list[tuple[str, float]] | None = [] if profile else None
-        computed = _compute(targets, cl, progress, tasks)
+        computed = _compute(targets, cl, display, tasks)
+        report.cluster = _cluster_info(cl, scheduler)
+        if display.last is not None:
+            last = display.last
+            report.io = {"tasks": last.total, "read_bytes": last.read_bytes, "written_bytes": last.written_bytes}
     report.seconds = time.perf_counter() - start
     if tasks is not None:
         owners = task_owners(plan, lowered)

@@ -25,6 +25,7 @@ from dask.highlevelgraph import HighLevelGraph
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from .errors import CacheError, InputError
+from .meter import READ, WRITTEN, count, read_zarr
 from .resume import Ranges, expand, mark
 from .spec import InputSpec, StoreSpec
 from .types import PortType
@@ -117,7 +118,7 @@ def read_input(spec: InputSpec) -> xr.DataArray:
     scale, translation = _transforms(ds.get("coordinateTransformations", []), array.ndim)
     gscale, gtrans = _transforms(ms.get("coordinateTransformations", []), array.ndim)
     scale, translation = scale * gscale, translation * gscale + gtrans
-    data = da.from_zarr(array)
+    data = read_zarr(array)
     index: list[Any] = []
     for axis, size in zip(names, array.shape):
         if axis in DIMS:
@@ -326,6 +327,7 @@ def _write_block(block: np.ndarray, array: zarr.Array, region: tuple[slice, ...]
     fill values, which zarr does not store), for ``cvplgraph cache verify``.
     """
     array[region] = block
+    count(WRITTEN, block.nbytes)
     if marker is not None:
         chunks = tuple(int(c) for c in array.chunks)
         origin = [r.start for r in region]
@@ -351,7 +353,7 @@ def read_array(url: str, level: int = 0, *, working: bool = True) -> xr.DataArra
     ms = multiscales(attrs, url)
     ds = ms["datasets"][level]
     scale, translation = _transforms(ds["coordinateTransformations"], 3)
-    data = da.from_zarr(child_array(group, ds["path"], url))
+    data = read_zarr(child_array(group, ds["path"], url))
     ours: dict[str, Any] = attrs.get("cvplgraph") or {}
     chunks: list[list[int]] | None = ours.get("working_chunks") if working and level == 0 else None
     if chunks and [sum(c) for c in chunks] == list(data.shape) and tuple(map(tuple, chunks)) != data.chunks:
@@ -379,6 +381,7 @@ def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
         "rows": len(frame),
         "geometry": geometry.to_dict(),
     }
+    count(WRITTEN, int(frame.memory_usage(deep=False).sum()))
     return len(frame)
 
 
@@ -388,7 +391,9 @@ def write_table(url: str, table: Table) -> Delayed:
 
 def _read_frame(url: str, columns: list[str]) -> pd.DataFrame:
     group = open_group(url)
-    return pd.DataFrame({c: child_array(group, c, url)[:] for c in columns})
+    frame = pd.DataFrame({c: child_array(group, c, url)[:] for c in columns})
+    count(READ, int(frame.memory_usage(deep=False).sum()))
+    return frame
 
 
 def read_table(url: str) -> Table:
@@ -401,6 +406,7 @@ def read_table(url: str) -> Table:
 def _write_counts(url: str, counts: np.ndarray, block: tuple[int, int, int], geometry: Geometry) -> int:
     group = create_group(url)
     group.create_array("counts", data=counts)
+    count(WRITTEN, counts.nbytes)
     group.attrs["cvplgraph"] = {
         "type": "BlockCounts",
         "block": list(block),
@@ -422,7 +428,9 @@ def read_counts(url: str) -> BlockCounts:
 
 
 def _read_counts(url: str) -> np.ndarray:
-    return np.asarray(child_array(open_group(url), "counts", url)[:])
+    counts = np.asarray(child_array(open_group(url), "counts", url)[:])
+    count(READ, counts.nbytes)
+    return counts
 
 
 #: Types carried as a :class:`~cvplgraph.values.Table` and stored as a zarr group of columns.
