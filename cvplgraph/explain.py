@@ -83,14 +83,14 @@ def _differences(plan: Plan, name: str) -> list[str]:
         new_key, old_key = plan.graph.nodes[source]["node"].key, previous.inputs.get(port)
         if old_key != new_key:
             rows.append(("input", f"{port} ← {source}", _short(old_key), _short(new_key)))
-            causes.append(source)
+            causes.append((port, source))
     if not rows:
         out.append("nothing differs from that entry: its key is simply not in the cache (removed, or made elsewhere)")
         return out
     width = max(len(f"{c} {w}".strip()) for c, w, _, _ in rows)
     out += [f"  {f'{c} {w}'.strip().ljust(width)}  {old} → {new}" for c, w, old, new in rows]
-    for source in causes:
-        out.append(f"input `{source}` changed because:")
+    for port, source in causes:
+        out.append(f"input `{port}` ← {source} changed because:")
         out += [f"  {line}" for line in _cause(plan, source)]
     return out
 

@@ -29,7 +29,7 @@ def test_explain_names_the_changed_parameter_with_both_values(
     assert any(line.split() == ["parameter", "level", "0.3", "→", "0.35"] for line in text.splitlines()), text
 
     downstream = explain(spec_file, "centroids", capsys)  # two inputs away: the cause is followed upstream
-    assert "input `cells` changed because:" in downstream
+    assert "input `labels` ← cells changed because:" in downstream
     assert "mask will run: parameter `level` changed 0.3 → 0.35" in downstream
     assert "input `image` changed" not in downstream  # the image did not change
 
