@@ -34,7 +34,7 @@ class DagNode:
     op: str  # "input" for input/atlas nodes
     key: str  # content key (hex)
     type: str  # output type, e.g. "Image", "Labels", "Points"
-    status: str  # "input" | "cached" | "compute" | "skip"
+    status: str  # "input" | "cached" | "compute" | "skip"; "computed" in a finished run's record
     shape: tuple[int, ...] | None = None
     done: float | None = None  # status "compute": share of chunks an interrupted run already wrote
 
@@ -59,6 +59,7 @@ PALETTE: dict[str, tuple[str, str, str]] = {
     "input": ("#d6e0ee", "#5b7594", "input"),
     "cached": ("#c3e6c5", "#3d8b45", "cached"),
     "compute": ("#ffd29e", "#d9640f", "to compute"),
+    "computed": ("#ffd29e", "#d9640f", "computed"),  # a finished run's record: computed by that run
     "partial": ("#fff09a", "#b89600", "partial"),
     "skip": ("#eeeeee", "#a0a0a0", "skipped"),
 }
@@ -81,9 +82,24 @@ def dag_from_plan(plan: Plan) -> Dag:
 
 
 def dag_from_record(record: dict[str, Any]) -> Dag:
-    """The DAG of a run record: ``record["nodes"]`` and ``record["edges"]`` as written by a run."""
+    """The DAG of a run record: ``record["nodes"]`` and ``record["edges"]`` as written by a run.
+
+    In the record of a finished run, the nodes it was to compute are drawn as computed."""
+    finished = record.get("status") == "done"
+
+    def status(n: dict[str, Any]) -> str:
+        return "computed" if finished and n["status"] == "compute" else n["status"]
+
     nodes = tuple(
-        DagNode(n["name"], n["op"], n.get("key") or "", n["type"], n["status"], _shape(n.get("shape")), n.get("done"))
+        DagNode(
+            n["name"],
+            n["op"],
+            n.get("key") or "",
+            n["type"],
+            status(n),
+            _shape(n.get("shape")),
+            None if status(n) == "computed" else n.get("done"),
+        )  # fmt: skip
         for n in record["nodes"]
     )
     edges = tuple(DagEdge(e["source"], e["target"], e["port"]) for e in record.get("edges", ()))

@@ -97,7 +97,7 @@ def _compute(
         try:
             cluster_progress(futures, display, figures)
             out = client.gather(futures)
-        except BaseException:  # Ctrl-C or a failed task: stop what is still running for this run
+        except KeyboardInterrupt:  # stop this run's tasks (on a shared scheduler they would run on)
             with contextlib.suppress(Exception):
                 client.cancel(futures)
             raise

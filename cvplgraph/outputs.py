@@ -125,10 +125,7 @@ def density_chart(frame: pd.DataFrame, top: int = 25) -> bytes:
     """PNG bar chart of the ``top`` regions by density (exclusive, both hemispheres, regions with cells)."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # drawn without pyplot: no backend switch for the caller
 
     both = frame[(frame["hemisphere"] == "both") & (frame["id"] > 0) & (frame["cells"] > 0)]
     best = both.nlargest(top, "density_per_mm3").iloc[::-1]
