@@ -263,6 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for name, target in s.outputs.items():
         print(f"output {name}: {target}")
     print(f"cache: {s.cache}")
+    print(f"report: {s.report} (open it in a browser)")
     print(f"next: `cvplgraph plan {s.spec}` shows every node cached; edit a parameter there and plan again")
     return 0
 

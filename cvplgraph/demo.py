@@ -41,6 +41,7 @@ class DemoSummary:
     cache: str
     outputs: dict[str, str]
     regions: pd.DataFrame  # found and true cells per region with ≥ 1 true cell (both hemispheres)
+    report: str = ""  # the run's HTML report
 
     @property
     def error_percent(self) -> float:
@@ -77,6 +78,8 @@ def run_demo(
     from .brain import write_synthetic_brain
     from .execute import execute
     from .plan import make_plan
+    from .report import write_report
+    from .runlog import make_record, new_run_id, save_record
     from .spec import load_spec
 
     start = time.perf_counter()
@@ -92,7 +95,11 @@ def run_demo(
     spec = load_spec(spec_path)
     plan = make_plan(spec)
     say(f"running {spec_path}: {len(plan.to_compute())} node(s) to compute")
-    results = execute(plan, scheduler=scheduler, progress=progress)
+    started = time.time()
+    results = execute(plan, scheduler=scheduler, progress=progress, profile=True)
+    record = make_record(plan, results.report, results, run_id=new_run_id(started), started=started)
+    save_record(record)
+    page = write_report(record, str(folder / "results" / "report.html"))
     found = pd.read_csv(folder / "results" / "regions.csv")
     return DemoSummary(
         int(results["counts"].attrs["total"]),
@@ -103,4 +110,5 @@ def run_demo(
         spec.cache_url,
         dict(results.report.outputs),
         compare_regions(found, pd.read_csv(regions_csv)),
+        page,
     )

@@ -33,3 +33,7 @@ def test_counts_per_region_match_the_truth(tmp_path: Path, atlas: str | None) ->
     assert abs(regions.loc[0, "found"] - (truth["region_id"] == 0).sum()) <= 0.02 * regions.loc[0, "true"]
     table = pd.read_csv(tmp_path / "results" / "regions.csv")
     assert table[table["hemisphere"] == "both"]["cells"].sum() == summary.cells_found
+    page = Path(summary.report).read_text(encoding="utf-8")
+    assert summary.report == str(tmp_path / "results" / "report.html")
+    assert f">{summary.cells_found:,}<" in page  # the count, as the report's tables print it
+    assert "data:image/png;base64," in page and "<svg" in page
