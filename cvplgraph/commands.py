@@ -97,6 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         results = execute(plan, scheduler=args.scheduler, progress=display, profile=True)
     except KeyboardInterrupt:
+        display.close()
         report = RunReport(computed=todo, seconds=time.time() - started)
         url = save_record(make_record(plan, report, run_id=run_id, status="interrupted", started=started))
         display.event("interrupted", run=run_id, record=url)

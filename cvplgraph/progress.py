@@ -116,6 +116,10 @@ class Display:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def close(self) -> None:
+        """End a bar left mid-line (a run stopped by Ctrl-C), so what follows starts on a line of its own."""
+        self._end_line()
+
     def _end_line(self) -> None:
         if self.tty and self._width:
             self.stream.write("\n")
