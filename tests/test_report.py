@@ -420,3 +420,14 @@ def test_a_headless_browser_draws_the_report(brain: Run, tmp_path: Path) -> None
     rgb = pixels(png.read_bytes())
     assert rgb.shape == (2400, 1280, 3)
     assert_not_blank(rgb, colours=200, ink=0.08)
+
+
+def test_cache_gc_leaves_run_records_alone(spec_file: Path) -> None:
+    assert main(["run", str(spec_file), "--scheduler", "threads", "--quiet"]) == 0
+    records = sorted((spec_file.parent / "cache" / "runs").glob("*.json"))
+    assert len(records) == 1
+    # keep nothing: every entry and every leftover goes, the records stay
+    assert main(["cache", "gc", "--cache", str(spec_file.parent / "cache"), "--max-age", "0", "--grace", "0"]) == 0
+    assert list((spec_file.parent / "cache").glob("manifest/*.json")) == []
+    assert sorted((spec_file.parent / "cache" / "runs").glob("*.json")) == records
+    assert main(["report", str(records[0]), "--out", str(spec_file.parent / "old.html")]) == 0
