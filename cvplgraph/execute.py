@@ -52,7 +52,7 @@ class RunReport:
     dashboard: str | None = None
     node_seconds: dict[str, float] = field(default_factory=dict)  # with profile=True: task seconds per node
     cluster: dict[str, Any] = field(default_factory=dict)  # where it ran: kind, workers, threads, memory
-    io: dict[str, int] = field(default_factory=dict)  # tasks, read_bytes, written_bytes (with progress shown)
+    io: dict[str, int] = field(default_factory=dict)  # tasks, read_bytes, written_bytes of the compute
 
 
 class Results(Mapping[str, Any]):
