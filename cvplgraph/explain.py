@@ -10,12 +10,10 @@ following a changed input upstream to the node whose own change caused it.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from .errors import CvplError
-from .hashing import canonical
 from .manifest import Entry
-from .plan import CACHED, COMPUTE, INPUT_STATUS, SKIP, Plan, _fmt
+from .plan import CACHED, COMPUTE, INPUT_STATUS, SKIP, Plan, changes, store_changes
 
 _SHORT = 12
 
@@ -23,10 +21,6 @@ _SHORT = 12
 def _when(entry: Entry) -> str:
     made = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.created)) if entry.created else "an unknown time"
     return f"made {made}" + (f" by {entry.spec}" if entry.spec else "")
-
-
-def _value(v: Any) -> str:
-    return _fmt(list(v) if isinstance(v, tuple) else v)
 
 
 def explain(plan: Plan, name: str) -> str:
@@ -63,35 +57,23 @@ def _differences(plan: Plan, name: str) -> list[str]:
     if previous is None:
         return [f"no earlier entry for node `{name}` in {plan.manifest.url}: never computed here (or removed)"]
     out = [f"compared with the newest entry for `{name}`: key {previous.key[:_SHORT]}…, {_when(previous)}"]
-    rows: list[tuple[str, str, str, str]] = []  # (component, what, old, new)
-    if previous.op != node.opdef.name:
-        rows.append(("op", "", previous.op, node.opdef.name))
-    if previous.version != node.opdef.version:
-        rows.append(("op version", node.opdef.name, str(previous.version), str(node.opdef.version)))
-    now = dict(node.params)
-    for param in sorted(set(now) | set(previous.params)):
-        old, new = previous.params.get(param, "(unset)"), now.get(param, "(unset)")
-        if canonical(old) != canonical(new):
-            rows.append(("parameter", param, _value(old), _value(new)))
-    store = node.nodespec.store.to_dict()
-    for option in sorted(set(store) | set(previous.store_options)):
-        old, new = previous.store_options.get(option), store.get(option)
-        if old != new:
-            rows.append(("storage option", option, _value(old), _value(new)))
-    causes = []
-    for port, source in node.inputs:
-        new_key, old_key = plan.graph.nodes[source]["node"].key, previous.inputs.get(port)
-        if old_key != new_key:
-            rows.append(("input", f"{port} ← {source}", _short(old_key), _short(new_key)))
-            causes.append((port, source))
-    if not rows:
+    sources = dict(node.inputs)
+    found = changes(node, previous, {port: plan.graph.nodes[src]["node"].key for port, src in node.inputs})
+    found += store_changes(previous.store_options, node.nodespec.store.to_dict())
+    if not found:
         out.append("nothing differs from that entry: its key is simply not in the cache (removed, or made elsewhere)")
         return out
-    width = max(len(f"{c} {w}".strip()) for c, w, _, _ in rows)
-    out += [f"  {f'{c} {w}'.strip().ljust(width)}  {old} → {new}" for c, w, old, new in rows]
-    for port, source in causes:
-        out.append(f"input `{port}` ← {source} changed because:")
-        out += [f"  {line}" for line in _cause(plan, source)]
+    rows = [
+        (f"input {c.name} ← {sources[c.name]}", _short(c.old), _short(c.new)) if c.kind == "input"
+        else (f"{c.kind} {c.name}".strip(), c.old, c.new)
+        for c in found
+    ]  # fmt: skip
+    width = max(len(what) for what, _, _ in rows)
+    out += [f"  {what.ljust(width)}  {old} → {new}" for what, old, new in rows]
+    for c in found:
+        if c.kind == "input":
+            out.append(f"input `{c.name}` ← {sources[c.name]} changed because:")
+            out += [f"  {line}" for line in _cause(plan, sources[c.name])]
     return out
 
 
@@ -105,5 +87,5 @@ def _cause(plan: Plan, source: str) -> list[str]:
     return [f"{source} is cached under a key the entry was not made from (it was computed for another spec)"]
 
 
-def _short(key: str | None) -> str:
-    return "(none)" if key is None else f"{key[:_SHORT]}…"
+def _short(key: str) -> str:
+    return key if key == "(none)" else f"{key[:_SHORT]}…"

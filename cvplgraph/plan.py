@@ -53,28 +53,62 @@ class Plan:
 
 
 def _fmt(value: Any) -> str:
+    value = list(value) if isinstance(value, tuple) else value
     return json.dumps(value) if isinstance(value, str) else str(value)
 
 
-def why(node: Node, previous: Entry | None, input_names: dict[str, str]) -> list[str]:
-    """Reasons a node's key differs from the newest entry made for the same node name."""
-    if previous is None:
-        return ["new"]
-    reasons = []
+@dataclass(frozen=True)
+class Change:
+    """One component of a node that differs from a cache entry: old → new."""
+
+    kind: str  # "op" | "op version" | "parameter" | "storage option" | "input"
+    name: str  # the parameter, option or input port ("" for the op)
+    old: str
+    new: str
+
+    def reason(self) -> str:
+        """The change as ``plan`` prints it."""
+        if self.kind == "input":
+            return f"input `{self.name}` changed"
+        if self.kind == "parameter":
+            return f"parameter `{self.name}` changed {self.old} → {self.new}"
+        if self.kind == "storage option":
+            return f"{self.name} {self.old} → {self.new}"
+        return f"{self.kind} changed {self.old} → {self.new}"
+
+
+def changes(node: Node, previous: Entry, input_keys: dict[str, str]) -> list[Change]:
+    """What makes ``node``'s key differ from ``previous``: op, op version, parameters, input keys."""
+    out = []
     if previous.op != node.opdef.name:
-        reasons.append(f"op changed {previous.op} → {node.opdef.name}")
+        out.append(Change("op", "", previous.op, node.opdef.name))
     elif previous.version != node.opdef.version:
-        reasons.append(f"op version changed {previous.version} → {node.opdef.version}")
+        out.append(Change("op version", node.opdef.name, str(previous.version), str(node.opdef.version)))
     now = dict(node.params)
     for name in sorted(set(now) | set(previous.params)):
         old, new = previous.params.get(name, "(unset)"), now.get(name, "(unset)")
         if canonical(old) != canonical(new):
-            new = list(new) if isinstance(new, tuple) else new
-            reasons.append(f"parameter `{name}` changed {_fmt(old)} → {_fmt(new)}")
-    for port, key in sorted(input_names.items()):
+            out.append(Change("parameter", name, _fmt(old), _fmt(new)))
+    for port, key in sorted(input_keys.items()):
         if previous.inputs.get(port) != key:
-            reasons.append(f"input `{port}` changed")
-    return reasons or ["not in the cache"]
+            out.append(Change("input", port, previous.inputs.get(port) or "(none)", key))
+    return out
+
+
+def store_changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
+    """Storage options that differ (never part of a key: the same values, stored differently)."""
+    return [
+        Change("storage option", k, _fmt(old.get(k)), _fmt(new.get(k)))
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+
+
+def why(node: Node, previous: Entry | None, input_keys: dict[str, str]) -> list[str]:
+    """Reasons a node's key differs from the newest entry made for the same node name."""
+    if previous is None:
+        return ["new"]
+    return [c.reason() for c in changes(node, previous, input_keys)] or ["not in the cache"]
 
 
 def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
@@ -92,7 +126,7 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
             plan.nodes[node.name] = NodePlan(node.name, "input", str(node.output), node.key, INPUT_STATUS, (url,))
             continue
         entry = manifest.get(node.key) if node.nodespec.cache else None
-        restore = entry is not None and _store_changes(entry.store_options, node.nodespec.store.to_dict())
+        restore = store_changes(entry.store_options, node.nodespec.store.to_dict()) if entry is not None else []
         if entry is not None and not restore:
             plan.entries[node.name] = entry
             statuses[node.name] = CACHED
@@ -115,7 +149,7 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
             why(node, manifest.previous(node.name, spec.source), keys) if node.nodespec.cache else ["cache = false"]
         )
         if restore and entry is not None:  # same values, stored differently: computed again and stored anew
-            reasons = [f"storage options changed: {restore}"]
+            reasons = ["storage options changed: " + "; ".join(c.reason() for c in restore)]
         done = partial_progress(manifest.url, node.key) if node.nodespec.cache else None
         if done is not None:
             reasons.append(f"an interrupted run wrote {done:.0%} of its chunks; the rest is computed")
@@ -146,11 +180,6 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
                 p.name, p.op, p.type, p.key, SKIP, ("cache = false and nothing needs it",), False
             )
     return plan
-
-
-def _store_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """What differs between two nodes' storage options ("" when nothing)."""
-    return "; ".join(f"{k} {_fmt(old.get(k))} → {_fmt(new.get(k))}" for k in sorted(new) if old.get(k) != new.get(k))
 
 
 def _t(v: list[int] | None) -> tuple[int, ...] | None:
