@@ -23,7 +23,7 @@ import cvplgraph
 
 #: A plugin op whose kernel is a module-level function: a worker can run it only if it can import
 #: the module. Each block leaves ``<started>/<block>-<pid>`` when it starts and, when ``gate`` is set,
-#: waits for that file before it returns.
+#: waits for that file before it returns — blocks in z-slabs before ``hold_from`` do not wait.
 PLUGIN = '''\
 import os, time
 import numpy as np
@@ -32,12 +32,12 @@ from cvplgraph.types import PortType
 from cvplgraph.values import like
 
 
-def _gated(block, gate, started, block_id=None):
+def _gated(block, gate, started, hold_from, block_id=None):
     if started:
         name = "-".join(map(str, block_id)) + f"-{os.getpid()}"
         open(os.path.join(started, name), "w").close()
     deadline = time.monotonic() + 300
-    while gate and not os.path.exists(gate):
+    while gate and block_id[0] >= hold_from and not os.path.exists(gate):
         if time.monotonic() > deadline:
             raise TimeoutError(f"no gate file {gate}")
         time.sleep(0.02)
@@ -46,21 +46,24 @@ def _gated(block, gate, started, block_id=None):
 
 @op("gated_scale", version=1, inputs={"image": PortType.Image}, output=PortType.Image, halo="none",
     cost="waits for a file")
-def gated_scale(image, *, gate: str = "", started: str = ""):
-    """The image × 1.5, block by block, each block waiting for the file ``gate`` when it is set."""
-    return like(image.data.map_blocks(_gated, gate, started, meta=np.array((), dtype=np.float32)), image)
+def gated_scale(image, *, gate: str = "", started: str = "", hold_from: int = 0):
+    """The image × 1.5, block by block, blocks from z-slab ``hold_from`` on waiting for the file ``gate``."""
+    return like(image.data.map_blocks(_gated, gate, started, hold_from, meta=np.array((), dtype=np.float32)), image)
 '''
 
 PIPELINE = SPEC.replace('image = "input"\nlevel', 'image = "scaled"\nlevel')
 
 
-def gated_project(folder: Path, volume: Path, gate: str = "", started: str = "", extra: str = "") -> Path:
+def gated_project(
+    folder: Path, volume: Path, gate: str = "", started: str = "", extra: str = "", hold_from: int = 0
+) -> Path:
     """A project whose spec runs the standard pipeline on the plugin's output, with its plugin beside it."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "lab_gated.py").write_text(PLUGIN)
     spec = folder / "spec.toml"
     head = f'plugins = ["lab_gated"]\n{extra}\n'
     node = f'\n[nodes.scaled]\nop = "gated_scale"\nimage = "input"\ngate = "{gate}"\nstarted = "{started}"\n'
+    node += f"hold_from = {hold_from}\n"
     spec.write_text(head + PIPELINE.format(url=volume, level=0.45) + node)
     return spec
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import zarr
+from test_cluster import gated_project
 
 from cvplgraph.cli import main
 from cvplgraph.plan import make_plan
@@ -94,64 +95,9 @@ def test_bar_line_and_eta() -> None:
     assert Snapshot(0, 100, 0, 0, 5.0).eta is None
 
 
-#: An op whose blocks in the second z-slab wait for a gate file: the first slab's blocks are stored
-#: (and recorded) while the run is held in the middle, deterministically, not by timing.
-SLOW = '''\
-import os, time
-import numpy as np
-from cvplgraph.registry import op
-from cvplgraph.types import PortType
-from cvplgraph.values import like
-
-
-def _held(block, gate, started, block_id=None):
-    if block_id[0] > 0:
-        open(os.path.join(started, "-".join(map(str, block_id))), "w").close()
-        deadline = time.monotonic() + 120
-        while not os.path.exists(gate) and time.monotonic() < deadline:
-            time.sleep(0.02)
-    return block * np.float32(1.5)
-
-
-@op("held_scale", version=1, inputs={"image": PortType.Image}, output=PortType.Image, halo="none",
-    cost="waits for a file")
-def held_scale(image, *, gate: str = "", started: str = ""):
-    """The image × 1.5; blocks after the first z-slab wait for the file ``gate``."""
-    return like(image.data.map_blocks(_held, gate, started, meta=np.array((), dtype=np.float32)), image)
-'''
-
-HELD = """\
-plugins = ["lab_held"]
-
-[cluster]
-n_workers = 1
-threads_per_worker = 6
-
-[input]
-url = "{url}"
-
-[nodes.scaled]
-op = "held_scale"
-image = "input"
-gate = "{gate}"
-started = "{started}"
-
-[nodes.mask]
-op = "threshold"
-image = "scaled"
-level = 0.45
-
-[nodes.labels]
-op = "connected_components"
-mask = "mask"
-
-[nodes.centroids]
-op = "centroids"
-labels = "labels"
-
-[outputs]
-centroids = "results/centroids.csv"
-"""
+#: The run is held in the middle deterministically, not by timing: the plugin op's first z-slab is
+#: stored (and recorded) while its second slab waits for a gate file; 6 threads leave room for both.
+ONE_WORKER = "[cluster]\nn_workers = 1\nthreads_per_worker = 6\n"
 
 
 def test_ctrl_c_commits_nothing_half_done_and_the_next_run_completes(
@@ -159,11 +105,8 @@ def test_ctrl_c_commits_nothing_half_done_and_the_next_run_completes(
 ) -> None:
     started, gate = tmp_path / "started", tmp_path / "gate"
     started.mkdir()
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "lab_held.py").write_text(SLOW)
-    spec = project / "spec.toml"
-    spec.write_text(HELD.format(url=synthetic[0], gate=gate, started=started))
+    spec = gated_project(tmp_path / "project", synthetic[0], str(gate), str(started), ONE_WORKER, hold_from=1)
+    project = spec.parent
     scaled = make_plan(load_spec(spec)).nodes["scaled"].key
     cache = project / "cache"
     run = subprocess.Popen([sys.executable, "-m", "cvplgraph", "run", str(spec), "--json"], stdout=subprocess.PIPE,
@@ -171,7 +114,7 @@ def test_ctrl_c_commits_nothing_half_done_and_the_next_run_completes(
     try:
         deadline = time.monotonic() + 180
         # held: every block of the second slab has started, and the first slab's chunks are recorded
-        while len(list(started.iterdir())) < 4 or not partial_progress(str(cache), scaled):
+        while len(list(started.glob("1-*"))) < 4 or not partial_progress(str(cache), scaled):
             assert run.poll() is None, run.communicate()
             assert time.monotonic() < deadline, "the run never reached the held blocks"
             time.sleep(0.05)
@@ -204,15 +147,12 @@ def test_ctrl_c_commits_nothing_half_done_and_the_next_run_completes(
     assert resumed >= 1 and written + resumed == 8  # blocks stored before the interrupt are not computed again
 
     # the resumed results equal one uninterrupted run's
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    (fresh / "lab_held.py").write_text(SLOW)
-    (fresh / "spec.toml").write_text(spec.read_text())
-    assert subprocess.run([sys.executable, "-m", "cvplgraph", "run", str(fresh / "spec.toml"), "--quiet",
-                           "--scheduler", "threads"], timeout=300).returncode == 0  # fmt: skip
+    fresh = gated_project(tmp_path / "fresh", synthetic[0], str(gate), str(started), hold_from=1)
+    assert subprocess.run([sys.executable, "-m", "cvplgraph", "run", str(fresh), "--quiet", "--scheduler", "threads"],
+                          timeout=300).returncode == 0  # fmt: skip
     columns = ["z", "y", "x", "volume_voxels"]
     resumed = pd.read_csv(project / "results" / "centroids.csv").sort_values(columns).reset_index(drop=True)
-    reference = pd.read_csv(fresh / "results" / "centroids.csv").sort_values(columns).reset_index(drop=True)
+    reference = pd.read_csv(fresh.parent / "results" / "centroids.csv").sort_values(columns).reset_index(drop=True)
     pd.testing.assert_frame_equal(resumed[columns], reference[columns])
     verify = subprocess.run([sys.executable, "-m", "cvplgraph", "cache", "verify", "--spec", str(spec)],
                             capture_output=True, text=True, timeout=300)  # fmt: skip
