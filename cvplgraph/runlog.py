@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import CvplError
-from .plan import INPUT_STATUS, Plan
+from .plan import Plan
 from .types import PortType
 
 FORMAT = 1
@@ -108,7 +108,8 @@ def make_record(
     """The record of a run of ``plan``: ``report`` is its RunReport, ``values`` its Results (None when interrupted)."""
     nodes = []
     for name, p in plan.nodes.items():
-        entry = plan.manifest.get(p.key) if p.status != INPUT_STATUS and p.cache else None
+        # cached nodes' entries were read by the plan; only the ones this run committed are read back
+        entry = plan.entries.get(name) or (plan.manifest.get(p.key) if name in report.committed else None)
         row = asdict(p)
         row["reasons"] = list(p.reasons)
         row.update(
