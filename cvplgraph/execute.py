@@ -127,9 +127,11 @@ def task_owners(plan: Plan, lowered: Lowered) -> dict[str, str]:
     """Task key (as a string) → the node whose value or cache writes introduced it.
 
     Nodes are visited upstream first, so a task belongs to the first node whose
-    graph holds it (a node's graph includes everything upstream of it).
+    graph holds it (a node's graph includes everything upstream of it). Each
+    graph layer is walked once: every block's write shares the whole graph.
     """
     owners: dict[str, str] = {}
+    seen: set[str] = set()
     for node in nodes_in_order(plan.graph):
         value = lowered.values.get(node.name)
         if value is None:
@@ -137,8 +139,14 @@ def task_owners(plan: Plan, lowered: Lowered) -> dict[str, str]:
         parts: list[Any] = [value.data if isinstance(value, xr.DataArray) else getattr(value, "frame", None)]
         parts += [getattr(value, "counts", None), *lowered.writes.get(node.name, [])]
         for part in parts:
-            if dask.is_dask_collection(part):
-                for key in part.__dask_graph__():
+            if not dask.is_dask_collection(part):
+                continue
+            graph = part.__dask_graph__()
+            for name, layer in getattr(graph, "layers", {"": graph}).items():
+                if name and name in seen:
+                    continue
+                seen.add(name)
+                for key in layer:
                     owners.setdefault(str(key), node.name)
     return owners
 
