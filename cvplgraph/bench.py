@@ -72,9 +72,13 @@ def dataset_input(dataset: Dataset, suite: Suite) -> tuple[dict[str, Any], str |
     if "tiff" in dataset.input:
         from .hashing import digest
 
-        folder = suite.output / "datasets" / f"{dataset.name}-{digest([dataset.input, dataset.voxel_size])[:12]}"
-        if not (folder / "image.ome.zarr" / "zarr.json").exists():
+        # named by what the stored image depends on (not by read options such as intensity_range);
+        # `converted` is written last, so a conversion that was stopped half-way is done again
+        name = digest([dataset.input["tiff"], dataset.voxel_size])[:12]
+        folder = suite.output / "datasets" / f"{dataset.name}-{name}"
+        if not (folder / "converted").exists():
             _tiff_to_ome_zarr(dataset.input["tiff"], str(folder / "image.ome.zarr"), dataset.voxel_size)
+            (folder / "converted").touch()
         options = {k: v for k, v in dataset.input.items() if k != "tiff"}
         return {**options, "url": str(folder / "image.ome.zarr")}, dataset.truth
     if dataset.synth is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -281,3 +282,10 @@ points = "centroids"
     stamp = (store / "zarr.json").stat().st_mtime_ns
     (again,), _ = run_suite(loaded, log=lambda *_: None)
     assert (store / "zarr.json").stat().st_mtime_ns == stamp and again.found == score.found
+    # a conversion stopped half-way (metadata written, no chunks, no `converted` mark) is done again
+    (store.parent / "converted").unlink()
+    shutil.rmtree(store / "0")
+    (third,), _ = run_suite(loaded, log=lambda *_: None)
+    assert third.found == score.found
+    np.testing.assert_allclose(np.asarray(read_input(InputSpec(str(store), intensity_range=(0.0, 4000.0))).data),
+                               pixels / np.float32(4000), rtol=1e-6)  # fmt: skip
