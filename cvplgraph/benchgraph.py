@@ -3,11 +3,11 @@ them merged so that identical steps are one node (computed once, cached like any
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
 from .benchsuite import Dataset, Variant
+from .compile import compile_spec, nodes_in_order
 from .errors import CvplError
 from .spec import NodeSpec, Spec, load_toml, spec_from_raw
 from .spec_fields import locate_fields
@@ -83,50 +83,30 @@ def _upstream(nodes: dict[str, Any], name: str) -> set[str]:
 def merge(specs: dict[str, Spec], suite_path: str) -> tuple[Spec, dict[tuple[str, str], str]]:
     """One spec holding every variant's nodes, identical nodes once.
 
-    Two nodes are identical when they run the same op with the same parameters on identical
-    inputs (all variants read the same input). Returns the merged spec and, per (variant, node),
-    the merged node's name (``variant.node`` of the first variant that needed it).
+    Two nodes are identical when their cache keys are (same op and version, same parameters
+    with defaults filled in, identical inputs; all variants read the same input). Returns the
+    merged spec and, per (variant, node), the merged node's name (``variant.node`` of the first variant that needed it).
     """
     names: dict[tuple[str, str], str] = {}
-    identity: dict[str, str] = {}  # identity → merged name
+    identity: dict[str, str] = {}  # node key → merged name
     merged: list[NodeSpec] = []
     atlases: dict[str, Any] = {}
     for variant, spec in specs.items():
         for name, atlas in spec.atlases:
             if atlases.setdefault(name, atlas) != atlas:
                 raise CvplError(f"variants give different atlases named {name!r}; give them one in the dataset")
-        ident = {source: source for source in spec.sources}
-        order = _in_order(spec)
-        for node in order:
-            inputs = tuple((port, ident[src]) for port, src in node.inputs)
-            key = json.dumps([node.op, node.params, inputs], sort_keys=True, default=str)
+        graph = compile_spec(spec, "input", {name: name for name, _ in spec.atlases})
+        for compiled in nodes_in_order(graph):
+            if compiled.is_input:
+                continue
+            node, key = compiled.nodespec, compiled.key
             if key not in identity:
                 identity[key] = f"{variant}.{node.name}"
                 rename = {port: names.get((variant, src), src) for port, src in node.inputs}
                 merged.append(replace(node, name=identity[key], inputs=tuple(rename.items())))
             names[(variant, node.name)] = identity[key]
-            ident[node.name] = key
     first = next(iter(specs.values()))
     plugins = tuple(dict.fromkeys(p for s in specs.values() for p in s.plugins))
     spec = replace(first, path=suite_path, nodes=tuple(merged), outputs=(), locations={}, formats=(),
                    atlases=tuple(atlases.items()), plugins=plugins)  # fmt: skip
     return spec, names
-
-
-def _in_order(spec: Spec) -> list[NodeSpec]:
-    """Nodes with every node after the nodes it reads."""
-    nodes = {n.name: n for n in spec.nodes}
-    out: list[NodeSpec] = []
-    done: set[str] = set(spec.sources)
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        done.add(name)
-        for _, src in nodes[name].inputs:
-            visit(src)
-        out.append(nodes[name])
-
-    for name in nodes:
-        visit(name)
-    return out

@@ -289,3 +289,21 @@ points = "centroids"
     assert third.found == score.found
     np.testing.assert_allclose(np.asarray(read_input(InputSpec(str(store), intensity_range=(0.0, 4000.0))).data),
                                pixels / np.float32(4000), rtol=1e-6)  # fmt: skip
+
+
+def test_a_parameter_left_at_its_default_is_the_same_node_as_one_given_the_default(
+    volume: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Nodes are merged by cache key: `level = 0.5` spelled out equals the op's default 0.5."""
+    from cvplgraph.benchgraph import merge
+    from cvplgraph.spec import load_spec
+
+    specs = {}
+    for name, level in (("given", "level = 0.5\n"), ("default", "")):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f'[input]\nurl = "{volume[0]}"\n\n[nodes.mask]\nop = "threshold"\nimage = "input"\n{level}'
+                        '\n[nodes.cells]\nop = "connected_components"\nmask = "mask"\n')  # fmt: skip
+        specs[name] = load_spec(path)
+    merged, names = merge(specs, str(tmp_path / "suite.toml"))
+    assert [n.name for n in merged.nodes] == ["given.mask", "given.cells"]
+    assert names[("default", "cells")] == "given.cells"
