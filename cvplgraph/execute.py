@@ -235,12 +235,9 @@ def execute(
     spec = plan.spec
     todo = plan.to_compute()
     report = RunReport(computed=todo, cached=[n for n, p in plan.nodes.items() if p.status == CACHED])
-    array_kinds = (PortType.Image, PortType.Mask, PortType.Labels)
-    if (
-        client is None
-        and not todo
-        and all(plan.graph.nodes[n]["node"].output not in array_kinds for n, _ in spec.outputs)
-    ):
+    # image-sized outputs (not densities: they are atlas-sized) are worth a cluster even when cached
+    kinds = {plan.graph.nodes[n]["node"].output for n, _ in spec.outputs}
+    if client is None and not todo and not any(k.is_array and k is not PortType.Density for k in kinds):
         scheduler = "threads"  # everything cached: reading a few small tables needs no cluster
     modules = {plan.graph.nodes[n]["node"].opdef.func.__module__ for n in todo}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,6 +54,8 @@ def test_cli_scheduler_flag(spec_file: Path, scheduler: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert len(pd.read_csv(spec_file.parent / "results" / "centroids.csv")) > 100
+    (record,) = (spec_file.parent / "cache" / "runs").glob("*.json")  # it ran there, not on a cluster of its own
+    assert json.loads(record.read_text())["environment"]["cluster"]["address"] == scheduler
 
 
 def test_unreachable_scheduler_is_a_clear_error(spec_file: Path) -> None:
