@@ -163,12 +163,12 @@ def orphans(manifest: Manifest, *, grace_seconds: float) -> list[Orphan]:
     out = []
     for key, paths in sorted(found.items()):
         if key in committed:
-            out += [Orphan(p, _bytes(fs, f"{root}/{p}"), "records of a committed entry") for p in paths
+            out += [Orphan(p, manifest.bytes_under(p), "records of a committed entry") for p in paths
                     if p.startswith("partial/")]  # fmt: skip
             continue
         idle = now - max(_modified(fs, f"{root}/{p}") for p in paths)
         if idle >= grace_seconds:
-            out += [Orphan(p, _bytes(fs, f"{root}/{p}"), f"no entry, last written {age(idle)} ago") for p in paths]
+            out += [Orphan(p, manifest.bytes_under(p), f"no entry, last written {age(idle)} ago") for p in paths]
     return out
 
 
@@ -189,13 +189,6 @@ def _mtime(info: dict[str, Any]) -> float | None:
     if stamp is None:
         return None  # a folder on an object store
     return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
-
-
-def _bytes(fs: Any, path: str) -> int:
-    try:
-        return int(fs.du(path))
-    except FileNotFoundError:
-        return 0
 
 
 def age(seconds: float) -> str:

@@ -151,14 +151,6 @@ def task_owners(plan: Plan, lowered: Lowered) -> dict[str, str]:
     return owners
 
 
-def _store_bytes(url: str) -> int:
-    fs, root = fsspec.core.url_to_fs(url)
-    try:
-        return int(fs.du(root))
-    except FileNotFoundError:
-        return 0
-
-
 def _provenance(plan: Plan, name: str) -> tuple[dict[str, int], dict[str, str]]:
     """Op versions of ``name`` and everything upstream, and the keys of the raw inputs it comes from."""
     ops: dict[str, int] = {}
@@ -196,7 +188,7 @@ def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> li
             shape=list(array.shape) if array is not None else None,
             dtype=str(array.dtype) if array is not None else None,
             chunks=[c[0] for c in array.chunks] if array is not None else None,
-            bytes=_store_bytes(plan.manifest.store_url(written.store)),
+            bytes=plan.manifest.bytes_under(written.store),
             seconds=round(finished - started, 3),
             created=time.time(),
             spec=plan.spec.source,

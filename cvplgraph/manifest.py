@@ -66,6 +66,13 @@ class Manifest:
     def store_url(self, relative: str) -> str:
         return f"{self.url}/{relative}"
 
+    def bytes_under(self, relative: str) -> int:
+        """Bytes of every object under ``relative`` (a store or a records folder); 0 when absent."""
+        try:
+            return int(self.fs.du(f"{self.root}/{relative}"))
+        except FileNotFoundError:
+            return 0
+
     def _entry_path(self, key: str) -> str:
         return f"{self.root}/manifest/{key}.json"
 

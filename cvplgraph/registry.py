@@ -178,11 +178,10 @@ def op(
         summary = doc.split("\n\n")[0].replace("\n", " ")
         opdef = OpDef(name, version, ports, output, params, func, summary, dict(checks or {}), halo, cost, paths)
         previous = REGISTRY.get(name)
-        reloaded = previous is not None and (previous.func.__module__, previous.func.__qualname__) == (
-            func.__module__,
-            func.__qualname__,
-        )  # the same module imported again (importlib.reload, as a worker does with an uploaded plugin)
-        if previous is not None and previous.func is not func and not reloaded:
+        where = (func.__module__, func.__qualname__)
+        # the same function registering again is its module imported again (importlib.reload, as a
+        # worker does with an uploaded plugin); another function under the name is a clash
+        if previous is not None and (previous.func.__module__, previous.func.__qualname__) != where:
             raise CvplError(f"op {name!r} is registered twice")
         REGISTRY[name] = opdef
         wrapper = adapt_call(opdef)
