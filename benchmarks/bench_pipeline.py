@@ -122,7 +122,7 @@ def volume_shape(size_gib: float) -> tuple[int, int, int]:
 
 
 def ensure_volume(
-    workdir: Path, shape: tuple[int, int, int], chunks: tuple[int, int, int], client: Client
+    workdir: Path, shape: tuple[int, int, int], chunks: tuple[int, int, int], client: Client | None
 ) -> tuple[Path, Path]:
     """The synthetic volume for ``shape``/``chunks`` in ``workdir`` and its cell table, written on first use."""
     name = f"synthetic-{'x'.join(map(str, shape))}-c{'x'.join(map(str, chunks))}"

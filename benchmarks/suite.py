@@ -72,8 +72,7 @@ def sweep(workdir: Path, size: float) -> dict[str, Any]:
     """One run against five thresholds merged into one graph, each with a fresh cache."""
     shape = bench_pipeline.volume_shape(size)
     chunks = (64, 256, 256)
-    url = workdir / f"synthetic-{'x'.join(map(str, shape))}-c{'x'.join(map(str, chunks))}.ome.zarr"
-    truth = url.with_name(url.name.replace(".ome.zarr", ".cells.csv"))
+    url, truth = bench_pipeline.ensure_volume(workdir, shape, chunks, None)
     spec = workdir / "sweep.toml"
     spec.write_text(bench_pipeline.spec_text(url, workdir / "unused-cache", chunks, False))
     dataset = Dataset("sweep", {"url": str(url)}, truth=str(truth))
