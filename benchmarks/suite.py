@@ -78,7 +78,7 @@ def sweep(workdir: Path, size: float) -> dict[str, Any]:
     dataset = Dataset("sweep", {"url": str(url)}, truth=str(truth))
     seconds = {}
     for name, levels in (("one", [0.3]), ("five", LEVELS)):
-        variants = tuple(Variant(f"level={v}", "t", spec, (("mask", "level", v),), "centroids") for v in levels)
+        variants = tuple(Variant(f"level={v}", spec, (("mask", "level", v),), "centroids") for v in levels)
         cache = workdir / f"sweep-cache-{name}"
         shutil.rmtree(cache, ignore_errors=True)
         suite = Suite(str(spec), (dataset,), variants, workdir / f"sweep-{name}", str(cache), 2.0)

@@ -35,7 +35,6 @@ class Score:
 
     dataset: str
     variant: str
-    family: str
     found: int
     true: int | None = None
     tp: int | None = None
@@ -222,7 +221,7 @@ def run_suite(
             used = {names[(variant.name, n.name)] for n in spec.nodes}
             seconds = results.report.node_seconds
             score = score_points(found, truth, tolerance)
-            score.dataset, score.variant, score.family = dataset.name, variant.name, variant.family
+            score.dataset, score.variant = dataset.name, variant.name
             score.seconds_total = sum(seconds.get(n, 0.0) for n in used)
             score.seconds_own = sum(seconds.get(n, 0.0) for n in used if first_owner[n] == variant.name)
             if variant.regions and region_truth is not None:
@@ -245,7 +244,7 @@ def score_points(found: pd.DataFrame, truth: pd.DataFrame | None, tolerance_um: 
     """Matching metrics of found centres (µm columns) against the truth (None: counts only)."""
     from .metrics import match
 
-    score = Score("", "", "", len(found))
+    score = Score("", "", len(found))
     if truth is None:
         return score
     m = match(found[UM_COLUMNS].to_numpy(float), truth[UM_COLUMNS].to_numpy(float), tolerance_um)

@@ -57,8 +57,7 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Variant:
-    name: str  # family name, with the grid values in brackets
-    family: str
+    name: str  # the [variants.NAME] name, with the grid values in brackets
     spec: Path
     overrides: tuple[tuple[str, str, Any], ...] = ()  # (node, parameter, value)
     points: str | None = None
@@ -209,7 +208,6 @@ def _variants(name: str, body: dict[str, Any], base: Path, bad: Any) -> list[Var
         out.append(
             Variant(
                 f"{name}[{label}]" if label else name,
-                name,
                 spec,
                 tuple(fixed + chosen),
                 body.get("points"),

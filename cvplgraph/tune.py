@@ -131,7 +131,7 @@ def tune(
     for combination in itertools.product(*grid.values()):
         label = ", ".join(f"{node}.{param}={value}" for (node, param), value in zip(keys, combination))
         chosen = tuple((node, param, value) for (node, param), value in zip(keys, combination))
-        variants.append(Variant(label, "tune", spec_path, chosen, points))
+        variants.append(Variant(label, spec_path, chosen, points))
     dataset = Dataset("tune", source, truth=str(truth), voxel_size=voxel_size, tolerance_um=tolerance_um)
     suite = Suite(str(spec_path), (dataset,), tuple(variants), spec_path.parent / f"{spec_path.stem}-tune",
                   spec.cache_url)  # fmt: skip
