@@ -101,7 +101,7 @@ def reachable(specs: Sequence[str]) -> set[str]:
 
 
 def garbage(
-    manifest: Manifest,
+    entries: list[Entry],
     *,
     keep: set[str] | None = None,
     max_age_days: float | None = None,
@@ -109,7 +109,7 @@ def garbage(
 ) -> list[Entry]:
     """Entries to remove: not in ``keep`` (when given), older than the age budget, then the oldest
     beyond the size budget. Entries in ``keep`` are never removed."""
-    entries = sorted(manifest.entries(), key=lambda e: e.created)
+    entries = sorted(entries, key=lambda e: e.created)
     now = time.time()
     doomed = []
     for entry in entries:
@@ -141,16 +141,16 @@ class Orphan:
     reason: str
 
 
-def orphans(manifest: Manifest, *, grace_seconds: float) -> list[Orphan]:
-    """Stores and records without an entry, last written more than ``grace_seconds`` ago (a run
-    still writing them is younger), and records left beside committed entries.
+def orphans(manifest: Manifest, committed: set[str], *, grace_seconds: float) -> list[Orphan]:
+    """Stores and records without an entry (``committed``: the keys that have one), last written
+    more than ``grace_seconds`` ago (a run still writing them is younger), and records left beside
+    committed entries.
 
     What a key was last written is the newest modification time among its chunk records and
     checkpoints and the metadata of its stores: records are added all through a run, so a long
     run's store counts as alive for as long as it makes progress.
     """
     fs, root = manifest.fs, manifest.root
-    committed = {e.key for e in manifest.entries()}
     found: dict[str, list[str]] = {}
     for folder in ("stores", "partial"):
         try:

@@ -342,22 +342,23 @@ def cmd_cache(args: argparse.Namespace) -> int:
             print(f"invalid {p.entry.key} ({p.entry.node}): {p.reason}; the next run recomputes it")
         print(f"{len(entries) - len(problems)} of {len(entries)} entries verified{' deeply' if args.deep else ''}")
         return 1 if problems else 0
-    return _cache_gc(args, manifest, len(entries), specs)
+    return _cache_gc(args, manifest, entries, specs)
 
 
-def _cache_gc(args: argparse.Namespace, manifest: Any, entries: int, specs: list[str]) -> int:
+def _cache_gc(args: argparse.Namespace, manifest: Any, entries: list[Any], specs: list[str]) -> int:
     """Entries beyond the specs or budgets given, then leftovers idle for longer than --grace."""
     from .cachetool import garbage, orphans, reachable
 
     keep = reachable(specs) if specs else None
     max_bytes = int(args.max_size * 1e9) if args.max_size is not None else None
-    doomed = garbage(manifest, keep=keep, max_age_days=args.max_age, max_bytes=max_bytes)
+    doomed = garbage(entries, keep=keep, max_age_days=args.max_age, max_bytes=max_bytes)
     verb = "would remove" if args.dry_run else "removed"
     for e in doomed:
         print(f"{verb} {e.key} ({e.node}, {_fmt_bytes(e.bytes)})")
         if not args.dry_run:
             manifest.remove(e)
-    leftovers = orphans(manifest, grace_seconds=args.grace * 3600)
+    committed = {e.key for e in entries} - (set() if args.dry_run else {e.key for e in doomed})
+    leftovers = orphans(manifest, committed, grace_seconds=args.grace * 3600)
     for o in leftovers:
         print(f"{verb} {o.path} ({_fmt_bytes(o.bytes)}: {o.reason})")
         if not args.dry_run:
@@ -365,7 +366,7 @@ def _cache_gc(args: argparse.Namespace, manifest: Any, entries: int, specs: list
     budget = specs or args.max_age is not None or args.max_size is not None
     done = "to remove" if args.dry_run else "removed"
     print(
-        f"{len(doomed)} of {entries} entries and {len(leftovers)} leftovers {done}"
+        f"{len(doomed)} of {len(entries)} entries and {len(leftovers)} leftovers {done}"
         + ("" if budget else " (no spec or budget given: entries kept, only leftovers idle for --grace hours)")
     )
     return 0
