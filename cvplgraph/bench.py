@@ -20,9 +20,10 @@ import pandas as pd
 from .benchgraph import merge, variant_spec
 from .benchsuite import Dataset, Suite
 from .errors import CvplError
-from .spec import InputSpec
+from .spec import INPUT
 from .truth import UM_COLUMNS
 from .types import PortType
+from .values import Geometry
 
 #: Matching tolerance when neither the suite nor the dataset gives one and the truth is not synthetic:
 #: half of a typical 10 µm cell body.
@@ -209,7 +210,7 @@ def run_suite(
         runs.append(DatasetRun(dataset.name, time.perf_counter() - start, memory.peak,
                                results.report.computed, results.report.cached))  # fmt: skip
         if truth is not None:
-            truth = inside(truth, merged.input)
+            truth = inside(truth, Geometry.of(results[INPUT]))
         tolerance = tolerance_for(suite, dataset)
         first_owner: dict[str, str] = {}
         for variant in suite.variants:
@@ -230,13 +231,10 @@ def run_suite(
     return scores, runs
 
 
-def inside(points: pd.DataFrame, source: InputSpec) -> pd.DataFrame:
-    """The points (µm) inside the voxels of the input (after its crop): a crop is scored against
-    the truth it contains."""
-    from .storage import read_input
-    from .values import Geometry
-
-    _, within = Geometry.of(read_input(source)).to_voxel(points[UM_COLUMNS].to_numpy(float))
+def inside(points: pd.DataFrame, geometry: Geometry) -> pd.DataFrame:
+    """The points (µm) inside the voxels of the input's ``geometry`` (after its crop): a crop is
+    scored against the truth it contains."""
+    _, within = geometry.to_voxel(points[UM_COLUMNS].to_numpy(float))
     return points[within].reset_index(drop=True)
 
 
