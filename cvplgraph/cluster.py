@@ -39,12 +39,10 @@ LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "processes")
 
 
 @contextlib.contextmanager
-def connect(
-    spec: Spec, client: Any = None, scheduler: str | None = None, on_connect: Callable[[Any], None] | None = None
-) -> Iterator[Any]:
-    """Yield a distributed Client (or None for a local dask scheduler); ``on_connect(client)`` once connected."""
+def connect(spec: Spec, client: Any = None, scheduler: str | None = None) -> Iterator[Any]:
+    """Yield a distributed Client (or None for a local dask scheduler); a client or cluster made here
+    is closed afterwards."""
     if client is not None:
-        _connected(client, on_connect)
         yield client
         return
     if scheduler in LOCAL_SCHEDULERS:
@@ -60,13 +58,11 @@ def connect(
         except (OSError, TimeoutError) as exc:
             raise CvplError(f"cannot reach the dask scheduler at {address}: {exc}") from None
         with c:
-            _connected(c, on_connect)
             yield c
         return
     if spec.cluster.factory:
         c, cluster = _from_factory(spec)
         try:
-            _connected(c, on_connect)
             yield c
         finally:
             c.close()
@@ -74,7 +70,6 @@ def connect(
                 cluster.close()
         return
     with local_cluster(spec) as c:
-        _connected(c, on_connect)
         yield c
 
 
@@ -97,11 +92,6 @@ def local_cluster(spec: Spec) -> Iterator[Any]:
         Client(cluster) as c,
     ):
         yield c
-
-
-def _connected(client: Any, on_connect: Callable[[Any], None] | None) -> None:
-    if on_connect is not None:
-        on_connect(client)
 
 
 def load_factory(reference: str, folder: Path) -> Callable[..., Any]:

@@ -233,16 +233,15 @@ def execute(
         scheduler = "threads"  # everything cached: reading a few small tables needs no cluster
     modules = {plan.graph.nodes[n]["node"].opdef.func.__module__ for n in todo}
 
-    def connected(cl: Any) -> None:
-        report.dashboard = getattr(cl, "dashboard_link", None)
-        if report.dashboard:
-            display.message(f"dask dashboard: {report.dashboard}")
-            display.event("dashboard", url=report.dashboard)
-        ship_plugins(cl, modules)
-
     start, started = time.perf_counter(), time.time()
     # connect before lowering: a cluster that cannot start leaves the cache untouched
-    with connect(spec, client, scheduler, on_connect=connected) as cl:
+    with connect(spec, client, scheduler) as cl:
+        if cl is not None:
+            report.dashboard = getattr(cl, "dashboard_link", None)
+            if report.dashboard:
+                display.message(f"dask dashboard: {report.dashboard}")
+                display.event("dashboard", url=report.dashboard)
+            ship_plugins(cl, modules)
         lowered = lower(plan)
         small = {n: v for n, v in lowered.values.items() if isinstance(v, (Table, BlockCounts))}
         array_outputs = []
