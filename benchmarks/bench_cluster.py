@@ -12,6 +12,7 @@ and a paper estimate for a whole brain on a large cluster.
    writes, which grow with the number of objects), the wall time of a 500 GB volume on 64 workers.
 
     python benchmarks/bench_cluster.py --workdir /tmp/cvpl-cluster --json cluster.json
+    python benchmarks/bench_cluster.py --from-json cluster.json   # the estimate again, nothing rerun
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def measure(client: Client, workdir: Path, size_gib: float, chunks: tuple[int, i
         "cells": best.cells,
         "peak_rss_per_worker": max(best.peak_rss_bytes.values()),
         "task_seconds": sum(v for k, v in tasks.items() if not k.startswith("[")),
-        "serial_seconds": sum(v for k, v in tasks.items() if k in SERIAL),
+        "serial_seconds": serial_seconds(tasks),
         "breakdown": tasks,
     }
 
@@ -98,6 +99,15 @@ def estimate(row: dict[str, Any], slots: int, overhead_per_block: float, target_
             "low_seconds": parallel + serial + spread, "high_seconds": parallel + serial + overhead}  # fmt: skip
 
 
+def serial_seconds(breakdown: dict[str, float]) -> float:
+    """Task seconds of the prefixes that run once per volume (:data:`SERIAL`)."""
+    return sum(v for k, v in breakdown.items() if k in SERIAL)
+
+
+def say_estimate(paper: dict[str, float]) -> None:
+    print(f"\n500 GB on 64 workers: {paper['low_seconds'] / 60:.1f} to {paper['high_seconds'] / 60:.1f} min ({paper})")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=None, help="volumes and caches (default: a temp dir)")
@@ -105,7 +115,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--memory-sizes", type=float, nargs=2, default=[0.25, 1.0], help="volumes for memory")
     parser.add_argument("--runs", type=int, default=2, help="best of this many runs")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="only redo the 500 GB estimate from a saved --json report")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.from_json:
+        paper = recompute(args.from_json)
+        say_estimate(paper)
+        return paper
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="cvplgraph-cluster-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     throughput = []
@@ -130,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 memory.append(row)
                 print(f"chunks {chunks}, {size} GiB: peak RSS per worker {row['peak_rss_per_worker'] / 2**20:.0f} MiB")
     paper = estimate(next(r for r in throughput if r["workers"] == 2), 2, per_block_overhead(memory))
-    print(f"\n500 GB on 64 workers: {paper['low_seconds'] / 60:.1f} to {paper['high_seconds'] / 60:.1f} min ({paper})")
+    say_estimate(paper)
     report = {"machine": machine(PACKAGES), "throughput": throughput, "memory": memory, "estimate": paper}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
@@ -141,7 +157,7 @@ def recompute(path: Path) -> dict[str, float]:
     """The estimate again from a saved ``--json`` report (after changing the model, not the data)."""
     report = json.loads(path.read_text())
     for row in report["throughput"] + report["memory"]:
-        row["serial_seconds"] = sum(v for k, v in row["breakdown"].items() if k in SERIAL)
+        row["serial_seconds"] = serial_seconds(row["breakdown"])
     row = next(r for r in report["throughput"] if r["workers"] == 2)
     return estimate(row, 2, per_block_overhead(report["memory"]))
 
