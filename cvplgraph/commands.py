@@ -91,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     display = Display("json" if args.json else "quiet" if args.quiet else "bar")
     started, run_id = time.time(), new_run_id()
     display.event("start", run=run_id, spec=spec.source, compute=todo,
-                  cached=[n for n, p in plan.nodes.items() if p.status == "cached"])  # fmt: skip
+                  cached=plan.cached())  # fmt: skip
     if display.mode == "bar":
         print(f"{len(todo)} node(s) to compute" + (f": {', '.join(todo)}" if todo else " — everything is cached"))
     try:

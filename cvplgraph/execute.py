@@ -28,7 +28,7 @@ from .compile import nodes_in_order
 from .lower import Lowered, lower
 from .manifest import Entry
 from .outputs import region_dataset, write_block_counts, write_points, write_regions
-from .plan import CACHED, Plan, make_plan
+from .plan import Plan, make_plan
 from .progress import Display, as_display, cluster_progress, counting, local_progress
 from .resume import clear_partial
 from .spec import Spec
@@ -226,7 +226,7 @@ def execute(
     display = as_display(progress)
     spec = plan.spec
     todo = plan.to_compute()
-    report = RunReport(computed=todo, cached=[n for n, p in plan.nodes.items() if p.status == CACHED])
+    report = RunReport(computed=todo, cached=plan.cached())
     # image-sized outputs (not densities: they are atlas-sized) are worth a cluster even when cached
     kinds = {plan.graph.nodes[n]["node"].output for n, _ in spec.outputs}
     if client is None and not todo and not any(k.is_array and k is not PortType.Density for k in kinds):

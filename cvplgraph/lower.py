@@ -13,6 +13,7 @@ from .cachestore import CachedWrite, write_cached_value
 from .checkpoint import scope as checkpoint_scope
 from .compile import nodes_in_order
 from .plan import CACHED, COMPUTE, Plan
+from .resume import partial_url
 from .spec import INPUT
 from .storage import read_input, read_value
 
@@ -57,7 +58,7 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
         by_port = dict(zip((p for p, _ in node.inputs), args))
         positional = [by_port.get(port.name) for port in node.opdef.inputs]
         if with_writes and node.nodespec.cache:  # keep the op's checkpoints, for a resumed run
-            with checkpoint_scope(f"{plan.manifest.url}/partial/{node.key}/checkpoints"):
+            with checkpoint_scope(f"{partial_url(plan.manifest.url, node.key)}/checkpoints"):
                 value = node.opdef.func(*positional, **dict(node.params))
         else:
             value = node.opdef.func(*positional, **dict(node.params))

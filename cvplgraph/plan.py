@@ -45,6 +45,9 @@ class Plan:
     def to_compute(self) -> list[str]:
         return [n for n, p in self.nodes.items() if p.status == COMPUTE]
 
+    def cached(self) -> list[str]:
+        return [n for n, p in self.nodes.items() if p.status == CACHED]
+
     def to_json(self) -> str:
         return json.dumps(
             {"spec": self.spec.path, "cache": self.manifest.url, "nodes": [asdict(p) for p in self.nodes.values()]},

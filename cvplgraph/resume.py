@@ -37,6 +37,11 @@ Level = tuple[tuple[int, ...], tuple[int, ...]]
 Ranges = tuple[tuple[int, int], ...]
 
 
+def partial_url(cache_url: str, key: str) -> str:
+    """Where the records and checkpoints of ``key``'s unfinished stores live."""
+    return f"{cache_url.rstrip('/')}/partial/{key}"
+
+
 def layout_name(levels: Sequence[Level], dtype: str, compressor: dict[str, Any]) -> str:
     """A short name for a store layout (what a chunk index means)."""
     return digest({"levels": [[list(s), list(c)] for s, c in levels], "dtype": dtype, "compressor": compressor})[:12]
@@ -72,7 +77,7 @@ class Records:
 
     @classmethod
     def of(cls, cache_url: str, key: str, layout: str, levels: Sequence[Level]) -> Records:
-        return cls(f"{cache_url.rstrip('/')}/partial/{key}/{layout}", tuple(levels))
+        return cls(f"{partial_url(cache_url, key)}/{layout}", tuple(levels))
 
     def prepare(self, dtype: str, compressor: dict[str, Any]) -> None:
         """Create the record folders and describe the layout (before any task runs)."""
@@ -130,7 +135,7 @@ class Records:
 
 def clear_partial(cache_url: str, key: str) -> None:
     """Remove the records and checkpoints of ``key`` (once its entry is committed)."""
-    fs, root = fsspec.core.url_to_fs(f"{cache_url.rstrip('/')}/partial/{key}")
+    fs, root = fsspec.core.url_to_fs(partial_url(cache_url, key))
     try:
         fs.rm(root, recursive=True)
     except OSError:  # gone already, or a concurrent run of the same key is still adding records:
@@ -168,7 +173,7 @@ def _write_file(path: str, body: bytes) -> None:
 
 def partial_progress(cache_url: str, key: str) -> float | None:
     """The largest fraction done among unfinished stores of ``key``, or None when there are none."""
-    fs, root = fsspec.core.url_to_fs(f"{cache_url.rstrip('/')}/partial/{key}")
+    fs, root = fsspec.core.url_to_fs(partial_url(cache_url, key))
     try:
         layouts = fs.ls(root, detail=False)
     except FileNotFoundError:
@@ -180,7 +185,7 @@ def partial_progress(cache_url: str, key: str) -> float | None:
         except (FileNotFoundError, ValueError):
             continue
         levels = tuple((tuple(d["shape"]), tuple(d["chunks"])) for d in document["levels"])
-        records = Records(f"{cache_url.rstrip('/')}/partial/{key}/{path.rstrip('/').rsplit('/', 1)[-1]}", levels)
+        records = Records(f"{partial_url(cache_url, key)}/{path.rstrip('/').rsplit('/', 1)[-1]}", levels)
         fraction = records.fraction_done()
         best = fraction if best is None else max(best, fraction)
     return best
