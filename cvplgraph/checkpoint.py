@@ -33,6 +33,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from numcodecs import Zstd
 
+from .errors import CvplError
 from .resume import write_atomically
 
 #: Fast and, on mostly-background faces, ~300× smaller than the raw bytes.
@@ -70,9 +71,21 @@ def _save(array: np.ndarray, url: str) -> np.ndarray:
     return array
 
 
-def _load(url: str) -> np.ndarray:
+class CheckpointGone(CvplError):
+    """A checkpoint the graph was built to load has vanished: a concurrent run computing the same
+    node committed it and cleared its checkpoints (see :func:`cvplgraph.execute.execute`)."""
+
+
+def _read(url: str) -> bytes:
     fs, path = fsspec.core.url_to_fs(url)
-    return np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False)
+    try:
+        return bytes(fs.cat_file(path))
+    except FileNotFoundError:
+        raise CheckpointGone(f"{url}: the checkpoint was removed during the run") from None
+
+
+def _load(url: str) -> np.ndarray:
+    return np.load(io.BytesIO(_read(url)), allow_pickle=False)
 
 
 def checkpoint_blocks(name: str, values: list[Delayed]) -> list[Delayed]:
@@ -107,8 +120,7 @@ def _save_parts(parts: tuple[np.ndarray, ...], url: str) -> tuple[np.ndarray, ..
 
 
 def _load_parts(url: str) -> tuple[np.ndarray, ...]:
-    fs, path = fsspec.core.url_to_fs(url)
-    return unpack(fs.cat_file(path))
+    return unpack(_read(url))
 
 
 def pack(parts: tuple[np.ndarray, ...]) -> bytes:

@@ -23,6 +23,7 @@ import fsspec
 import networkx as nx
 import xarray as xr
 
+from .checkpoint import CheckpointGone
 from .cluster import connect, ship_plugins
 from .compile import nodes_in_order
 from .lower import Lowered, lower
@@ -222,7 +223,21 @@ def execute(
 
     ``progress``: True for a bar on stderr, ``"json"`` for JSON lines on stdout,
     or a :class:`~cvplgraph.progress.Display`. With ``profile``, the report's
-    ``node_seconds`` holds the task seconds spent on each node."""
+    ``node_seconds`` holds the task seconds spent on each node.
+
+    When a concurrent run computing the same node commits it first, it clears the checkpoints
+    this run's graph was built to load; the run is then planned again (that node is now cached)
+    and carried out once more."""
+    try:
+        return _execute(plan, client=client, scheduler=scheduler, progress=progress, profile=profile)
+    except CheckpointGone:
+        log.info("a concurrent run committed a node this run was computing; planning again")
+        return _execute(make_plan(plan.spec), client=client, scheduler=scheduler, progress=progress, profile=profile)
+
+
+def _execute(
+    plan: Plan, *, client: Any, scheduler: str | None, progress: bool | str | Display, profile: bool
+) -> Results:
     display = as_display(progress)
     spec = plan.spec
     todo = plan.to_compute()
