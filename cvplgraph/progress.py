@@ -93,7 +93,7 @@ class Display:
     def message(self, text: str) -> None:
         """A line of text for people (bar mode only)."""
         if self.mode == "bar":
-            self._end_line()
+            self.close()
             print(text, file=self.stream, flush=True)
 
     def update(self, s: Snapshot, final: bool = False) -> None:
@@ -111,16 +111,13 @@ class Display:
             self.stream.write("\r" + line.ljust(self._width))
             self._width = len(line)
             if final:
-                self._end_line()
+                self.close()
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
 
     def close(self) -> None:
         """End a bar left mid-line (a run stopped by Ctrl-C), so what follows starts on a line of its own."""
-        self._end_line()
-
-    def _end_line(self) -> None:
         if self.tty and self._width:
             self.stream.write("\n")
             self.stream.flush()
