@@ -188,10 +188,13 @@ def run_suite(
     from .execute import execute
     from .plan import make_plan
 
+    # every given truth is read before any volume is written or converted: a bad file fails fast
+    given = {d.name: read_truth(d, d.truth) for d in suite.datasets if d.synth is None}
     truths = {}
-    for dataset in suite.datasets:  # every truth is read before anything runs: a bad file fails fast
+    for dataset in suite.datasets:
         inp, truth = dataset_input(dataset, suite)
-        truths[dataset.name] = (inp, *read_truth(dataset, truth))
+        read = given[dataset.name] if dataset.name in given else read_truth(dataset, truth)
+        truths[dataset.name] = (inp, *read)
     scores: list[Score] = []
     runs: list[DatasetRun] = []
     for dataset in suite.datasets:
