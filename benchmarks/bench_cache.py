@@ -32,8 +32,7 @@ from bench_pipeline import spec_text
 from machine_info import machine
 
 import cvplgraph
-from cvplgraph.demo import write_synthetic
-from cvplgraph.synth import SynthParams
+from cvplgraph.synth.volume import SynthParams, write_synthetic
 
 
 def records(cache: Path) -> int:

@@ -3,7 +3,7 @@
 One run of this script, with dask's threaded scheduler (``--threads`` threads):
 
 1. writes a synthetic float32 OME-Zarr volume (``--shape``, ``--chunks``) and its
-   true cells with :func:`cvplgraph.demo.write_synthetic` (kept in ``--workdir``
+   true cells with :func:`cvplgraph.cli.demo.write_synthetic` (kept in ``--workdir``
    and reused);
 2. measures the raw read + decompress of that store: every block is read and
    reduced to one voxel (best of 3, after one untimed pass that puts the store in
@@ -73,15 +73,14 @@ from skimage.feature import blob_dog, blob_log, peak_local_max
 from skimage.segmentation import watershed as skimage_watershed
 
 from cvplgraph import ops
-from cvplgraph.classifier import fit, save
-from cvplgraph.demo import write_synthetic
+from cvplgraph.io.stores import read_input
+from cvplgraph.ops._classifier import fit, save
 from cvplgraph.ops.blobs import detect
 from cvplgraph.ops.classify import training_rows
 from cvplgraph.ops.filters import TRUNCATE
 from cvplgraph.ops.watershed import ball, seeds_and_flood
-from cvplgraph.spec import InputSpec
-from cvplgraph.storage import read_input
-from cvplgraph.synth import SynthParams
+from cvplgraph.spec.model import InputSpec
+from cvplgraph.synth.volume import SynthParams, write_synthetic
 from cvplgraph.values import Geometry, Table, wrap
 
 PACKAGES = (

@@ -36,10 +36,10 @@ from distributed import Client, LocalCluster
 from machine_info import machine
 
 import cvplgraph
-from cvplgraph import execute as execute_module
-from cvplgraph.progress import Display
-from cvplgraph.report import write_report
-from cvplgraph.runlog import make_record, new_run_id, save_record
+from cvplgraph.engine import execute as execute_module
+from cvplgraph.engine.progress import Display
+from cvplgraph.inspect.report import write_report
+from cvplgraph.inspect.runlog import make_record, new_run_id, save_record
 
 
 @contextlib.contextmanager

@@ -21,8 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CvplError
-from .types import PortType
+from cvplgraph.errors import CvplError
+from cvplgraph.plugins import load_entry_points
+from cvplgraph.types import PortType
+from cvplgraph.values import adapt_call
 
 #: Parameter types an op may declare; spec values are checked against them.
 PARAM_TYPES = (int, float, bool, str)
@@ -166,8 +168,6 @@ def op(
         String parameters that name files; a spec's relative paths are
         resolved against the spec's folder.
     """
-    from .values import adapt_call  # local: values imports heavy array libraries
-
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         ports = _normalise_ports(inputs, optional)
         params = _params_from_signature(func, {p.name for p in ports})
@@ -193,7 +193,7 @@ def op(
 
 def get_op(name: str) -> OpDef:
     """The registered op ``name``; the error lists the known ones."""
-    _load_builtins()
+    load_entry_points()
     try:
         return REGISTRY[name]
     except KeyError:
@@ -202,12 +202,7 @@ def get_op(name: str) -> OpDef:
 
 
 def known_ops() -> list[str]:
-    _load_builtins()
-    return sorted(REGISTRY)
-
-
-def _load_builtins() -> None:
-    from . import ops  # noqa: F401  (registers the built-in ops on import)
-    from .plugins import load_entry_points
-
+    """Names of every registered op (the built-in ones once :mod:`cvplgraph.ops` is imported,
+    and those of installed plugin packages)."""
     load_entry_points()
+    return sorted(REGISTRY)

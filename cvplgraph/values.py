@@ -19,12 +19,12 @@ import numpy as np
 import xarray as xr
 from dask.delayed import Delayed
 
-from .errors import OpError
+from cvplgraph.errors import OpError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .registry import OpDef
+    from cvplgraph.registry import OpDef
 
 DIMS = ("z", "y", "x")
 
@@ -212,3 +212,30 @@ def block_slices(chunks: Sequence[Sequence[int]]) -> list[tuple[tuple[int, ...],
 
 
 __all__ = ["DIMS", "Geometry", "Table", "BlockCounts", "wrap", "like", "to_dataarray", "block_slices"]
+
+
+#: Hemisphere values of an atlas in sample space.
+LEFT, RIGHT = 1, 2
+#: Ids of the explicit rows for points that no region holds.
+OUTSIDE_BRAIN, OUTSIDE_ATLAS = 0, -1
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """An atlas in sample space: the Atlas port type.
+
+    ``annotation`` holds uint32 region ids (0 = no region), ``hemispheres``
+    1 = left, 2 = right, 0 = neither (or None), both on the same grid;
+    ``structures`` has :data:`cvplgraph.io.atlas.STRUCTURE_COLUMNS` (``path`` a tuple of ids
+    from the root to the region); ``source`` names the files for messages.
+    """
+
+    annotation: xr.DataArray
+    hemispheres: xr.DataArray | None
+    structures: pd.DataFrame
+    source: str
+    structures_file: str = ""
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry.of(self.annotation)

@@ -13,8 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cvplgraph.demo import write_synthetic
-from cvplgraph.synth import SynthParams
+from cvplgraph.synth.volume import SynthParams, write_synthetic
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

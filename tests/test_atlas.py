@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 import cvplgraph
 from cvplgraph import ops
-from cvplgraph.atlas import AtlasSpec, read_atlas
 from cvplgraph.errors import InputError
-from cvplgraph.outputs import BRAINGLOBE_COLUMNS, brainglobe_summary
-from cvplgraph.spec import StoreSpec
-from cvplgraph.storage import write_array
+from cvplgraph.io.atlas import read_atlas
+from cvplgraph.io.outputs import BRAINGLOBE_COLUMNS, brainglobe_summary
+from cvplgraph.io.stores import write_array
+from cvplgraph.spec.model import AtlasSpec, StoreSpec
 from cvplgraph.types import PortType
 from cvplgraph.values import Geometry, Table, wrap
 
@@ -181,10 +181,10 @@ def test_a_point_maps_to_the_atlas_voxel_that_holds_it(  # type: ignore[no-untyp
     assert cells["region_id"].iloc[0] == ids[voxel]
 
 
-def read_atlas_from_arrays(ids: np.ndarray, geometry: Geometry, structures: pd.DataFrame) -> cvplgraph.atlas.Atlas:
+def read_atlas_from_arrays(ids: np.ndarray, geometry: Geometry, structures: pd.DataFrame) -> cvplgraph.io.atlas.Atlas:
     import dask.array as da
 
-    from cvplgraph.atlas import Atlas
+    from cvplgraph.values import Atlas
 
     return Atlas(wrap(da.from_array(ids, chunks=(3, 4, 5)), geometry), None, structures, "<arrays>", "<table>")
 

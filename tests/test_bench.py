@@ -13,15 +13,14 @@ import pytest
 from scipy import ndimage
 
 import cvplgraph
-from cvplgraph.bench import run_suite
-from cvplgraph.benchreport import write_report
-from cvplgraph.benchsuite import load_suite
-from cvplgraph.demo import write_synthetic
+from cvplgraph.bench.metrics import match
+from cvplgraph.bench.report import write_report
+from cvplgraph.bench.run import run_suite
+from cvplgraph.bench.suite import load_suite
+from cvplgraph.bench.tune import parse_param, tune
 from cvplgraph.errors import CvplError, SpecError
-from cvplgraph.metrics import match
-from cvplgraph.storage import read_input
-from cvplgraph.synth import SynthParams
-from cvplgraph.tune import parse_param, tune
+from cvplgraph.io.stores import read_input
+from cvplgraph.synth.volume import SynthParams, write_synthetic
 
 ROOT = Path(__file__).parents[1]
 PARAMS = SynthParams(shape=(24, 80, 80), chunks=(12, 40, 40), seed=11, noise=0.04)
@@ -139,7 +138,7 @@ def test_tune_finds_the_best_threshold_of_an_independent_reference(volume: tuple
 def test_region_truth_is_compared_per_region(tmp_path: Path) -> None:
     """A synthetic brain crop: the per-region errors hold the true counts of its truth file and the
     found counts of the variant's region table, and big regions are counted within 5 %."""
-    from cvplgraph.brain import write_synthetic_brain
+    from cvplgraph.synth.brain import write_synthetic_brain
 
     brain = write_synthetic_brain(tmp_path / "brain", atlas="procedural", say=lambda *_: None,
                                   crop_um=((900.0, 1380.0), (4600.0, 5500.0), (2400.0, 3300.0)))  # fmt: skip
@@ -233,7 +232,7 @@ def test_task_seconds_are_attributed_to_every_computed_node(
     from dask's profiler on threads, from the task stream on a distributed cluster."""
     from distributed import Client, LocalCluster
 
-    from cvplgraph.execute import execute
+    from cvplgraph.engine.execute import execute
 
     url, _ = volume
     spec = tmp_path / "spec.toml"
@@ -255,7 +254,7 @@ def test_a_tiff_dataset_is_converted_once_with_its_values_and_voxel_size(tmp_pat
     intensity range) and the dataset's voxel size; a second run reuses it."""
     import tifffile
 
-    from cvplgraph.spec import InputSpec
+    from cvplgraph.spec.model import InputSpec
 
     rng = np.random.default_rng(0)
     pixels = (rng.random((10, 300, 270)) * 4000).astype(np.uint16)  # planes not multiples of the blocks
@@ -295,8 +294,8 @@ def test_a_parameter_left_at_its_default_is_the_same_node_as_one_given_the_defau
     volume: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """Nodes are merged by cache key: `level = 0.5` spelled out equals the op's default 0.5."""
-    from cvplgraph.benchgraph import merge
-    from cvplgraph.spec import load_spec
+    from cvplgraph.bench.graph import merge
+    from cvplgraph.spec.parse import load_spec
 
     specs = {}
     for name, level in (("given", "level = 0.5\n"), ("default", "")):

@@ -1,4 +1,4 @@
-"""Tests of the synthetic brain :mod:`cvplgraph.brain` and the per-site occupancy hook of :mod:`cvplgraph.synth`.
+"""Tests of the synthetic brain :mod:`cvplgraph.synth.brain` and the per-site occupancy hook of :mod:`cvplgraph.synth.volume`.
 
 Truth is checked against independent lookups: region ids are recomputed from
 the source files in their original orientation with explicit arithmetic, and
@@ -19,7 +19,8 @@ import scipy.ndimage as ndi
 import tifffile
 from scipy.spatial import cKDTree
 
-from cvplgraph.brain import (
+from cvplgraph.io.stores import read_array
+from cvplgraph.synth.brain import (
     ALLEN_STRUCTURE_COLUMNS,
     CELL_COLUMNS,
     BrainTruth,
@@ -29,8 +30,7 @@ from cvplgraph.brain import (
     resolve_atlas,
     write_synthetic_brain,
 )
-from cvplgraph.storage import read_array
-from cvplgraph.synth import SynthParams, grid_sites, make_cells, synth_volume
+from cvplgraph.synth.volume import SynthParams, grid_sites, make_cells, synth_volume
 from cvplgraph.values import Geometry
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -21,8 +21,7 @@ import pytest
 import zarr
 
 import cvplgraph
-from cvplgraph.demo import write_synthetic
-from cvplgraph.synth import SynthParams
+from cvplgraph.synth.volume import SynthParams, write_synthetic
 
 PLUGIN = '''\
 import os, time, uuid
@@ -247,7 +246,8 @@ def test_resume_computes_only_the_missing_blocks(volume: Path, tmp_path: Path,
 
 def _chunks(cache: Path, level: int, key: str) -> set[tuple[int, ...]]:
     """Chunk indices of ``level`` of the store of ``key`` that the records say are written."""
-    from cvplgraph.resume import expand, parse_marker
+    from cvplgraph.cache.resume import parse_marker
+    from cvplgraph.io.records import expand
 
     out: set[tuple[int, ...]] = set()
     for marker in cache.glob(f"partial/{key}/*/{level}/*"):
@@ -299,7 +299,7 @@ def test_plan_reads_partial_progress_from_records(volume: Path, tmp_path: Path) 
 def test_a_checkpoint_is_saved_then_loaded_instead_of_computed(tmp_path: Path) -> None:
     import dask
 
-    from cvplgraph.checkpoint import checkpoint, scope
+    from cvplgraph.cache.checkpoint import checkpoint, scope
 
     calls: list[int] = []
 
@@ -322,7 +322,7 @@ def test_a_checkpoint_is_saved_then_loaded_instead_of_computed(tmp_path: Path) -
 def test_block_checkpoints_load_what_was_saved_and_compute_the_rest(tmp_path: Path) -> None:
     import dask
 
-    from cvplgraph.checkpoint import checkpoint_blocks, scope
+    from cvplgraph.cache.checkpoint import checkpoint_blocks, scope
 
     calls: list[int] = []
 

@@ -21,8 +21,7 @@ import cvplgraph
 
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cvplgraph.demo import write_synthetic
-    from cvplgraph.synth import SynthParams
+    from cvplgraph.synth.volume import SynthParams, write_synthetic
 
     url = tmp_path_factory.mktemp("s3volume") / "volume.ome.zarr"
     write_synthetic(str(url), SynthParams(shape=(64, 128, 128), chunks=(16, 32, 32), seed=5))

@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 
 import cvplgraph
-from cvplgraph.manifest import Manifest
+from cvplgraph.cache.manifest import Manifest
 from cvplgraph.registry import get_op
 
 

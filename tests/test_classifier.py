@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 import cvplgraph
-from cvplgraph.classifier import ModelError, load
-from cvplgraph.testing import check_op
-from cvplgraph.train import train
+from cvplgraph.bench.train import train
+from cvplgraph.ops._classifier import ModelError, load
+from cvplgraph.ops.testing import check_op
 
 SPEC = """\
 [input]
@@ -48,8 +48,7 @@ def paint(cells: pd.DataFrame, shape: tuple[int, ...], scale: tuple[float, ...],
 
 @pytest.fixture(scope="module")
 def painted(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from cvplgraph.demo import write_synthetic
-    from cvplgraph.synth import SynthParams
+    from cvplgraph.synth.volume import SynthParams, write_synthetic
 
     folder = tmp_path_factory.mktemp("classifier")
     params = SynthParams(shape=(24, 96, 96), chunks=(12, 48, 48), seed=11)
@@ -97,7 +96,7 @@ def test_model_file_is_checked_against_its_name(painted: dict, tmp_path: Path) -
 
 def test_classifier_is_chunk_invariant(painted: dict) -> None:
     from cvplgraph import ops
-    from cvplgraph.storage import read_input
+    from cvplgraph.io.stores import read_input
 
     image = read_input(cvplgraph.load_spec(painted["spec"]).input).values
     check_op(ops.pixel_classifier, {"image": image}, params={"model": str(painted["report"].model)},

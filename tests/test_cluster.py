@@ -233,8 +233,7 @@ def test_a_volume_larger_than_the_workers_memory(tmp_path_factory: pytest.TempPa
     nothing is spilled to disk, no worker is restarted, and the results equal a threaded run's."""
     from distributed import Client
 
-    from cvplgraph.demo import write_synthetic
-    from cvplgraph.synth import SynthParams
+    from cvplgraph.synth.volume import SynthParams, write_synthetic
 
     folder = tmp_path_factory.mktemp("large")
     volume = folder / "volume.ome.zarr"

@@ -1,4 +1,4 @@
-"""The picture of a compiled DAG (cvplgraph.dag): DOT, Mermaid, SVG and PNG from both engines."""
+"""The picture of a compiled DAG (cvplgraph.inspect.dag): DOT, Mermaid, SVG and PNG from both engines."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvplgraph.dag import (
+from cvplgraph.api import run
+from cvplgraph.engine.plan import Plan, make_plan
+from cvplgraph.errors import CvplError
+from cvplgraph.inspect.dag import (
     PALETTE,
     Dag,
     DagEdge,
@@ -25,10 +28,7 @@ from cvplgraph.dag import (
     to_svg,
     write_dag,
 )
-from cvplgraph.errors import CvplError
-from cvplgraph.execute import run
-from cvplgraph.plan import Plan, make_plan
-from cvplgraph.spec import load_spec
+from cvplgraph.spec.parse import load_spec
 
 NS = "{http://www.w3.org/2000/svg}"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cvplgraph.brain import find_atlas_folder
-from cvplgraph.demo import run_demo
+from cvplgraph.cli.demo import run_demo
+from cvplgraph.synth.brain import find_atlas_folder
 
 ATLASES = [
     "procedural",

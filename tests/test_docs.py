@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cvplgraph.opsdoc import ops_markdown
+from cvplgraph.ops.doc import ops_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def test_cluster_recipes_are_valid_python_and_spec_tables() -> None:
     """Every recipe in docs/cluster.md compiles, and every [cluster] table passes the spec check."""
     import re
 
-    from cvplgraph.spec import parse_spec
+    from cvplgraph.spec.parse import parse_spec
 
     text = (ROOT / "docs" / "cluster.md").read_text(encoding="utf-8")
     python = re.findall(r"```python\n(.*?)```", text, flags=re.S)

@@ -21,10 +21,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cvplgraph.compile import compile_spec
-from cvplgraph.hashing import canonical, digest, node_key
+from cvplgraph.cache.keys import canonical, digest, node_key
+from cvplgraph.engine.compile import compile_spec
 from cvplgraph.registry import REGISTRY, op
-from cvplgraph.spec import COMPRESSORS, INPUT, parse_spec
+from cvplgraph.spec.model import COMPRESSORS, INPUT
+from cvplgraph.spec.parse import parse_spec
 from cvplgraph.types import PortType
 
 SETTINGS = settings(max_examples=50, deadline=None)

@@ -11,7 +11,7 @@ from scipy import ndimage
 import cvplgraph
 from cvplgraph import ops
 from cvplgraph.errors import SpecError
-from cvplgraph.testing import ConformanceError, check_op
+from cvplgraph.ops.testing import ConformanceError, check_op
 
 PLUGIN = '''
 import numpy as np

@@ -20,11 +20,11 @@ import pytest
 import zarr
 from test_cluster import gated_project
 
+from cvplgraph.cache.resume import partial_progress
 from cvplgraph.cli import main
-from cvplgraph.plan import make_plan
-from cvplgraph.progress import Snapshot, bar_line
-from cvplgraph.resume import partial_progress
-from cvplgraph.spec import load_spec
+from cvplgraph.engine.plan import make_plan
+from cvplgraph.engine.progress import Snapshot, bar_line
+from cvplgraph.spec.parse import load_spec
 
 ONE_NODE = """\
 [input]

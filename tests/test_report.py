@@ -1,4 +1,4 @@
-"""The run report (cvplgraph.report): one self-contained HTML page per recorded run, from real runs.
+"""The run report (cvplgraph.inspect.report): one self-contained HTML page per recorded run, from real runs.
 
 The page is checked the way a reader would use it: it parses, it names every node, its counts
 and region densities equal the run's output files, its pictures are real PNGs and an inline SVG
@@ -27,15 +27,15 @@ from conftest import SPEC
 from dask.callbacks import Callback
 from PIL import Image
 
-import cvplgraph.execute
-from cvplgraph.brain import write_synthetic_brain
+import cvplgraph.engine.execute
 from cvplgraph.cli import main
-from cvplgraph.demo import demo_spec_text, write_synthetic
-from cvplgraph.report import TOP_REGIONS, input_mip, render_report
-from cvplgraph.runlog import load_record, run_records
-from cvplgraph.spec import StoreSpec
-from cvplgraph.storage import write_array
-from cvplgraph.synth import SynthParams
+from cvplgraph.cli.demo import demo_spec_text
+from cvplgraph.inspect.report import TOP_REGIONS, input_mip, render_report
+from cvplgraph.inspect.runlog import load_record, run_records
+from cvplgraph.io.stores import write_array
+from cvplgraph.spec.model import StoreSpec
+from cvplgraph.synth.brain import write_synthetic_brain
+from cvplgraph.synth.volume import SynthParams, write_synthetic
 from cvplgraph.types import PortType
 from cvplgraph.values import Geometry, wrap
 
@@ -336,7 +336,7 @@ def test_an_interrupted_run_still_has_a_report(
 
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC.format(url=synthetic[0], level=0.3))
-    monkeypatch.setattr(cvplgraph.execute, "execute", interrupted)
+    monkeypatch.setattr(cvplgraph.engine.execute, "execute", interrupted)
     assert main(["run", str(spec), "--scheduler", "threads", "--quiet"]) == 130
     record = load_record(str(spec))
     assert record["status"] == "interrupted" and not record["counts"] and not record["points"]

@@ -11,9 +11,9 @@ import xarray as xr
 from scipy import ndimage
 
 import cvplgraph
-from cvplgraph.manifest import Manifest
-from cvplgraph.spec import InputSpec
-from cvplgraph.storage import read_input
+from cvplgraph.cache.manifest import Manifest
+from cvplgraph.io.stores import read_input
+from cvplgraph.spec.model import InputSpec
 
 
 def entries(spec: cvplgraph.Spec) -> dict[str, float]:
@@ -210,7 +210,7 @@ def test_changed_storage_options_store_the_node_anew(spec_file: Path) -> None:
     cvplgraph.run(spec, scheduler="threads")
     again = cvplgraph.plan(spec)
     assert again.to_compute() == []
-    from cvplgraph.storage import multiscales, open_group
+    from cvplgraph.io.stores import multiscales, open_group
 
     url = again.manifest.store_url(again.entries["cells"].store)
     assert len(multiscales(open_group(url).attrs.asdict(), url)["datasets"]) == 3

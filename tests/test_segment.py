@@ -11,7 +11,7 @@ from skimage.segmentation import watershed as skimage_watershed
 
 from cvplgraph import ops
 from cvplgraph.ops.watershed import ball, seeds_and_flood
-from cvplgraph.synth import SynthParams, synth_volume
+from cvplgraph.synth.volume import SynthParams, synth_volume
 from cvplgraph.values import Geometry, wrap
 
 SCALE = (2.0, 1.0, 1.0)

@@ -1,4 +1,4 @@
-"""Tests of spec parsing and validation (:mod:`cvplgraph.spec`, graph checks of :mod:`cvplgraph.compile`).
+"""Tests of spec parsing and validation (:mod:`cvplgraph.spec.parse`, graph checks of :mod:`cvplgraph.engine.compile`).
 
 Negative cases form a table in the style of napari npe2's mutator tests: start
 from :data:`VALID_SPEC`, apply ONE mutation, parse, and compare the
@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from cvplgraph.errors import Problem, SpecError
-from cvplgraph.spec import Spec, line_of, parse_spec
+from cvplgraph.spec.fields import line_of
+from cvplgraph.spec.model import Spec
+from cvplgraph.spec.parse import parse_spec
 
 FILE = "spec.toml"
 

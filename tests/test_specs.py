@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 import cvplgraph
-from cvplgraph.demo import write_synthetic
-from cvplgraph.synth import SynthParams
+from cvplgraph.synth.volume import SynthParams, write_synthetic
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 RUNNABLE = ["otsu", "local_threshold", "watershed", "blob_log", "blob_dog"]

@@ -13,8 +13,8 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
 from cvplgraph.errors import InputError
-from cvplgraph.spec import InputSpec, StoreSpec
-from cvplgraph.storage import read_array, read_input, write_array
+from cvplgraph.io.stores import read_array, read_input, write_array
+from cvplgraph.spec.model import InputSpec, StoreSpec
 from cvplgraph.types import PortType
 from cvplgraph.values import Geometry, wrap
 

@@ -1,4 +1,4 @@
-"""Tests of the synthetic volume generator :mod:`cvplgraph.synth`."""
+"""Tests of the synthetic volume generator :mod:`cvplgraph.synth.volume`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial import cKDTree
 
-from cvplgraph.synth import ONE_PERCENT_SIGMAS, SynthParams, make_cells, synth_volume
+from cvplgraph.synth.volume import ONE_PERCENT_SIGMAS, SynthParams, make_cells, synth_volume
 
 SMALL = SynthParams(shape=(16, 64, 64), chunks=(8, 32, 32))
 TRUTH = SynthParams(shape=(48, 192, 192), chunks=(24, 96, 96))

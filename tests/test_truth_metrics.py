@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cvplgraph.bench.metrics import Matching, default_tolerance_um, match, region_errors
+from cvplgraph.bench.truth import read_points, read_region_truth
 from cvplgraph.errors import InputError
-from cvplgraph.metrics import Matching, default_tolerance_um, match, region_errors
-from cvplgraph.synth import SynthParams, make_cells
-from cvplgraph.truth import read_points, read_region_truth
+from cvplgraph.synth.volume import SynthParams, make_cells
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CELLCOUNTER = SHARED_DATA / "brainmapper_output_example" / "points" / "cell_classification.xml"
@@ -349,7 +349,7 @@ def test_region_errors_on_the_union_of_regions() -> None:
 
 def test_too_large_group_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A tolerance that links more detection × cell pairs than the limit raises, naming the group's size."""
-    monkeypatch.setattr("cvplgraph.metrics.MAX_COMPONENT", 3)
+    monkeypatch.setattr("cvplgraph.bench.metrics.MAX_COMPONENT", 3)
     with pytest.raises(InputError, match=r"tolerance_um 1.5: links 2 detections and 2 true cells into one group"):
         match(on_x(1.2, 3.4), on_x(0.0, 2.1), 1.5)
     assert match(on_x(0.0, 10.0), on_x(0.5, 10.5), 1.5).tp == 2  # groups of one pair need no solver

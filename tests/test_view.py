@@ -13,7 +13,7 @@ import pytest
 from napari.components import ViewerModel
 
 import cvplgraph
-from cvplgraph.brain import busiest_plane, write_synthetic_brain
+from cvplgraph.synth.brain import busiest_plane, write_synthetic_brain
 from cvplgraph.values import Geometry
 
 SPEC = """\

@@ -3,15 +3,15 @@
 Each op is also a plain function: call it on numpy, dask or xarray arrays.
 """
 
-from .blobs import blobs
-from .classify import pixel_classifier
-from .components import connected_components
-from .count import count, density, filter_size
-from .filters import background_subtract, downsample, gaussian, normalize
-from .measure import centroids
-from .regions import cell_regions, region_counts, region_density_map
-from .threshold import local_threshold, otsu, threshold
-from .watershed import watershed
+from cvplgraph.ops.blobs import blobs
+from cvplgraph.ops.classify import pixel_classifier
+from cvplgraph.ops.components import connected_components
+from cvplgraph.ops.count import count, density, filter_size
+from cvplgraph.ops.filters import background_subtract, downsample, gaussian, normalize
+from cvplgraph.ops.measure import centroids
+from cvplgraph.ops.regions import cell_regions, region_counts, region_density_map
+from cvplgraph.ops.threshold import local_threshold, otsu, threshold
+from cvplgraph.ops.watershed import watershed
 
 __all__ = [
     "background_subtract",

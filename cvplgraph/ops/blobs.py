@@ -17,10 +17,10 @@ import pandas as pd
 import xarray as xr
 from scipy import ndimage
 
-from ..registry import op
-from ..types import PortType
-from ..values import Geometry, Table
-from .filters import TRUNCATE
+from cvplgraph.ops.filters import TRUNCATE
+from cvplgraph.registry import op
+from cvplgraph.types import PortType
+from cvplgraph.values import Geometry, Table
 
 BLOB_COLUMNS = ["z", "y", "x", "sigma_um", "intensity"]
 

@@ -1,4 +1,4 @@
-"""Image → Mask with a trained pixel classifier (see :mod:`cvplgraph.classifier`)."""
+"""Image → Mask with a trained pixel classifier (see :mod:`cvplgraph.ops._classifier`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..classifier import Model, features, halo, load
-from ..registry import op
-from ..types import PortType
-from ..values import Geometry, like
+from cvplgraph.ops._classifier import Model, features, halo, load
+from cvplgraph.registry import op
+from cvplgraph.types import PortType
+from cvplgraph.values import Geometry, like
 
 
 @functools.lru_cache(maxsize=4)

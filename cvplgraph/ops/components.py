@@ -35,11 +35,11 @@ from dask.highlevelgraph import HighLevelGraph
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
-from ..checkpoint import checkpoint, checkpoint_blocks
-from ..errors import OpError
-from ..registry import op
-from ..types import PortType
-from ..values import like
+from cvplgraph.errors import OpError
+from cvplgraph.hooks import checkpoint, checkpoint_blocks
+from cvplgraph.registry import op
+from cvplgraph.types import PortType
+from cvplgraph.values import like
 
 LABEL_DTYPE = np.int32
 BLOCK_LABELS_ATTR = "_cvplgraph_block_labels"

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import OpError
-from ..registry import op
-from ..types import PortType
-from ..values import BlockCounts, Geometry, Table, grid_shape, wrap
-from .measure import object_table
+from cvplgraph.errors import OpError
+from cvplgraph.ops.measure import object_table
+from cvplgraph.registry import op
+from cvplgraph.types import PortType
+from cvplgraph.values import BlockCounts, Geometry, Table, grid_shape, wrap
 
 
 def block_problem(block: tuple[int, ...]) -> str | None:

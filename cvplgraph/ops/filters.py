@@ -13,9 +13,9 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
-from ..registry import op
-from ..types import PortType
-from ..values import Geometry, like, wrap
+from cvplgraph.registry import op
+from cvplgraph.types import PortType
+from cvplgraph.values import Geometry, like, wrap
 
 TRUNCATE = 4.0  # gaussian kernels reach 4 sigma, as scipy's default
 

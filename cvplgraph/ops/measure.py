@@ -17,11 +17,11 @@ import pandas as pd
 import xarray as xr
 from dask.base import tokenize
 
-from ..checkpoint import checkpoint_blocks
-from ..registry import op
-from ..types import PortType
-from ..values import Geometry, Table
-from .components import BLOCK_LABELS_ATTR, BlockLabels
+from cvplgraph.hooks import checkpoint_blocks
+from cvplgraph.ops.components import BLOCK_LABELS_ATTR, BlockLabels
+from cvplgraph.registry import op
+from cvplgraph.types import PortType
+from cvplgraph.values import Geometry, Table
 
 #: Columns of every Points table, in order; features follow.
 POINT_COLUMNS = ["label", "z", "y", "x", "z_um", "y_um", "x_um", "volume_voxels", "volume_um3"]

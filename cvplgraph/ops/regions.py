@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..atlas import LEFT, OUTSIDE_ATLAS, OUTSIDE_BRAIN, RIGHT, Atlas, ancestors, lookup_points, voxel_counts
-from ..errors import InputError
-from ..registry import op
-from ..types import PortType
-from ..values import Table, wrap
+from cvplgraph.errors import InputError
+from cvplgraph.ops._atlas import ancestors, lookup_points, voxel_counts
+from cvplgraph.registry import op
+from cvplgraph.types import PortType
+from cvplgraph.values import LEFT, OUTSIDE_ATLAS, OUTSIDE_BRAIN, RIGHT, Atlas, Table, wrap
 
 #: Hemisphere codes → the names used in tables ("both" = every point, whatever its hemisphere).
 HEMISPHERES = {LEFT: "left", RIGHT: "right"}

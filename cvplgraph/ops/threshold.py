@@ -6,9 +6,9 @@ import dask
 import numpy as np
 import xarray as xr
 
-from ..registry import op
-from ..types import PortType
-from ..values import like
+from cvplgraph.registry import op
+from cvplgraph.types import PortType
+from cvplgraph.values import like
 
 
 @op("threshold", version=1, inputs={"image": PortType.Image}, output=PortType.Mask)
@@ -66,7 +66,7 @@ def otsu(image: xr.DataArray, *, bins: int = 1024) -> xr.DataArray:
         Equal to ``image > skimage.filters.threshold_otsu(hist=...)`` of the
         whole volume's histogram.
     """
-    from .filters import histogram
+    from cvplgraph.ops.filters import histogram
 
     counts, edges = histogram(image.data, bins)
     level = dask.delayed(_otsu_level, pure=True)(counts, edges)
@@ -99,7 +99,7 @@ def local_threshold(image: xr.DataArray, *, sigma: float = 20.0, offset: float =
     mask : (Z, Y, X) DataArray of uint8
         Adapts to slow background gradients that defeat one global level.
     """
-    from .filters import sigma_voxels, smooth
+    from cvplgraph.ops.filters import sigma_voxels, smooth
 
     local_mean = smooth(image.data, sigma_voxels(sigma, image))
     return like((image.data > local_mean + np.float32(offset)).astype(np.uint8), image)

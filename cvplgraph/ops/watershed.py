@@ -20,10 +20,10 @@ from dask.graph_manipulation import bind
 from scipy import ndimage
 from skimage.segmentation import watershed as skimage_watershed
 
-from ..registry import op
-from ..types import PortType
-from ..values import Geometry, like
-from .components import LABEL_DTYPE
+from cvplgraph.ops.components import LABEL_DTYPE
+from cvplgraph.registry import op
+from cvplgraph.types import PortType
+from cvplgraph.values import Geometry, like
 
 
 def ball(radius: float, scale: tuple[float, ...]) -> np.ndarray:

@@ -1,0 +1,147 @@
+"""Checkpoints: small intermediate results an op keeps so that a resumed run need not redo them.
+
+An op whose output needs a global first pass (connected components: every block's faces feed
+one lookup table) wraps that pass's small result in :func:`cvplgraph.hooks.checkpoint`; the
+engine installs a :class:`FolderCheckpointer` for every cached node it builds. While the executor
+builds a node to be cached, the wrapped value is saved to
+``partial/<key>/checkpoints/<name>.npy`` as soon as it is computed; if an interrupted run
+already saved it, the saved copy is loaded instead and the first pass drops out of the graph.
+An op that reduces every block to a small result before merging them (the per-block
+statistics behind centroids) wraps the list of block results in :func:`cvplgraph.hooks.checkpoint_blocks`:
+each block's result is saved to ``partial/<key>/checkpoints/<name>/<i>`` (see :func:`pack`) as it is
+computed, and a resumed run loads the saved ones and computes only the others.
+Outside a run (or for a node that is not cached) both return their value unchanged.
+
+``name`` must say everything the value depends on besides the node's key (for example the
+working chunk grid), because keys do not cover working chunks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from typing import Any
+
+import dask
+import fsspec
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+from numcodecs import Zstd
+
+from cvplgraph.errors import CvplError
+from cvplgraph.hooks import checkpointing
+from cvplgraph.io.records import write_atomically
+
+#: Fast and, on mostly-background faces, ~300× smaller than the raw bytes.
+_CODEC = Zstd(level=1)
+
+class FolderCheckpointer:
+    """The :class:`cvplgraph.hooks.Checkpointer` of a cached node: checkpoints in ``folder`` (an fsspec URL)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder.rstrip("/")
+
+    def value(self, name: str, value: Delayed) -> Delayed:
+        return checkpoint(self.folder, name, value)
+
+    def blocks(self, name: str, values: list[Delayed]) -> list[Delayed]:
+        return checkpoint_blocks(self.folder, name, values)
+
+
+def scope(folder: str) -> contextlib.AbstractContextManager[None]:
+    """Checkpoints of ops built inside go to ``folder``."""
+    return checkpointing(FolderCheckpointer(folder))
+
+
+def checkpoint(folder: str, name: str, value: Delayed) -> Delayed:
+    """``value`` (a Delayed numpy array), saved when computed, or loaded if an earlier run saved it."""
+    url = f"{folder}/{name}.npy"
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        return dask.delayed(_load, pure=True)(url, dask_key_name=f"checkpoint-load-{tokenize(url)}")
+    return dask.delayed(_save, pure=True)(value, url)
+
+
+def _save(array: np.ndarray, url: str) -> np.ndarray:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    write_atomically(url, buffer.getvalue())
+    return array
+
+
+class CheckpointGone(CvplError):
+    """A checkpoint the graph was built to load has vanished: a concurrent run computing the same
+    node committed it and cleared its checkpoints (see :func:`cvplgraph.engine.execute.execute`)."""
+
+
+def _read(url: str) -> bytes:
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        return bytes(fs.cat_file(path))
+    except FileNotFoundError:
+        raise CheckpointGone(f"{url}: the checkpoint was removed during the run") from None
+
+
+def _load(url: str) -> np.ndarray:
+    return np.load(io.BytesIO(_read(url)), allow_pickle=False)
+
+
+def checkpoint_blocks(folder: str, name: str, values: list[Delayed]) -> list[Delayed]:
+    """Per-block results (Delayed tuples of numpy arrays), each saved when computed, or loaded if an
+    earlier run saved it (one listing of the folder decides which)."""
+    url = f"{folder}/{name}"
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        saved = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+    except FileNotFoundError:
+        saved = set()
+    layer_name = f"checkpoint-block-{tokenize(url, sorted(saved), [v.key for v in values])}"
+    layer: dict[Any, Any] = {}
+    needed = []
+    for i, value in enumerate(values):
+        file = str(i)
+        if file in saved:
+            layer[(layer_name, i)] = (_load_parts, f"{url}/{file}")
+        else:
+            layer[(layer_name, i)] = (_save_parts, value.key, f"{url}/{file}")
+            needed.append(value)
+    graph = HighLevelGraph.from_collections(layer_name, layer, dependencies=needed)  # type: ignore[arg-type]
+    return [Delayed(key, graph, layer=layer_name) for key in layer]
+
+
+def _save_parts(parts: tuple[np.ndarray, ...], url: str) -> tuple[np.ndarray, ...]:
+    write_atomically(url, pack(parts))
+    return parts
+
+
+def _load_parts(url: str) -> tuple[np.ndarray, ...]:
+    return unpack(_read(url))
+
+
+def pack(parts: tuple[np.ndarray, ...]) -> bytes:
+    """Arrays as bytes: a JSON header (dtype and shape of each) and their zstd-compressed values.
+
+    Not ``np.savez``: for the thousands of small per-block results of a run,
+    loading a zip archive costs ~50× more than this (0.9 ms against 0.02 ms).
+    """
+    arrays = [np.asarray(p) for p in parts]
+    header = json.dumps([[a.dtype.str, list(a.shape)] for a in arrays]).encode()
+    body = _CODEC.encode(b"".join(a.tobytes(order="C") for a in arrays))
+    return len(header).to_bytes(4, "little") + header + body
+
+
+def unpack(data: bytes) -> tuple[np.ndarray, ...]:
+    """The arrays :func:`pack` wrote."""
+    size = int.from_bytes(data[:4], "little")
+    header = json.loads(data[4 : 4 + size])
+    body = bytes(_CODEC.decode(data[4 + size :]))
+    out, start = [], 0
+    for dtype, shape in header:
+        count = math.prod(shape)
+        out.append(np.frombuffer(body, dtype=dtype, count=count, offset=start).reshape(tuple(shape)))
+        start += count * np.dtype(dtype).itemsize
+    return tuple(out)

@@ -1,0 +1,148 @@
+"""Writing cache stores: resumable, never replaced, shared safely by concurrent runs.
+
+Arrays go to ``stores/<key>/<layout>.ome.zarr``: opened or created, never
+replaced, written by one task per block that records its chunks afterwards
+(:mod:`cvplgraph.cache.resume`). A rerun leaves recorded blocks out of the graph and
+hands consumers a value whose recorded blocks are read back from the store.
+Tables and block counts are small: one task writes them into a folder of their
+own per run (``stores/<key>/<run>.zarr``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from cvplgraph.cache.resume import Records, layout_name
+from cvplgraph.errors import CacheError, InputError
+from cvplgraph.io.records import expand
+from cvplgraph.io.stores import (
+    TABLE_TYPES,
+    block_regions,
+    block_writes,
+    create_array,
+    describe,
+    levels,
+    write_counts,
+    write_table,
+    zarr_location,
+)
+from cvplgraph.spec.model import StoreSpec
+from cvplgraph.types import PortType
+
+
+@dataclass
+class CachedWrite:
+    """The lazy writes of one cache store, and how much of it an earlier run already wrote."""
+
+    store: str  # path relative to the cache root
+    writes: list[Any]
+    records: Records | None  # chunk completion records (arrays only)
+    blocks_done: int = 0  # blocks left out: every chunk already recorded
+    resumed: xr.DataArray | None = None  # the value with recorded blocks read from the store, when any
+
+    @property
+    def blocks(self) -> int:
+        """Write tasks in this run."""
+        return len(self.writes)
+
+
+def write_cached_value(
+    cache_url: str, key: str, value: Any, kind: PortType, store: StoreSpec, name: str
+) -> CachedWrite:
+    """Lazy writes that store ``value`` of type ``kind`` in the cache under ``key``."""
+    if kind.is_array:
+        return write_cached_array(cache_url, key, value, kind, store, name)
+    rel = f"stores/{key}/{uuid.uuid4().hex[:12]}.zarr"
+    url = f"{cache_url.rstrip('/')}/{rel}"
+    if kind in TABLE_TYPES:
+        return CachedWrite(rel, [write_table(url, value)], None)
+    if kind is PortType.BlockCounts:
+        return CachedWrite(rel, [write_counts(url, value)], None)
+    raise InputError(f"no storage for values of type {kind}")
+
+
+def write_cached_array(
+    cache_url: str, key: str, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str
+) -> CachedWrite:
+    """Lazy, resumable writes of ``value`` to ``stores/<key>/<layout>.ome.zarr``.
+
+    Blocks whose chunks are all recorded are left out of the graph (dask then
+    computes only what the other blocks need); when level 0 has such blocks,
+    consumers and the next pyramid levels read them from the store.
+    """
+    pyramid = levels(value.data, kind, store)
+    codec = dict(store.compressor)
+    dtype = str(value.data.dtype)
+    shapes = [(tuple(a.shape), c) for a, c in pyramid]
+    layout = layout_name(shapes, dtype, codec)
+    rel = f"stores/{key}/{layout}.ome.zarr"
+    records = Records.of(cache_url, key, layout, shapes)
+    records.prepare(dtype, codec)
+    group = _open_or_create_group(f"{cache_url.rstrip('/')}/{rel}")
+    describe(group, value, kind, store, name)
+    out = CachedWrite(rel, [], records)
+    for level in range(len(pyramid)):
+        aligned, chunks = pyramid[level]
+        array = _open_or_create_array(group, str(level), aligned, chunks, codec)
+        done = records.done(level)
+        tasks = block_writes(aligned, array, chunks, done, partial(records.marker_url, level))
+        out.blocks_done += aligned.npartitions - len(tasks)
+        out.writes += tasks
+        if level == 0 and len(tasks) < aligned.npartitions and aligned is value.data:
+            # what an interrupted run wrote is read back: by consumers and by the next pyramid levels
+            spliced = _splice(value.data, array, chunks, done)
+            pyramid[1:] = levels(spliced, kind, store)[1:]
+            out.resumed = value.copy(data=spliced)  # ops' hints stay: they describe the same values
+    return out
+
+
+def _splice(data: da.Array, array: zarr.Array, chunks: tuple[int, ...], done: set[tuple[int, ...]]) -> da.Array:
+    """``data`` whose blocks with every chunk recorded are read from ``array`` instead of computed.
+
+    Consumers of a resumed node then need only the missing blocks computed
+    (dask culls the rest of the graph).
+    """
+    name = "resumed-" + tokenize(data.name, array.store_path, sorted(done))
+    layer: dict[Any, Any] = {}
+    for index, region, ranges in block_regions(data.chunks, chunks):
+        recorded = all(chunk in done for chunk in expand(ranges))
+        layer[(name, *index)] = (_read_region, array, region) if recorded else (data.name, *index)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])  # type: ignore[list-item]
+    return da.Array(graph, name, data.chunks, dtype=data.dtype)
+
+
+def _read_region(array: zarr.Array, region: tuple[slice, ...]) -> np.ndarray:
+    return np.asarray(array[region])
+
+
+def _open_or_create_group(url: str) -> zarr.Group:
+    try:
+        try:
+            return zarr.open_group(zarr_location(url), mode="a")
+        except zarr.errors.ContainsGroupError:  # a concurrent run created it a moment ago
+            return zarr.open_group(zarr_location(url), mode="r+")
+    except OSError as exc:
+        raise CacheError(f"{url}: cannot create the store ({exc})") from None
+
+
+def _open_or_create_array(
+    group: zarr.Group, path: str, data: da.Array, chunks: tuple[int, ...], codec: dict[str, Any]
+) -> zarr.Array:
+    try:
+        return create_array(group, path, data, chunks, codec)
+    except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError, FileExistsError):
+        pass  # written (in part) by an earlier or concurrent run with the same layout: same values
+    array = group[path]
+    if not isinstance(array, zarr.Array) or array.shape != data.shape or tuple(array.chunks) != chunks:
+        raise CacheError(f"{group.store}: array {path} does not have the layout its name promises; remove it")
+    return array

@@ -1,0 +1,324 @@
+"""Execute a plan: one compute over every write and small result, then commit.
+
+Where it computes is :mod:`cvplgraph.engine.cluster`'s choice (the caller's client, a
+scheduler address, a factory, a LocalCluster, or dask's local schedulers).
+Manifest entries are committed only after the compute returned, so an entry
+never describes an incomplete store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import fsspec
+import networkx as nx
+import xarray as xr
+
+from cvplgraph._version import __version__
+from cvplgraph.cache.checkpoint import CheckpointGone
+from cvplgraph.cache.manifest import Entry
+from cvplgraph.cache.resume import clear_partial
+from cvplgraph.engine.cluster import connect, ship_plugins
+from cvplgraph.engine.compile import nodes_in_order
+from cvplgraph.engine.lower import Lowered, lower
+from cvplgraph.engine.plan import Plan, make_plan
+from cvplgraph.engine.progress import Display, as_display, cluster_progress, counting, local_progress
+from cvplgraph.io.outputs import region_dataset, write_block_counts, write_points, write_regions
+from cvplgraph.io.stores import read_value, write_array
+from cvplgraph.types import PortType
+from cvplgraph.values import BlockCounts, Table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    """What a run did."""
+
+    computed: list[str] = field(default_factory=list)  # nodes whose op ran
+    cached: list[str] = field(default_factory=list)  # nodes read from the cache
+    committed: list[str] = field(default_factory=list)  # nodes newly stored
+    outputs: dict[str, str] = field(default_factory=dict)
+    blocks: dict[str, tuple[int, int]] = field(default_factory=dict)  # node → (blocks written, blocks resumed)
+    seconds: float = 0.0
+    dashboard: str | None = None
+    node_seconds: dict[str, float] = field(default_factory=dict)  # with profile=True: task seconds per node
+    cluster: dict[str, Any] = field(default_factory=dict)  # where it ran: kind, workers, threads, memory
+    io: dict[str, int] = field(default_factory=dict)  # tasks, read_bytes, written_bytes of the compute
+
+
+class Results(Mapping[str, Any]):
+    """Node name → xarray value (DataArray for arrays, Dataset for Points, DataArray for BlockCounts)."""
+
+    def __init__(self, values: dict[str, Any], report: RunReport, plan: Plan) -> None:
+        self._values = values
+        self.report = report
+        self.plan = plan
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def _compute(
+    targets: list[Any], client: Any, display: Display, tasks: list[tuple[str, float]] | None = None
+) -> list[Any]:
+    """Compute ``targets`` in one graph; with ``tasks``, append (key, seconds) of every task run."""
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            stack.enter_context(local_progress(display))
+            if tasks is not None:
+                from dask.diagnostics import Profiler
+
+                profiler = stack.enter_context(Profiler())
+            out = list(dask.compute(*targets))
+            if tasks is not None:
+                tasks += [(str(t.key), t.end_time - t.start_time) for t in profiler.results]
+            return out
+        if tasks is not None:
+            from distributed import get_task_stream
+
+            stream = stack.enter_context(get_task_stream(client))
+        figures = stack.enter_context(counting(client, display))
+        futures = client.compute(targets)
+        try:
+            cluster_progress(futures, display, figures)
+            out = client.gather(futures)
+        except KeyboardInterrupt:  # stop this run's tasks (on a shared scheduler they would run on)
+            with contextlib.suppress(Exception):
+                client.cancel(futures)
+            raise
+    if tasks is not None:
+        for record in stream.data:
+            spans = [s["stop"] - s["start"] for s in record.get("startstops", ()) if s.get("action") == "compute"]
+            tasks.append((str(record["key"]), sum(spans)))
+    return out
+
+
+def _cluster_info(client: Any, scheduler: str | None) -> dict[str, Any]:
+    """Where a run computed: dask's local scheduler, or a cluster's workers, threads and memory."""
+    if client is None:
+        threads = 1 if scheduler == "sync" else os.cpu_count() or 1
+        return {"kind": f"dask {scheduler or 'threads'} scheduler", "workers": 1, "threads": threads}
+    workers = list(client.scheduler_info().get("workers", {}).values())
+    return {
+        "kind": type(client.cluster).__name__ if getattr(client, "cluster", None) is not None else "dask scheduler",
+        "address": client.scheduler.address,
+        "workers": len(workers),
+        "threads": sum(int(w.get("nthreads", 0)) for w in workers),
+        "memory_bytes": sum(int(w.get("memory_limit") or 0) for w in workers),
+    }
+
+
+def task_owners(plan: Plan, lowered: Lowered) -> dict[str, str]:
+    """Task key (as a string) → the node whose value or cache writes introduced it.
+
+    Nodes are visited upstream first, so a task belongs to the first node whose
+    graph holds it (a node's graph includes everything upstream of it). Each
+    graph layer is walked once: every block's write shares the whole graph.
+    """
+    owners: dict[str, str] = {}
+    seen: set[str] = set()
+    for node in nodes_in_order(plan.graph):
+        value = lowered.values.get(node.name)
+        if value is None:
+            continue
+        parts: list[Any] = [value.data if isinstance(value, xr.DataArray) else getattr(value, "frame", None)]
+        parts += [getattr(value, "counts", None), *lowered.writes.get(node.name, [])]
+        for part in parts:
+            if not dask.is_dask_collection(part):
+                continue
+            graph = part.__dask_graph__()
+            for name, layer in getattr(graph, "layers", {"": graph}).items():
+                if name and name in seen:
+                    continue
+                seen.add(name)
+                for key in layer:
+                    owners.setdefault(str(key), node.name)
+    return owners
+
+
+def _provenance(plan: Plan, name: str) -> tuple[dict[str, int], dict[str, str]]:
+    """Op versions of ``name`` and everything upstream, and the keys of the raw inputs it comes from."""
+    ops: dict[str, int] = {}
+    inputs: dict[str, str] = {}
+    for upstream in [*nx.ancestors(plan.graph, name), name]:
+        node = plan.graph.nodes[upstream]["node"]
+        if node.is_input:
+            inputs[upstream] = node.key
+        else:
+            ops[node.opdef.name] = node.opdef.version
+    return dict(sorted(ops.items())), dict(sorted(inputs.items()))
+
+
+def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> list[str]:
+    """Commit an entry for every store this run completed, then drop its chunk records."""
+    committed = []
+    host = socket.gethostname()
+    for name, written in lowered.cached.items():
+        node = plan.graph.nodes[name]["node"]
+        value = lowered.values[name]
+        array = value.data if isinstance(value, xr.DataArray) else None
+        op_versions, input_keys = _provenance(plan, name)
+        entry = Entry(
+            key=node.key,
+            node=name,
+            op=node.opdef.name,
+            version=node.opdef.version,
+            params=dict(node.params),
+            inputs={port: plan.graph.nodes[src]["node"].key for port, src in node.inputs},
+            type=str(node.output),
+            store=written.store,
+            store_options=node.nodespec.store.to_dict(),
+            shape=list(array.shape) if array is not None else None,
+            dtype=str(array.dtype) if array is not None else None,
+            chunks=[c[0] for c in array.chunks] if array is not None else None,
+            bytes=plan.manifest.bytes_under(written.store),
+            seconds=round(finished - started, 3),
+            created=time.time(),
+            spec=plan.spec.source,
+            cvplgraph_version=__version__,
+            op_versions=op_versions,
+            input_fingerprints=input_keys,
+            started=started,
+            finished=finished,
+            host=host,
+        )
+        existing = plan.manifest.get(node.key)
+        if existing is None or existing.store != written.store:  # same store: a concurrent run committed it
+            if written.records is not None:  # the chunk checksums stay beside the store, for `cache verify`
+                checksums = json.dumps({"levels": written.records.checksums()}).encode()
+                plan.manifest.fs.pipe_file(f"{plan.manifest.root}/{written.store}.chunks.json", checksums)
+            plan.manifest.commit(entry)
+        clear_partial(plan.manifest.url, node.key)  # records and the op's checkpoints
+        committed.append(name)
+    return committed
+
+
+def execute(
+    plan: Plan,
+    *,
+    client: Any = None,
+    scheduler: str | None = None,
+    progress: bool | str | Display = False,
+    profile: bool = False,
+) -> Results:
+    """Run everything the plan marks to compute, write outputs, commit the cache.
+
+    ``progress``: True for a bar on stderr, ``"json"`` for JSON lines on stdout,
+    or a :class:`~cvplgraph.engine.progress.Display`. With ``profile``, the report's
+    ``node_seconds`` holds the task seconds spent on each node.
+
+    When a concurrent run computing the same node commits it first, it clears the checkpoints
+    this run's graph was built to load; the run is then planned again (that node is now cached)
+    and carried out once more."""
+    try:
+        return _execute(plan, client=client, scheduler=scheduler, progress=progress, profile=profile)
+    except CheckpointGone:
+        log.info("a concurrent run committed a node this run was computing; planning again")
+        return _execute(make_plan(plan.spec), client=client, scheduler=scheduler, progress=progress, profile=profile)
+
+
+def _execute(
+    plan: Plan, *, client: Any, scheduler: str | None, progress: bool | str | Display, profile: bool
+) -> Results:
+    display = as_display(progress)
+    spec = plan.spec
+    todo = plan.to_compute()
+    report = RunReport(computed=todo, cached=plan.cached())
+    # image-sized outputs (not densities: they are atlas-sized) are worth a cluster even when cached
+    kinds = {plan.graph.nodes[n]["node"].output for n, _ in spec.outputs}
+    if client is None and not todo and not any(k.is_array and k is not PortType.Density for k in kinds):
+        scheduler = "threads"  # everything cached: reading a few small tables needs no cluster
+    modules = {plan.graph.nodes[n]["node"].opdef.func.__module__ for n in todo}
+
+    start, started = time.perf_counter(), time.time()
+    # connect before lowering: a cluster that cannot start leaves the cache untouched
+    with connect(spec, client, scheduler) as cl:
+        if cl is not None:
+            report.dashboard = getattr(cl, "dashboard_link", None)
+            if report.dashboard:
+                display.message(f"dask dashboard: {report.dashboard}")
+                display.event("dashboard", url=report.dashboard)
+            ship_plugins(cl, modules)
+        lowered = lower(plan)
+        small = {n: v for n, v in lowered.values.items() if isinstance(v, (Table, BlockCounts))}
+        array_outputs = []
+        for name, target in spec.outputs:
+            value = lowered.values[name]
+            if isinstance(value, xr.DataArray):
+                node = plan.graph.nodes[name]["node"]
+                array_outputs += write_array(target, value, node.output, node.nodespec.store, name)
+        writes = [w for ws in lowered.writes.values() for w in ws]
+        targets = writes + array_outputs + [v.frame if isinstance(v, Table) else v.counts for v in small.values()]
+        report.blocks = {name: (w.blocks, w.blocks_done) for name, w in lowered.cached.items()}
+        tasks: list[tuple[str, float]] | None = [] if profile else None
+        computed = _compute(targets, cl, display, tasks)
+        report.cluster = _cluster_info(cl, scheduler)
+        if display.last is not None:
+            last = display.last
+            report.io = {"tasks": last.total, "read_bytes": last.read_bytes, "written_bytes": last.written_bytes}
+    report.seconds = time.perf_counter() - start
+    if tasks is not None:
+        owners = task_owners(plan, lowered)
+        for key, seconds in tasks:
+            if key in owners:
+                report.node_seconds[owners[key]] = report.node_seconds.get(owners[key], 0.0) + seconds
+    report.committed = _commit(plan, lowered, started, time.time())
+    small_results = dict(zip(small, computed[len(writes) + len(array_outputs) :]))
+    results: dict[str, Any] = {}
+    for name, value in lowered.values.items():
+        if name in small_results and plan.graph.nodes[name]["node"].output is PortType.RegionTable:
+            results[name] = region_dataset(small_results[name])
+        elif name in small_results:
+            results[name] = value.to_xarray(small_results[name])
+        elif name in lowered.stores:  # stored in this run: hand out the stored copy, not a recomputation
+            results[name] = read_value(
+                plan.manifest.store_url(lowered.stores[name]), plan.graph.nodes[name]["node"].output
+            )
+        else:
+            results[name] = value
+    for name, target in spec.outputs:
+        kind = plan.graph.nodes[name]["node"].output
+        if kind is PortType.Points:
+            write_points(target, small_results[name])
+        elif kind is PortType.BlockCounts:
+            write_block_counts(target, results[name])
+        elif kind is PortType.RegionTable:
+            write_regions(target, small_results[name], spec.format_of(target))
+        _write_provenance(plan, name, target)
+        report.outputs[name] = f"{report.outputs[name]}, {target}" if name in report.outputs else target
+    return Results(results, report, plan)
+
+
+def _write_provenance(plan: Plan, name: str, target: str) -> None:
+    """``<target>.cvplgraph.json`` beside an output: the node and cache keys it came from."""
+    node = plan.graph.nodes[name]["node"]
+    op_versions, input_keys = _provenance(plan, name)
+    document = {
+        "node": name,
+        "key": node.key,
+        "op": node.opdef.name,
+        "params": dict(node.params),
+        "op_versions": op_versions,
+        "input_fingerprints": input_keys,
+        "spec": plan.spec.source,
+        "cache": plan.manifest.url,
+        "cvplgraph_version": __version__,
+    }  # no time stamp: a run that recomputes nothing rewrites its outputs byte for byte
+    fs, path = fsspec.core.url_to_fs(f"{target.rstrip('/')}.cvplgraph.json")
+    fs.pipe_file(path, json.dumps(document, indent=1, default=str).encode())

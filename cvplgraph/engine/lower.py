@@ -1,0 +1,76 @@
+"""Lower a plan to one dask graph: cached nodes become reads, the rest their op's
+expression, plus lazy writes for nodes to cache and for declared outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import xarray as xr
+
+from cvplgraph.cache.checkpoint import scope as checkpoint_scope
+from cvplgraph.cache.resume import partial_url
+from cvplgraph.cache.store import CachedWrite, write_cached_value
+from cvplgraph.engine.compile import nodes_in_order
+from cvplgraph.engine.plan import CACHED, COMPUTE, Plan
+from cvplgraph.io.atlas import read_atlas
+from cvplgraph.io.stores import read_input, read_value
+from cvplgraph.spec.model import INPUT
+
+
+@dataclass
+class Lowered:
+    """Lazy values per node, and the writes the run must perform."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    cached: dict[str, CachedWrite] = field(default_factory=dict)  # node → its cache store and writes
+    ops_called: list[str] = field(default_factory=list)
+
+    @property
+    def writes(self) -> dict[str, list[Any]]:
+        return {name: w.writes for name, w in self.cached.items()}
+
+    @property
+    def stores(self) -> dict[str, str]:
+        """Node → store path relative to the cache root."""
+        return {name: w.store for name, w in self.cached.items()}
+
+
+def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
+    """Build every needed node's lazy value; with ``with_writes``, also create the
+    stores of nodes to cache and collect their lazy writes."""
+    out = Lowered()
+    for node in nodes_in_order(plan.graph):
+        status = plan.nodes[node.name].status
+        if node.is_input:
+            spec = plan.spec
+            out.values[node.name] = (
+                read_input(spec.input) if node.name == INPUT else read_atlas(dict(spec.atlases)[node.name])
+            )
+            continue
+        if status == CACHED:
+            entry = plan.entries[node.name]
+            out.values[node.name] = read_value(plan.manifest.store_url(entry.store), node.output)
+            continue
+        if status != COMPUTE:
+            continue
+        args = [out.values.get(src) for _, src in node.inputs]
+        by_port = dict(zip((p for p, _ in node.inputs), args))
+        positional = [by_port.get(port.name) for port in node.opdef.inputs]
+        if with_writes and node.nodespec.cache:  # keep the op's checkpoints, for a resumed run
+            with checkpoint_scope(f"{partial_url(plan.manifest.url, node.key)}/checkpoints"):
+                value = node.opdef.func(*positional, **dict(node.params))
+        else:
+            value = node.opdef.func(*positional, **dict(node.params))
+        out.ops_called.append(node.name)
+        if isinstance(value, xr.DataArray):
+            value.name = node.name
+        out.values[node.name] = value
+        if with_writes and node.nodespec.cache:
+            written = write_cached_value(
+                plan.manifest.url, node.key, value, node.output, node.nodespec.store, node.name
+            )
+            out.cached[node.name] = written
+            if written.resumed is not None:  # an interrupted run wrote part of it: consumers read that part
+                out.values[node.name] = written.resumed
+    return out

@@ -1,0 +1,199 @@
+"""Plan: for every node, cached or to compute, and why. Reads metadata only."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from cvplgraph.cache.fingerprint import fingerprint_atlas, fingerprint_input
+from cvplgraph.cache.keys import canonical
+from cvplgraph.cache.manifest import Entry, Manifest
+from cvplgraph.cache.resume import partial_progress
+from cvplgraph.engine.compile import Node, compile_spec, nodes_in_order
+from cvplgraph.spec.model import INPUT, Spec
+from cvplgraph.spec.parse import load_spec
+
+CACHED, COMPUTE, SKIP, INPUT_STATUS = "cached", "compute", "skip", "input"
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    name: str
+    op: str
+    type: str
+    key: str
+    status: str  # cached | compute | skip | input
+    reasons: tuple[str, ...] = ()
+    cache: bool = True
+    shape: tuple[int, ...] | None = None
+    chunks: tuple[int, ...] | None = None
+    dtype: str | None = None
+    nbytes: int | None = None
+    done: float | None = None  # share of the chunks an interrupted run already wrote (resumed, not redone)
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    graph: nx.DiGraph
+    manifest: Manifest
+    nodes: dict[str, NodePlan] = field(default_factory=dict)
+    entries: dict[str, Entry] = field(default_factory=dict)  # node → cached entry
+
+    def to_compute(self) -> list[str]:
+        return [n for n, p in self.nodes.items() if p.status == COMPUTE]
+
+    def cached(self) -> list[str]:
+        return [n for n, p in self.nodes.items() if p.status == CACHED]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"spec": self.spec.path, "cache": self.manifest.url, "nodes": [asdict(p) for p in self.nodes.values()]},
+            indent=1,
+        )
+
+
+def _fmt(value: Any) -> str:
+    value = list(value) if isinstance(value, tuple) else value
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One component of a node that differs from a cache entry: old → new."""
+
+    kind: str  # "op" | "op version" | "parameter" | "storage option" | "input"
+    name: str  # the parameter, option or input port ("" for the op)
+    old: str
+    new: str
+
+    def reason(self) -> str:
+        """The change as ``plan`` prints it."""
+        if self.kind == "input":
+            return f"input `{self.name}` changed"
+        if self.kind == "parameter":
+            return f"parameter `{self.name}` changed {self.old} → {self.new}"
+        if self.kind == "storage option":
+            return f"{self.name} {self.old} → {self.new}"
+        return f"{self.kind} changed {self.old} → {self.new}"
+
+
+def changes(node: Node, previous: Entry, input_keys: dict[str, str]) -> list[Change]:
+    """What makes ``node``'s key differ from ``previous``: op, op version, parameters, input keys."""
+    out = []
+    if previous.op != node.opdef.name:
+        out.append(Change("op", "", previous.op, node.opdef.name))
+    elif previous.version != node.opdef.version:
+        out.append(Change("op version", node.opdef.name, str(previous.version), str(node.opdef.version)))
+    now = dict(node.params)
+    for name in sorted(set(now) | set(previous.params)):
+        old, new = previous.params.get(name, "(unset)"), now.get(name, "(unset)")
+        if canonical(old) != canonical(new):
+            out.append(Change("parameter", name, _fmt(old), _fmt(new)))
+    for port, key in sorted(input_keys.items()):
+        if previous.inputs.get(port) != key:
+            out.append(Change("input", port, previous.inputs.get(port) or "(none)", key))
+    return out
+
+
+def store_changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
+    """Storage options that differ (never part of a key: the same values, stored differently)."""
+    return [
+        Change("storage option", k, _fmt(old.get(k)), _fmt(new.get(k)))
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+
+
+def why(node: Node, previous: Entry | None, input_keys: dict[str, str]) -> list[str]:
+    """Reasons a node's key differs from the newest entry made for the same node name."""
+    if previous is None:
+        return ["new"]
+    return [c.reason() for c in changes(node, previous, input_keys)] or ["not in the cache"]
+
+
+def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
+    """Compile ``spec`` and compare every node's key with the cache."""
+    atlas_keys = {name: fingerprint_atlas(atlas) for name, atlas in spec.atlases}
+    graph = compile_spec(spec, fingerprint or fingerprint_input(spec.input), atlas_keys)
+    atlases = dict(spec.atlases)
+    manifest = Manifest(spec.cache_url)
+    plan = Plan(spec, graph, manifest)
+    needed = {name for name, _ in spec.outputs}
+    statuses: dict[str, str] = {}
+    for node in nodes_in_order(graph):
+        if node.is_input:
+            url = spec.input.url if node.name == INPUT else atlases[node.name].url
+            plan.nodes[node.name] = NodePlan(node.name, "input", str(node.output), node.key, INPUT_STATUS, (url,))
+            continue
+        entry = manifest.get(node.key) if node.nodespec.cache else None
+        restore = store_changes(entry.store_options, node.nodespec.store.to_dict()) if entry is not None else []
+        if entry is not None and not restore:
+            plan.entries[node.name] = entry
+            statuses[node.name] = CACHED
+            plan.nodes[node.name] = NodePlan(
+                node.name,
+                node.opdef.name,
+                str(node.output),
+                node.key,
+                CACHED,
+                (),
+                True,
+                _t(entry.shape),
+                _t(entry.chunks),
+                entry.dtype,
+                entry.bytes,
+            )
+            continue
+        keys = {port: graph.nodes[src]["node"].key for port, src in node.inputs}
+        reasons = (
+            why(node, manifest.previous(node.name, spec.source), keys) if node.nodespec.cache else ["cache = false"]
+        )
+        if restore and entry is not None:  # same values, stored differently: computed again and stored anew
+            reasons = ["storage options changed: " + "; ".join(c.reason() for c in restore)]
+        done = partial_progress(manifest.url, node.key) if node.nodespec.cache else None
+        if done is not None:
+            reasons.append(f"an interrupted run wrote {done:.0%} of its chunks; the rest is computed")
+        statuses[node.name] = COMPUTE
+        plan.nodes[node.name] = NodePlan(
+            node.name,
+            node.opdef.name,
+            str(node.output),
+            node.key,
+            COMPUTE,
+            tuple(reasons),
+            node.nodespec.cache,
+            done=done,
+        )
+    # a node that is not cached is computed only when a node to compute or an output needs it;
+    # demand flows upstream and stops at cached nodes
+    stack = [n for n, st in statuses.items() if st == COMPUTE and plan.nodes[n].cache] + sorted(needed)
+    wanted: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in wanted or statuses.get(name) != COMPUTE:
+            continue
+        wanted.add(name)
+        stack.extend(graph.predecessors(name))
+    for name, p in plan.nodes.items():
+        if p.status == COMPUTE and name not in wanted:
+            plan.nodes[name] = NodePlan(
+                p.name, p.op, p.type, p.key, SKIP, ("cache = false and nothing needs it",), False
+            )
+    return plan
+
+
+def _t(v: list[int] | None) -> tuple[int, ...] | None:
+    return tuple(v) if v is not None else None
+
+
+def reachable_keys(specs: Sequence[str]) -> set[str]:
+    """Keys of every node of the given spec files."""
+    keys: set[str] = set()
+    for path in specs:
+        keys |= {p.key for p in make_plan(load_spec(path)).nodes.values()}
+    return keys

@@ -1,0 +1,56 @@
+"""What an op may ask of the run that builds it, without knowing the run's machinery.
+
+Ops with a global first pass (connected components, the per-block statistics behind
+centroids) wrap that pass's small results in :func:`checkpoint` and
+:func:`checkpoint_blocks`. Outside a run both return their values unchanged; while the
+engine builds a cached node it installs a :class:`Checkpointer` (the cache's, which
+saves each value when computed and loads what an interrupted run saved) with
+:func:`checkpointing`. Ops import only this module, never the cache.
+
+``name`` must say everything the value depends on besides the node's key (for example
+the working chunk grid), because keys do not cover working chunks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+
+class Checkpointer(Protocol):
+    """Keeps an op's intermediate results for a resumed run (see :mod:`cvplgraph.cache.checkpoint`)."""
+
+    def value(self, name: str, value: Any) -> Any:
+        """``value`` (a Delayed numpy array), saved when computed, or loaded if saved before."""
+        ...
+
+    def blocks(self, name: str, values: list[Any]) -> list[Any]:
+        """Per-block results (Delayed tuples of numpy arrays), each saved or loaded the same way."""
+        ...
+
+
+_ACTIVE: ContextVar[Checkpointer | None] = ContextVar("cvplgraph_checkpointer", default=None)
+
+
+@contextlib.contextmanager
+def checkpointing(checkpointer: Checkpointer) -> Iterator[None]:
+    """Ops built inside keep their checkpoints with ``checkpointer``."""
+    token = _ACTIVE.set(checkpointer)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def checkpoint(name: str, value: Any) -> Any:
+    """``value`` kept by the active checkpointer, or unchanged outside a cached node's build."""
+    active = _ACTIVE.get()
+    return value if active is None else active.value(name, value)
+
+
+def checkpoint_blocks(name: str, values: list[Any]) -> list[Any]:
+    """Per-block ``values`` kept by the active checkpointer, or unchanged outside a cached node's build."""
+    active = _ACTIVE.get()
+    return values if active is None else active.blocks(name, values)

@@ -1,0 +1,447 @@
+"""OME-Zarr and table stores: reading the raw input, writing and reading cached values.
+
+Images, masks and labels are written as OME-NGFF 0.5 multiscale groups (zarr
+v3), labels with ``image-label`` metadata; inputs are read in NGFF 0.4 (zarr
+v2) or 0.5 (zarr v3). Points and BlockCounts are zarr groups with one array per
+column and their geometry in the group attributes. Writes are lazy (one dask
+task per block) so they join the run's single graph.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+from cvplgraph.errors import CacheError, InputError
+from cvplgraph.io.meter import READ, WRITTEN, count, read_zarr
+from cvplgraph.io.records import Ranges, expand, mark
+from cvplgraph.spec.model import InputSpec, StoreSpec
+from cvplgraph.types import PortType
+from cvplgraph.values import DIMS, BlockCounts, Geometry, Table, wrap
+
+NGFF_VERSION = "0.5"
+
+
+# --- reading OME-Zarr -------------------------------------------------------------------------
+
+
+def zarr_location(url: str) -> str:
+    """What to hand zarr: ``file://`` URLs become plain paths (zarr's local store creates
+    folders as it writes; fsspec's local filesystem does not)."""
+    return url[len("file://") :] if url.startswith("file://") else url
+
+
+def create_group(url: str) -> zarr.Group:
+    """A new, empty group at ``url`` (replacing anything there)."""
+    try:
+        return zarr.open_group(zarr_location(url), mode="w")
+    except OSError as exc:
+        raise CacheError(f"{url}: cannot create the store ({exc})") from None
+
+
+def open_group(url: str, mode: str = "r") -> zarr.Group:
+    try:
+        return zarr.open_group(zarr_location(url), mode=mode)  # type: ignore[arg-type]
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError) as exc:
+        raise InputError(f"{url}: not a readable zarr group ({exc.__class__.__name__}: {exc})") from None
+
+
+def child_array(group: zarr.Group, path: str, url: str) -> zarr.Array:
+    """The array at ``path`` inside ``group``, or an InputError naming what is missing."""
+    try:
+        node = group[path]
+    except KeyError:
+        raise InputError(f"{url}: array {path!r} is missing") from None
+    if not isinstance(node, zarr.Array):
+        raise InputError(f"{url}: {path!r} is a group, expected an array")
+    return node
+
+
+def cvplgraph_attrs(group: zarr.Group) -> dict[str, Any]:
+    """The ``cvplgraph`` attributes of a table or block-count store."""
+    meta = group.attrs.get("cvplgraph")
+    if not isinstance(meta, dict):
+        raise InputError(f"{group.store_path}: not a cvplgraph table store (no 'cvplgraph' attributes)")
+    return meta
+
+
+def multiscales(attrs: dict[str, Any], url: str) -> dict[str, Any]:
+    """The first ``multiscales`` entry of NGFF 0.5 (``attrs["ome"]``) or 0.4 metadata."""
+    meta = attrs.get("ome", attrs)
+    ms = meta.get("multiscales")
+    if not ms:
+        raise InputError(f"{url}: no OME-NGFF 'multiscales' metadata; expected an OME-Zarr image")
+    return ms[0]
+
+
+def _transforms(items: Sequence[dict[str, Any]], ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    scale, translation = np.ones(ndim), np.zeros(ndim)
+    for t in items or ():
+        if t.get("type") == "scale":
+            scale = scale * np.asarray(t["scale"], dtype=float)
+        elif t.get("type") == "translation":
+            translation = translation + np.asarray(t["translation"], dtype=float)
+    return scale, translation
+
+
+def axis_names(ms: dict[str, Any], ndim: int) -> list[str]:
+    axes = ms.get("axes")
+    if not axes:  # NGFF ≤ 0.3: fixed order ending in z, y, x
+        return list("tczyx"[-ndim:])
+    return [a["name"] if isinstance(a, dict) else str(a) for a in axes]
+
+
+def read_input(spec: InputSpec) -> xr.DataArray:
+    """The raw image as a lazy float32 (z, y, x) DataArray in [0, 1] with physical coordinates."""
+    group = open_group(spec.url)
+    ms = multiscales(group.attrs.asdict(), spec.url)
+    datasets = ms["datasets"]
+    if spec.level >= len(datasets):
+        raise InputError(f"{spec.url}: level {spec.level} requested but the store has {len(datasets)} level(s)")
+    ds = datasets[spec.level]
+    array = child_array(group, ds["path"], spec.url)
+    names = axis_names(ms, array.ndim)
+    if not set(DIMS) <= set(names):
+        raise InputError(f"{spec.url}: axes {names} lack one of z, y, x")
+    scale, translation = _transforms(ds.get("coordinateTransformations", []), array.ndim)
+    gscale, gtrans = _transforms(ms.get("coordinateTransformations", []), array.ndim)
+    scale, translation = scale * gscale, translation * gscale + gtrans
+    data = read_zarr(array)
+    index: list[Any] = []
+    for axis, size in zip(names, array.shape):
+        if axis in DIMS:
+            index.append(slice(None))
+            continue
+        pick = {"c": spec.channel, "t": spec.timepoint}.get(axis, 0)
+        if pick >= size:
+            raise InputError(f"{spec.url}: {axis}={pick} requested but axis {axis!r} has size {size}")
+        index.append(pick)
+    data = data[tuple(index)]
+    keep = [i for i, a in enumerate(names) if a in DIMS]
+    order = [names[i] for i in keep]
+    axes = [order.index(d) for d in DIMS]
+    if axes != [0, 1, 2]:
+        data = data.transpose(axes)
+    zyx = [keep[order.index(d)] for d in DIMS]
+    scale, translation = scale[zyx], translation[zyx]
+    if spec.crop:
+        sl = []
+        for (start, stop), size, axis in zip(spec.crop, data.shape, DIMS):
+            stop = size if stop < 0 else stop
+            if start >= size or stop > size:
+                raise InputError(f"{spec.url}: crop {axis} = [{start}, {stop}] exceeds the axis size {size}")
+            sl.append(slice(start, stop))
+        translation = translation + scale * np.array([s.start for s in sl])
+        data = data[tuple(sl)]
+    if spec.chunks:
+        data = data.rechunk(spec.chunks)
+    data = to_unit_float(data, spec.intensity_range)
+    geometry = Geometry(tuple(int(s) for s in data.shape), tuple(scale.tolist()), tuple(translation.tolist()))  # type: ignore[arg-type]
+    return wrap(data, geometry, name="input")
+
+
+def to_unit_float(data: da.Array, intensity_range: tuple[float, float] | None) -> da.Array:
+    """Scale to float32 in [0, 1] by the declared range, else by the integer dtype's range."""
+    if intensity_range is not None:
+        low, high = intensity_range
+    elif np.issubdtype(data.dtype, np.integer):
+        info = np.iinfo(data.dtype)
+        low, high = float(max(info.min, 0)), float(info.max)
+    elif np.issubdtype(data.dtype, np.floating):
+        return data if data.dtype == np.float32 else data.astype(np.float32)
+    else:
+        raise InputError(f"unsupported input dtype {data.dtype}; expected an integer or float image")
+    scale = np.float32(1.0 / (high - low))
+    return da.clip((data.astype(np.float32) - np.float32(low)) * scale, 0, 1).astype(np.float32)
+
+
+# --- writing OME-Zarr -------------------------------------------------------------------------
+
+
+def compressors(options: dict[str, Any]) -> list[Any]:
+    cid = options.get("id", "blosc")
+    if cid == "blosc":
+        return [
+            BloscCodec(
+                cname=options.get("cname", "zstd"),
+                clevel=int(options.get("clevel", 3)),
+                shuffle="bitshuffle" if options.get("shuffle") == "bit" else "shuffle",
+            )
+        ]
+    if cid == "zstd":
+        return [ZstdCodec(level=int(options.get("level", options.get("clevel", 3))))]
+    if cid == "gzip":
+        return [GzipCodec(level=int(options.get("level", options.get("clevel", 5))))]
+    return []
+
+
+def downsample(data: da.Array, kind: PortType) -> da.Array:
+    """One pyramid step: ×2 along every axis longer than 1; mean for images, nearest for labels."""
+    factors = {a: 2 if s > 1 else 1 for a, s in enumerate(data.shape)}
+    if kind.is_label:
+        return data[tuple(slice(None, None, f) for f in factors.values())]
+    chunks = tuple(max(f, c - c % f) for c, f in zip((c[0] for c in data.chunks), factors.values()))
+    return da.coarsen(np.mean, data.rechunk(chunks), factors, trim_excess=True).astype(data.dtype)
+
+
+def ngff_metadata(geometry: Geometry, levels: int, kind: PortType, name: str) -> dict[str, Any]:
+    datasets = []
+    for level in range(levels):
+        factor = np.array([2.0**level if s > 1 else 1.0 for s in geometry.shape])
+        # a mean over f voxels is centred between them; a nearest (strided) label voxel is the first
+        shift = np.zeros(3) if kind.is_label else (factor - 1) / 2 * np.asarray(geometry.scale)
+        datasets.append(
+            {
+                "path": str(level),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": (np.asarray(geometry.scale) * factor).tolist()},
+                    {"type": "translation", "translation": (np.asarray(geometry.translation) + shift).tolist()},
+                ],
+            }
+        )
+    ome: dict[str, Any] = {
+        "version": NGFF_VERSION,
+        "multiscales": [
+            {
+                "name": name,
+                "axes": [{"name": d, "type": "space", "unit": "micrometer"} for d in DIMS],
+                "datasets": datasets,
+            }
+        ],
+    }
+    if kind.is_label:
+        ome["image-label"] = {"version": NGFF_VERSION}
+    return {"ome": ome}
+
+
+def align(data: da.Array, store_chunks: tuple[int, ...] | None) -> tuple[da.Array, tuple[int, ...]]:
+    """``data`` rechunked (only if needed) so its blocks cover whole stored chunks, and the stored chunk shape."""
+    chunks = tuple(min(c, s) for c, s in zip(store_chunks or tuple(c[0] for c in data.chunks), data.shape))
+    if all(all(c % k == 0 for c in cs[:-1]) for cs, k in zip(data.chunks, chunks)):
+        return data, chunks
+    return data.rechunk(chunks), chunks
+
+
+def levels(data: da.Array, kind: PortType, store: StoreSpec) -> list[tuple[da.Array, tuple[int, ...]]]:
+    """Every pyramid level to store (aligned to its stored chunks), and its chunk shape."""
+    out = []
+    for level in range(store.multiscale):
+        if level:
+            data = downsample(data, kind)
+        out.append(align(data, store.chunks))
+    return out
+
+
+def describe(group: zarr.Group, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str) -> None:
+    group.attrs.update(ngff_metadata(Geometry.of(value), store.multiscale, kind, name))
+    # the stored chunking may suit display (e.g. 1 × 4096 × 4096); reading back for computation
+    # restores the working chunking
+    group.attrs["cvplgraph"] = {"type": str(kind), "working_chunks": [list(c) for c in value.data.chunks]}
+
+
+def write_array(url: str, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str) -> list[Any]:
+    """Create the OME-Zarr group at ``url`` now (replacing anything there); return the lazy writes of its levels.
+
+    For declared outputs. Cache stores use :func:`cvplgraph.cache.store.write_cached_array`,
+    which never replaces anything and resumes.
+    """
+    group = create_group(url)
+    describe(group, value, kind, store, name)
+    writes = []
+    for level, (aligned, chunks) in enumerate(levels(value.data, kind, store)):
+        writes += block_writes(
+            aligned, create_array(group, str(level), aligned, chunks, dict(store.compressor)), chunks
+        )
+    return writes
+
+
+def create_array(
+    group: zarr.Group, path: str, data: da.Array, chunks: tuple[int, ...], codec: dict[str, Any]
+) -> zarr.Array:
+    """A new level array in ``group`` for ``data`` stored in ``chunks`` (fill value 0)."""
+    return group.create_array(
+        path,
+        shape=data.shape,
+        chunks=chunks,
+        dtype=data.dtype,
+        dimension_names=list(DIMS),
+        compressors=compressors(codec),
+        fill_value=0,
+    )
+
+
+def block_regions(
+    chunks: tuple[tuple[int, ...], ...], stored: tuple[int, ...]
+) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...], Ranges]]:
+    """For every block of a dask chunking: its index, its region, and the stored chunks it covers."""
+    starts = [np.cumsum((0, *c)) for c in chunks]
+    for index in np.ndindex(*(len(c) for c in chunks)):
+        low = [int(starts[a][i]) for a, i in enumerate(index)]
+        high = [int(starts[a][i + 1]) for a, i in enumerate(index)]
+        region = tuple(slice(lo, hi) for lo, hi in zip(low, high))
+        yield index, region, tuple((lo // c, -(-hi // c)) for lo, hi, c in zip(low, high, stored))
+
+
+def block_writes(
+    aligned: da.Array,
+    array: zarr.Array,
+    chunks: tuple[int, ...],
+    done: set[tuple[int, ...]] = frozenset(),  # type: ignore[assignment]
+    marker: Callable[[Ranges], str] | None = None,
+) -> list[Delayed]:
+    """One task per block writing its chunks (then, with ``marker``, recording them), except
+    blocks whose chunks are all in ``done``; each task as a Delayed.
+
+    Delayed, not ``da.store``: dask (2026.8) misorders results when one
+    ``compute`` mixes arrays and delayed objects. The tasks share one graph
+    layer built here (a ``dask.delayed`` call per block tokenizes its
+    arguments, which costs more than the layer for thousands of blocks).
+    """
+    name = "write_block-" + tokenize(aligned.name, str(array.store_path), sorted(done), marker is None)
+    layer: dict[Any, Any] = {}
+    for index, region, ranges in block_regions(aligned.chunks, chunks):
+        if done and all(chunk in done for chunk in expand(ranges)):
+            continue
+        url = marker(ranges) if marker is not None else None
+        layer[(name, *index)] = (_write_block, (aligned.name, *index), array, region, url)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[aligned])  # type: ignore[list-item]
+    return [Delayed(key, graph, layer=name) for key in layer]
+
+
+def _write_block(block: np.ndarray, array: zarr.Array, region: tuple[slice, ...], marker: str | None) -> int:
+    """Write one block's chunks, then record them as done (in this order: a kill in between rewrites them).
+
+    The record holds a checksum of every chunk's values (None for a chunk of
+    fill values, which zarr does not store), for ``cvplgraph cache verify``.
+    """
+    array[region] = block
+    count(WRITTEN, block.nbytes)
+    if marker is not None:
+        chunks = tuple(int(c) for c in array.chunks)
+        origin = [r.start for r in region]
+        sums: dict[str, str | None] = {}
+        for offset in np.ndindex(*(-(-n // c) for n, c in zip(block.shape, chunks))):
+            part = block[tuple(slice(o * c, (o + 1) * c) for o, c in zip(offset, chunks))]
+            index = ".".join(str(s // c + o) for s, c, o in zip(origin, chunks, offset))
+            sums[index] = chunk_checksum(part) if part.any() else None
+        mark(marker, sums)
+    return 1
+
+
+def chunk_checksum(values: np.ndarray) -> str:
+    """CRC-32 of a chunk's values (C order), independent of how the chunk is compressed."""
+    return f"{zlib.crc32(np.ascontiguousarray(values).tobytes()):08x}"
+
+
+def read_array(url: str, level: int = 0, *, working: bool = True) -> xr.DataArray:
+    """One level of a stored array; level 0 comes back in the chunks it was computed in
+    (``working=False``: in the stored chunks, as a viewer wants them)."""
+    group = open_group(url)
+    attrs: dict[str, Any] = dict(group.attrs.asdict())
+    ms = multiscales(attrs, url)
+    ds = ms["datasets"][level]
+    scale, translation = _transforms(ds["coordinateTransformations"], 3)
+    data = read_zarr(child_array(group, ds["path"], url))
+    ours: dict[str, Any] = attrs.get("cvplgraph") or {}
+    chunks: list[list[int]] | None = ours.get("working_chunks") if working and level == 0 else None
+    if chunks and [sum(c) for c in chunks] == list(data.shape) and tuple(map(tuple, chunks)) != data.chunks:
+        data = data.rechunk(tuple(tuple(c) for c in chunks))
+    return wrap(data, Geometry(tuple(data.shape), tuple(scale.tolist()), tuple(translation.tolist())))  # type: ignore[arg-type]
+
+
+# --- tables (Points) and block counts -----------------------------------------------------------
+
+
+def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
+    import warnings
+
+    group = create_group(url)
+    for column in frame.columns:
+        values = frame[column].to_numpy()
+        if values.dtype == object:  # text columns (region names): fixed-width unicode, which zarr stores
+            values = values.astype(str)
+        with warnings.catch_warnings():  # zarr flags fixed-width unicode as not yet in the v3 spec
+            warnings.simplefilter("ignore")
+            group.create_array(column, data=values, chunks=(max(1, min(len(values), 1 << 20)),))
+    group.attrs["cvplgraph"] = {
+        "type": "Points",
+        "columns": list(frame.columns),
+        "rows": len(frame),
+        "geometry": geometry.to_dict(),
+    }
+    count(WRITTEN, int(frame.memory_usage(deep=False).sum()))
+    return len(frame)
+
+
+def write_table(url: str, table: Table) -> Delayed:
+    return dask.delayed(_write_table, pure=False)(url, table.frame, table.geometry)
+
+
+def _read_frame(url: str, columns: list[str]) -> pd.DataFrame:
+    group = open_group(url)
+    frame = pd.DataFrame({c: child_array(group, c, url)[:] for c in columns})
+    count(READ, int(frame.memory_usage(deep=False).sum()))
+    return frame
+
+
+def read_table(url: str) -> Table:
+    """A stored Points table; the rows are read lazily, when the run needs them."""
+    meta = cvplgraph_attrs(open_group(url))
+    frame = dask.delayed(_read_frame, pure=True)(url, list(meta["columns"]))
+    return Table(frame, Geometry.from_dict(meta["geometry"]))
+
+
+def _write_counts(url: str, counts: np.ndarray, block: tuple[int, int, int], geometry: Geometry) -> int:
+    group = create_group(url)
+    group.create_array("counts", data=counts)
+    count(WRITTEN, counts.nbytes)
+    group.attrs["cvplgraph"] = {
+        "type": "BlockCounts",
+        "block": list(block),
+        "total": int(counts.sum()),
+        "geometry": geometry.to_dict(),
+    }
+    return int(counts.sum())
+
+
+def write_counts(url: str, value: BlockCounts) -> Delayed:
+    return dask.delayed(_write_counts, pure=False)(url, value.counts, value.block, value.geometry)
+
+
+def read_counts(url: str) -> BlockCounts:
+    meta = cvplgraph_attrs(open_group(url))
+    counts = dask.delayed(_read_counts, pure=True)(url)
+    block = (int(meta["block"][0]), int(meta["block"][1]), int(meta["block"][2]))
+    return BlockCounts(counts, block, Geometry.from_dict(meta["geometry"]))
+
+
+def _read_counts(url: str) -> np.ndarray:
+    counts = np.asarray(child_array(open_group(url), "counts", url)[:])
+    count(READ, counts.nbytes)
+    return counts
+
+
+#: Types carried as a :class:`~cvplgraph.values.Table` and stored as a zarr group of columns.
+TABLE_TYPES = (PortType.Points, PortType.RegionTable)
+
+
+def read_value(url: str, kind: PortType) -> Any:
+    if kind.is_array:
+        return read_array(url)
+    if kind in TABLE_TYPES:
+        return read_table(url)
+    if kind is PortType.BlockCounts:
+        return read_counts(url)
+    raise InputError(f"no storage for values of type {kind}")

@@ -1,0 +1,138 @@
+"""The spec as data: frozen dataclasses for every table of a spec file, built by
+:mod:`cvplgraph.spec.parse` (or by hand in Python) and read by every layer above."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvplgraph.errors import Problem
+from cvplgraph.spec.cluster import ClusterSpec
+from cvplgraph.spec.fields import line_of
+from cvplgraph.types import PortType
+from cvplgraph.values import LEFT, RIGHT
+
+INPUT = "input"  # the name nodes use to refer to the raw image
+AXES = ("z", "y", "x")
+COMPRESSORS = ("blosc", "zstd", "gzip", "none")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The raw image: an OME-Zarr store and what to take from it."""
+
+    url: str
+    channel: int = 0
+    timepoint: int = 0
+    level: int = 0
+    crop: tuple[tuple[int, int], ...] | None = None  # (start, stop) per z, y, x
+    intensity_range: tuple[float, float] | None = None
+    chunks: tuple[int, int, int] | None = None  # working chunks; default: the store's
+    fingerprint: str = "listing"  # "listing": metadata + chunk names, sizes, mtimes/ETags; "content": + bytes
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """How a cached node is stored. None of these change values, so none enter keys."""
+
+    chunks: tuple[int, int, int] | None = None
+    multiscale: int = 1
+    compressor: tuple[tuple[str, Any], ...] = (("id", "blosc"), ("cname", "zstd"), ("clevel", 3))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chunks": list(self.chunks) if self.chunks else None,
+            "multiscale": self.multiscale,
+            "compressor": dict(self.compressor),
+        }
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One step: an op, where its inputs come from, its parameters and storage."""
+
+    name: str
+    op: str
+    inputs: tuple[tuple[str, str], ...]  # (port, source node or "input")
+    params: tuple[tuple[str, Any], ...]  # given parameters, sorted by name
+    cache: bool = True
+    store: StoreSpec = StoreSpec()
+    view: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def input_map(self) -> dict[str, str]:
+        return dict(self.inputs)
+
+    @property
+    def param_map(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: str
+    input: InputSpec
+    nodes: tuple[NodeSpec, ...]
+    cache_url: str
+    cluster: ClusterSpec = ClusterSpec()
+    outputs: tuple[tuple[str, str], ...] = ()  # (node, path)
+    locations: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    plugins: tuple[str, ...] = ()  # modules imported for their ops
+    atlases: tuple[tuple[str, AtlasSpec], ...] = ()  # [inputs.NAME] tables (kind = "atlas")
+    formats: tuple[tuple[str, str], ...] = ()  # (output path, format) where the spec names a format
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Names nodes take input from without a node, and their types: the image and each named input."""
+        return {INPUT: "Image", **{name: "Atlas" for name, _ in self.atlases}}
+
+    def format_of(self, target: str) -> str:
+        """The declared format of an output file, or "" (chosen by its suffix)."""
+        return dict(self.formats).get(target, "")
+
+    @property
+    def source(self) -> str:
+        """The spec file's absolute path (what cache entries record)."""
+        return str(Path(self.path).resolve()) if self.path != "<spec>" else self.path
+
+    def node(self, name: str) -> NodeSpec:
+        return next(n for n in self.nodes if n.name == name)
+
+    def problem(self, path: str, message: str) -> Problem:
+        return Problem(self.path, line_of(self.locations, path), path, message)
+
+
+@dataclass(frozen=True)
+class AtlasSpec:
+    """Where an atlas is and how it sits in sample space (see docs/spec.md, ``[inputs.NAME]``)."""
+
+    url: str
+    structures: str = ""  # CSV or BrainGlobe JSON; default: the BrainGlobe folder's
+    hemispheres: str = ""  # label volume of the annotation's shape; default: the folder's, if any
+    hemisphere_values: tuple[int, int] = (LEFT, RIGHT)  # the stored values of (left, right)
+    scale: tuple[float, float, float] | None = None  # µm per voxel along sample (z, y, x)
+    translation: tuple[float, float, float] | None = None  # µm of the first voxel's centre
+    transpose: tuple[int, int, int] = (0, 1, 2)  # file axes that become sample (z, y, x)
+    chunks: tuple[int, int, int] = (64, 64, 64)  # working chunks in sample orientation
+
+
+#: File suffixes an output of each type may have.
+SUFFIXES: dict[PortType, tuple[str, ...]] = {
+    PortType.Points: (".csv",),
+    PortType.BlockCounts: (".csv", ".json"),
+    PortType.Image: (".ome.zarr", ".zarr"),
+    PortType.Mask: (".ome.zarr", ".zarr"),
+    PortType.Labels: (".ome.zarr", ".zarr"),
+    PortType.Density: (".ome.zarr", ".zarr"),
+    PortType.RegionTable: (".csv", ".zarr", ".png"),
+}
+
+
+def suffix_problem(kind: PortType, path: str) -> str | None:
+    """Why ``path`` cannot hold a value of ``kind``, or None."""
+    allowed = SUFFIXES.get(kind, ())
+    if any(path.endswith(s) for s in allowed):
+        return None
+    return f"a {kind} output needs a file ending in {' or '.join(allowed) or '(no output format yet)'}, got {path!r}"

@@ -1,0 +1,479 @@
+"""Synthetic lightsheet volumes with known cell centres.
+
+The generator is lazy and streaming: :func:`synth_volume` returns a dask-backed
+:class:`xarray.DataArray` whose blocks are each computed on their own from the
+global cell table, so a volume far larger than memory can be produced block by
+block. Only the cell table (one row per cell) is built eagerly.
+
+Model
+-----
+Cells sit on a jittered cubic grid in physical space (µm, spacing
+``spacing_um``); a fraction ``occupancy`` of the grid sites holds a cell. Each
+cell is an isotropic gaussian in µm with ``sigma = radius_um / 2``, hence
+anisotropic in voxels whenever ``voxel_size`` differs per axis. The jitter is
+limited so that two blobs never overlap above 1 % of their peak. A voxel's value
+is::
+
+    background(z, y, x) + sum of blobs + N(0, noise²), clipped to [0, 1]
+
+where the background is a smooth product of low-frequency cosines evaluated on
+global coordinates (continuous across blocks), each blob is evaluated only on
+its ±4 sigma bounding box as an outer product of three 1-D gaussians, and the
+noise comes from a generator seeded by ``(seed, block index)``. The result is
+deterministic for given parameters; the noise-free signal and the cell table do
+not depend on the chunking.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+from dask.base import tokenize
+from dask.delayed import Delayed, delayed
+
+from cvplgraph.io.stores import write_array
+from cvplgraph.spec.model import StoreSpec
+from cvplgraph.synth.params import BOX_SIGMAS, ONE_PERCENT_SIGMAS, SynthParams
+from cvplgraph.types import PortType
+
+__all__ = ["ONE_PERCENT_SIGMAS", "SynthParams", "grid_sites", "make_cells", "synth_volume"]
+
+_CELL_COLUMNS: tuple[str, ...] = ("z", "y", "x", "z_um", "y_um", "x_um", "radius_um", "brightness")
+
+
+# --------------------------------------------------------------------------- cells
+
+
+#: Rows of the renderer's table (a read-only copy of the columns it needs).
+_RENDER_COLUMNS: tuple[str, ...] = ("z", "y", "x", "radius_um", "brightness")
+
+
+class _CellTable(NamedTuple):
+    """The cells together with the grid bookkeeping that finds them quickly.
+
+    Attributes
+    ----------
+    data : (n_rows, n_cells) float64 array
+        One row per column, in the order of ``_CELL_COLUMNS`` (as generated)
+        or ``_RENDER_COLUMNS`` (as rendered, see :func:`_for_rendering`);
+        cells in grid order (grid plane z, then row y, then column x).
+    sites : three (n_a,) float64 arrays
+        Grid site positions (µm) along z, y and x.
+    row_start : (n_z_sites * n_y_sites + 1,) int64 array
+        ``row_start[kz * n_y_sites + ky]`` is the first cell (column of
+        ``data``) of grid row (kz, ky); the last entry is ``n_cells``.
+    jitter_um : float
+        Largest distance (µm, per axis) of a cell centre from its grid site.
+    """
+
+    data: np.ndarray
+    sites: tuple[np.ndarray, np.ndarray, np.ndarray]
+    row_start: np.ndarray
+    jitter_um: float
+
+
+def _grid_sites(extent_um: float, spacing_um: float) -> np.ndarray:
+    """Grid positions along one axis, centred in ``[0, extent_um]``.
+
+    Returns
+    -------
+    sites : (n,) float64 array
+        ``n = floor(extent / spacing) + 1`` positions ``spacing`` apart.
+    """
+    n = int(math.floor(extent_um / spacing_um)) + 1
+    offset = (extent_um - (n - 1) * spacing_um) / 2.0
+    return offset + spacing_um * np.arange(n, dtype=np.float64)
+
+
+def grid_sites(params: SynthParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions of the candidate cell sites along each axis.
+
+    Parameters
+    ----------
+    params : SynthParams
+
+    Returns
+    -------
+    sites : three (n_a,) float64 arrays
+        Site positions (µm, relative to voxel 0 of the volume, i.e. without
+        any translation) along z, y and x; the grid is their outer product, so
+        a per-site ``occupancy`` array has shape ``(n_z, n_y, n_x)``.
+    """
+    vs = np.asarray(params.voxel_size, dtype=np.float64)
+    extent = (np.asarray(params.shape, dtype=np.float64) - 1.0) * vs
+    sz, sy, sx = (_grid_sites(float(e), params.spacing_um) for e in extent)
+    return sz, sy, sx
+
+
+def _site_occupancy(params: SynthParams, occupancy: object) -> np.ndarray | None:
+    """Validate a per-site occupancy array (see :func:`make_cells`); None stays None.
+
+    Returns
+    -------
+    occupancy : (n_z, n_y, n_x) float64 array in [0, 1], or None
+    """
+    if occupancy is None:
+        return None
+    shape = tuple(s.size for s in grid_sites(params))
+    array = np.asarray(occupancy, dtype=np.float64)
+    if array.shape != shape:
+        raise ValueError(f"occupancy must have one value per grid site, shape {shape}, got {array.shape}")
+    if not np.all((array >= 0.0) & (array <= 1.0)):  # also rejects NaN
+        raise ValueError("occupancy values must lie in [0, 1]")
+    return array
+
+
+def _cell_table(params: SynthParams, occupancy: np.ndarray | None = None) -> _CellTable:
+    """Generate the cells (see :func:`make_cells`) with their grid bookkeeping.
+
+    All occupancy flags are drawn first (one byte per grid site is kept), then
+    position jitter, radius and brightness plane by plane straight into the
+    final array, so peak memory stays close to the size of the result.
+    ``occupancy`` (per-site probabilities, validated) replaces
+    ``params.occupancy`` when given; the random draws are the same either way.
+    """
+    occupancy = _site_occupancy(params, occupancy)
+    vs = np.asarray(params.voxel_size, dtype=np.float64)
+    extent = (np.asarray(params.shape, dtype=np.float64) - 1.0) * vs
+    sz, sy, sx = grid_sites(params)
+    rng = np.random.default_rng(params.seed)
+    occupied = np.empty((sz.size, sy.size, sx.size), dtype=bool)
+    for kz in range(sz.size):
+        chance = params.occupancy if occupancy is None else occupancy[kz]
+        occupied[kz] = rng.random((sy.size, sx.size)) < chance
+    per_row = occupied.sum(axis=2, dtype=np.int64).ravel()
+    row_start = np.zeros(per_row.size + 1, dtype=np.int64)
+    np.cumsum(per_row, out=row_start[1:])
+    data = np.empty((len(_CELL_COLUMNS), int(row_start[-1])), dtype=np.float64)
+    jitter = params.max_jitter_um
+    for kz in range(sz.size):
+        ky, kx = np.nonzero(occupied[kz])  # row-major: grouped by ky, as row_start assumes
+        first = int(row_start[kz * sy.size])
+        um = data[3:6, first : first + ky.size]
+        um[0] = sz[kz]
+        um[1] = sy[ky]
+        um[2] = sx[kx]
+        um += rng.uniform(-jitter, jitter, size=um.shape)
+        np.clip(um, 0.0, extent[:, None], out=um)
+        data[6, first : first + ky.size] = rng.uniform(*params.cell_radius_um, size=ky.size)
+        data[7, first : first + ky.size] = rng.uniform(*params.brightness, size=ky.size)
+    np.divide(data[3:6], vs[:, None], out=data[0:3])
+    return _CellTable(data=data, sites=(sz, sy, sx), row_start=row_start, jitter_um=jitter)
+
+
+def _cells_frame(table: _CellTable) -> pd.DataFrame:
+    """The user-facing cell table, taking over ``table.data`` (as generated) without a copy."""
+    return pd.DataFrame(table.data.T, columns=list(_CELL_COLUMNS), copy=False)
+
+
+def _for_rendering(table: _CellTable) -> _CellTable:
+    """A read-only copy of the columns the renderer needs, independent of the user's DataFrame.
+
+    Returns
+    -------
+    table : _CellTable
+        ``data`` is a (5, n_cells) float64 array with rows ``_RENDER_COLUMNS``.
+    """
+    rows = [_CELL_COLUMNS.index(name) for name in _RENDER_COLUMNS]
+    data = np.ascontiguousarray(table.data[rows])
+    data.flags.writeable = False
+    return table._replace(data=data)
+
+
+def make_cells(params: SynthParams, occupancy: np.ndarray | None = None) -> pd.DataFrame:
+    """The true cells of the synthetic volume.
+
+    Grid sites (spacing ``params.spacing_um``, centred in the volume, see
+    :func:`grid_sites`) are occupied with probability ``params.occupancy``
+    (or ``occupancy[kz, ky, kx]`` per site when given), jittered uniformly by at
+    most ``params.max_jitter_um`` per axis and clipped to the volume, so every
+    centre lies inside ``[0, shape - 1]`` voxels (cells on the border are cut,
+    but still count). Radius and brightness are uniform in their ranges. Uses
+    ``numpy.random.default_rng(params.seed)``; independent of ``params.chunks``.
+
+    Parameters
+    ----------
+    params : SynthParams
+    occupancy : (n_z, n_y, n_x) array of float in [0, 1], optional
+        Per-site occupancy probability, shape = number of grid sites per axis
+        (see :func:`grid_sites`). None (default) uses ``params.occupancy``
+        everywhere; an array of ones gives the same cells as ``occupancy=1``.
+
+    Returns
+    -------
+    cells : (n_cells, 8) DataFrame
+        Columns ``z, y, x`` (voxel coordinates, float), ``z_um, y_um, x_um``
+        (µm, ``= voxel * voxel_size``), ``radius_um`` and ``brightness`` (peak
+        amplitude above background). Rows in grid order (z plane, then y row,
+        then x column of the grid site), RangeIndex.
+    """
+    return _cells_frame(_cell_table(params, occupancy))
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _background_phases(seed: int) -> np.ndarray:
+    """Phases of the background cosines, from a stream separate from cells and noise.
+
+    Returns
+    -------
+    phases : (3,) float64 array in [0, 2π)
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    return rng.uniform(0.0, 2.0 * np.pi, size=3)
+
+
+def _cosine_profile(start: int, stop: int, voxel: float, extent: float, phase: float) -> np.ndarray:
+    """One cycle over the whole volume, sampled on global indices ``start:stop``.
+
+    Returns
+    -------
+    profile : (stop - start,) float64 array in [-1, 1]
+    """
+    coords = np.arange(start, stop, dtype=np.float64) * voxel
+    return np.cos(2.0 * np.pi * coords / extent + phase)
+
+
+def _candidates(table: _CellTable, location: list[tuple[int, int]], params: SynthParams) -> np.ndarray:
+    """Cells that may reach a block, found through the grid rather than a full scan.
+
+    A cell lies within ``jitter_um`` (per axis) of its grid site and reaches at
+    most ``4 * sigma_max`` µm, so only grid sites within that margin of the
+    block can matter. Their cells form one contiguous run of ``table.data``
+    per grid plane.
+
+    Parameters
+    ----------
+    table : _CellTable
+    location : list of three (start, stop) pairs
+        Global voxel range of the block along (z, y, x).
+    params : SynthParams
+
+    Returns
+    -------
+    cells : (5, m) float64 array
+        Rows ``_RENDER_COLUMNS``; a superset of the cells whose ±4 sigma box meets the block, in table order.
+    """
+    margin = BOX_SIGMAS * params.cell_radius_um[1] / 2.0 + table.jitter_um
+    ranges = []
+    for sites, (start, stop), voxel in zip(table.sites, location, params.voxel_size, strict=True):
+        slack = 1e-9 * (1.0 + stop * voxel)
+        lo = start * voxel - margin - slack
+        hi = (stop - 1) * voxel + margin + slack
+        ranges.append((int(np.searchsorted(sites, lo, "left")), int(np.searchsorted(sites, hi, "right"))))
+    (kz0, kz1), (ky0, ky1), (kx0, kx1) = ranges
+    if kz0 >= kz1 or ky0 >= ky1 or kx0 >= kx1:
+        return table.data[:, :0]
+    n_y = table.sites[1].size
+    runs = [table.data[:, table.row_start[kz * n_y + ky0] : table.row_start[kz * n_y + ky1]] for kz in range(kz0, kz1)]
+    return runs[0] if len(runs) == 1 else np.concatenate(runs, axis=1)
+
+
+def _profiles(centre: np.ndarray, sigma: np.ndarray, first: np.ndarray, width: int) -> np.ndarray:
+    """Gaussian profiles of many cells along one axis, on windows of equal width.
+
+    Parameters
+    ----------
+    centre, sigma : (n,) float64 arrays
+        Centres and sigmas in voxels.
+    first : (n,) int64 array
+        Global index of each window's first voxel.
+    width : int
+        Window length (voxels beyond a cell's own box are never read).
+
+    Returns
+    -------
+    profiles : (n, width) float32 array
+        ``exp(-(i - centre)² / (2 sigma²))`` for ``i = first + 0..width-1``.
+    """
+    offsets = first[:, None] + np.arange(width, dtype=np.float64)[None, :]
+    scaled = (offsets - centre[:, None]) / sigma[:, None]
+    return np.exp(-0.5 * scaled * scaled).astype(np.float32)
+
+
+def _add_blobs(
+    out: np.ndarray, location: list[tuple[int, int]], cells: np.ndarray, voxel_size: tuple[float, float, float]
+) -> None:
+    """Add the blobs of all cells whose ±4 sigma box meets the block, in place.
+
+    Parameters
+    ----------
+    out : (nz, ny, nx) float32 array
+        The block, modified in place.
+    location : list of three (start, stop) pairs
+        Global voxel range of the block along (z, y, x).
+    cells : (5, m) float64 array
+        Candidate cells, rows ``_RENDER_COLUMNS`` (see :func:`_candidates`).
+    voxel_size : (3,) tuple of float
+    """
+    if cells.shape[1] == 0:
+        return
+    start = np.array([a for a, _ in location], dtype=np.float64)[:, None]
+    last_voxel = np.array([b - 1 for _, b in location], dtype=np.float64)[:, None]
+    centre = cells[0:3]
+    sigma = (cells[3] / 2.0)[None, :] / np.asarray(voxel_size, dtype=np.float64)[:, None]
+    reach = BOX_SIGMAS * sigma
+    # A box covers indices ceil(c - r) .. floor(c + r); it meets [start, last]
+    # iff c - r <= last and c + r >= start.
+    hit = np.all((centre - reach <= last_voxel) & (centre + reach >= start), axis=0)
+    if not hit.any():
+        return
+    centre, sigma, reach, amp = centre[:, hit], sigma[:, hit], reach[:, hit], cells[4, hit]
+    first = np.maximum(np.ceil(centre - reach), start).astype(np.int64)  # global, inclusive
+    last = np.minimum(np.floor(centre + reach), last_voxel).astype(np.int64)  # global, inclusive
+    widths = last - first + 1
+    gz = _profiles(centre[0], sigma[0], first[0], int(widths[0].max()))
+    gz *= amp.astype(np.float32)[:, None]
+    gy = _profiles(centre[1], sigma[1], first[1], int(widths[1].max()))
+    gx = _profiles(centre[2], sigma[2], first[2], int(widths[2].max()))
+    begin = (first - start.astype(np.int64)).T.tolist()  # block-local, per cell
+    size = widths.T.tolist()
+    for k, ((bz, by, bx), (nz, ny, nx)) in enumerate(zip(begin, size, strict=True)):
+        zy = gz[k, :nz, None] * gy[k, None, :ny]
+        out[bz : bz + nz, by : by + ny, bx : bx + nx] += zy[:, :, None] * gx[k, None, None, :nx]
+
+
+def _render_block(
+    *,
+    table: _CellTable,
+    params: SynthParams,
+    phases: np.ndarray,
+    bounds: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
+    block_id: tuple[int, int, int] | None = None,
+) -> np.ndarray:
+    """Compute one block of the volume from global information only.
+
+    The block's location is derived from ``block_id`` and the chunk
+    boundaries rather than from dask's ``block_info``: dask materialises
+    ``block_info`` as one dict per block when the graph is built, which for a
+    4096³ volume (131 072 blocks) costs seconds and hundreds of MB, whereas
+    ``block_id`` is injected lazily.
+
+    Parameters
+    ----------
+    table : _CellTable
+        The global cell table, see :func:`_for_rendering`.
+    params : SynthParams
+    phases : (3,) float64 array
+        Background phases, see :func:`_background_phases`.
+    bounds : three tuples of int
+        Per axis, the chunk boundaries ``(0, c0, c0 + c1, ..., n)``.
+    block_id : (3,) tuple of int
+        Supplied by :func:`dask.array.map_blocks`: the block's index.
+
+    Returns
+    -------
+    block : (nz, ny, nx) float32 array in [0, 1]
+    """
+    if block_id is None:
+        raise ValueError("_render_block needs dask's block_id")
+    block_key = tuple(int(i) for i in block_id)
+    location = [(axis[i], axis[i + 1]) for axis, i in zip(bounds, block_key, strict=True)]
+    shape = tuple(stop - start for start, stop in location)
+    out = np.empty(shape, dtype=np.float32)
+    if params.noise > 0:
+        rng = np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(1, *block_key)))
+        rng.standard_normal(dtype=np.float32, out=out)
+        out *= np.float32(params.noise)
+    else:
+        out.fill(0.0)
+    # Smooth background: mean + amplitude * cz * cy * cx, added slice by slice.
+    extents = [max((n - 1) * v, v) for n, v in zip(params.shape, params.voxel_size, strict=True)]
+    cz, cy, cx = (
+        _cosine_profile(a, b, v, e, p)
+        for (a, b), v, e, p in zip(location, params.voxel_size, extents, phases, strict=True)
+    )
+    plane = (params.background_amplitude * cy[:, None] * cx[None, :]).astype(np.float32)
+    scratch = np.empty_like(plane)
+    base = np.float32(params.background)
+    for k in range(shape[0]):
+        np.multiply(plane, np.float32(cz[k]), out=scratch)
+        scratch += base
+        out[k] += scratch
+    _add_blobs(out, location, _candidates(table, location, params), params.voxel_size)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def synth_volume(params: SynthParams, occupancy: np.ndarray | None = None) -> tuple[xr.DataArray, pd.DataFrame]:
+    """A lazy synthetic lightsheet volume and its true cells.
+
+    Nothing is computed here except the cell table: each dask block is produced
+    independently by :func:`dask.array.map_blocks` from the global cell table
+    (held once in the graph), the global background and a noise generator
+    seeded by ``(params.seed, block index)``. Results are deterministic for
+    given ``params`` (including ``chunks``, which fix the noise); the cell table
+    and the noise-free signal do not depend on ``chunks``.
+
+    Parameters
+    ----------
+    params : SynthParams
+    occupancy : (n_z, n_y, n_x) array of float in [0, 1], optional
+        Per-site occupancy probability, see :func:`make_cells`.
+
+    Returns
+    -------
+    volume : (Z, Y, X) DataArray of float32 in [0, 1]
+        Dims ``("z", "y", "x")``, backed by a dask array with ``params.chunks``;
+        coords in µm (``index * voxel_size``); attrs ``scale`` (voxel size),
+        ``translation`` (zeros) and ``units`` ("micrometer").
+    cells : (n_cells, 8) DataFrame
+        Equal to :func:`make_cells` ``(params, occupancy)``.
+    """
+    occupancy = _site_occupancy(params, occupancy)
+    table = _cell_table(params, occupancy)
+    render = _for_rendering(table)
+    # The table does not depend on chunks: name it by the other fields (and the per-site occupancy).
+    extra = () if occupancy is None else (occupancy,)
+    cell_token = tokenize(*(getattr(params, f.name) for f in fields(params) if f.name != "chunks"), *extra)
+    table_node: Delayed = delayed(render, name=f"synth-cells-{cell_token}", traverse=False)
+    chunks = da.core.normalize_chunks(params.chunks, shape=params.shape, dtype=np.float32)
+    data = da.map_blocks(
+        _render_block,
+        table=table_node,
+        params=params,
+        phases=_background_phases(params.seed),
+        bounds=tuple(tuple(int(b) for b in np.cumsum((0, *c))) for c in chunks),
+        chunks=chunks,
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), dtype=np.float32),
+        name=f"synth-volume-{tokenize(cell_token, chunks)}",
+    )
+    coords = {
+        dim: np.arange(n, dtype=np.float64) * v
+        for dim, n, v in zip(("z", "y", "x"), params.shape, params.voxel_size, strict=True)
+    }
+    volume = xr.DataArray(
+        data,
+        dims=("z", "y", "x"),
+        coords=coords,
+        attrs={
+            "scale": list(params.voxel_size),
+            "translation": [0.0, 0.0, 0.0],
+            "units": "micrometer",
+        },
+    )
+    return volume, _cells_frame(table)
+
+
+def write_synthetic(url: str, params: SynthParams, truth_csv: str | None = None, *, client: Any = None) -> pd.DataFrame:
+    """Write a synthetic volume as OME-Zarr (streaming, block by block) and its true cells as CSV."""
+    volume, cells = synth_volume(params)
+    writes = write_array(url, volume, PortType.Image, StoreSpec(chunks=params.chunks), "synthetic")
+    if client is not None:
+        client.gather(client.compute(writes))
+    else:
+        dask.compute(*writes)
+    if truth_csv:
+        Path(truth_csv).parent.mkdir(parents=True, exist_ok=True)
+        cells.to_csv(truth_csv, index=False)
+    return cells
