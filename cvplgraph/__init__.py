@@ -17,7 +17,8 @@ from cvplgraph._version import __version__
 from cvplgraph.errors import CvplError, SpecError
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from cvplgraph import ops, view
+    from cvplgraph import ops
+    from cvplgraph.inspect import view
     from cvplgraph.api import run
     from cvplgraph.engine.execute import Results
     from cvplgraph.engine.plan import Plan
@@ -37,7 +38,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "view": ("cvplgraph.inspect.view", None),  # layers for napari; napari itself only in `cvplgraph view`
 }
 
-__all__ = ["CvplError", "Plan", "Results", "Spec", "SpecError", "__version__", "load_spec", "ops", "plan", "run", "view"]
+__all__ = [
+    "CvplError", "Plan", "Results", "Spec", "SpecError", "__version__", "load_spec", "ops", "plan", "run", "view"
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -299,7 +299,8 @@ def test_plan_reads_partial_progress_from_records(volume: Path, tmp_path: Path) 
 def test_a_checkpoint_is_saved_then_loaded_instead_of_computed(tmp_path: Path) -> None:
     import dask
 
-    from cvplgraph.cache.checkpoint import checkpoint, scope
+    from cvplgraph.cache.checkpoint import scope
+    from cvplgraph.hooks import checkpoint
 
     calls: list[int] = []
 
@@ -322,7 +323,8 @@ def test_a_checkpoint_is_saved_then_loaded_instead_of_computed(tmp_path: Path) -
 def test_block_checkpoints_load_what_was_saved_and_compute_the_rest(tmp_path: Path) -> None:
     import dask
 
-    from cvplgraph.cache.checkpoint import checkpoint_blocks, scope
+    from cvplgraph.cache.checkpoint import scope
+    from cvplgraph.hooks import checkpoint_blocks
 
     calls: list[int] = []
 

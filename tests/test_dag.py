@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
 from io import BytesIO
@@ -127,9 +129,23 @@ def test_svg_has_one_group_per_node_and_edge(plan: Plan, engine: str) -> None:
     assert "@import" not in svg and "url(http" not in svg
 
 
-def test_python_svg_is_deterministic(plan: Plan) -> None:
-    dag = dag_from_plan(plan)
-    assert to_svg(dag, engine="python") == to_svg(dag, engine="python")
+def test_python_svg_is_deterministic(spec_file: Path, plan: Plan) -> None:
+    """The same plan draws to the same bytes in separate processes (each with its own string-hash
+    seed, so set or dict order that leaked into the layout would show)."""
+    script = (
+        "import sys\n"
+        "from cvplgraph.engine.plan import make_plan\n"
+        "from cvplgraph.inspect.dag import dag_from_plan, to_svg\n"
+        "from cvplgraph.spec.parse import load_spec\n"
+        "sys.stdout.write(to_svg(dag_from_plan(make_plan(load_spec(sys.argv[1]))), engine='python'))\n"
+    )
+    drawn = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-c", script, str(spec_file)], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        drawn.append(done.stdout)
+    assert drawn[0] == drawn[1] == to_svg(dag_from_plan(plan), engine="python")
 
 
 def test_cached_and_computed_nodes_differ_in_colour(ran_plan: Plan, engine: str) -> None:
