@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from cvplgraph.synth.brain import busiest_plane
 from cvplgraph.cli.demo import run_demo
-from cvplgraph.spec.parse import load_spec
 from cvplgraph.inspect.view import Layers, layers, screenshot
+from cvplgraph.spec.parse import load_spec
+from cvplgraph.synth.brain import busiest_plane
 
 HERE = Path(__file__).resolve().parent
 
