@@ -62,7 +62,7 @@ def test_plan_shows_reason_shape_chunks_bytes(spec_file: Path) -> None:
     assert out.returncode == 0, out.stderr
     mask_line = next(line for line in out.stdout.splitlines() if line.startswith("mask "))
     assert "to compute" in mask_line and "48×192×192" in mask_line and "24×96×96" in mask_line
-    assert "1.7 MiB" in mask_line and mask_line.endswith("new")
+    assert "1.69 MiB" in mask_line and mask_line.endswith("new")
 
 
 def test_bad_spec_is_one_line_exit_1_and_touches_nothing(spec_file: Path) -> None:

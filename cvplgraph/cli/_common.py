@@ -28,7 +28,7 @@ def add_local_run(p: argparse.ArgumentParser) -> None:
 
 
 def fmt_bytes(n: float | None) -> str:
-    """A byte count for people, such as ``1.5 MiB``; ``-`` if unknown.
+    """A byte count for people, such as ``1.50 MiB`` (:func:`dask.utils.format_bytes`); ``-`` if unknown.
 
     Parameters
     ----------
@@ -41,11 +41,9 @@ def fmt_bytes(n: float | None) -> str:
     """
     if n is None:
         return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    from dask.utils import format_bytes
+
+    return format_bytes(n)
 
 
 def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
