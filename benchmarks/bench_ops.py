@@ -3,7 +3,7 @@
 One run of this script, with dask's threaded scheduler (``--threads`` threads):
 
 1. writes a synthetic float32 OME-Zarr volume (``--shape``, ``--chunks``) and its
-   true cells with :func:`cvplgraph.cli.demo.write_synthetic` (kept in ``--workdir``
+   true cells with :func:`cvplgraph.synth.volume.write_synthetic` (kept in ``--workdir``
    and reused);
 2. measures the raw read + decompress of that store: every block is read and
    reduced to one voxel (best of 3, after one untimed pass that puts the store in

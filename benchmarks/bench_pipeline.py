@@ -3,7 +3,7 @@
 One run of this script, on one distributed LocalCluster and one Client:
 
 1. writes a synthetic float32 OME-Zarr volume of about ``--size-gib`` with
-   :func:`cvplgraph.cli.demo.write_synthetic` (kept in ``--workdir`` and reused);
+   :func:`cvplgraph.synth.volume.write_synthetic` (kept in ``--workdir`` and reused);
 2. measures the raw read + decompress throughput of that store: every block is
    read and reduced to one voxel, nothing else (best of 3, after one untimed
    pass that puts the store in the page cache);

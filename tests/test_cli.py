@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -9,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+from cvplgraph.cli import build_parser, main
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
@@ -62,7 +66,7 @@ def test_plan_shows_reason_shape_chunks_bytes(spec_file: Path) -> None:
     assert out.returncode == 0, out.stderr
     mask_line = next(line for line in out.stdout.splitlines() if line.startswith("mask "))
     assert "to compute" in mask_line and "48×192×192" in mask_line and "24×96×96" in mask_line
-    assert "1.7 MiB" in mask_line and mask_line.endswith("new")
+    assert "1.69 MiB" in mask_line and mask_line.endswith("new")
 
 
 def test_bad_spec_is_one_line_exit_1_and_touches_nothing(spec_file: Path) -> None:
@@ -106,3 +110,60 @@ def test_help_explains_every_command() -> None:
     for command in ("run", "plan", "synth", "demo"):
         assert command in out.stdout
     assert "--json" in cvplgraph("plan", "--help").stdout
+
+
+def subcommands() -> list[str]:
+    """Every sub-command the parser has, read from its sub-parsers action so that none is forgotten."""
+    (action,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return list(action.choices)
+
+
+def test_the_parser_has_the_commands() -> None:
+    assert {"run", "plan", "report", "bench", "tune", "train", "ops", "synth", "demo", "view", "cache"} <= set(
+        subcommands()
+    )
+
+
+@pytest.mark.parametrize("command", subcommands())
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: cvplgraph {command} ")
+    assert "--debug" in out
+
+
+#: Heavy libraries that starting the command line must not import.
+HEAVY = ("dask", "distributed", "xarray", "pandas", "zarr", "napari")
+
+LAZY_START = """\
+import sys
+from cvplgraph.cli import main
+for argv in {argv!r}:
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+print(sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[["--version"]], [["--help"]], [[]], [[command, "--help"] for command in subcommands()]],
+    ids=["version", "help", "no-command", "every-command-help"],
+)
+def test_start_up_imports_no_heavy_library(argv: list[list[str]]) -> None:
+    """``cvplgraph --version`` and ``--help`` (its own and every command's) stay light, in a fresh process."""
+    code = LAZY_START.format(argv=argv, heavy=HEAVY)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_import_cvplgraph_imports_no_heavy_library() -> None:
+    code = f"import sys, cvplgraph; cvplgraph.__version__; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -80,7 +80,7 @@ def test_the_bar_goes_to_stderr_and_quiet_prints_nothing(
     assert main(["run", str(spec), "--scheduler", "threads"]) == 0
     out, err = capsys.readouterr()
     assert "1 node(s) to compute: mask" in out and "recorded" in out
-    assert "100%" in err and "tasks" in err and "read 6.8 MiB" in err  # 48×192×192 float32 = 6.75 MiB
+    assert "100%" in err and "tasks" in err and "read 6.75 MiB" in err  # 48×192×192 float32 = 6.75 MiB
     spec.write_text(ONE_NODE.format(url=synthetic[0]).replace("0.3", "0.4"))
     assert main(["run", str(spec), "--scheduler", "threads", "--quiet"]) == 0
     assert capsys.readouterr() == ("", "")
@@ -91,7 +91,7 @@ def test_bar_line_and_eta() -> None:
     assert s.eta == pytest.approx(30.0)
     line = bar_line(s, width=8)
     assert line.startswith("[##------]  25%  25/100 tasks  0:10 elapsed  ETA 0:30")
-    assert line.endswith("read 3.0 GiB  written 512.0 MiB")
+    assert line.endswith("read 3.00 GiB  written 512.00 MiB")
     assert Snapshot(0, 100, 0, 0, 5.0).eta is None
 
 

@@ -1,14 +1,21 @@
-"""Synthetic data on disk, and the end-to-end demo that runs on it."""
+"""``cvplgraph demo``: a synthetic brain on disk, the demo spec run on it, the counts against the truth.
+
+pandas is imported inside the functions that need it, so that building the parser stays light.
+"""
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from cvplgraph.cli._common import add_common
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ def demo_spec_text() -> str:
 
 def compare_regions(found: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """Cells per region found by a run (``region_counts`` table) beside the synthetic truth, both hemispheres."""
+    import pandas as pd
+
     both = found[found["hemisphere"] == "both"].set_index("id")
     true = truth.groupby("id")["cells"].sum()
     out = pd.DataFrame({"acronym": both["acronym"].reindex(true.index), "true": true})
@@ -55,10 +64,10 @@ def run_demo(
     ``atlas``: None = the Allen CCFv3 atlas of ``../shared/data`` when it is there, else a
     procedural one; ``"procedural"``; or an Allen-style atlas folder.
     """
-    from cvplgraph.engine.execute import execute
+    import pandas as pd
+
     from cvplgraph.engine.plan import make_plan
-    from cvplgraph.inspect.report import write_report
-    from cvplgraph.inspect.runlog import make_record, new_run_id, save_record
+    from cvplgraph.inspect.runlog import run_and_record
     from cvplgraph.spec.parse import load_spec
     from cvplgraph.synth.brain import write_synthetic_brain
 
@@ -75,11 +84,8 @@ def run_demo(
     spec = load_spec(spec_path)
     plan = make_plan(spec)
     say(f"running {spec_path}: {len(plan.to_compute())} node(s) to compute")
-    started = time.time()
-    results = execute(plan, scheduler=scheduler, progress=progress, profile=True)
-    record = make_record(plan, results.report, results, run_id=new_run_id(started), started=started)
-    save_record(record)
-    page = write_report(record, str(folder / "results" / "report.html"))
+    run = run_and_record(plan, scheduler=scheduler, progress=progress, report=str(folder / "results" / "report.html"))
+    results = run.results
     found = pd.read_csv(folder / "results" / "regions.csv")
     return DemoSummary(
         int(results["counts"].attrs["total"]),
@@ -90,5 +96,45 @@ def run_demo(
         spec.cache_url,
         dict(results.report.outputs),
         compare_regions(found, pd.read_csv(regions_csv)),
-        page,
+        run.page or "",
     )
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``demo`` and its options to the sub-parsers ``sub``."""
+    p = sub.add_parser(
+        "demo",
+        help="synthetic brain + specs/demo.toml, end to end",
+        description="Write a synthetic brain (an image of an atlas crop with known cells per region), "
+        "run the demo spec (threshold → connected components → centroids → cells per region) "
+        "and compare the counts, in all and per region, with the truth.",
+    )
+    p.add_argument("--dir", default="cvplgraph-demo", help="working folder (default: ./cvplgraph-demo)")
+    p.add_argument(
+        "--atlas",
+        default=None,
+        metavar="FOLDER",
+        help="the Allen CCFv3 atlas of ../shared/data when found (default), 'procedural', or an atlas folder",
+    )
+    p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address, or 'threads' / 'sync'")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common(p)
+    return p
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run the demo and print the counts against the truth, the outputs and what to try next."""
+    s = run_demo(args.dir, atlas=args.atlas, scheduler=args.scheduler, progress=not args.quiet)
+    print(f"cells found: {s.cells_found}, true cells: {s.true_cells} ({s.error_percent:+.2f} %)")
+    print("cells per region (both hemispheres), found / true:")
+    for row in s.regions.head(12).itertuples():
+        print(f"  {row.acronym:<16} {row.found:>6} / {row.true:<6} ({row.error_percent:+.1f} %)")
+    if len(s.regions) > 12:
+        print(f"  … {len(s.regions) - 12} more regions in {s.outputs['regions'].split(', ')[0]}")
+    print(f"time: {s.seconds:.1f} s in all, {s.pipeline_seconds:.1f} s in the pipeline")
+    for name, target in s.outputs.items():
+        print(f"output {name}: {target}")
+    print(f"cache: {s.cache}")
+    print(f"report: {s.report} (open it in a browser)")
+    print(f"next: `cvplgraph plan {s.spec}` shows every node cached; edit a parameter there and plan again")
+    return 0

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
+from dask.utils import format_bytes
+
 from cvplgraph.io.meter import READ, WRITTEN, local_totals
 
 
@@ -47,23 +49,14 @@ def _clock(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:d}:{rest % 60:02d}"
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)
-
-
 def bar_line(s: Snapshot, width: int = 24) -> str:
-    """``[#####-----]  52%  1204/2310 tasks  0:13 elapsed  ETA 0:12  read 1.2 GiB  written 380.0 MiB``"""
+    """``[#####-----]  52%  1204/2310 tasks  0:13 elapsed  ETA 0:12  read 1.20 GiB  written 380.00 MiB``"""
     share = s.done / s.total if s.total else 0.0
     filled = int(round(width * min(share, 1.0)))
     return (
         f"[{'#' * filled}{'-' * (width - filled)}] {share:4.0%}  {s.done}/{s.total} tasks  "
         f"{_clock(s.elapsed)} elapsed  ETA {_clock(s.eta)}  "
-        f"read {_size(s.read_bytes)}  written {_size(s.written_bytes)}"
+        f"read {format_bytes(s.read_bytes)}  written {format_bytes(s.written_bytes)}"
     )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from dask.utils import format_bytes
 
 from cvplgraph.errors import CvplError
 
@@ -56,14 +57,10 @@ def _e(value: Any) -> str:
 
 
 def _size(n: float | None) -> str:
-    """Bytes in the units of the progress bar (KiB, MiB, …); "—" if unknown."""
+    """Bytes as the progress bar writes them (:func:`dask.utils.format_bytes`); "—" if unknown."""
     if n is None:
         return "—"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    return format_bytes(n)
 
 
 def _number(value: Any, digits: int = 1) -> str:

@@ -17,9 +17,9 @@ import secrets
 import socket
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
@@ -28,6 +28,10 @@ import xarray as xr
 from cvplgraph.engine.plan import Plan
 from cvplgraph.errors import CvplError
 from cvplgraph.types import PortType
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from cvplgraph.engine.execute import Results
+    from cvplgraph.engine.progress import Display
 
 FORMAT = 1
 #: At most this many points per node are kept for the report's overlay (every k-th, in table order).
@@ -171,6 +175,93 @@ def save_record(record: dict[str, Any]) -> str:
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     fs.pipe_file(path, json.dumps(record, indent=1, default=str).encode())
     return url
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """A finished run of a plan with its record: what :func:`run_and_record` returns."""
+
+    results: Results
+    record: dict[str, Any]
+    record_url: str  # where the record was saved, ``<cache>/runs/<id>.json``
+    page: str | None = None  # the report page written, if one was asked for
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C whose record (status ``interrupted``) was saved.
+
+    It is a KeyboardInterrupt, so code that does not know it treats it as one; its message is
+    that of the interrupt it replaces.
+    """
+
+    def __init__(self, run_id: str, record_url: str, *args: Any) -> None:
+        super().__init__(*args)
+        self.run_id, self.record_url = run_id, record_url
+
+
+def run_and_record(
+    plan: Plan,
+    *,
+    scheduler: str | None = None,
+    progress: bool | str | Display = False,
+    run_id: str | None = None,
+    started: float | None = None,
+    report: str | None = None,
+) -> RecordedRun:
+    """Execute ``plan``, save its run record beside the cache and, if asked, write its report page.
+
+    What ``cvplgraph run`` and ``cvplgraph demo`` both do: execute with per-node timing, make the
+    record, save it to ``<cache>/runs/<id>.json``, write the HTML page.
+
+    Parameters
+    ----------
+    plan : Plan
+        The plan to execute.
+    scheduler : str, optional
+        As for :func:`~cvplgraph.engine.execute.execute`.
+    progress : bool, str or Display
+        As for :func:`~cvplgraph.engine.execute.execute`. A Display left mid-line by Ctrl-C is
+        closed before the interrupted run's record is saved.
+    run_id : str, optional
+        The run's id (default: a new one from ``started``).
+    started : float, optional
+        When the run started, seconds since the epoch (default: now).
+    report : str, optional
+        Also write the run's report page to this path.
+
+    Returns
+    -------
+    RecordedRun
+        The results, the record, where it was saved and the page written.
+
+    Raises
+    ------
+    RunInterrupted
+        On Ctrl-C, once the record of the interrupted run (what was to compute, the time so far,
+        no values) has been saved; nothing partial was committed to the cache.
+    """
+    from cvplgraph.engine.execute import RunReport, execute
+    from cvplgraph.engine.progress import Display
+
+    started = time.time() if started is None else started
+    run_id = run_id or new_run_id(started)
+    todo = plan.to_compute()
+    try:
+        results = execute(plan, scheduler=scheduler, progress=progress, profile=True)
+    except KeyboardInterrupt as exc:
+        if isinstance(progress, Display):
+            progress.close()
+        interrupted = RunReport(computed=todo, seconds=time.time() - started)
+        url = save_record(make_record(plan, interrupted, run_id=run_id, status="interrupted", started=started))
+        raise RunInterrupted(run_id, url, *exc.args) from exc
+    record = make_record(plan, results.report, results, run_id=run_id, started=started)
+    record_url = save_record(record)
+    page = None
+    if report:
+        from cvplgraph.inspect.report import write_report
+
+        page = write_report(record, report)
+    return RecordedRun(results, record, record_url, page)
 
 
 def run_records(cache_url: str) -> list[str]:

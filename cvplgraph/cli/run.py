@@ -1,0 +1,86 @@
+"""``cvplgraph run``: compute what is not cached, write the outputs, record the run."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from cvplgraph.cli._common import add_common
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from cvplgraph.engine.plan import Plan
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``run`` and its options to the sub-parsers ``sub``."""
+    p = sub.add_parser(
+        "run",
+        help="compute what is not cached and write the spec's outputs",
+        description="Compute every node that is not cached yet (one dask graph), store "
+        "cached nodes, write [outputs]. A second run recomputes nothing.",
+    )
+    p.add_argument("spec", help="the spec TOML file")
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="dask scheduler address (overrides [cluster] address and factory), or 'threads' / 'sync' "
+        "for dask's local schedulers; default: the spec's [cluster], else a LocalCluster on this machine",
+    )
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    shown.add_argument("--json", action="store_true",
+                       help="JSON lines on stdout: start, progress (tasks, ETA, bytes) every second, done")  # fmt: skip
+    p.add_argument("--report", metavar="HTML", help="also write the run's report page (see `cvplgraph report`)")
+    add_common(p)
+    return p
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run the spec: a progress bar (or JSON lines, or nothing), the run's record, optionally its report."""
+    import time
+
+    from cvplgraph.engine.plan import make_plan
+    from cvplgraph.engine.progress import Display
+    from cvplgraph.inspect.runlog import RunInterrupted, new_run_id, run_and_record
+    from cvplgraph.spec.parse import load_spec
+
+    spec = load_spec(args.spec)
+    plan = make_plan(spec)
+    todo = plan.to_compute()
+    display = Display("json" if args.json else "quiet" if args.quiet else "bar")
+    started, run_id = time.time(), new_run_id()
+    display.event("start", run=run_id, spec=spec.source, compute=todo,
+                  cached=plan.cached())  # fmt: skip
+    if display.mode == "bar":
+        print(f"{len(todo)} node(s) to compute" + (f": {', '.join(todo)}" if todo else " — everything is cached"))
+    try:
+        run = run_and_record(plan, scheduler=args.scheduler, progress=display, run_id=run_id, started=started,
+                             report=args.report)  # fmt: skip
+    except RunInterrupted as stop:
+        display.event("interrupted", run=run_id, record=stop.record_url)
+        raise KeyboardInterrupt(_interrupted(plan, args.spec)) from None
+    report, record, page = run.results.report, run.record, run.page
+    if display.mode == "json":
+        display.event("done", run=run_id, seconds=round(report.seconds, 3), computed=report.computed,
+                      outputs=report.outputs, counts=record["counts"], record=run.record_url, report=page)  # fmt: skip
+    elif display.mode == "bar":
+        print(f"done in {report.seconds:.1f} s; computed: {', '.join(report.computed) or 'nothing'}")
+        for name, target in report.outputs.items():
+            print(f"  {name} → {target}")
+        print(f"run {run_id} recorded" + (f"; report → {page}" if page else f" (cvplgraph report {args.spec})"))
+    return 0
+
+
+def _interrupted(plan: Plan, spec: str) -> str:
+    """What an interrupted run leaves: nothing committed, the chunks already written kept for the next run."""
+    from cvplgraph.cache.resume import partial_progress
+
+    kept = []
+    for name in plan.to_compute():
+        share = partial_progress(plan.manifest.url, plan.nodes[name].key) if plan.nodes[name].cache else None
+        if share:
+            kept.append(f"{name} {share:.0%}")
+    written = f"; chunks already written are kept ({', '.join(kept)})" if kept else ""
+    return (
+        f"interrupted: no cache entry was committed for an unfinished node{written} — resume with: cvplgraph run {spec}"
+    )
