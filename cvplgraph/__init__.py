@@ -18,11 +18,11 @@ from cvplgraph.errors import CvplError, SpecError
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cvplgraph import ops
-    from cvplgraph.inspect import view
     from cvplgraph.api import run
     from cvplgraph.engine.execute import Results
     from cvplgraph.engine.plan import Plan
     from cvplgraph.engine.plan import make_plan as plan
+    from cvplgraph.inspect import view
     from cvplgraph.spec.model import Spec
     from cvplgraph.spec.parse import load_spec
 
