@@ -37,7 +37,19 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "view": ("cvplgraph.inspect.view", None),  # layers for napari; napari itself only in `cvplgraph view`
 }
 
-__all__ = ["CvplError", "Plan", "Results", "Spec", "SpecError", "__version__", "load_spec", "ops", "plan", "run", "view"]
+__all__ = [
+    "CvplError",
+    "Plan",
+    "Results",
+    "Spec",
+    "SpecError",
+    "__version__",
+    "load_spec",
+    "ops",
+    "plan",
+    "run",
+    "view",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,5 @@
-"""Tests of the synthetic brain :mod:`cvplgraph.synth.brain` and the per-site occupancy hook of :mod:`cvplgraph.synth.volume`.
+"""Tests of the synthetic brain :mod:`cvplgraph.synth.brain` and the per-site occupancy hook of
+:mod:`cvplgraph.synth.volume`.
 
 Truth is checked against independent lookups: region ids are recomputed from
 the source files in their original orientation with explicit arithmetic, and
