@@ -59,9 +59,9 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
         positional = [by_port.get(port.name) for port in node.opdef.inputs]
         if with_writes and node.nodespec.cache:  # keep the op's checkpoints, for a resumed run
             with checkpoint_scope(f"{partial_url(plan.manifest.url, node.key)}/checkpoints"):
-                value = node.opdef.func(*positional, **dict(node.params))
+                value = node.opdef.func(*positional, **node.params)
         else:
-            value = node.opdef.func(*positional, **dict(node.params))
+            value = node.opdef.func(*positional, **node.params)
         out.ops_called.append(node.name)
         if isinstance(value, xr.DataArray):
             value.name = node.name

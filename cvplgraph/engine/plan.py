@@ -89,9 +89,8 @@ def changes(node: Node, previous: Entry, input_keys: dict[str, str]) -> list[Cha
         out.append(Change("op", "", previous.op, node.opdef.name))
     elif previous.version != node.opdef.version:
         out.append(Change("op version", node.opdef.name, str(previous.version), str(node.opdef.version)))
-    now = dict(node.params)
-    for name in sorted(set(now) | set(previous.params)):
-        old, new = previous.params.get(name, "(unset)"), now.get(name, "(unset)")
+    for name in sorted(set(node.params) | set(previous.params)):
+        old, new = previous.params.get(name, "(unset)"), node.params.get(name, "(unset)")
         if canonical(old) != canonical(new):
             out.append(Change("parameter", name, _fmt(old), _fmt(new)))
     for port, key in sorted(input_keys.items()):
