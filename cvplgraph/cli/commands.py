@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from cvplgraph.engine.plan import COMPUTE, Plan
+from cvplgraph.engine.plan import Plan, Status
 from cvplgraph.errors import CvplError
 
 
@@ -29,8 +29,8 @@ def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
 def format_plan(plan: Plan) -> str:
     rows = [("node", "op", "type", "status", "shape", "chunks", "bytes", "why")]
     for p in plan.nodes.values():
-        status = p.status if p.status != COMPUTE else "to compute"
-        if p.status == COMPUTE and p.done is not None:
+        status = p.status if p.status != Status.COMPUTE else "to compute"
+        if p.status == Status.COMPUTE and p.done is not None:
             status = f"partial {p.done:.0%}"
         rows.append(
             (

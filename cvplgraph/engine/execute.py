@@ -157,7 +157,7 @@ def _provenance(plan: Plan, name: str) -> tuple[dict[str, int], dict[str, str]]:
     ops: dict[str, int] = {}
     inputs: dict[str, str] = {}
     for upstream in [*nx.ancestors(plan.graph, name), name]:
-        node = plan.graph.nodes[upstream]["node"]
+        node = plan.node(upstream)
         if node.is_input:
             inputs[upstream] = node.key
         else:
@@ -170,7 +170,7 @@ def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> li
     committed = []
     host = socket.gethostname()
     for name, written in lowered.cached.items():
-        node = plan.graph.nodes[name]["node"]
+        node = plan.node(name)
         value = lowered.values[name]
         array = value.data if isinstance(value, xr.DataArray) else None
         op_versions, input_keys = _provenance(plan, name)
@@ -180,7 +180,7 @@ def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> li
             op=node.opdef.name,
             version=node.opdef.version,
             params=dict(node.params),
-            inputs={port: plan.graph.nodes[src]["node"].key for port, src in node.inputs},
+            inputs=dict(node.input_keys),
             type=str(node.output),
             store=written.store,
             store_options=node.nodespec.store.to_dict(),
@@ -241,10 +241,10 @@ def _execute(
     todo = plan.to_compute()
     report = RunReport(computed=todo, cached=plan.cached())
     # image-sized outputs (not densities: they are atlas-sized) are worth a cluster even when cached
-    kinds = {plan.graph.nodes[n]["node"].output for n, _ in spec.outputs}
+    kinds = {plan.node(n).output for n, _ in spec.outputs}
     if client is None and not todo and not any(k.is_array and k is not PortType.Density for k in kinds):
         scheduler = "threads"  # everything cached: reading a few small tables needs no cluster
-    modules = {plan.graph.nodes[n]["node"].opdef.func.__module__ for n in todo}
+    modules = {plan.node(n).opdef.func.__module__ for n in todo}
 
     start, started = time.perf_counter(), time.time()
     # connect before lowering: a cluster that cannot start leaves the cache untouched
@@ -261,7 +261,7 @@ def _execute(
         for name, target in spec.outputs:
             value = lowered.values[name]
             if isinstance(value, xr.DataArray):
-                node = plan.graph.nodes[name]["node"]
+                node = plan.node(name)
                 array_outputs += write_array(target, value, node.output, node.nodespec.store, name)
         writes = [w for ws in lowered.writes.values() for w in ws]
         targets = writes + array_outputs + [v.frame if isinstance(v, Table) else v.counts for v in small.values()]
@@ -282,18 +282,18 @@ def _execute(
     small_results = dict(zip(small, computed[len(writes) + len(array_outputs) :]))
     results: dict[str, Any] = {}
     for name, value in lowered.values.items():
-        if name in small_results and plan.graph.nodes[name]["node"].output is PortType.RegionTable:
+        if name in small_results and plan.node(name).output is PortType.RegionTable:
             results[name] = region_dataset(small_results[name])
         elif name in small_results:
             results[name] = value.to_xarray(small_results[name])
         elif name in lowered.stores:  # stored in this run: hand out the stored copy, not a recomputation
             results[name] = read_value(
-                plan.manifest.store_url(lowered.stores[name]), plan.graph.nodes[name]["node"].output
+                plan.manifest.store_url(lowered.stores[name]), plan.node(name).output
             )
         else:
             results[name] = value
     for name, target in spec.outputs:
-        kind = plan.graph.nodes[name]["node"].output
+        kind = plan.node(name).output
         if kind is PortType.Points:
             write_points(target, small_results[name])
         elif kind is PortType.BlockCounts:
@@ -307,7 +307,7 @@ def _execute(
 
 def _write_provenance(plan: Plan, name: str, target: str) -> None:
     """``<target>.cvplgraph.json`` beside an output: the node and cache keys it came from."""
-    node = plan.graph.nodes[name]["node"]
+    node = plan.node(name)
     op_versions, input_keys = _provenance(plan, name)
     document = {
         "node": name,
