@@ -38,8 +38,8 @@ from cvplgraph.errors import Problem, SpecError
 from cvplgraph.spec.fields import locate_fields
 from cvplgraph.spec.parse import load_toml, resolve_path
 
-#: Where shipped method specs live, for ``spec = "NAME"`` without a path.
-SHIPPED_SPECS = (Path(__file__).parent / "specs", Path(__file__).parents[1] / "specs")
+#: Where shipped method specs live, for ``spec = "NAME"`` without a path: the package's, the repository's.
+SHIPPED_SPECS = (Path(__file__).parents[1] / "specs", Path(__file__).parents[2] / "specs")
 
 
 @dataclass(frozen=True)
