@@ -16,8 +16,8 @@ import cvplgraph
 from cvplgraph.bench.metrics import match
 from cvplgraph.bench.report import write_report
 from cvplgraph.bench.run import run_suite
-from cvplgraph.bench.suite import load_suite
-from cvplgraph.bench.tune import parse_param, tune
+from cvplgraph.bench.suite import load_suite, split_node_param
+from cvplgraph.bench.tune import grid_from_table, parse_param, tune
 from cvplgraph.errors import CvplError, SpecError
 from cvplgraph.io.stores import read_input
 from cvplgraph.synth.volume import SynthParams, write_synthetic
@@ -181,6 +181,17 @@ def test_parse_param_forms() -> None:
         parse_param("level=0.3")
 
 
+def test_node_parameter_keys_are_split_in_one_place_with_one_message() -> None:
+    assert split_node_param("mask.level") == ("mask", "level")
+    expected = 'expected "node.parameter", got \'level\''
+    with pytest.raises(ValueError, match=expected):
+        split_node_param("level")
+    with pytest.raises(CvplError, match=expected):  # cvplgraph tune --param
+        parse_param("level=0.3")
+    with pytest.raises(CvplError, match=expected):  # a spec's [tune] table
+        grid_from_table({"level": [0.3]}, "spec.toml")
+
+
 def test_a_suite_with_mistakes_names_each_line(tmp_path: Path) -> None:
     suite = suite_file(
         tmp_path,
@@ -193,11 +204,16 @@ synth = { shape = [8, 8] }
 
 [variants.x]
 spec = "no/such/spec.toml"
+
+[variants.y]
+spec = "otsu"
+set = { level = 0.3 }
 """,
     )
     with pytest.raises(SpecError) as info:
         load_suite(suite)
     text = str(info.value)
+    assert f"{suite}:13: variants.y.set: expected \"node.parameter\", got 'level'" in text
     assert f"{suite}:3: bench.tolerance_um" in text
     assert f"{suite}:6: datasets.a.synth" in text and "shape" in text
     assert f"{suite}:9: variants.x.spec" in text

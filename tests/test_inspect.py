@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from cvplgraph.cli import main
+from cvplgraph.engine.plan import NodePlan, Status, make_plan
+from cvplgraph.inspect.dag import dag_from_record
+from cvplgraph.inspect.runlog import load_record
+from cvplgraph.spec.parse import load_spec
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -82,3 +87,24 @@ def test_plan_draws_the_dag_with_one_box_per_node(spec_file: Path, capsys: pytes
     assert mermaid.startswith("flowchart TD") and '|"objects"|' in mermaid
     assert main(["plan", str(spec_file), "--dag", "-", "--dag-format", "dot"]) == 0
     assert capsys.readouterr().out.startswith("digraph")
+
+
+def test_statuses_are_an_enum_that_keeps_its_strings_in_plans_and_run_records(spec_file: Path) -> None:
+    plan = make_plan(load_spec(spec_file))
+    assert {n: p.status for n, p in plan.nodes.items()} == {
+        "input": Status.INPUT, "mask": Status.COMPUTE, "cells": Status.COMPUTE, "centroids": Status.COMPUTE,
+        "counts": Status.COMPUTE,
+    }  # fmt: skip
+    assert [n["status"] for n in json.loads(plan.to_json())["nodes"]] == ["input"] + ["compute"] * 4
+    assert dict(plan.node("mask").input_keys) == {"image": plan.node("input").key}
+    with pytest.raises(TypeError):  # built by keyword only
+        NodePlan("mask", "threshold", "Mask", "k", Status.COMPUTE)  # type: ignore[misc]
+    assert NodePlan(name="mask", op="threshold", type="Mask", key="k", status="cached").status is Status.CACHED
+
+    assert main(["run", str(spec_file), "--scheduler", "threads", "--quiet"]) == 0
+    record = load_record(str(spec_file))  # as read back from JSON: plain strings, as old records hold
+    assert {n["name"]: n["status"] for n in record["nodes"]}["mask"] == "compute"
+    assert all(type(n["status"]) is str for n in record["nodes"])
+    assert {n.name: n.status for n in dag_from_record(record).nodes}["mask"] == "computed"
+    again = make_plan(load_spec(spec_file))
+    assert again.cached() == ["mask", "cells", "centroids", "counts"] and not again.to_compute()

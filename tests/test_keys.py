@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from cvplgraph.cache.keys import canonical, digest, node_key
 from cvplgraph.engine.compile import compile_spec
 from cvplgraph.registry import REGISTRY, op
-from cvplgraph.spec.model import COMPRESSORS, INPUT
+from cvplgraph.spec.model import COMPRESSORS, INPUT, InputSpec, NodeSpec, Params, Spec
 from cvplgraph.spec.parse import parse_spec
 from cvplgraph.types import PortType
 
@@ -108,6 +108,54 @@ def test_base_spec_keys_are_distinct_and_deterministic() -> None:
     assert descendants(BASE_TEXT, {"mask"}) == {"mask", "cells", "centroids", "counts"}
 
 
+# Changing any of these keys invalidates every user's cache: each entry is stored under its key, and a
+# run looks its nodes up by key. They may change only with a deliberate, announced change of what a
+# key hashes (an op's version, canonical JSON, the key length), never as a side effect of a refactoring.
+FROZEN_KEYS = {
+    "input": "fp",
+    "mask": "a13a454dd3f3bc194972c604",
+    "mask_hi": "5795d58bbe621d3a78d05e74",
+    "cells": "ced2209857aadcb03ffef9e6",
+    "cells_hi": "46edc9ac22b5598c3e1a3ea8",
+    "centroids": "7de2645b99c78eb72e828b2f",
+    "counts": "d694d270a4fd109b1955ac7c",
+    "counts_hi": "63f2e4ad31f140a3a70492dc",
+}
+
+
+def test_keys_of_a_fixed_spec_file_never_change() -> None:
+    assert BASE_KEYS == FROZEN_KEYS
+
+
+def test_keys_of_a_fixed_spec_built_in_python_never_change() -> None:
+    """A spec built from the dataclasses, not parsed: defaults filled in by compiling (``min_voxels``,
+    ``typical_voxels``, ``connectivity``) and given parameters key alike. Changing these keys
+    invalidates every user's cache."""
+    spec = Spec(
+        "<spec>",
+        InputSpec("volume.ome.zarr"),
+        (
+            NodeSpec("smooth", "gaussian", (("image", INPUT),), Params({"sigma": 1.5})),
+            NodeSpec("mask", "threshold", (("image", "smooth"),), Params({"level": 0.3})),
+            NodeSpec("cells", "connected_components", (("mask", "mask"),), Params()),
+            NodeSpec("centroids", "centroids", (("labels", "cells"), ("image", INPUT)), Params()),
+            NodeSpec("counts", "count", (("objects", "centroids"),), Params({"block": (64, 256, 256)})),
+        ),
+        "cache",
+    )
+    graph = compile_spec(spec, "0123456789abcdef01234567")
+    assert {name: graph.nodes[name]["node"].key for name in graph.nodes} == {
+        INPUT: "0123456789abcdef01234567",
+        "smooth": "34cdabc4741fbcf415302e63",
+        "mask": "7a346ab15461d530e8bee753",
+        "cells": "c407d30a028bed0158ec2e47",
+        "centroids": "cf03797900bbe359be5b84c3",
+        "counts": "103a5f2e2f230e69833806ac",
+    }
+    counts = graph.nodes["counts"]["node"]
+    assert dict(counts.params) == {"block": (64, 256, 256), "min_voxels": 0, "typical_voxels": 0.0}
+
+
 # --------------------------------------------------------------------------- parameter changes
 
 finite_floats = st.floats(allow_nan=False, allow_infinity=False).map(lambda x: x + 0.0)  # -0.0 → 0.0
@@ -129,7 +177,7 @@ def test_param_change_rekeys_exactly_the_node_and_its_descendants(data: st.DataO
     new = data.draw(PARAM_VALUES[node, param], label="new")
     texts = [render(with_value(TABLES, f"nodes.{node}", param, toml_literal(v))) for v in (old, new)]
     for text, value in zip(texts, (old, new)):
-        given_value = parse_spec(text, FILE).node(node).param_map[param]
+        given_value = parse_spec(text, FILE).node(node).params[param]
         assert given_value == (tuple(value) if isinstance(value, list) else value)
     before, after = keys(texts[0]), keys(texts[1])
     changed = {n for n in before if before[n] != after[n]}

@@ -9,6 +9,7 @@ bad value and the expectation).
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import pytest
 
 from cvplgraph.errors import Problem, SpecError
 from cvplgraph.spec.fields import line_of
-from cvplgraph.spec.model import Spec
+from cvplgraph.spec.model import NodeSpec, Params, Spec
 from cvplgraph.spec.parse import parse_spec
 
 FILE = "spec.toml"
@@ -663,9 +664,9 @@ def test_valid_spec_parses_into_the_expected_values() -> None:
     assert spec.input.crop == ((0, 64), (0, 512), (0, 512))
     assert spec.input.intensity_range == (0.0, 1.0)
     mask, cells, centroids, counts = spec.nodes
-    assert (mask.op, mask.input_map, mask.param_map) == ("threshold", {"image": "input"}, {"level": 0.3})
+    assert (mask.op, mask.input_map, mask.params) == ("threshold", {"image": "input"}, {"level": 0.3})
     assert mask.view == (("colormap", "magenta"),)
-    assert cells.input_map == {"mask": "mask"} and cells.param_map == {"connectivity": 6}
+    assert cells.input_map == {"mask": "mask"} and cells.params == {"connectivity": 6}
     assert cells.store.chunks == (32, 128, 128) and cells.store.multiscale == 2
     assert dict(cells.store.compressor) == {"id": "zstd", "level": 5}
     assert centroids.input_map == {"labels": "cells", "image": "input"}
@@ -679,15 +680,29 @@ def test_valid_spec_parses_into_the_expected_values() -> None:
 
 def test_integer_for_float_param_becomes_float() -> None:
     spec = parse_spec(set_key("nodes.mask", "level", "1")(VALID_SPEC), FILE)
-    level = spec.node("mask").param_map["level"]
+    level = spec.node("mask").params["level"]
     assert level == 1.0 and type(level) is float
 
 
 def test_list_params_become_tuples() -> None:
     spec = parse_spec(set_key("nodes.counts", "block", "[8, 16, 32]")(VALID_SPEC), FILE)
-    block = spec.node("counts").param_map["block"]
+    block = spec.node("counts").params["block"]
     assert block == (8, 16, 32) and isinstance(block, tuple)
     assert isinstance(spec.input.intensity_range, tuple)
+
+
+def test_params_are_one_read_only_hashable_mapping() -> None:
+    spec = parse_spec(VALID_SPEC, FILE)
+    params = spec.node("counts").params
+    assert isinstance(params, Params) and params == {"block": (64, 256, 256)}
+    assert hash(spec.node("counts")) == hash(parse_spec(VALID_SPEC, FILE).node("counts"))
+    assert Params({"b": 2, "a": 1}) == Params([("a", 1), ("b", 2)]) == Params(a=1, b=2)
+    assert list(Params({"b": 2, "a": 1})) == ["a", "b"]  # name order, as cache entries record them
+    assert pickle.loads(pickle.dumps(params)) == params
+    with pytest.raises(TypeError):
+        params["block"] = (1, 1, 1)  # type: ignore[index]
+    by_hand = NodeSpec("mask", "threshold", (("image", "input"),), (("level", 0.3),))  # type: ignore[arg-type]
+    assert by_hand.params == Params(level=0.3) and isinstance(by_hand.params, Params)
 
 
 def test_relative_paths_resolve_against_the_spec_folder(tmp_path: Path) -> None:

@@ -38,8 +38,8 @@ from cvplgraph.errors import Problem, SpecError
 from cvplgraph.spec.fields import locate_fields
 from cvplgraph.spec.parse import load_toml, resolve_path
 
-#: Where shipped method specs live, for ``spec = "NAME"`` without a path.
-SHIPPED_SPECS = (Path(__file__).parent / "specs", Path(__file__).parents[1] / "specs")
+#: Where shipped method specs live, for ``spec = "NAME"`` without a path: the package's, the repository's.
+SHIPPED_SPECS = (Path(__file__).parents[1] / "specs", Path(__file__).parents[2] / "specs")
 
 
 @dataclass(frozen=True)
@@ -217,11 +217,38 @@ def _variants(name: str, body: dict[str, Any], base: Path, bad: Any) -> list[Var
     return out
 
 
-def _node_param(key: str, where: str, bad: Any) -> tuple[str, str]:
-    node, _, param = key.partition(".")
+def split_node_param(key: str) -> tuple[str, str]:
+    """The node and the parameter a ``"node.parameter"`` key names, as suites (``set``, ``grid``),
+    ``[tune]`` tables and ``cvplgraph tune --param`` write them.
+
+    Parameters
+    ----------
+    key : str
+        ``"mask.level"``: a node name, a dot, a parameter name (split at the first dot).
+
+    Returns
+    -------
+    tuple of (str, str)
+        ``("mask", "level")``.
+
+    Raises
+    ------
+    ValueError
+        If either part is empty; its message, ``expected "node.parameter", got 'level'``, is the
+        one every caller reports (after saying where the key stands).
+    """
+    node, _, param = key.strip().partition(".")
     if not node or not param:
-        bad(where, f'expected "node.parameter" keys, got {key!r}')
+        raise ValueError(f'expected "node.parameter", got {key!r}')
     return node, param
+
+
+def _node_param(key: str, where: str, bad: Any) -> tuple[str, str]:
+    try:
+        return split_node_param(key)
+    except ValueError as exc:
+        bad(where, str(exc))
+        return "", ""
 
 
 def _find_spec(value: Any, base: Path) -> Path | None:

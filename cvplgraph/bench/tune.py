@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from cvplgraph.bench.run import Score, run_suite
-from cvplgraph.bench.suite import Dataset, Suite, Variant
+from cvplgraph.bench.suite import Dataset, Suite, Variant, split_node_param
 from cvplgraph.errors import CvplError
 from cvplgraph.spec.fields import locate_fields
 from cvplgraph.spec.model import AXES
@@ -50,9 +50,12 @@ class TuneResult:
 def parse_param(text: str) -> tuple[tuple[str, str], list[Any]]:
     """``node.param=v1,v2,…`` or ``node.param=start:stop:count`` (inclusive, evenly spaced)."""
     name, sep, values = text.partition("=")
-    node, _, param = name.strip().partition(".")
-    if not sep or not node or not param or not values.strip():
+    if not sep or not values.strip():
         raise CvplError(f"--param {text!r}: expected node.parameter=v1,v2,… or node.parameter=start:stop:count")
+    try:
+        node, param = split_node_param(name)
+    except ValueError as exc:
+        raise CvplError(f"--param {text!r}: {exc}") from None
     if values.count(":") == 2:
         start, stop, count = values.split(":")
         try:
@@ -85,13 +88,16 @@ def grid_from_table(table: Any, where: str) -> Grid:
         raise CvplError(f'{where}: [tune]: expected a table of "node.parameter" = [values], got {table!r}')
     grid: Grid = {}
     for key, values in table.items():
-        node, _, param = key.partition(".")
+        try:
+            node, param = split_node_param(key)
+        except ValueError as exc:
+            raise CvplError(f"{where}: tune.{key}: {exc}") from None
         if isinstance(values, dict) and set(values) == {"from", "to", "steps"}:
             try:
                 values = _steps(float(values["from"]), float(values["to"]), int(values["steps"]))
             except (TypeError, ValueError):
                 values = None
-        if not node or not param or not isinstance(values, list) or not values:
+        if not isinstance(values, list) or not values:
             raise CvplError(
                 f'{where}: tune.{key}: expected "node.parameter" = [values] or {{ from, to, steps }}, got {values!r}'
             )

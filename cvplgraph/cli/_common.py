@@ -64,12 +64,12 @@ def format_plan(plan: Plan) -> str:
     -------
     str
     """
-    from cvplgraph.engine.plan import COMPUTE
+    from cvplgraph.engine.status import Status
 
     rows = [("node", "op", "type", "status", "shape", "chunks", "bytes", "why")]
     for p in plan.nodes.values():
-        status = p.status if p.status != COMPUTE else "to compute"
-        if p.status == COMPUTE and p.done is not None:
+        status = str(p.status) if p.status != Status.COMPUTE else "to compute"
+        if p.status == Status.COMPUTE and p.done is not None:
             status = f"partial {p.done:.0%}"
         rows.append(
             (
@@ -86,7 +86,7 @@ def format_plan(plan: Plan) -> str:
     lines = aligned(rows)
     n = len(plan.to_compute())
     lines.append(
-        f"\n{n} node(s) to compute, {sum(p.status == 'cached' for p in plan.nodes.values())} cached; "
+        f"\n{n} node(s) to compute, {len(plan.cached())} cached; "
         f"cache: {plan.manifest.url}"
     )
     return "\n".join(lines)

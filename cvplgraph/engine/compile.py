@@ -9,7 +9,9 @@ testable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import networkx as nx
 
@@ -18,22 +20,44 @@ from cvplgraph.cache.keys import node_key
 from cvplgraph.errors import SpecError
 from cvplgraph.registry import OpDef, get_op
 from cvplgraph.spec.graph import graph_problems
-from cvplgraph.spec.model import INPUT, NodeSpec, Spec
+from cvplgraph.spec.model import INPUT, NodeSpec, Params, Spec
 from cvplgraph.spec.params import check_param
 from cvplgraph.types import PortType
 
 
 @dataclass(frozen=True)
 class Node:
-    """A compiled node: what it runs, on what, and its cache key."""
+    """A compiled node: what it runs, on what, and its cache key.
+
+    Attributes
+    ----------
+    name : str
+        The node's name (``"input"`` or an atlas name for a source).
+    op : OpDef or None
+        Its op; None for a source (the raw image, an atlas).
+    spec : NodeSpec or None
+        Its table in the spec; None for a source.
+    params : Params
+        Every parameter of the op, defaults filled in: what enters the key and what the op is called with.
+    inputs : tuple of (str, str)
+        (input port, source node) pairs.
+    output : PortType
+        The type of its value.
+    key : str
+        Its content key (a source's is its fingerprint).
+    input_keys : Mapping of str to str
+        Input port → key of the node feeding it: what the key hashes besides op and parameters,
+        and what a cache entry records. Read-only; not compared (``key`` already hashes it).
+    """
 
     name: str
     op: OpDef | None  # None for the raw input
     spec: NodeSpec | None
-    params: tuple[tuple[str, object], ...]
+    params: Params
     inputs: tuple[tuple[str, str], ...]  # (port, source node)
     output: PortType
     key: str
+    input_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     @property
     def is_input(self) -> bool:
@@ -67,10 +91,10 @@ def compile_spec(spec: Spec, input_fingerprint: str, source_keys: dict[str, str]
     if problems:
         raise SpecError(problems)
     graph = nx.DiGraph()
-    graph.add_node(INPUT, node=Node(INPUT, None, None, (), (), PortType.Image, input_fingerprint))
+    graph.add_node(INPUT, node=Node(INPUT, None, None, Params(), (), PortType.Image, input_fingerprint))
     for name, _ in spec.atlases:
         key = (source_keys or {}).get(name, "")
-        graph.add_node(name, node=Node(name, None, None, (), (), PortType.Atlas, key))
+        graph.add_node(name, node=Node(name, None, None, Params(), (), PortType.Atlas, key))
     for n in spec.nodes:
         graph.add_node(n.name)
         for port, source in n.inputs:
@@ -80,13 +104,13 @@ def compile_spec(spec: Spec, input_fingerprint: str, source_keys: dict[str, str]
             continue
         ns = spec.node(name)
         opdef = get_op(ns.op)
-        given = ns.param_map
-        params = tuple(
-            sorted((p.name, given[p.name] if p.name in given else check_param(p, p.default)[1]) for p in opdef.params)
+        params = Params(
+            {p.name: ns.params[p.name] if p.name in ns.params else check_param(p, p.default)[1] for p in opdef.params}
         )
         input_keys = {port: graph.nodes[src]["node"].key for port, src in ns.inputs}
         key = node_key(opdef.name, opdef.version, dict(params), input_keys)
-        graph.nodes[name]["node"] = Node(name, opdef, ns, params, ns.inputs, opdef.output, key)
+        node = Node(name, opdef, ns, params, ns.inputs, opdef.output, key, MappingProxyType(input_keys))
+        graph.nodes[name]["node"] = node
     return graph
 
 

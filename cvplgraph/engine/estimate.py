@@ -8,7 +8,7 @@ import math
 import xarray as xr
 
 from cvplgraph.engine.lower import lower
-from cvplgraph.engine.plan import COMPUTE, INPUT_STATUS, Plan, make_plan
+from cvplgraph.engine.plan import Plan, Status, make_plan
 from cvplgraph.spec.model import Spec
 from cvplgraph.values import BlockCounts
 
@@ -19,7 +19,7 @@ def plan_with_estimates(spec: Spec) -> Plan:
     values = lower(plan, with_writes=False).values
     for name, p in plan.nodes.items():
         value = values.get(name)
-        if p.status not in (COMPUTE, INPUT_STATUS) or value is None:
+        if p.status not in (Status.COMPUTE, Status.INPUT) or value is None:
             continue
         if isinstance(value, xr.DataArray):
             data = value.data

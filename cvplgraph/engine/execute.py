@@ -74,10 +74,37 @@ class Results(Mapping[str, Any]):
         return len(self._values)
 
 
+@dataclass
+class Targets:
+    """What a run's one compute evaluates."""
+
+    values: dict[str, Any]  # node → the lazy frame or counts of a small result (Table, BlockCounts)
+    writes: list[Any]  # lazy writes of cache stores and array outputs, computed for their effect
+
+
+def _targets(plan: Plan, lowered: Lowered) -> Targets:
+    """The small results to compute and every write: the cache's, and the array outputs' (whose stores
+    are created here)."""
+    values = {
+        name: value.frame if isinstance(value, Table) else value.counts
+        for name, value in lowered.values.items()
+        if isinstance(value, (Table, BlockCounts))
+    }
+    writes = [w for ws in lowered.writes.values() for w in ws]
+    for name, target in plan.spec.outputs:
+        value = lowered.values[name]
+        if isinstance(value, xr.DataArray):
+            node = plan.node(name)
+            writes += write_array(target, value, node.output, node.nodespec.store, name)
+    return Targets(values, writes)
+
+
 def _compute(
-    targets: list[Any], client: Any, display: Display, tasks: list[tuple[str, float]] | None = None
-) -> list[Any]:
-    """Compute ``targets`` in one graph; with ``tasks``, append (key, seconds) of every task run."""
+    targets: Targets, client: Any, display: Display, tasks: list[tuple[str, float]] | None = None
+) -> dict[str, Any]:
+    """Compute ``targets`` in one graph; the computed small results by node name. With ``tasks``,
+    append (key, seconds) of every task run."""
+    collections = [*targets.values.values(), *targets.writes]  # named values first: zip pairs them with names
     with contextlib.ExitStack() as stack:
         if client is None:
             stack.enter_context(local_progress(display))
@@ -85,16 +112,16 @@ def _compute(
                 from dask.diagnostics import Profiler
 
                 profiler = stack.enter_context(Profiler())
-            out = list(dask.compute(*targets))
+            out = list(dask.compute(*collections))
             if tasks is not None:
                 tasks += [(str(t.key), t.end_time - t.start_time) for t in profiler.results]
-            return out
+            return dict(zip(targets.values, out))
         if tasks is not None:
             from distributed import get_task_stream
 
             stream = stack.enter_context(get_task_stream(client))
         figures = stack.enter_context(counting(client, display))
-        futures = client.compute(targets)
+        futures = client.compute(collections)
         try:
             cluster_progress(futures, display, figures)
             out = client.gather(futures)
@@ -106,7 +133,7 @@ def _compute(
         for record in stream.data:
             spans = [s["stop"] - s["start"] for s in record.get("startstops", ()) if s.get("action") == "compute"]
             tasks.append((str(record["key"]), sum(spans)))
-    return out
+    return dict(zip(targets.values, out))
 
 
 def _cluster_info(client: Any, scheduler: str | None) -> dict[str, Any]:
@@ -157,7 +184,7 @@ def _provenance(plan: Plan, name: str) -> tuple[dict[str, int], dict[str, str]]:
     ops: dict[str, int] = {}
     inputs: dict[str, str] = {}
     for upstream in [*nx.ancestors(plan.graph, name), name]:
-        node = plan.graph.nodes[upstream]["node"]
+        node = plan.node(upstream)
         if node.is_input:
             inputs[upstream] = node.key
         else:
@@ -170,7 +197,7 @@ def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> li
     committed = []
     host = socket.gethostname()
     for name, written in lowered.cached.items():
-        node = plan.graph.nodes[name]["node"]
+        node = plan.node(name)
         value = lowered.values[name]
         array = value.data if isinstance(value, xr.DataArray) else None
         op_versions, input_keys = _provenance(plan, name)
@@ -180,7 +207,7 @@ def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> li
             op=node.opdef.name,
             version=node.opdef.version,
             params=dict(node.params),
-            inputs={port: plan.graph.nodes[src]["node"].key for port, src in node.inputs},
+            inputs=dict(node.input_keys),
             type=str(node.output),
             store=written.store,
             store_options=node.nodespec.store.to_dict(),
@@ -236,15 +263,18 @@ def execute(
 def _execute(
     plan: Plan, *, client: Any, scheduler: str | None, progress: bool | str | Display, profile: bool
 ) -> Results:
+    """One run of ``plan``, in named steps: :func:`_targets` (what to compute, after connecting and
+    lowering), :func:`_compute` (one graph), :func:`_commit` (the cache entries), :func:`_collect`
+    (the values handed out) and :func:`_write_outputs`; every step passes values by node name."""
     display = as_display(progress)
     spec = plan.spec
     todo = plan.to_compute()
     report = RunReport(computed=todo, cached=plan.cached())
     # image-sized outputs (not densities: they are atlas-sized) are worth a cluster even when cached
-    kinds = {plan.graph.nodes[n]["node"].output for n, _ in spec.outputs}
+    kinds = {plan.node(n).output for n, _ in spec.outputs}
     if client is None and not todo and not any(k.is_array and k is not PortType.Density for k in kinds):
         scheduler = "threads"  # everything cached: reading a few small tables needs no cluster
-    modules = {plan.graph.nodes[n]["node"].opdef.func.__module__ for n in todo}
+    modules = {plan.node(n).opdef.func.__module__ for n in todo}
 
     start, started = time.perf_counter(), time.time()
     # connect before lowering: a cluster that cannot start leaves the cache untouched
@@ -256,15 +286,7 @@ def _execute(
                 display.event("dashboard", url=report.dashboard)
             ship_plugins(cl, modules)
         lowered = lower(plan)
-        small = {n: v for n, v in lowered.values.items() if isinstance(v, (Table, BlockCounts))}
-        array_outputs = []
-        for name, target in spec.outputs:
-            value = lowered.values[name]
-            if isinstance(value, xr.DataArray):
-                node = plan.graph.nodes[name]["node"]
-                array_outputs += write_array(target, value, node.output, node.nodespec.store, name)
-        writes = [w for ws in lowered.writes.values() for w in ws]
-        targets = writes + array_outputs + [v.frame if isinstance(v, Table) else v.counts for v in small.values()]
+        targets = _targets(plan, lowered)
         report.blocks = {name: (w.blocks, w.blocks_done) for name, w in lowered.cached.items()}
         tasks: list[tuple[str, float]] | None = [] if profile else None
         computed = _compute(targets, cl, display, tasks)
@@ -279,35 +301,47 @@ def _execute(
             if key in owners:
                 report.node_seconds[owners[key]] = report.node_seconds.get(owners[key], 0.0) + seconds
     report.committed = _commit(plan, lowered, started, time.time())
-    small_results = dict(zip(small, computed[len(writes) + len(array_outputs) :]))
+    results = _collect(plan, lowered, computed)
+    report.outputs = _write_outputs(plan, computed, results)
+    return Results(results, report, plan)
+
+
+def _collect(plan: Plan, lowered: Lowered, computed: dict[str, Any]) -> dict[str, Any]:
+    """Every node's value to hand out, by name: computed small results as xarray, values stored in
+    this run read back from the cache, the rest (cached reads, arrays not stored) lazy."""
     results: dict[str, Any] = {}
     for name, value in lowered.values.items():
-        if name in small_results and plan.graph.nodes[name]["node"].output is PortType.RegionTable:
-            results[name] = region_dataset(small_results[name])
-        elif name in small_results:
-            results[name] = value.to_xarray(small_results[name])
+        if name in computed and plan.node(name).output is PortType.RegionTable:
+            results[name] = region_dataset(computed[name])
+        elif name in computed:
+            results[name] = value.to_xarray(computed[name])
         elif name in lowered.stores:  # stored in this run: hand out the stored copy, not a recomputation
-            results[name] = read_value(
-                plan.manifest.store_url(lowered.stores[name]), plan.graph.nodes[name]["node"].output
-            )
+            results[name] = read_value(plan.manifest.store_url(lowered.stores[name]), plan.node(name).output)
         else:
             results[name] = value
-    for name, target in spec.outputs:
-        kind = plan.graph.nodes[name]["node"].output
+    return results
+
+
+def _write_outputs(plan: Plan, computed: dict[str, Any], results: dict[str, Any]) -> dict[str, str]:
+    """Write the table outputs (array outputs were written by the compute) and every output's
+    provenance file; returns node → its output files, comma-separated."""
+    outputs: dict[str, str] = {}
+    for name, target in plan.spec.outputs:
+        kind = plan.node(name).output
         if kind is PortType.Points:
-            write_points(target, small_results[name])
+            write_points(target, computed[name])
         elif kind is PortType.BlockCounts:
             write_block_counts(target, results[name])
         elif kind is PortType.RegionTable:
-            write_regions(target, small_results[name], spec.format_of(target))
+            write_regions(target, computed[name], plan.spec.format_of(target))
         _write_provenance(plan, name, target)
-        report.outputs[name] = f"{report.outputs[name]}, {target}" if name in report.outputs else target
-    return Results(results, report, plan)
+        outputs[name] = f"{outputs[name]}, {target}" if name in outputs else target
+    return outputs
 
 
 def _write_provenance(plan: Plan, name: str, target: str) -> None:
     """``<target>.cvplgraph.json`` beside an output: the node and cache keys it came from."""
-    node = plan.graph.nodes[name]["node"]
+    node = plan.node(name)
     op_versions, input_keys = _provenance(plan, name)
     document = {
         "node": name,

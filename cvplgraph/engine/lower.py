@@ -12,7 +12,7 @@ from cvplgraph.cache.checkpoint import scope as checkpoint_scope
 from cvplgraph.cache.resume import partial_url
 from cvplgraph.cache.store import CachedWrite, write_cached_value
 from cvplgraph.engine.compile import nodes_in_order
-from cvplgraph.engine.plan import CACHED, COMPUTE, Plan
+from cvplgraph.engine.plan import Plan, Status
 from cvplgraph.io.atlas import read_atlas
 from cvplgraph.io.stores import read_input, read_value
 from cvplgraph.spec.model import INPUT
@@ -48,20 +48,19 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
                 read_input(spec.input) if node.name == INPUT else read_atlas(dict(spec.atlases)[node.name])
             )
             continue
-        if status == CACHED:
+        if status is Status.CACHED:
             entry = plan.entries[node.name]
             out.values[node.name] = read_value(plan.manifest.store_url(entry.store), node.output)
             continue
-        if status != COMPUTE:
+        if status is not Status.COMPUTE:
             continue
-        args = [out.values.get(src) for _, src in node.inputs]
-        by_port = dict(zip((p for p, _ in node.inputs), args))
+        by_port = {port: out.values.get(src) for port, src in node.inputs}
         positional = [by_port.get(port.name) for port in node.opdef.inputs]
         if with_writes and node.nodespec.cache:  # keep the op's checkpoints, for a resumed run
             with checkpoint_scope(f"{partial_url(plan.manifest.url, node.key)}/checkpoints"):
-                value = node.opdef.func(*positional, **dict(node.params))
+                value = node.opdef.func(*positional, **node.params)
         else:
-            value = node.opdef.func(*positional, **dict(node.params))
+            value = node.opdef.func(*positional, **node.params)
         out.ops_called.append(node.name)
         if isinstance(value, xr.DataArray):
             value.name = node.name

@@ -14,19 +14,20 @@ from cvplgraph.cache.keys import canonical
 from cvplgraph.cache.manifest import Entry, Manifest
 from cvplgraph.cache.resume import partial_progress
 from cvplgraph.engine.compile import Node, compile_spec, nodes_in_order
+from cvplgraph.engine.status import Status  # defined apart to stay light; a plan's users import it from here
 from cvplgraph.spec.model import INPUT, Spec
 from cvplgraph.spec.parse import load_spec
 
-CACHED, COMPUTE, SKIP, INPUT_STATUS = "cached", "compute", "skip", "input"
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NodePlan:
+    """One node of a plan: what it is, its key, and what a run will do with it and why."""
+
     name: str
     op: str
     type: str
     key: str
-    status: str  # cached | compute | skip | input
+    status: Status
     reasons: tuple[str, ...] = ()
     cache: bool = True
     shape: tuple[int, ...] | None = None
@@ -34,6 +35,10 @@ class NodePlan:
     dtype: str | None = None
     nbytes: int | None = None
     done: float | None = None  # share of the chunks an interrupted run already wrote (resumed, not redone)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, Status):  # "cached" given as a string, e.g. from JSON
+            object.__setattr__(self, "status", Status(self.status))
 
 
 @dataclass
@@ -44,11 +49,21 @@ class Plan:
     nodes: dict[str, NodePlan] = field(default_factory=dict)
     entries: dict[str, Entry] = field(default_factory=dict)  # node → cached entry
 
+    def node(self, name: str) -> Node:
+        """The compiled node ``name`` (its op, parameters, input keys and key).
+
+        Raises
+        ------
+        KeyError
+            If the plan has no node ``name``.
+        """
+        return self.graph.nodes[name]["node"]
+
     def to_compute(self) -> list[str]:
-        return [n for n, p in self.nodes.items() if p.status == COMPUTE]
+        return [n for n, p in self.nodes.items() if p.status is Status.COMPUTE]
 
     def cached(self) -> list[str]:
-        return [n for n, p in self.nodes.items() if p.status == CACHED]
+        return [n for n, p in self.nodes.items() if p.status is Status.CACHED]
 
     def to_json(self) -> str:
         return json.dumps(
@@ -82,19 +97,18 @@ class Change:
         return f"{self.kind} changed {self.old} → {self.new}"
 
 
-def changes(node: Node, previous: Entry, input_keys: dict[str, str]) -> list[Change]:
+def changes(node: Node, previous: Entry) -> list[Change]:
     """What makes ``node``'s key differ from ``previous``: op, op version, parameters, input keys."""
     out = []
     if previous.op != node.opdef.name:
         out.append(Change("op", "", previous.op, node.opdef.name))
     elif previous.version != node.opdef.version:
         out.append(Change("op version", node.opdef.name, str(previous.version), str(node.opdef.version)))
-    now = dict(node.params)
-    for name in sorted(set(now) | set(previous.params)):
-        old, new = previous.params.get(name, "(unset)"), now.get(name, "(unset)")
+    for name in sorted(set(node.params) | set(previous.params)):
+        old, new = previous.params.get(name, "(unset)"), node.params.get(name, "(unset)")
         if canonical(old) != canonical(new):
             out.append(Change("parameter", name, _fmt(old), _fmt(new)))
-    for port, key in sorted(input_keys.items()):
+    for port, key in sorted(node.input_keys.items()):
         if previous.inputs.get(port) != key:
             out.append(Change("input", port, previous.inputs.get(port) or "(none)", key))
     return out
@@ -109,11 +123,11 @@ def store_changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     ]
 
 
-def why(node: Node, previous: Entry | None, input_keys: dict[str, str]) -> list[str]:
+def why(node: Node, previous: Entry | None) -> list[str]:
     """Reasons a node's key differs from the newest entry made for the same node name."""
     if previous is None:
         return ["new"]
-    return [c.reason() for c in changes(node, previous, input_keys)] or ["not in the cache"]
+    return [c.reason() for c in changes(node, previous)] or ["not in the cache"]
 
 
 def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
@@ -124,65 +138,68 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
     manifest = Manifest(spec.cache_url)
     plan = Plan(spec, graph, manifest)
     needed = {name for name, _ in spec.outputs}
-    statuses: dict[str, str] = {}
+    statuses: dict[str, Status] = {}
     for node in nodes_in_order(graph):
         if node.is_input:
             url = spec.input.url if node.name == INPUT else atlases[node.name].url
-            plan.nodes[node.name] = NodePlan(node.name, "input", str(node.output), node.key, INPUT_STATUS, (url,))
+            plan.nodes[node.name] = NodePlan(
+                name=node.name, op="input", type=str(node.output), key=node.key, status=Status.INPUT, reasons=(url,)
+            )
             continue
         entry = manifest.get(node.key) if node.nodespec.cache else None
         restore = store_changes(entry.store_options, node.nodespec.store.to_dict()) if entry is not None else []
         if entry is not None and not restore:
             plan.entries[node.name] = entry
-            statuses[node.name] = CACHED
+            statuses[node.name] = Status.CACHED
             plan.nodes[node.name] = NodePlan(
-                node.name,
-                node.opdef.name,
-                str(node.output),
-                node.key,
-                CACHED,
-                (),
-                True,
-                _t(entry.shape),
-                _t(entry.chunks),
-                entry.dtype,
-                entry.bytes,
+                name=node.name,
+                op=node.opdef.name,
+                type=str(node.output),
+                key=node.key,
+                status=Status.CACHED,
+                shape=_t(entry.shape),
+                chunks=_t(entry.chunks),
+                dtype=entry.dtype,
+                nbytes=entry.bytes,
             )
             continue
-        keys = {port: graph.nodes[src]["node"].key for port, src in node.inputs}
-        reasons = (
-            why(node, manifest.previous(node.name, spec.source), keys) if node.nodespec.cache else ["cache = false"]
-        )
+        reasons = why(node, manifest.previous(node.name, spec.source)) if node.nodespec.cache else ["cache = false"]
         if restore and entry is not None:  # same values, stored differently: computed again and stored anew
             reasons = ["storage options changed: " + "; ".join(c.reason() for c in restore)]
         done = partial_progress(manifest.url, node.key) if node.nodespec.cache else None
         if done is not None:
             reasons.append(f"an interrupted run wrote {done:.0%} of its chunks; the rest is computed")
-        statuses[node.name] = COMPUTE
+        statuses[node.name] = Status.COMPUTE
         plan.nodes[node.name] = NodePlan(
-            node.name,
-            node.opdef.name,
-            str(node.output),
-            node.key,
-            COMPUTE,
-            tuple(reasons),
-            node.nodespec.cache,
+            name=node.name,
+            op=node.opdef.name,
+            type=str(node.output),
+            key=node.key,
+            status=Status.COMPUTE,
+            reasons=tuple(reasons),
+            cache=node.nodespec.cache,
             done=done,
         )
     # a node that is not cached is computed only when a node to compute or an output needs it;
     # demand flows upstream and stops at cached nodes
-    stack = [n for n, st in statuses.items() if st == COMPUTE and plan.nodes[n].cache] + sorted(needed)
+    stack = [n for n, st in statuses.items() if st is Status.COMPUTE and plan.nodes[n].cache] + sorted(needed)
     wanted: set[str] = set()
     while stack:
         name = stack.pop()
-        if name in wanted or statuses.get(name) != COMPUTE:
+        if name in wanted or statuses.get(name) is not Status.COMPUTE:
             continue
         wanted.add(name)
         stack.extend(graph.predecessors(name))
     for name, p in plan.nodes.items():
-        if p.status == COMPUTE and name not in wanted:
+        if p.status is Status.COMPUTE and name not in wanted:
             plan.nodes[name] = NodePlan(
-                p.name, p.op, p.type, p.key, SKIP, ("cache = false and nothing needs it",), False
+                name=p.name,
+                op=p.op,
+                type=p.type,
+                key=p.key,
+                status=Status.SKIP,
+                reasons=("cache = false and nothing needs it",),
+                cache=False,
             )
     return plan
 

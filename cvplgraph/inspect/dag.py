@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
+from cvplgraph.engine.status import Status
 from cvplgraph.errors import CvplError
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class DagNode:
     op: str  # "input" for input/atlas nodes
     key: str  # content key (hex)
     type: str  # output type, e.g. "Image", "Labels", "Points"
-    status: str  # "input" | "cached" | "compute" | "skip"; "computed" in a finished run's record
+    status: str  # a Status, or COMPUTED in a finished run's record
     shape: tuple[int, ...] | None = None
     done: float | None = None  # status "compute": share of chunks an interrupted run already wrote
 
@@ -54,14 +55,18 @@ class Dag:
     edges: tuple[DagEdge, ...]
 
 
-#: style → (fill, stroke, legend label); style "partial" is a node to compute that a run began.
+#: The status a finished run's record is drawn with for the nodes it computed.
+COMPUTED = "computed"
+#: The style of a node to compute that an interrupted run began.
+PARTIAL = "partial"
+#: style (a :class:`Status`, COMPUTED or PARTIAL) → (fill, stroke, legend label).
 PALETTE: dict[str, tuple[str, str, str]] = {
-    "input": ("#d6e0ee", "#5b7594", "input"),
-    "cached": ("#c3e6c5", "#3d8b45", "cached"),
-    "compute": ("#ffd29e", "#d9640f", "to compute"),
-    "computed": ("#ffd29e", "#d9640f", "computed"),  # a finished run's record: computed by that run
-    "partial": ("#fff09a", "#b89600", "partial"),
-    "skip": ("#eeeeee", "#a0a0a0", "skipped"),
+    Status.INPUT: ("#d6e0ee", "#5b7594", "input"),
+    Status.CACHED: ("#c3e6c5", "#3d8b45", "cached"),
+    Status.COMPUTE: ("#ffd29e", "#d9640f", "to compute"),
+    COMPUTED: ("#ffd29e", "#d9640f", "computed"),  # a finished run's record: computed by that run
+    PARTIAL: ("#fff09a", "#b89600", "partial"),
+    Status.SKIP: ("#eeeeee", "#a0a0a0", "skipped"),
 }
 #: format or file extension → format
 FORMATS = {"svg": "svg", "png": "png", "dot": "dot", "gv": "dot", "mmd": "mermaid", "mermaid": "mermaid"}
@@ -76,7 +81,7 @@ def dag_from_plan(plan: Plan) -> Dag:
     """The DAG of a :class:`cvplgraph.engine.plan.Plan`, in plan order, with the ports from the compiled graph."""
     nodes = tuple(DagNode(p.name, p.op, p.key, p.type, p.status, p.shape, p.done) for p in plan.nodes.values())
     edges = tuple(
-        DagEdge(source, name, port) for name in plan.nodes for port, source in plan.graph.nodes[name]["node"].inputs
+        DagEdge(source, name, port) for name in plan.nodes for port, source in plan.node(name).inputs
     )
     return Dag(nodes, edges)
 
@@ -88,7 +93,7 @@ def dag_from_record(record: dict[str, Any]) -> Dag:
     finished = record.get("status") == "done"
 
     def status(n: dict[str, Any]) -> str:
-        return "computed" if finished and n["status"] == "compute" else n["status"]
+        return COMPUTED if finished and n["status"] == Status.COMPUTE else n["status"]
 
     nodes = tuple(
         DagNode(
@@ -98,7 +103,7 @@ def dag_from_record(record: dict[str, Any]) -> Dag:
             n["type"],
             status(n),
             _shape(n.get("shape")),
-            None if status(n) == "computed" else n.get("done"),
+            None if status(n) == COMPUTED else n.get("done"),
         )  # fmt: skip
         for n in record["nodes"]
     )
@@ -112,15 +117,15 @@ def _shape(shape: list[int] | None) -> tuple[int, ...] | None:
 
 def style(node: DagNode) -> str:
     """The :data:`PALETTE` entry of a node (an unknown status is drawn as skipped)."""
-    if node.status == "compute" and node.done is not None:
-        return "partial"
-    return node.status if node.status in PALETTE else "skip"
+    if node.status == Status.COMPUTE and node.done is not None:
+        return PARTIAL
+    return node.status if node.status in PALETTE else Status.SKIP
 
 
 def lines(node: DagNode) -> list[str]:
     """The four lines in a node's box: name, ``op · key``, ``Type shape``, status."""
     shape = " " + "×".join(str(n) for n in node.shape) if node.shape else ""
-    if node.status == "compute":
+    if node.status == Status.COMPUTE:
         status = "to compute" if node.done is None else f"partial {node.done:.0%}"
     else:
         status = PALETTE[node.status][2] if node.status in PALETTE else node.status

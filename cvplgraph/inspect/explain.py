@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from cvplgraph.cache.manifest import Entry
-from cvplgraph.engine.plan import CACHED, COMPUTE, INPUT_STATUS, SKIP, Plan, changes, store_changes
+from cvplgraph.engine.plan import Plan, Status, changes, store_changes
 from cvplgraph.errors import CvplError
 
 _SHORT = 12
@@ -30,18 +30,18 @@ def explain(plan: Plan, name: str) -> str:
         raise CvplError(f"{plan.spec.path}: plan --explain {name}: no such node; the spec's nodes are {known}")
     p = plan.nodes[name]
     lines = [f"{name} ({p.op} → {p.type}), key {p.key}"]
-    if p.status == INPUT_STATUS:
+    if p.status is Status.INPUT:
         lines.append(
             f"  an input, not computed: {p.reasons[0]}; its key fingerprints the store "
             f"(fingerprint = {plan.spec.input.fingerprint!r} for the image) and what is taken from it"
         )
         return "\n".join(lines)
-    if p.status == CACHED:
+    if p.status is Status.CACHED:
         entry = plan.entries.get(name) or plan.manifest.get(p.key)
         lines.append(f"  will not run: this key is in the cache ({_when(entry) if entry else 'entry found'})")
         lines.append("  op, version, parameters and every input key are what the entry was made from")
         return "\n".join(lines)
-    if p.status == SKIP:
+    if p.status is Status.SKIP:
         lines.append("  will not run: cache = false and no node to compute or output needs it")
         return "\n".join(lines)
     lines.append("  will run: " + "; ".join(p.reasons))
@@ -50,7 +50,7 @@ def explain(plan: Plan, name: str) -> str:
 
 
 def _differences(plan: Plan, name: str) -> list[str]:
-    node = plan.graph.nodes[name]["node"]
+    node = plan.node(name)
     if not node.nodespec.cache:
         return ["cache = false: computed on every run that needs it, never stored"]
     previous = plan.manifest.previous(name, plan.spec.source)
@@ -58,7 +58,7 @@ def _differences(plan: Plan, name: str) -> list[str]:
         return [f"no earlier entry for node `{name}` in {plan.manifest.url}: never computed here (or removed)"]
     out = [f"compared with the newest entry for `{name}`: key {previous.key[:_SHORT]}…, {_when(previous)}"]
     sources = dict(node.inputs)
-    found = changes(node, previous, {port: plan.graph.nodes[src]["node"].key for port, src in node.inputs})
+    found = changes(node, previous)
     found += store_changes(previous.store_options, node.nodespec.store.to_dict())
     if not found:
         out.append("nothing differs from that entry: its key is simply not in the cache (removed, or made elsewhere)")
@@ -79,10 +79,10 @@ def _differences(plan: Plan, name: str) -> list[str]:
 
 def _cause(plan: Plan, source: str) -> list[str]:
     p = plan.nodes[source]
-    if p.status == INPUT_STATUS:
+    if p.status is Status.INPUT:
         return [f"the input {source} ({p.reasons[0]}) has a different fingerprint: its metadata, chunks or the "
                 "part taken from it ([input] channel, level, crop, range, chunks) changed"]  # fmt: skip
-    if p.status == COMPUTE:
+    if p.status is Status.COMPUTE:
         return [f"{source} will run: " + "; ".join(p.reasons)] + _differences(plan, source)[1:]
     return [f"{source} is cached under a key the entry was not made from (it was computed for another spec)"]
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from dask.utils import format_bytes
 
+from cvplgraph.engine.status import Status
 from cvplgraph.errors import CvplError
 
 if TYPE_CHECKING:
@@ -222,10 +223,10 @@ def _header(record: dict[str, Any]) -> str:
 
 def _summary(record: dict[str, Any]) -> str:
     nodes, io_ = record.get("nodes") or [], record.get("io") or {}
-    by = {s: [n["name"] for n in nodes if n.get("status") == s] for s in ("compute", "cached", "input", "skip")}
+    by = {s: [n["name"] for n in nodes if n.get("status") == s] for s in Status}
     rows = [[label, f"{len(by[s])}: {', '.join(by[s])}" if by[s] else "0"] for s, label in
-            (("compute", "computed" if record.get("status") == "done" else "to compute"), ("cached", "cached"),
-             ("input", "inputs"), ("skip", "skipped"))]  # fmt: skip
+            ((Status.COMPUTE, "computed" if record.get("status") == "done" else "to compute"),
+             (Status.CACHED, "cached"), (Status.INPUT, "inputs"), (Status.SKIP, "skipped"))]  # fmt: skip
     rows += [[f"count · {name}", _number(n)] for name, n in (record.get("counts") or {}).items()]
     rows += [["bytes read", _size(io_.get("read_bytes"))], ["bytes written", _size(io_.get("written_bytes"))],
              ["tasks", _number(io_.get("tasks"))]]  # fmt: skip
@@ -255,7 +256,7 @@ def _dag_section(record: dict[str, Any]) -> str:
 def _nodes_table(record: dict[str, Any]) -> str:
     rows = []
     for n in record.get("nodes") or []:
-        hit = {"cached": "yes", "compute": "no"}.get(n.get("status", ""), "—")
+        hit = {Status.CACHED: "yes", Status.COMPUTE: "no"}.get(n.get("status", ""), "—")
         blocks = n.get("blocks")
         rows.append([n["name"], n.get("op"), n.get("type"), n.get("status"), hit, "; ".join(n.get("reasons") or []),
                      "×".join(map(str, n["shape"])) if n.get("shape") else "—", n.get("dtype") or "—",

@@ -67,7 +67,7 @@ def _edges(plan: Plan) -> list[dict[str, str]]:
     return [
         {"source": source, "target": name, "port": port}
         for name in plan.nodes
-        for port, source in plan.graph.nodes[name]["node"].inputs
+        for port, source in plan.node(name).inputs
     ]
 
 
@@ -115,7 +115,7 @@ def make_record(
         # cached nodes' entries were read by the plan; only the ones this run committed are read back
         entry = plan.entries.get(name) or (plan.manifest.get(p.key) if name in report.committed else None)
         row = asdict(p)
-        row["reasons"] = list(p.reasons)
+        row.update(status=str(p.status), reasons=list(p.reasons))  # the plain string: the record is JSON
         row.update(
             seconds=report.node_seconds.get(name),
             bytes=entry.bytes if entry is not None else p.nbytes,
@@ -130,7 +130,7 @@ def make_record(
     regions: dict[str, Any] = {}
     points: dict[str, Any] = {}
     for name, value in (values or {}).items():
-        kind = plan.graph.nodes[name]["node"].output
+        kind = plan.node(name).output
         if kind is PortType.Points:
             counts[name] = int(value.sizes.get("cell", 0))
             points[name] = _sample(value)

@@ -23,7 +23,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from cvplgraph.engine.plan import CACHED, Plan, make_plan
+from cvplgraph.engine.plan import Plan, Status, make_plan
 from cvplgraph.errors import CvplError
 from cvplgraph.io.atlas import read_atlas
 from cvplgraph.io.stores import multiscales, open_group, read_array, read_input, read_value
@@ -145,7 +145,7 @@ def atlas_layer(name: str, atlas: Atlas) -> LayerData:
 
 
 def _node_layer(plan: Plan, name: str) -> LayerData | None:
-    node = plan.graph.nodes[name]["node"]
+    node = plan.node(name)
     url = plan.manifest.store_url(plan.entries[name].store)
     options = dict(node.nodespec.view)
     kind = node.output
@@ -182,19 +182,19 @@ def layers(spec: Spec, nodes: Sequence[str] = (), *, plan: Plan | None = None) -
     unknown = [n for n in nodes if n not in plan.nodes]
     if unknown:
         raise CvplError(f"{spec.path}: unknown node(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    wanted = list(nodes) or [n for n in known if plan.nodes[n].status == CACHED]
+    wanted = list(nodes) or [n for n in known if plan.nodes[n].status is Status.CACHED]
     out.data.append(_input_layer(spec))
     for name, atlas in spec.atlases:
         out.data.append(_start_hidden(atlas_layer(name, read_atlas(atlas)), name not in nodes))
     for name in wanted:
         if name in spec.sources:
             continue
-        if plan.nodes[name].status != CACHED:
+        if plan.nodes[name].status is not Status.CACHED:
             out.missing[name] = f"not cached yet; run `cvplgraph run {spec.path}` first"
             continue
         layer = _node_layer(plan, name)
         if layer is not None:
-            node = plan.graph.nodes[name]["node"]
+            node = plan.node(name)
             covering = node.output in COVERING and "visible" not in dict(node.nodespec.view).get("layer", {})
             out.data.append(_start_hidden(layer, covering and name not in nodes))
     return out

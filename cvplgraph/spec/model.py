@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,25 +49,78 @@ class StoreSpec:
         }
 
 
+class Params(Mapping[str, Any]):
+    """A node's parameters: a read-only, hashable mapping of parameter name → value, in name order.
+
+    Built once by :mod:`cvplgraph.spec.parse` (the given parameters) and by
+    :func:`cvplgraph.engine.compile.compile_spec` (defaults filled in), and passed as it is to the
+    op (``op(*inputs, **params)``). Values are what :func:`cvplgraph.spec.params.check_param`
+    makes of them (lists become tuples), so a :class:`NodeSpec` holding one stays hashable.
+    Where a real ``dict`` is needed (a key, a manifest entry, JSON), ``dict(params)`` gives one
+    in name order.
+
+    Parameters
+    ----------
+    items : Mapping or iterable of (name, value) pairs, optional
+        The parameters; their order does not matter.
+
+    Examples
+    --------
+    >>> Params({"level": 0.3, "block": (64, 64, 64)})
+    Params({'block': (64, 64, 64), 'level': 0.3})
+    >>> Params(level=0.3) == {"level": 0.3}
+    True
+    """
+
+    __slots__ = ("_items", "_map")
+
+    def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = (), /, **given: Any) -> None:
+        pairs = dict(items.items() if isinstance(items, Mapping) else items, **given)
+        self._items: tuple[tuple[str, Any], ...] = tuple(sorted(pairs.items()))
+        self._map: dict[str, Any] = dict(self._items)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._map[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __repr__(self) -> str:
+        return f"Params({self._map!r})"
+
+    def __reduce__(self) -> tuple[type[Params], tuple[tuple[tuple[str, Any], ...]]]:
+        return (Params, (self._items,))
+
+
 @dataclass(frozen=True)
 class NodeSpec:
-    """One step: an op, where its inputs come from, its parameters and storage."""
+    """One step: an op, where its inputs come from, its parameters and storage.
+
+    ``params`` holds the given parameters only (defaults are filled in when the spec compiles);
+    a mapping or (name, value) pairs given by hand become :class:`Params`.
+    """
 
     name: str
     op: str
     inputs: tuple[tuple[str, str], ...]  # (port, source node or "input")
-    params: tuple[tuple[str, Any], ...]  # given parameters, sorted by name
+    params: Params  # given parameters
     cache: bool = True
     store: StoreSpec = StoreSpec()
     view: tuple[tuple[str, Any], ...] = ()
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.params, Params):
+            object.__setattr__(self, "params", Params(self.params))
+
     @property
     def input_map(self) -> dict[str, str]:
         return dict(self.inputs)
-
-    @property
-    def param_map(self) -> dict[str, Any]:
-        return dict(self.params)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from cvplgraph.registry import get_op, known_ops
 from cvplgraph.spec.cluster import parse_cluster
 from cvplgraph.spec.fields import Collector, locate_fields, resolve_path
 from cvplgraph.spec.graph import graph_problems
-from cvplgraph.spec.model import AXES, COMPRESSORS, INPUT, AtlasSpec, InputSpec, NodeSpec, Spec, StoreSpec
+from cvplgraph.spec.model import AXES, COMPRESSORS, INPUT, AtlasSpec, InputSpec, NodeSpec, Params, Spec, StoreSpec
 from cvplgraph.spec.params import check_param
 
 
@@ -284,7 +284,7 @@ def _parse_node(name: str, raw: Any, c: Collector, base: Path) -> NodeSpec | Non
     if not isinstance(view, dict):
         c.add(f"{path}.view", f"expected a table of display options, got {view!r}")
         view = {}
-    return NodeSpec(name, opname, tuple(inputs), tuple(sorted(given)), cache, store, tuple(sorted(view.items())))
+    return NodeSpec(name, opname, tuple(inputs), Params(given), cache, store, tuple(sorted(view.items())))
 
 
 def _parse_plugins(raw: Any, c: Collector, base: Path) -> tuple[str, ...]:
