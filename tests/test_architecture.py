@@ -13,6 +13,8 @@ import grimp
 import networkx as nx
 import pytest
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
+
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("dask", "distributed", "xarray", "pandas", "zarr", "napari")
 

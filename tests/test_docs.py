@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cvplgraph.ops.doc import ops_markdown
+
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -39,6 +39,8 @@ from cvplgraph.synth.volume import SynthParams, write_synthetic
 from cvplgraph.types import PortType
 from cvplgraph.values import Geometry, wrap
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 NODES = ["input", "mask", "cells", "centroids", "counts"]
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}

@@ -19,6 +19,8 @@ from scipy.spatial import cKDTree
 
 from cvplgraph.synth.volume import ONE_PERCENT_SIGMAS, SynthParams, make_cells, synth_volume
 
+pytestmark = pytest.mark.slow  # outside the core loop (keys, spec, components, filters, counts)
+
 SMALL = SynthParams(shape=(16, 64, 64), chunks=(8, 32, 32))
 TRUTH = SynthParams(shape=(48, 192, 192), chunks=(24, 96, 96))
 

@@ -21,6 +21,8 @@ from test_cache_crash import assert_same, stored
 
 import cvplgraph
 
+pytestmark = pytest.mark.cluster  # real dask clusters or an S3 server; see pyproject.toml's markers
+
 #: A plugin op whose kernel is a module-level function: a worker can run it only if it can import
 #: the module. Each block leaves ``<started>/<block>-<pid>`` when it starts and, when ``gate`` is set,
 #: waits for that file before it returns — blocks in z-slabs before ``hold_from`` do not wait.
@@ -314,7 +316,7 @@ def test_the_slurm_recipe_from_the_docs_runs_a_pipeline(
     pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is a test dependency: pip install -e '.[test]'")
     import re
 
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "cluster.md").read_text(encoding="utf-8")
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "cluster.md").read_text(encoding="utf-8")
     recipe = next(code for code in re.findall(r"```python\n(.*?)```", docs, flags=re.S) if "SLURMCluster" in code)
     jobs, bin_dir = tmp_path / "jobs", tmp_path / "bin"
     jobs.mkdir()

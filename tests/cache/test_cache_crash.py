@@ -23,6 +23,8 @@ import zarr
 import cvplgraph
 from cvplgraph.synth.volume import SynthParams, write_synthetic
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
+
 PLUGIN = '''\
 import os, time, uuid
 import numpy as np

@@ -18,6 +18,8 @@ from test_cache_crash import BLOCKS, assert_same, kill_after, project, run_to_en
 
 import cvplgraph
 
+pytestmark = pytest.mark.cluster  # real dask clusters or an S3 server; see pyproject.toml's markers
+
 
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -11,11 +11,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 
 import cvplgraph
 from cvplgraph.cache.manifest import Manifest
 from cvplgraph.registry import get_op
+
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

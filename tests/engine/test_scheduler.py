@@ -14,6 +14,8 @@ from dask_processes import dask_processes, free_port
 
 import cvplgraph
 
+pytestmark = pytest.mark.cluster  # real dask clusters or an S3 server; see pyproject.toml's markers
+
 
 @pytest.fixture(scope="module")
 def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

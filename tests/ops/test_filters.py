@@ -11,7 +11,8 @@ from skimage.filters import threshold_otsu
 from cvplgraph import ops
 from cvplgraph.values import Geometry, wrap
 
-CHUNKINGS = [(24, 40, 48), (7, 11, 13), (10, 17, 48), (3, 40, 9)]
+#: the small-block chunking runs with the full suite, not in the core loop
+CHUNKINGS = [(24, 40, 48), pytest.param((7, 11, 13), marks=pytest.mark.slow), (10, 17, 48), (3, 40, 9)]
 SCALE = (4.0, 1.5, 1.0)  # anisotropic voxels, µm
 
 

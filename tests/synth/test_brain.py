@@ -34,7 +34,9 @@ from cvplgraph.synth.brain import (
 from cvplgraph.synth.volume import SynthParams, grid_sites, make_cells, synth_volume
 from cvplgraph.values import Geometry
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ALLEN = DATA / "atlas_ccf2017"
 needs_allen = pytest.mark.skipif(
     not (ALLEN / "annotation_100um.tif").is_file(), reason=f"shared Allen atlas data not found at {ALLEN}"

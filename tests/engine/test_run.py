@@ -15,6 +15,8 @@ from cvplgraph.cache.manifest import Manifest
 from cvplgraph.io.stores import read_input
 from cvplgraph.spec.model import InputSpec
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or every op's conformance; see pyproject.toml's markers
+
 
 def entries(spec: cvplgraph.Spec) -> dict[str, float]:
     return {e.key: e.created for e in Manifest(spec.cache_url).entries()}

@@ -11,7 +11,9 @@ import pytest
 import cvplgraph
 from cvplgraph.synth.volume import SynthParams, write_synthetic
 
-SPECS = Path(__file__).resolve().parents[1] / "specs"
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
 RUNNABLE = ["otsu", "local_threshold", "watershed", "blob_log", "blob_dog"]
 #: Run elsewhere on the data they need: the demo on a synthetic brain (test_demo.py, test_cli.py).
 ELSEWHERE = ["demo", "classifier"]

@@ -11,7 +11,15 @@ from cvplgraph import ops
 from cvplgraph.ops.components import label_blocks
 
 # chunkings that divide the shape, that do not, single-voxel-thin blocks, and the whole array
-CHUNKINGS = [(40, 50, 60), (7, 11, 13), (20, 25, 30), (13, 50, 9), (8, 9, 10), (1, 50, 60)]
+#: the small-block chunkings (hundreds of blocks each) run with the full suite, not in the core loop
+CHUNKINGS = [
+    (40, 50, 60),
+    pytest.param((7, 11, 13), marks=pytest.mark.slow),
+    (20, 25, 30),
+    (13, 50, 9),
+    pytest.param((8, 9, 10), marks=pytest.mark.slow),
+    (1, 50, 60),
+]
 
 
 def blobby_mask(seed: int, shape: tuple[int, int, int] = (40, 50, 60), level: float = 0.52) -> np.ndarray:

@@ -28,7 +28,10 @@ from cvplgraph.types import PortType
 from cvplgraph.values import Geometry, Table, wrap
 
 CCF = SHARED_DATA / "atlas_ccf2017"
-pytestmark = pytest.mark.skipif(not CCF.exists(), reason=f"the real atlas is not at {CCF} (../shared/data)")
+pytestmark = [
+    pytest.mark.slow,  # whole runs and subprocesses; see pyproject.toml's markers
+    pytest.mark.skipif(not CCF.exists(), reason=f"the real atlas is not at {CCF} (../shared/data)"),
+]
 ENV_CLI = [sys.executable, "-m", "cvplgraph.cli"]
 
 

@@ -26,6 +26,8 @@ from cvplgraph.engine.plan import make_plan
 from cvplgraph.engine.progress import Snapshot, bar_line
 from cvplgraph.spec.parse import load_spec
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
+
 ONE_NODE = """\
 [input]
 url = "{url}"

@@ -18,6 +18,8 @@ from cvplgraph.spec.model import InputSpec, StoreSpec
 from cvplgraph.types import PortType
 from cvplgraph.values import Geometry, wrap
 
+pytestmark = pytest.mark.slow  # outside the core loop (keys, spec, components, filters, counts)
+
 
 def write_ngff04(path: Path, data: np.ndarray, scale: list[float], translation: list[float]) -> None:
     """An NGFF 0.4 (zarr v2) tczyx image, the layout many existing scans have."""

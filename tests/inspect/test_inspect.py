@@ -14,6 +14,8 @@ from cvplgraph.inspect.dag import dag_from_record
 from cvplgraph.inspect.runlog import load_record
 from cvplgraph.spec.parse import load_spec
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
+
 SVG = "{http://www.w3.org/2000/svg}"
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from cvplgraph.cli import build_parser, main
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or every op's conformance; see pyproject.toml's markers
+
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 

@@ -13,6 +13,8 @@ from cvplgraph import ops
 from cvplgraph.errors import SpecError
 from cvplgraph.ops.testing import ConformanceError, check_op
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or every op's conformance; see pyproject.toml's markers
+
 PLUGIN = '''
 import numpy as np
 from cvplgraph.registry import op

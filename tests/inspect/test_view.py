@@ -16,6 +16,8 @@ import cvplgraph
 from cvplgraph.synth.brain import busiest_plane, write_synthetic_brain
 from cvplgraph.values import Geometry
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
+
 SPEC = """\
 [input]
 url = "image.ome.zarr"

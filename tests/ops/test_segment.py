@@ -14,6 +14,8 @@ from cvplgraph.ops.watershed import ball, seeds_and_flood
 from cvplgraph.synth.volume import SynthParams, synth_volume
 from cvplgraph.values import Geometry, wrap
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or every op's conformance; see pyproject.toml's markers
+
 SCALE = (2.0, 1.0, 1.0)
 
 

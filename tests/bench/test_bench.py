@@ -22,7 +22,9 @@ from cvplgraph.errors import CvplError, SpecError
 from cvplgraph.io.stores import read_input
 from cvplgraph.synth.volume import SynthParams, write_synthetic
 
-ROOT = Path(__file__).parents[1]
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
+
+ROOT = Path(__file__).parents[2]
 PARAMS = SynthParams(shape=(24, 80, 80), chunks=(12, 40, 40), seed=11, noise=0.04)
 
 

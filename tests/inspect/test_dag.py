@@ -32,6 +32,8 @@ from cvplgraph.inspect.dag import (
 )
 from cvplgraph.spec.parse import load_spec
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
+
 NS = "{http://www.w3.org/2000/svg}"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # the standard spec of conftest.py: input → mask → cells → centroids (← input) → counts

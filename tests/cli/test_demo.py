@@ -10,6 +10,8 @@ import pytest
 from cvplgraph.cli.demo import run_demo
 from cvplgraph.synth.brain import find_atlas_folder
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
+
 ATLASES = [
     "procedural",
     pytest.param(

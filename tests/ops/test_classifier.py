@@ -15,6 +15,8 @@ from cvplgraph.bench.train import train
 from cvplgraph.ops._classifier import ModelError, load
 from cvplgraph.ops.testing import check_op
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
+
 SPEC = """\
 [input]
 url = "{url}"

@@ -14,7 +14,9 @@ from cvplgraph.bench.truth import read_points, read_region_truth
 from cvplgraph.errors import InputError
 from cvplgraph.synth.volume import SynthParams, make_cells
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+pytestmark = pytest.mark.slow  # outside the core loop (keys, spec, components, filters, counts)
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CELLCOUNTER = SHARED_DATA / "brainmapper_output_example" / "points" / "cell_classification.xml"
 needs_cellcounter = pytest.mark.skipif(
     not CELLCOUNTER.exists(), reason=f"the BrainGlobe CellCounter example is not at {CELLCOUNTER} (../shared/data)"
