@@ -43,7 +43,7 @@ def fmt_bytes(n: float | None) -> str:
         return "-"
     from dask.utils import format_bytes
 
-    return format_bytes(n)
+    return format_bytes(int(n))
 
 
 def aligned(rows: Sequence[Sequence[str]]) -> list[str]:

@@ -61,7 +61,7 @@ def _size(n: float | None) -> str:
     """Bytes as the progress bar writes them (:func:`dask.utils.format_bytes`); "—" if unknown."""
     if n is None:
         return "—"
-    return format_bytes(n)
+    return format_bytes(int(n))
 
 
 def _number(value: Any, digits: int = 1) -> str:

@@ -6,6 +6,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from cvplgraph.ops.filters import histogram, sigma_voxels, smooth
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import like
@@ -66,8 +67,6 @@ def otsu(image: xr.DataArray, *, bins: int = 1024) -> xr.DataArray:
         Equal to ``image > skimage.filters.threshold_otsu(hist=...)`` of the
         whole volume's histogram.
     """
-    from cvplgraph.ops.filters import histogram
-
     counts, edges = histogram(image.data, bins)
     level = dask.delayed(_otsu_level, pure=True)(counts, edges)
     mask = image.data.map_blocks(_above, level, dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8))
@@ -99,7 +98,5 @@ def local_threshold(image: xr.DataArray, *, sigma: float = 20.0, offset: float =
     mask : (Z, Y, X) DataArray of uint8
         Adapts to slow background gradients that defeat one global level.
     """
-    from cvplgraph.ops.filters import sigma_voxels, smooth
-
     local_mean = smooth(image.data, sigma_voxels(sigma, image))
     return like((image.data > local_mean + np.float32(offset)).astype(np.uint8), image)

@@ -17,6 +17,7 @@ from typing import Any
 
 import cvplgraph.ops  # noqa: F401  (the built-in ops register themselves on import)
 from cvplgraph.errors import Problem, SpecError
+from cvplgraph.plugins import import_plugin
 from cvplgraph.registry import get_op, known_ops
 from cvplgraph.spec.cluster import parse_cluster
 from cvplgraph.spec.fields import Collector, locate_fields, resolve_path
@@ -289,8 +290,6 @@ def _parse_node(name: str, raw: Any, c: Collector, base: Path) -> NodeSpec | Non
 
 def _parse_plugins(raw: Any, c: Collector, base: Path) -> tuple[str, ...]:
     """Import the plugin modules a spec names, before its nodes are checked against the registry."""
-    from cvplgraph.plugins import import_plugin
-
     if not isinstance(raw, list) or not all(isinstance(m, str) and m for m in raw):
         c.add("plugins", f'expected a list of module names such as ["lab_ops"], got {raw!r}')
         return ()
