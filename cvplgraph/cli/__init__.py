@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from cvplgraph._version import __version__
 from cvplgraph.cli import bench, cache, demo, ops, plan, report, run, synth, train, tune, view
 from cvplgraph.cli._common import add_common
 from cvplgraph.errors import CvplError
@@ -53,8 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from cvplgraph import __version__
-
     return f"cvplgraph {__version__}"
 
 
