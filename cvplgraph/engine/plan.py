@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import networkx as nx
@@ -138,7 +138,6 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
     manifest = Manifest(spec.cache_url)
     plan = Plan(spec, graph, manifest)
     needed = {name for name, _ in spec.outputs}
-    statuses: dict[str, Status] = {}
     for node in nodes_in_order(graph):
         if node.is_input:
             url = spec.input.url if node.name == INPUT else atlases[node.name].url
@@ -150,7 +149,6 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
         restore = store_changes(entry.store_options, node.nodespec.store.to_dict()) if entry is not None else []
         if entry is not None and not restore:
             plan.entries[node.name] = entry
-            statuses[node.name] = Status.CACHED
             plan.nodes[node.name] = NodePlan(
                 name=node.name,
                 op=node.opdef.name,
@@ -169,7 +167,6 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
         done = partial_progress(manifest.url, node.key) if node.nodespec.cache else None
         if done is not None:
             reasons.append(f"an interrupted run wrote {done:.0%} of its chunks; the rest is computed")
-        statuses[node.name] = Status.COMPUTE
         plan.nodes[node.name] = NodePlan(
             name=node.name,
             op=node.opdef.name,
@@ -182,25 +179,18 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
         )
     # a node that is not cached is computed only when a node to compute or an output needs it;
     # demand flows upstream and stops at cached nodes
-    stack = [n for n, st in statuses.items() if st is Status.COMPUTE and plan.nodes[n].cache] + sorted(needed)
+    stack = [n for n, p in plan.nodes.items() if p.status is Status.COMPUTE and p.cache] + sorted(needed)
     wanted: set[str] = set()
     while stack:
         name = stack.pop()
-        if name in wanted or statuses.get(name) is not Status.COMPUTE:
+        if name in wanted or plan.nodes[name].status is not Status.COMPUTE:
             continue
         wanted.add(name)
         stack.extend(graph.predecessors(name))
     for name, p in plan.nodes.items():
         if p.status is Status.COMPUTE and name not in wanted:
-            plan.nodes[name] = NodePlan(
-                name=p.name,
-                op=p.op,
-                type=p.type,
-                key=p.key,
-                status=Status.SKIP,
-                reasons=("cache = false and nothing needs it",),
-                cache=False,
-            )
+            skipped = ("cache = false and nothing needs it",)
+            plan.nodes[name] = replace(p, status=Status.SKIP, reasons=skipped, cache=False)
     return plan
 
 

@@ -243,13 +243,14 @@ def _parse_node(name: str, raw: Any, c: Collector, base: Path) -> NodeSpec | Non
     if name == INPUT:
         c.add(path, f"`{INPUT}` is the raw image's name; choose another node name")
         return None
-    opname = c.typed(raw, "op", path, str, f"an op name ({', '.join(known_ops())})", required=True)
+    known = known_ops()
+    opname = c.typed(raw, "op", path, str, f"an op name ({', '.join(known)})", required=True)
     if opname is None:
         return None
-    if opname not in known_ops():
-        hint = difflib.get_close_matches(opname, known_ops(), n=1)
+    if opname not in known:
+        hint = difflib.get_close_matches(opname, known, n=1)
         maybe = f" (did you mean `{hint[0]}`?)" if hint else ""
-        c.add(f"{path}.op", f"unknown op {opname!r}{maybe}; known ops: {', '.join(known_ops())}")
+        c.add(f"{path}.op", f"unknown op {opname!r}{maybe}; known ops: {', '.join(known)}")
         return None
     opdef = get_op(opname)
     reserved = ["op", "cache", "store", "view"]
