@@ -39,6 +39,7 @@ from cvplgraph.io.records import write_atomically
 #: Fast and, on mostly-background faces, ~300× smaller than the raw bytes.
 _CODEC = Zstd(level=1)
 
+
 class FolderCheckpointer:
     """The :class:`cvplgraph.hooks.Checkpointer` of a cached node: checkpoints in ``folder`` (an fsspec URL)."""
 
@@ -46,24 +47,39 @@ class FolderCheckpointer:
         self.folder = folder.rstrip("/")
 
     def value(self, name: str, value: Delayed) -> Delayed:
-        return checkpoint(self.folder, name, value)
+        """``value`` (a Delayed numpy array), saved when computed, or loaded if an earlier run saved it."""
+        url = f"{self.folder}/{name}.npy"
+        fs, path = fsspec.core.url_to_fs(url)
+        if fs.exists(path):
+            return dask.delayed(_load, pure=True)(url, dask_key_name=f"checkpoint-load-{tokenize(url)}")
+        return dask.delayed(_save, pure=True)(value, url)
 
     def blocks(self, name: str, values: list[Delayed]) -> list[Delayed]:
-        return checkpoint_blocks(self.folder, name, values)
+        """Per-block results (Delayed tuples of numpy arrays), each saved when computed, or loaded if an
+        earlier run saved it (one listing of the folder decides which)."""
+        url = f"{self.folder}/{name}"
+        fs, path = fsspec.core.url_to_fs(url)
+        try:
+            saved = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+        except FileNotFoundError:
+            saved = set()
+        layer_name = f"checkpoint-block-{tokenize(url, sorted(saved), [v.key for v in values])}"
+        layer: dict[Any, Any] = {}
+        needed = []
+        for i, value in enumerate(values):
+            file = str(i)
+            if file in saved:
+                layer[(layer_name, i)] = (_load_parts, f"{url}/{file}")
+            else:
+                layer[(layer_name, i)] = (_save_parts, value.key, f"{url}/{file}")
+                needed.append(value)
+        graph = HighLevelGraph.from_collections(layer_name, layer, dependencies=needed)  # type: ignore[arg-type]
+        return [Delayed(key, graph, layer=layer_name) for key in layer]
 
 
 def scope(folder: str) -> contextlib.AbstractContextManager[None]:
     """Checkpoints of ops built inside go to ``folder``."""
     return checkpointing(FolderCheckpointer(folder))
-
-
-def checkpoint(folder: str, name: str, value: Delayed) -> Delayed:
-    """``value`` (a Delayed numpy array), saved when computed, or loaded if an earlier run saved it."""
-    url = f"{folder}/{name}.npy"
-    fs, path = fsspec.core.url_to_fs(url)
-    if fs.exists(path):
-        return dask.delayed(_load, pure=True)(url, dask_key_name=f"checkpoint-load-{tokenize(url)}")
-    return dask.delayed(_save, pure=True)(value, url)
 
 
 def _save(array: np.ndarray, url: str) -> np.ndarray:
@@ -88,29 +104,6 @@ def _read(url: str) -> bytes:
 
 def _load(url: str) -> np.ndarray:
     return np.load(io.BytesIO(_read(url)), allow_pickle=False)
-
-
-def checkpoint_blocks(folder: str, name: str, values: list[Delayed]) -> list[Delayed]:
-    """Per-block results (Delayed tuples of numpy arrays), each saved when computed, or loaded if an
-    earlier run saved it (one listing of the folder decides which)."""
-    url = f"{folder}/{name}"
-    fs, path = fsspec.core.url_to_fs(url)
-    try:
-        saved = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
-    except FileNotFoundError:
-        saved = set()
-    layer_name = f"checkpoint-block-{tokenize(url, sorted(saved), [v.key for v in values])}"
-    layer: dict[Any, Any] = {}
-    needed = []
-    for i, value in enumerate(values):
-        file = str(i)
-        if file in saved:
-            layer[(layer_name, i)] = (_load_parts, f"{url}/{file}")
-        else:
-            layer[(layer_name, i)] = (_save_parts, value.key, f"{url}/{file}")
-            needed.append(value)
-    graph = HighLevelGraph.from_collections(layer_name, layer, dependencies=needed)  # type: ignore[arg-type]
-    return [Delayed(key, graph, layer=layer_name) for key in layer]
 
 
 def _save_parts(parts: tuple[np.ndarray, ...], url: str) -> tuple[np.ndarray, ...]:
