@@ -4,6 +4,7 @@ Each op is also a plain function: call it on numpy, dask or xarray arrays.
 """
 
 from cvplgraph.ops.blobs import blobs
+from cvplgraph.ops.cells import detect_cells
 from cvplgraph.ops.classify import pixel_classifier
 from cvplgraph.ops.components import connected_components
 from cvplgraph.ops.count import count, density, filter_size
@@ -21,6 +22,7 @@ __all__ = [
     "connected_components",
     "count",
     "density",
+    "detect_cells",
     "downsample",
     "filter_size",
     "gaussian",

@@ -14,7 +14,7 @@ from cvplgraph.synth.volume import SynthParams, write_synthetic
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
-RUNNABLE = ["otsu", "local_threshold", "watershed", "blob_log", "blob_dog"]
+RUNNABLE = ["cells", "otsu", "local_threshold", "watershed", "blob_log", "blob_dog"]
 #: Run elsewhere on the data they need: the demo on a synthetic brain (test_demo.py, test_cli.py).
 ELSEWHERE = ["demo", "classifier"]
 
@@ -53,6 +53,6 @@ def test_method_counts_the_synthetic_cells(folder: tuple[Path, int], name: str) 
     spec = cvplgraph.load_spec(path / f"{name}.toml")
     cvplgraph.run(spec, scheduler="threads")
     for node, target in spec.outputs:
-        if target.endswith("_cells.csv") or node == "centroids":
+        if target.endswith("cells.csv") or node == "centroids":
             found = len(pd.read_csv(target))
             assert abs(found - truth) <= 0.02 * truth, f"{name}/{node}: {found} cells, truth {truth}"
