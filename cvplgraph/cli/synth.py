@@ -76,7 +76,11 @@ _STRESS = ("pairs", "pair_distance", "dim_fraction", "dim_brightness", "photons"
 
 def handle(args: argparse.Namespace) -> int:
     """Write the volume and its true centres (or, with ``--atlas``, a synthetic brain)."""
-    stress = {name: getattr(args, name) for name in _STRESS if getattr(args, name) is not None}
+    stress: dict[str, Any] = {
+        name: tuple(value) if isinstance(value, list) else value
+        for name in _STRESS
+        if (value := getattr(args, name)) is not None
+    }
     if args.atlas:
         if stress:
             given = ", ".join("--" + name.replace("_", "-") for name in stress)
@@ -91,7 +95,7 @@ def handle(args: argparse.Namespace) -> int:
             voxel_size=tuple(args.voxel_size or (4.0, 1.5, 1.5)),
             spacing_um=args.spacing or 30.0,
             seed=args.seed,
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in stress.items()},
+            **stress,
         )
     except ValueError as exc:
         raise CvplError(f"synth: {exc}") from None
