@@ -15,7 +15,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "synth",
         help="write a synthetic OME-Zarr volume (or brain, with --atlas) with known cells",
         description="Write a float32 (z, y, x) OME-Zarr volume of blob-like cells on a "
-        "smooth background with noise, and the true centres as CSV. "
+        "smooth background with noise, and the true centres as CSV. Touching pairs, dim cells, "
+        "photon noise, gain, offset and uint16 make it look more like a real scan. "
         "With --atlas, OUT is a folder and the volume images a crop of an atlas: cells are "
         "placed with a density per region, tissue is brighter than the outside, and the atlas "
         "(BrainGlobe folder), the true cells with their region and the true count per region "
@@ -36,6 +37,26 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, default=None,
                    help="mean distance between cells, µm (default 30; 60 with --atlas)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
+    stress = p.add_argument_group(
+        "what real scans add (plain volumes only, not with --atlas; defaults leave the volume unchanged)"
+    )
+    stress.add_argument("--pairs", type=float, default=None, metavar="FRACTION",
+                        help="fraction of cells given a touching partner (default 0)")  # fmt: skip
+    stress.add_argument("--pair-distance", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="partner centre distance, in units of the sum of the radii (default 0.8 1.0)")  # fmt: skip
+    stress.add_argument("--dim-fraction", type=float, default=None, metavar="FRACTION",
+                        help="fraction of cells drawn from --dim-brightness (default 0)")  # fmt: skip
+    stress.add_argument("--dim-brightness", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="peak range of the dim cells above the background (default 0.1 0.2)")  # fmt: skip
+    stress.add_argument("--photons", type=float, default=None,
+                        help="photons per unit of signal: Poisson noise (default 0: off); the gaussian noise "
+                        "(sd 0.02) is then added as read noise")  # fmt: skip
+    stress.add_argument("--gain", type=float, default=None,
+                        help="stored: GAIN × image + OFFSET, after the clip to [0, 1] (default 1)")  # fmt: skip
+    stress.add_argument("--offset", type=float, default=None, help="see --gain (default 0)")
+    stress.add_argument("--dtype", choices=("float32", "uint16"), default=None,
+                        help="stored type (default float32); uint16 stores round(clip(value, 0, 65535)): "
+                        "use --gain to put cells in counts, e.g. --gain 1000 --offset 100")  # fmt: skip
     p.add_argument("--truth", help="CSV of true centres (default: OUT with .csv)")
     p.add_argument(
         "--atlas",
@@ -49,9 +70,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+#: Options of plain volumes only, each named as its SynthParams field.
+_STRESS = ("pairs", "pair_distance", "dim_fraction", "dim_brightness", "photons", "gain", "offset", "dtype")
+
+
 def handle(args: argparse.Namespace) -> int:
     """Write the volume and its true centres (or, with ``--atlas``, a synthetic brain)."""
+    stress: dict[str, Any] = {
+        name: tuple(value) if isinstance(value, list) else value
+        for name in _STRESS
+        if (value := getattr(args, name)) is not None
+    }
     if args.atlas:
+        if stress:
+            given = ", ".join("--" + name.replace("_", "-") for name in stress)
+            raise CvplError(f"synth: {given}: only for plain volumes, not with --atlas")
         return _brain(args)
     from cvplgraph.synth.volume import SynthParams, write_synthetic
 
@@ -62,15 +95,17 @@ def handle(args: argparse.Namespace) -> int:
             voxel_size=tuple(args.voxel_size or (4.0, 1.5, 1.5)),
             spacing_um=args.spacing or 30.0,
             seed=args.seed,
+            **stress,
         )
     except ValueError as exc:
         raise CvplError(f"synth: {exc}") from None
     out = args.out.rstrip("/")
     truth = args.truth or (out.removesuffix(".zarr").removesuffix(".ome") + "_cells.csv")
     cells = write_synthetic(out, params, truth)
+    paired = int((cells["partner"] >= 0).sum())
     print(
-        f"wrote {out} {tuple(args.shape)} voxels of {params.voxel_size} µm with {len(cells)} cells; "
-        f"true centres: {truth}"
+        f"wrote {out} {tuple(args.shape)} {params.dtype} voxels of {params.voxel_size} µm with {len(cells)} cells"
+        f"{f' ({paired} in touching pairs)' if paired else ''}; true centres: {truth}"
     )
     return 0
 

@@ -7,7 +7,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BOX_SIGMAS", "MAX_JITTER_FRACTION", "ONE_PERCENT_SIGMAS", "SynthParams"]
+__all__ = ["BOX_SIGMAS", "DTYPES", "MAX_JITTER_FRACTION", "ONE_PERCENT_SIGMAS", "SynthParams"]
 
 #: Distance, in sigmas, at which a gaussian falls to 1 % of its peak: sqrt(2 ln 100).
 ONE_PERCENT_SIGMAS: float = math.sqrt(2.0 * math.log(100.0))
@@ -15,6 +15,8 @@ ONE_PERCENT_SIGMAS: float = math.sqrt(2.0 * math.log(100.0))
 BOX_SIGMAS: float = 4.0
 #: Largest jitter, as a fraction of the grid spacing, even when blobs are tiny.
 MAX_JITTER_FRACTION: float = 0.25
+#: Stored value types of a synthetic volume.
+DTYPES: tuple[str, ...] = ("float32", "uint16")
 
 
 def _is_int(value: object) -> bool:
@@ -96,9 +98,35 @@ class SynthParams:
         Amplitude of the background's slow variation;
         ``background ± background_amplitude`` must lie in [0, 1].
     noise : float
-        Standard deviation of the additive gaussian noise (>= 0).
+        Standard deviation of the additive gaussian noise (>= 0); with
+        ``photons`` it is read noise, added after the photon noise.
     seed : int
         Non-negative seed; determines cells, background phases and noise.
+    pairs : float
+        Fraction of the grid cells, in [0, 1], that get a touching partner: an
+        extra cell (in the truth table) at ``pair_distance`` times the sum of
+        the two radii, in a random 3-D direction. Partners may overlap their
+        own cell; a partner that would leave the volume or overlap any other
+        cell above 1 % is drawn again (a few times, then dropped), so the
+        realised fraction can fall short of ``pairs`` where cells are dense.
+    pair_distance : (2,) tuple of float
+        Range (low, high) of a partner's centre distance, in units of the sum
+        of the two radii, with ``0 < low <= high <= 2``.
+    dim_fraction : float
+        Fraction of all cells, in [0, 1], whose peak is drawn from
+        ``dim_brightness`` instead of ``brightness``.
+    dim_brightness : (2,) tuple of float
+        Range (low, high) of the dim cells' peaks, in (0, 1].
+    photons : float
+        Photons per unit of clean signal; 0 (default) turns photon noise off,
+        otherwise ``image = Poisson(photons * clean) / photons``.
+    gain, offset : float
+        The stored image is ``gain * image + offset``, applied after the
+        clip to [0, 1]; ``gain > 0``. Values may then leave [0, 1].
+    dtype : str
+        "float32" (default) or "uint16", stored as
+        ``round(clip(gain * image + offset, 0, 65535))``: use ``gain`` to put
+        the cells in counts (e.g. ``gain = 1000, offset = 100``).
     """
 
     shape: tuple[int, int, int] = (64, 256, 256)
@@ -112,6 +140,14 @@ class SynthParams:
     background_amplitude: float = 0.04
     noise: float = 0.02
     seed: int = 0
+    pairs: float = 0.0
+    pair_distance: tuple[float, float] = (0.8, 1.0)
+    dim_fraction: float = 0.0
+    dim_brightness: tuple[float, float] = (0.1, 0.2)
+    photons: float = 0.0
+    gain: float = 1.0
+    offset: float = 0.0
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         shape = _positive_int_triple("shape", self.shape)
@@ -148,6 +184,21 @@ class SynthParams:
         noise = _real("noise", self.noise, _is_real(self.noise) and self.noise >= 0, "a finite number >= 0")
         if not (_is_int(self.seed) and int(self.seed) >= 0):
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        pairs = _real("pairs", self.pairs, _is_real(self.pairs) and 0 <= self.pairs <= 1, "in [0, 1]")
+        pair_distance = _range_pair(
+            "pair_distance", self.pair_distance, 0.0, 2.0, "0 < low <= high <= 2 (units of the sum of the radii)"
+        )
+        dim_fraction = _real(
+            "dim_fraction", self.dim_fraction, _is_real(self.dim_fraction) and 0 <= self.dim_fraction <= 1, "in [0, 1]"
+        )
+        dim_brightness = _range_pair("dim_brightness", self.dim_brightness, 0.0, 1.0, "0 < low <= high <= 1")
+        photons = _real(
+            "photons", self.photons, _is_real(self.photons) and self.photons >= 0, "a finite number >= 0 (0 = off)"
+        )
+        gain = _real("gain", self.gain, _is_real(self.gain) and self.gain > 0, "a finite number > 0")
+        offset = _real("offset", self.offset, _is_real(self.offset), "a finite number")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         normalised = {
             "shape": shape,
             "chunks": chunks,
@@ -160,6 +211,14 @@ class SynthParams:
             "background_amplitude": amplitude,
             "noise": noise,
             "seed": int(self.seed),
+            "pairs": pairs,
+            "pair_distance": pair_distance,
+            "dim_fraction": dim_fraction,
+            "dim_brightness": dim_brightness,
+            "photons": photons,
+            "gain": gain,
+            "offset": offset,
+            "dtype": str(self.dtype),
         }
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
@@ -174,3 +233,8 @@ class SynthParams:
         """
         free = self.spacing_um - ONE_PERCENT_SIGMAS * self.cell_radius_um[1]
         return max(0.0, min(MAX_JITTER_FRACTION * self.spacing_um, free / 2.0))
+
+    @property
+    def max_partner_um(self) -> float:
+        """Largest distance of a pair partner from its cell's centre (µm); 0 without pairs."""
+        return self.pair_distance[1] * 2.0 * self.cell_radius_um[1] if self.pairs > 0 else 0.0

@@ -11,17 +11,26 @@ Cells sit on a jittered cubic grid in physical space (µm, spacing
 ``spacing_um``); a fraction ``occupancy`` of the grid sites holds a cell. Each
 cell is an isotropic gaussian in µm with ``sigma = radius_um / 2``, hence
 anisotropic in voxels whenever ``voxel_size`` differs per axis. The jitter is
-limited so that two blobs never overlap above 1 % of their peak. A voxel's value
+limited so that two blobs never overlap above 1 % of their peak. A fraction
+``pairs`` of these cells get a touching partner (an extra cell at
+``pair_distance`` times the sum of the radii, see :func:`make_cells`); the
+no-overlap rule is relaxed only between a cell and its partner. A fraction
+``dim_fraction`` of all cells is drawn from ``dim_brightness``. A voxel's value
 is::
 
-    background(z, y, x) + sum of blobs + N(0, noise²), clipped to [0, 1]
+    clean = background(z, y, x) + sum of blobs
+    image = clean + N(0, noise²)                                   (photons = 0)
+    image = Poisson(photons * clean) / photons + N(0, noise²)      (photons > 0)
+    stored = gain * clip(image, 0, 1) + offset      (uint16: round(clip(stored, 0, 65535)))
 
 where the background is a smooth product of low-frequency cosines evaluated on
 global coordinates (continuous across blocks), each blob is evaluated only on
-its ±4 sigma bounding box as an outer product of three 1-D gaussians, and the
-noise comes from a generator seeded by ``(seed, block index)``. The result is
+its ±4 sigma bounding box as an outer product of three 1-D gaussians, and both
+noises come from generators seeded by ``(seed, block index)``. The result is
 deterministic for given parameters; the noise-free signal and the cell table do
-not depend on the chunking.
+not depend on the chunking. With the default parameters (no pairs, no dim
+cells, no photon noise, gain 1, offset 0, float32) the volume and the cells are
+those of the generator before these options existed.
 """
 
 from __future__ import annotations
@@ -47,6 +56,8 @@ from cvplgraph.types import PortType
 __all__ = ["ONE_PERCENT_SIGMAS", "SynthParams", "grid_sites", "make_cells", "synth_volume"]
 
 _CELL_COLUMNS: tuple[str, ...] = ("z", "y", "x", "z_um", "y_um", "x_um", "radius_um", "brightness")
+#: Attempts at placing a cell's partner before the cell stays alone.
+PARTNER_ATTEMPTS: int = 8
 
 
 # --------------------------------------------------------------------------- cells
@@ -71,13 +82,17 @@ class _CellTable(NamedTuple):
         ``row_start[kz * n_y_sites + ky]`` is the first cell (column of
         ``data``) of grid row (kz, ky); the last entry is ``n_cells``.
     jitter_um : float
-        Largest distance (µm, per axis) of a cell centre from its grid site.
+        Largest distance (µm, per axis) of a cell centre from its grid site
+        (a pair partner belongs to its cell's site: jitter plus partner distance).
+    partner : (n_cells,) int64 array
+        Column of the other cell of a pair, -1 for a cell without partner.
     """
 
     data: np.ndarray
     sites: tuple[np.ndarray, np.ndarray, np.ndarray]
     row_start: np.ndarray
     jitter_um: float
+    partner: np.ndarray
 
 
 def _grid_sites(extent_um: float, spacing_um: float) -> np.ndarray:
@@ -165,13 +180,123 @@ def _cell_table(params: SynthParams, occupancy: np.ndarray | None = None) -> _Ce
         np.clip(um, 0.0, extent[:, None], out=um)
         data[6, first : first + ky.size] = rng.uniform(*params.cell_radius_um, size=ky.size)
         data[7, first : first + ky.size] = rng.uniform(*params.brightness, size=ky.size)
+    partner = np.full(data.shape[1], -1, dtype=np.int64)
+    if params.pairs > 0:
+        data, row_start, partner = _add_partners(params, data, row_start, extent)
+        jitter += params.max_partner_um
+    if params.dim_fraction > 0:
+        dim_rng = np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(3,)))
+        dim = dim_rng.random(data.shape[1]) < params.dim_fraction
+        data[7, dim] = dim_rng.uniform(*params.dim_brightness, size=int(dim.sum()))
     np.divide(data[3:6], vs[:, None], out=data[0:3])
-    return _CellTable(data=data, sites=(sz, sy, sx), row_start=row_start, jitter_um=jitter)
+    return _CellTable(data=data, sites=(sz, sy, sx), row_start=row_start, jitter_um=jitter, partner=partner)
+
+
+def _add_partners(
+    params: SynthParams, data: np.ndarray, row_start: np.ndarray, extent: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Give a fraction ``params.pairs`` of the grid cells a touching partner.
+
+    Each chosen cell gets a partner with its own radius and brightness (drawn
+    like any cell's) at ``f * (r_cell + r_partner)`` µm, ``f`` uniform in
+    ``pair_distance``, in a uniformly random 3-D direction. A proposed partner
+    must lie inside the volume and keep the 1 % rule (centre distance >=
+    3.035 * (sigma_a + sigma_b)) with every cell but its own, including the
+    partners accepted before it; otherwise a new direction is drawn, at most
+    :data:`PARTNER_ATTEMPTS` times. Draws come from their own stream
+    ``(seed, 2)``, so the grid cells are those without pairs.
+
+    Parameters
+    ----------
+    params : SynthParams
+    data : (8, n) float64 array
+        Grid cells, rows ``_CELL_COLUMNS`` (µm rows filled, voxel rows not yet).
+    row_start : (n_rows + 1,) int64 array
+        First cell of every grid row, see :class:`_CellTable`.
+    extent : (3,) float64 array
+        Largest centre coordinate (µm) per axis.
+
+    Returns
+    -------
+    data : (8, n + k) float64 array
+        Every partner placed right after its cell (so it belongs to its cell's grid row).
+    row_start : (n_rows + 1,) int64 array
+    partner : (n + k,) int64 array
+        Column of the other cell of each pair, -1 for cells without one.
+    """
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(2,)))
+    n = data.shape[1]
+    chosen = np.flatnonzero(rng.random(n) < params.pairs)
+    factor = rng.uniform(*params.pair_distance, size=chosen.size)
+    radius = rng.uniform(*params.cell_radius_um, size=chosen.size)
+    bright = rng.uniform(*params.brightness, size=chosen.size)
+    cells_um = np.ascontiguousarray(data[3:6].T)
+    sigma = data[6] / 2.0
+    tree = cKDTree(cells_um)
+    sigma_max = params.cell_radius_um[1] / 2.0
+    cell_size = 2.0 * ONE_PERCENT_SIGMAS * sigma_max  # farthest interaction between two blobs
+    placed: dict[tuple[int, int, int], list[tuple[float, float, float, float]]] = {}
+    position = np.full((chosen.size, 3), np.nan)
+    pending = np.arange(chosen.size)
+    for _ in range(PARTNER_ATTEMPTS):
+        if pending.size == 0:
+            break
+        direction = rng.standard_normal((pending.size, 3))
+        length = np.linalg.norm(direction, axis=1, keepdims=True)
+        direction /= np.where(length > 0, length, 1.0)
+        distance = factor[pending] * (data[6, chosen[pending]] + radius[pending])
+        proposal = cells_um[chosen[pending]] + direction * distance[:, None]
+        reach = ONE_PERCENT_SIGMAS * (radius[pending] / 2.0 + sigma_max)
+        near = tree.query_ball_point(proposal, reach)
+        retry = []
+        for j, k in enumerate(pending.tolist()):
+            point, own_sigma = proposal[j], radius[k] / 2.0
+            if np.any(point < 0.0) or np.any(point > extent):
+                retry.append(k)
+                continue
+            others = np.array([c for c in near[j] if c != chosen[k]], dtype=np.int64)
+            if others.size and np.any(
+                np.linalg.norm(cells_um[others] - point, axis=1) < ONE_PERCENT_SIGMAS * (sigma[others] + own_sigma)
+            ):
+                retry.append(k)
+                continue
+            key = tuple(int(v) for v in np.floor(point / cell_size))
+            if any(
+                math.dist(point, q[:3]) < ONE_PERCENT_SIGMAS * (q[3] + own_sigma)
+                for dz in (-1, 0, 1)
+                for dy in (-1, 0, 1)
+                for dx in (-1, 0, 1)
+                for q in placed.get((key[0] + dz, key[1] + dy, key[2] + dx), ())
+            ):
+                retry.append(k)
+                continue
+            placed.setdefault(key, []).append((float(point[0]), float(point[1]), float(point[2]), own_sigma))  # type: ignore[arg-type]
+            position[k] = point
+        pending = np.array(retry, dtype=np.int64)
+    ok = ~np.isnan(position[:, 0])
+    first = chosen[ok]  # sorted, as flatnonzero returns it
+    before = np.searchsorted(first, np.arange(n), side="left")
+    new_cell = np.arange(n) + before
+    new_partner = new_cell[first] + 1
+    out = np.empty((data.shape[0], n + first.size), dtype=np.float64)
+    out[:, new_cell] = data
+    out[3:6, new_partner] = position[ok].T
+    out[6, new_partner] = radius[ok]
+    out[7, new_partner] = bright[ok]
+    partner = np.full(n + first.size, -1, dtype=np.int64)
+    partner[new_cell[first]] = new_partner
+    partner[new_partner] = new_cell[first]
+    return out, row_start + np.searchsorted(first, row_start, side="left"), partner
 
 
 def _cells_frame(table: _CellTable) -> pd.DataFrame:
-    """The user-facing cell table, taking over ``table.data`` (as generated) without a copy."""
-    return pd.DataFrame(table.data.T, columns=list(_CELL_COLUMNS), copy=False)
+    """The user-facing cell table, taking over ``table.data`` (as generated) without a copy,
+    with the ``partner`` column last."""
+    frame = pd.DataFrame(table.data.T, columns=list(_CELL_COLUMNS), copy=False)
+    frame["partner"] = table.partner
+    return frame
 
 
 def _for_rendering(table: _CellTable) -> _CellTable:
@@ -199,6 +324,13 @@ def make_cells(params: SynthParams, occupancy: np.ndarray | None = None) -> pd.D
     but still count). Radius and brightness are uniform in their ranges. Uses
     ``numpy.random.default_rng(params.seed)``; independent of ``params.chunks``.
 
+    With ``params.pairs > 0`` a fraction of these cells get a touching partner,
+    placed in the row right after its cell (see :class:`SynthParams` for the
+    rules, and the stream ``(seed, 2)``); with ``params.dim_fraction > 0`` each
+    cell (partners included) is dim with that probability, its brightness drawn
+    again from ``params.dim_brightness`` (stream ``(seed, 3)``). Neither changes
+    the grid cells' positions and radii.
+
     Parameters
     ----------
     params : SynthParams
@@ -209,11 +341,13 @@ def make_cells(params: SynthParams, occupancy: np.ndarray | None = None) -> pd.D
 
     Returns
     -------
-    cells : (n_cells, 8) DataFrame
+    cells : (n_cells, 9) DataFrame
         Columns ``z, y, x`` (voxel coordinates, float), ``z_um, y_um, x_um``
-        (µm, ``= voxel * voxel_size``), ``radius_um`` and ``brightness`` (peak
-        amplitude above background). Rows in grid order (z plane, then y row,
-        then x column of the grid site), RangeIndex.
+        (µm, ``= voxel * voxel_size``), ``radius_um``, ``brightness`` (peak
+        amplitude above background, before ``gain``) and ``partner`` (int: the
+        row of the other cell of a touching pair, -1 for none). Rows in grid
+        order (z plane, then y row, then x column of the grid site; a partner
+        right after its cell), RangeIndex.
     """
     return _cells_frame(_cell_table(params, occupancy))
 
@@ -372,7 +506,8 @@ def _render_block(
 
     Returns
     -------
-    block : (nz, ny, nx) float32 array in [0, 1]
+    block : (nz, ny, nx) array of ``params.dtype``
+        In [0, 1] with the default gain and offset.
     """
     if block_id is None:
         raise ValueError("_render_block needs dask's block_id")
@@ -380,10 +515,8 @@ def _render_block(
     location = [(axis[i], axis[i + 1]) for axis, i in zip(bounds, block_key, strict=True)]
     shape = tuple(stop - start for start, stop in location)
     out = np.empty(shape, dtype=np.float32)
-    if params.noise > 0:
-        rng = np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(1, *block_key)))
-        rng.standard_normal(dtype=np.float32, out=out)
-        out *= np.float32(params.noise)
+    if params.noise > 0 and params.photons == 0:  # the gaussian noise first, as it always was
+        _gaussian_noise(out, params, block_key)
     else:
         out.fill(0.0)
     # Smooth background: mean + amplitude * cz * cy * cx, added slice by slice.
@@ -400,8 +533,30 @@ def _render_block(
         scratch += base
         out[k] += scratch
     _add_blobs(out, location, _candidates(table, location, params), params.voxel_size)
+    if params.photons > 0:
+        rng = np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(4, *block_key)))
+        counts = rng.poisson(np.maximum(out, 0.0, dtype=np.float64) * params.photons)
+        np.divide(counts, params.photons, out=out, casting="unsafe")
+        del counts
+        if params.noise > 0:
+            read = np.empty_like(out)
+            _gaussian_noise(read, params, block_key)
+            out += read
     np.clip(out, 0.0, 1.0, out=out)
+    if params.gain != 1.0 or params.offset != 0.0:
+        out *= np.float32(params.gain)
+        out += np.float32(params.offset)
+    if params.dtype == "uint16":
+        np.clip(out, 0.0, 65535.0, out=out)
+        return np.rint(out).astype(np.uint16)
     return out
+
+
+def _gaussian_noise(out: np.ndarray, params: SynthParams, block_key: tuple[int, ...]) -> None:
+    """Fill ``out`` with N(0, noise²) from the stream ``(seed, 1, block index)``."""
+    rng = np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(1, *block_key)))
+    rng.standard_normal(dtype=np.float32, out=out)
+    out *= np.float32(params.noise)
 
 
 def synth_volume(params: SynthParams, occupancy: np.ndarray | None = None) -> tuple[xr.DataArray, pd.DataFrame]:
@@ -422,11 +577,13 @@ def synth_volume(params: SynthParams, occupancy: np.ndarray | None = None) -> tu
 
     Returns
     -------
-    volume : (Z, Y, X) DataArray of float32 in [0, 1]
-        Dims ``("z", "y", "x")``, backed by a dask array with ``params.chunks``;
+    volume : (Z, Y, X) DataArray of ``params.dtype``
+        float32 in [0, 1] by default; ``gain`` and ``offset`` apply after the
+        clip to [0, 1], so their values may leave it; uint16 holds the rounded
+        counts. Dims ``("z", "y", "x")``, backed by a dask array with ``params.chunks``;
         coords in µm (``index * voxel_size``); attrs ``scale`` (voxel size),
         ``translation`` (zeros) and ``units`` ("micrometer").
-    cells : (n_cells, 8) DataFrame
+    cells : (n_cells, 9) DataFrame
         Equal to :func:`make_cells` ``(params, occupancy)``.
     """
     occupancy = _site_occupancy(params, occupancy)
@@ -436,7 +593,8 @@ def synth_volume(params: SynthParams, occupancy: np.ndarray | None = None) -> tu
     extra = () if occupancy is None else (occupancy,)
     cell_token = tokenize(*(getattr(params, f.name) for f in fields(params) if f.name != "chunks"), *extra)
     table_node: Delayed = delayed(render, name=f"synth-cells-{cell_token}", traverse=False)
-    chunks = da.core.normalize_chunks(params.chunks, shape=params.shape, dtype=np.float32)
+    dtype = np.dtype(params.dtype)
+    chunks = da.core.normalize_chunks(params.chunks, shape=params.shape, dtype=dtype)
     data = da.map_blocks(
         _render_block,
         table=table_node,
@@ -444,8 +602,8 @@ def synth_volume(params: SynthParams, occupancy: np.ndarray | None = None) -> tu
         phases=_background_phases(params.seed),
         bounds=tuple(tuple(int(b) for b in np.cumsum((0, *c))) for c in chunks),
         chunks=chunks,
-        dtype=np.float32,
-        meta=np.empty((0, 0, 0), dtype=np.float32),
+        dtype=dtype,
+        meta=np.empty((0, 0, 0), dtype=dtype),
         name=f"synth-volume-{tokenize(cell_token, chunks)}",
     )
     coords = {
@@ -466,7 +624,12 @@ def synth_volume(params: SynthParams, occupancy: np.ndarray | None = None) -> tu
 
 
 def write_synthetic(url: str, params: SynthParams, truth_csv: str | None = None, *, client: Any = None) -> pd.DataFrame:
-    """Write a synthetic volume as OME-Zarr (streaming, block by block) and its true cells as CSV."""
+    """Write a synthetic volume as OME-Zarr (streaming, block by block) and its true cells as CSV.
+
+    The store has the volume's dtype (float32, or uint16 with ``params.dtype``); float values
+    outside [0, 1] (``gain``, ``offset``) are stored as they are, and a float input is read
+    back unchanged (see :func:`cvplgraph.io.stores.to_unit_float`).
+    """
     volume, cells = synth_volume(params)
     writes = write_array(url, volume, PortType.Image, StoreSpec(chunks=params.chunks), "synthetic")
     if client is not None:

@@ -185,7 +185,7 @@ def test_parse_param_forms() -> None:
 
 def test_node_parameter_keys_are_split_in_one_place_with_one_message() -> None:
     assert split_node_param("mask.level") == ("mask", "level")
-    expected = 'expected "node.parameter", got \'level\''
+    expected = "expected \"node.parameter\", got 'level'"
     with pytest.raises(ValueError, match=expected):
         split_node_param("level")
     with pytest.raises(CvplError, match=expected):  # cvplgraph tune --param
@@ -324,3 +324,28 @@ def test_a_parameter_left_at_its_default_is_the_same_node_as_one_given_the_defau
     merged, names = merge(specs, str(tmp_path / "suite.toml"))
     assert [n.name for n in merged.nodes] == ["given.mask", "given.cells"]
     assert names[("default", "cells")] == "given.cells"
+
+
+def test_the_shipped_methods_suite_holds_the_stress_datasets_it_describes() -> None:
+    """benchmarks/methods.toml parses, and each stress dataset has what its comment promises
+    (checked on the cell tables, which cost no rendering)."""
+    from cvplgraph.synth.volume import make_cells
+
+    synth = {d.name: d.synth for d in load_suite(ROOT / "benchmarks" / "methods.toml").datasets if d.synth}
+    for name in ("scaled_0.1", "scaled_10", "offset"):  # dense, only stored differently
+        assert {k: v for k, v in synth[name].items() if k not in ("gain", "offset")} == synth["dense"]
+    assert (synth["scaled_0.1"]["gain"], synth["scaled_10"]["gain"], synth["offset"]["offset"]) == (0.1, 10.0, 0.5)
+    tune_, heldout = dict(synth["hard_tune"]), dict(synth["hard_heldout"])
+    assert tune_.pop("seed") != heldout.pop("seed") and tune_ == heldout
+    for name, pairs, dim in (("touching_pairs", 0.5, 0.0), ("dim_beside_bright", 0.3, 0.4), ("hard_tune", 0.3, 0.3)):
+        params = SynthParams(**synth[name])
+        cells = make_cells(params)
+        partnered = int((cells["partner"] > cells.index).sum())  # one per pair
+        assert abs(partnered / (len(cells) - partnered) - pairs) < 0.05
+        if dim:
+            assert abs(cells["brightness"].between(*params.dim_brightness).mean() - dim) < 0.05
+    strong = SynthParams(**synth["strong_anisotropy"])
+    assert strong.voxel_size[0] / strong.voxel_size[1] == 8.0
+    assert SynthParams(**synth["low_photons"]).photons > 0
+    hard = SynthParams(**synth["hard_tune"])
+    assert hard.voxel_size == (4.0, 1.8, 1.8) and hard.photons > 0 and hard.background_amplitude > 0

@@ -106,6 +106,29 @@ def test_synth_writes_volume_and_truth(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "shape" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_synth_stress_options_reach_the_generator(tmp_path: Path) -> None:
+    from cvplgraph.io.stores import read_array
+    from cvplgraph.synth.volume import SynthParams, synth_volume
+
+    options = ["--pairs", "0.5", "--pair-distance", "0.7", "0.9", "--dim-fraction", "0.3", "--dim-brightness",
+               "0.1", "0.3", "--photons", "100", "--gain", "1000", "--offset", "100", "--dtype", "uint16"]  # fmt: skip
+    out = cvplgraph("synth", str(tmp_path / "v.ome.zarr"), "--shape", "16", "64", "64", "--chunks", "8", "32", "32",
+                    *options)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    params = SynthParams(shape=(16, 64, 64), chunks=(8, 32, 32), pairs=0.5, pair_distance=(0.7, 0.9), dim_fraction=0.3,
+                         dim_brightness=(0.1, 0.3), photons=100, gain=1000, offset=100, dtype="uint16")  # fmt: skip
+    volume, cells = synth_volume(params)
+    stored = read_array(str(tmp_path / "v.ome.zarr")).data.compute()
+    assert stored.dtype == "uint16" and (stored == volume.data.compute()).all()
+    written = pd.read_csv(tmp_path / "v_cells.csv")
+    assert (written["partner"] >= 0).sum() > 0
+    pd.testing.assert_frame_equal(written, cells, check_exact=False, rtol=1e-12)
+    bad = cvplgraph("synth", str(tmp_path / "b"), "--atlas", "procedural", "--photons", "3")
+    assert bad.returncode == 1 and "--photons: only for plain volumes" in bad.stderr
+    bad = cvplgraph("synth", str(tmp_path / "w.ome.zarr"), "--pair-distance", "1", "3")
+    assert bad.returncode == 1 and "pair_distance must be a range" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_help_explains_every_command() -> None:
     out = cvplgraph("--help")
     assert out.returncode == 0

@@ -269,7 +269,8 @@ def test_values_dtype_dims_coords_attrs(truth: tuple[np.ndarray, pd.DataFrame]) 
     for dim, n, size in zip(("z", "y", "x"), TRUTH.shape, TRUTH.voxel_size, strict=True):
         np.testing.assert_allclose(lazy.coords[dim].to_numpy(), np.arange(n) * size)
     assert lazy.attrs == {"scale": [4.0, 1.5, 1.5], "translation": [0.0, 0.0, 0.0], "units": "micrometer"}
-    assert list(make_cells(TRUTH).columns) == ["z", "y", "x", "z_um", "y_um", "x_um", "radius_um", "brightness"]
+    columns = ["z", "y", "x", "z_um", "y_um", "x_um", "radius_um", "brightness", "partner"]
+    assert list(make_cells(TRUTH).columns) == columns
 
 
 def test_clipped_to_unit_range() -> None:
