@@ -51,8 +51,7 @@ def _numeric(column: pd.Series) -> bool:
 def rows(frame: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
     """(n, len(features)) float64 feature rows; ±inf become NaN (the forest treats them as missing)."""
     x = frame[list(features)].to_numpy(dtype=np.float64, na_value=np.nan)
-    x[np.isinf(x)] = np.nan
-    return x
+    return np.where(np.isinf(x), np.nan, x)
 
 
 @dataclass(frozen=True)
