@@ -18,6 +18,7 @@ Two kinds of model, both written as pickle-free files named by their content dig
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +186,8 @@ def train_objects(
     if unmatched is not None and unmatched not in UNMATCHED:
         raise CvplError(f"--unmatched {unmatched}: expected one of {', '.join(UNMATCHED)}")
     tolerance = DEFAULT_TOLERANCE_UM if tolerance_um is None else float(tolerance_um)
+    if not (math.isfinite(tolerance) and tolerance > 0):
+        raise CvplError(f"--tolerance {tolerance_um}: expected a pairing distance > 0 µm")
     path = Path(annotations)
     if voxel_size is None and path.is_file() and path.suffix.lower() == ".xml":
         raise InputError(f"{annotations}: CellCounter markers are voxels; give their size with --voxel-size Z Y X (µm)")

@@ -9,6 +9,17 @@ from typing import Any
 from cvplgraph.cli._common import add_local_run
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}")
+    return value
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``train`` and its options to the sub-parsers ``sub``."""
     p = sub.add_parser(
@@ -27,8 +38,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--annotations", required=True, help="pixels: OME-Zarr, zarr, TIFF or .npy label volume; "
                    "objects: CellCounter XML or CSV points")  # fmt: skip
     p.add_argument("--out", default="models", help="folder for the model file (default: ./models)")
-    p.add_argument("--trees", type=int, help="trees in the forest (default: 32 pixels, 200 objects)")
-    p.add_argument("--depth", type=int, help="maximum tree depth (default: 10 pixels, unlimited objects)")
+    p.add_argument("--trees", type=_positive, help="trees in the forest (default: 32 pixels, 200 objects)")
+    p.add_argument("--depth", type=_positive, help="maximum tree depth (default: 10 pixels, unlimited objects)")
     pixels = p.add_argument_group("pixel classifier")
     pixels.add_argument("--image", metavar="NODE", default="input",
                         help="the Image node whose output was painted (default: the input)")  # fmt: skip

@@ -91,6 +91,8 @@ def test_train_objects_prints_scores_and_the_usage_line(folder: Path, capsys: py
         (["--crop", "0", "8", "0", "48", "0", "48"], "--crop: options of the object classifier; add --objects NODE"),
         (["--objects", "candidates", "--voxel-size", "4", "1.5", "1.5", "--crop", "0", "8", "9", "9", "0", "48"],
          "--crop 0 8 9 9 0 48: expected Z0 Z1 Y0 Y1 X0 X1"),
+        (["--objects", "candidates", "--voxel-size", "4", "1.5", "1.5", "--tolerance", "0"],
+         "--tolerance 0.0: expected a pairing distance > 0 µm"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line(folder: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
