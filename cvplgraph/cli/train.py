@@ -8,6 +8,8 @@ from typing import Any
 
 from cvplgraph.cli._common import add_local_run
 
+SIGMAS = [1.0, 2.0, 4.0]  # the pixel classifier's default feature scales, µm
+
 
 def _positive(text: str) -> int:
     """An argparse type: an integer ≥ 1."""
@@ -43,7 +45,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     pixels = p.add_argument_group("pixel classifier")
     pixels.add_argument("--image", metavar="NODE", default="input",
                         help="the Image node whose output was painted (default: the input)")  # fmt: skip
-    pixels.add_argument("--sigmas", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="feature scales in µm")
+    pixels.add_argument("--sigmas", type=float, nargs="+", default=SIGMAS, help="feature scales in µm")
     objects = p.add_argument_group("object classifier")
     objects.add_argument("--objects", metavar="NODE", help="the Points node whose candidates are classified")
     objects.add_argument("--crop", type=int, nargs=6, metavar=("Z0", "Z1", "Y0", "Y1", "X0", "X1"),
@@ -86,8 +88,9 @@ def handle(args: argparse.Namespace) -> int:
         print(f"model: {report.model.resolve()}")
         print(f'use it: op = "pixel_classifier", image = "{report.image}", model = "{report.model.resolve()}"')
         return 0
-    if args.image != "input":
-        raise CvplError("--image: an option of the pixel classifier; drop it with --objects NODE")
+    given = [o for o, used in (("--image", args.image != "input"), ("--sigmas", args.sigmas != SIGMAS)) if used]
+    if given:
+        raise CvplError(f"{' '.join(given)}: options of the pixel classifier; drop them with --objects NODE")
     features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
     found = train.train_objects(spec, args.objects, args.annotations, args.out, crop=args.crop,
                                 voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
