@@ -21,7 +21,7 @@ from cvplgraph.bench.graph import merge, variant_spec
 from cvplgraph.bench.suite import Dataset, Suite
 from cvplgraph.bench.truth import UM_COLUMNS
 from cvplgraph.errors import CvplError
-from cvplgraph.spec.model import INPUT
+from cvplgraph.spec.model import INPUT, Spec
 from cvplgraph.types import PortType
 from cvplgraph.values import Geometry
 
@@ -266,3 +266,48 @@ def region_scores(regions: Any, truth: pd.Series) -> pd.DataFrame:
     by = "acronym" if truth.index.dtype == object else "region"
     found = frame.groupby(by)["cells"].sum()
     return region_errors(found, truth)
+
+
+# --------------------------------------------------------------------------- one node of a spec
+
+
+def upstream_nodes(spec: Spec, name: str) -> set[str]:
+    """``name`` and every node and input it reads, directly or not."""
+    by_name = {n.name: n for n in spec.nodes}
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current in by_name:
+            todo += [source for _, source in by_name[current].inputs]
+    return seen
+
+
+def run_node(
+    spec: Spec, name: str, *, crop: tuple[int, ...] | None = None, scheduler: str | None = "threads",
+    progress: bool = False,
+) -> tuple[Any, Geometry]:  # fmt: skip
+    """One node's value, computed through the spec's cache like any run: only the node and what it
+    reads, on the spec's input or on ``crop`` (voxels ``z0, z1, y0, y1, x0, x1``, stop exclusive,
+    replacing the spec's own crop); no outputs are written.
+
+    Returns
+    -------
+    value : DataArray (arrays) or Dataset (tables)
+    geometry : Geometry
+        The (cropped) input's voxel grid.
+    """
+    from cvplgraph.engine.execute import execute
+    from cvplgraph.engine.plan import make_plan
+
+    keep = upstream_nodes(spec, name)
+    part = replace(spec, nodes=tuple(n for n in spec.nodes if n.name in keep), outputs=(), formats=(),
+                   atlases=tuple(a for a in spec.atlases if a[0] in keep))  # fmt: skip
+    if crop is not None:
+        box = tuple((int(crop[2 * a]), int(crop[2 * a + 1])) for a in range(3))
+        part = replace(part, input=replace(part.input, crop=box))
+    results = execute(make_plan(part), scheduler=scheduler, progress=progress)
+    return results[name], Geometry.of(results[INPUT])

@@ -109,6 +109,50 @@ def read_points(
     raise InputError(f"{path}: no coordinate columns; found {columns}, expected {_EXPECTED}")
 
 
+def read_marked_points(
+    path: str | Path,
+    *,
+    voxel_size: tuple[float, float, float] | None = None,
+    cell_type: int = 2,
+    non_cell_type: int = 1,
+    napari_units: Literal["um", "voxel"] = "voxel",
+) -> pd.DataFrame:
+    """Annotated points with their class: cells, and non-cells where the file marks them.
+
+    A CellCounter XML file gives both: markers of ``cell_type`` are cells, of
+    ``non_cell_type`` non-cells (cellfinder's training files: 2 and 1); other
+    types are ignored, and either type may be absent, not both. Any file
+    :func:`read_points` reads as CSV gives cells only.
+
+    Returns
+    -------
+    points : DataFrame
+        ``z_um, y_um, x_um`` (float64) and ``cell`` (bool), plus voxel ``z, y, x``
+        when known (as :func:`read_points`); cells first, then non-cells.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_points`; an XML file with neither marker type.
+    """
+    path = Path(path)
+    if not (path.is_file() and (path.suffix.lower() == ".xml" or _starts_with(path, b"<"))):
+        cells = read_points(path, voxel_size=voxel_size, napari_units=napari_units)
+        return cells.assign(cell=np.ones(len(cells), dtype=bool))
+    size = _voxel_size(voxel_size, path)
+    markers = _cellcounter_types(path)
+    if cell_type not in markers and non_cell_type not in markers:
+        present = ", ".join(f"{t} ({len(m)} markers)" for t, m in sorted(markers.items())) or "none"
+        raise InputError(f"{path}: no marker Type {cell_type} (cells) or {non_cell_type} (non-cells); "
+                         f"types present: {present}")  # fmt: skip
+    parts = []
+    for kind, is_cell in ((cell_type, True), (non_cell_type, False)):
+        voxels = markers.get(kind, np.empty((0, 3)))
+        frame = _frame(path, None, voxels, size, "its CellCounter markers are voxels")
+        parts.append(frame.assign(cell=np.full(len(frame), is_cell)))
+    return pd.concat(parts, ignore_index=True)
+
+
 def read_region_truth(
     path: str | Path, *, key: Literal["id", "acronym"] | None = None, hemisphere: str | None = None
 ) -> pd.Series:
@@ -249,6 +293,15 @@ def _whole(path: Path, table: pd.DataFrame, column: str, *, minimum: int | None)
 
 def _cellcounter(path: Path, cell_type: int) -> np.ndarray:
     """(n, 3) voxel (z, y, x) of the markers of one type in an ImageJ CellCounter XML file."""
+    markers = _cellcounter_types(path)
+    if cell_type not in markers:
+        present = ", ".join(f"{t} ({len(m)} markers)" for t, m in sorted(markers.items())) or "none"
+        raise InputError(f"{path}: no marker Type {cell_type}; types present: {present}")
+    return markers[cell_type]
+
+
+def _cellcounter_types(path: Path) -> dict[int, np.ndarray]:
+    """Marker type → (n, 3) voxel (z, y, x) of its markers, for every type in a CellCounter XML file."""
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
@@ -261,21 +314,20 @@ def _cellcounter(path: Path, cell_type: int) -> np.ndarray:
         if not text.lstrip("-").isdigit():
             raise InputError(f"{path}: Marker_Type {n} has <Type>{text}</Type>; expected an integer type")
         markers.setdefault(int(text), []).extend(group.findall("Marker"))
-    if cell_type not in markers:
-        present = ", ".join(f"{t} ({len(m)} markers)" for t, m in sorted(markers.items())) or "none"
-        raise InputError(f"{path}: no marker Type {cell_type}; types present: {present}")
-    out = np.empty((len(markers[cell_type]), 3))
-    for n, marker in enumerate(markers[cell_type]):
-        for k, tag in enumerate(("MarkerZ", "MarkerY", "MarkerX")):
-            value = marker.findtext(tag)
-            try:
-                out[n, k] = float(value if value is not None else "nan")
-            except ValueError:
-                out[n, k] = np.nan
-            if not math.isfinite(out[n, k]):
-                raise InputError(
-                    f"{path}: marker {n + 1} of Type {cell_type} has {tag} {value!r}; expected a finite number"
-                )
+    out: dict[int, np.ndarray] = {}
+    for kind, elements in markers.items():
+        out[kind] = np.empty((len(elements), 3))
+        for n, marker in enumerate(elements):
+            for k, tag in enumerate(("MarkerZ", "MarkerY", "MarkerX")):
+                value = marker.findtext(tag)
+                try:
+                    out[kind][n, k] = float(value if value is not None else "nan")
+                except ValueError:
+                    out[kind][n, k] = np.nan
+                if not math.isfinite(out[kind][n, k]):
+                    raise InputError(
+                        f"{path}: marker {n + 1} of Type {kind} has {tag} {value!r}; expected a finite number"
+                    )
     return out
 
 

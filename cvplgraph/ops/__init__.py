@@ -6,6 +6,7 @@ Each op is also a plain function: call it on numpy, dask or xarray arrays.
 from cvplgraph.ops.blobs import blobs
 from cvplgraph.ops.cells import detect_cells
 from cvplgraph.ops.classify import pixel_classifier
+from cvplgraph.ops.classify_objects import classify_objects
 from cvplgraph.ops.components import connected_components
 from cvplgraph.ops.count import count, density, filter_size
 from cvplgraph.ops.filters import background_subtract, downsample, gaussian, normalize
@@ -19,6 +20,7 @@ __all__ = [
     "blobs",
     "cell_regions",
     "centroids",
+    "classify_objects",
     "connected_components",
     "count",
     "density",

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cvplgraph.bench.metrics import Matching, default_tolerance_um, match, region_errors
-from cvplgraph.bench.truth import read_points, read_region_truth
+from cvplgraph.bench.truth import read_marked_points, read_points, read_region_truth
 from cvplgraph.errors import InputError
 from cvplgraph.synth.volume import SynthParams, make_cells
 
@@ -190,6 +190,24 @@ def test_cellcounter_example_errors() -> None:
     with pytest.raises(InputError, match=r"no marker Type 3; types present: 1 \(22 markers\), 2 \(103 markers\)"):
         read_points(CELLCOUNTER, voxel_size=(1.0, 1.0, 1.0), cell_type=3)
 
+
+@needs_cellcounter
+def test_marked_points_of_the_example_are_its_cells_then_its_non_cells(tmp_path: Path) -> None:
+    """Training annotations: both types of the cellfinder file with their class; a CSV is all cells."""
+    marked = read_marked_points(CELLCOUNTER, voxel_size=(5.0, 2.0, 2.0))
+    assert list(marked.columns) == ["z_um", "y_um", "x_um", "z", "y", "x", "cell"]
+    assert marked["cell"].tolist() == [True] * 103 + [False] * 22
+    cells = read_points(CELLCOUNTER, voxel_size=(5.0, 2.0, 2.0))
+    non_cells = read_points(CELLCOUNTER, voxel_size=(5.0, 2.0, 2.0), cell_type=1)
+    pd.testing.assert_frame_equal(marked.iloc[:103, :6], cells)
+    pd.testing.assert_frame_equal(marked.iloc[103:, :6].reset_index(drop=True), non_cells)
+    with pytest.raises(InputError, match=r"no marker Type 7 \(cells\) or 8 \(non-cells\); types present: 1 \(22"):
+        read_marked_points(CELLCOUNTER, voxel_size=(1.0, 1.0, 1.0), cell_type=7, non_cell_type=8)
+    cells_only = read_marked_points(CELLCOUNTER, voxel_size=(1.0, 1.0, 1.0), non_cell_type=8)
+    assert len(cells_only) == 103 and cells_only["cell"].all()
+    cells[["z_um", "y_um", "x_um"]].to_csv(tmp_path / "cells.csv", index=False)
+    from_csv = read_marked_points(tmp_path / "cells.csv")
+    assert len(from_csv) == 103 and from_csv["cell"].all()
 
 def cellcounter_xml(markers: str, type_: int = 2) -> str:
     return (

@@ -12,6 +12,7 @@ import pytest
 
 import cvplgraph
 from cvplgraph.bench.train import train
+from cvplgraph.errors import CvplError
 from cvplgraph.ops._classifier import ModelError, load
 from cvplgraph.ops.testing import check_op
 
@@ -115,3 +116,57 @@ def test_train_command(painted: dict) -> None:
     bad = subprocess.run([sys.executable, "-m", "cvplgraph", "train", str(painted["spec"]), "--annotations",
                           str(folder / "v.ome.zarr")], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+BEHIND_NORMALIZE = """\
+[input]
+url = "{url}"
+
+[cache]
+url = "{cache}"
+
+[nodes.norm]
+op = "normalize"
+image = "input"
+low = 5.0
+high = 99.0
+
+[nodes.mask]
+op = "pixel_classifier"
+image = "norm"
+model = "{model}"
+"""
+
+
+def test_training_on_a_node_behind_normalize(painted: dict) -> None:
+    """`train --image norm`: features of the normalised volume (computed through the cache) train the
+    model, which then finds the held-back cells when it classifies that node's output in a run."""
+    folder = painted["folder"]
+    spec_path = folder / "norm.toml"
+    fields = {"url": folder / "v.ome.zarr", "cache": folder / "cache"}
+    spec_path.write_text(BEHIND_NORMALIZE.format(**fields, model="models/cells-0000000000000000.npz"))
+    spec = cvplgraph.load_spec(spec_path)
+    with pytest.raises(CvplError, match="--image mask: op pixel_classifier gives Mask, not Image; Image nodes"):
+        train(spec, str(folder / "paint.npy"), folder / "norm-models", image="mask")
+    report = train(spec, str(folder / "paint.npy"), folder / "norm-models", sigmas_um=(1.0, 2.0), trees=16,
+                   depth=8, image="norm")  # fmt: skip
+    assert report.image == "norm" and report.model.name != Path(painted["report"].model).name
+    spec_path.write_text(BEHIND_NORMALIZE.format(**fields, model=report.model))
+    results = cvplgraph.run(cvplgraph.load_spec(spec_path), scheduler="threads")
+    mask, held = results["mask"].values.astype(bool), painted["held"]
+    truth, judged = held == 2, held > 0
+    f1 = 2 * int((mask & truth & judged).sum()) / (int((mask & judged).sum()) + int(truth.sum()))
+    assert f1 >= 0.9, f1
+    # the mask is the model applied to the normalised volume (not to the input)
+    norm = results["norm"].values
+    expected = load(report.model).cell_probability(norm, tuple(results["norm"].attrs["scale"])) > 0.5
+    assert np.array_equal(mask, expected)
+
+
+def test_running_a_spec_whose_model_is_not_trained_yet_is_one_line(painted: dict) -> None:
+    spec_path = painted["folder"] / "untrained.toml"
+    spec_path.write_text(SPEC.format(url=painted["folder"] / "v.ome.zarr", model="models/cells-ffffffffffffffff.npz"))
+    out = subprocess.run([sys.executable, "-m", "cvplgraph", "run", str(spec_path), "--scheduler", "threads",
+                          "--quiet"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "cells-ffffffffffffffff.npz: cannot read the model" in out.stderr

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproje
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 RUNNABLE = ["cells", "otsu", "local_threshold", "watershed", "blob_log", "blob_dog"]
-#: Run elsewhere on the data they need: the demo on a synthetic brain (test_demo.py, test_cli.py).
-ELSEWHERE = ["demo", "classifier"]
+#: Run elsewhere on the data they need: the demo on a synthetic brain (test_demo.py, test_cli.py); the
+#: trained classifiers on their models (tests/ops/test_classifier.py, tests/bench/test_train_objects.py).
+ELSEWHERE = ["demo", "classifier", "candidates"]
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +35,11 @@ def test_every_shipped_spec_is_covered() -> None:
     assert sorted(p.stem for p in SPECS.glob("*.toml")) == sorted([*RUNNABLE, *ELSEWHERE])
 
 
-@pytest.mark.parametrize("name", [*RUNNABLE, "classifier"])
+@pytest.mark.parametrize("name", [*RUNNABLE, "classifier", "candidates"])
 def test_spec_loads_and_plans(folder: tuple[Path, int], name: str) -> None:
     """Every shipped spec loads and plans against the synthetic volume: each node gets a key and,
     in a cache that holds nothing of it yet, is to be computed (planning reads no model file, so
-    the classifier spec plans too before its model is trained)."""
+    the classifier specs plan too before their models are trained)."""
     spec = cvplgraph.load_spec(folder[0] / f"{name}.toml")
     assert spec.nodes and spec.outputs
     plan = cvplgraph.plan(spec)
