@@ -427,6 +427,10 @@ def tune(
                         [c.name for c in crops])  # fmt: skip
     if cv and len(crops) > 1:
         result.cv = leave_one_out(done, [c.name for c in crops], goal, k)
+    if all(t.flooded for t in done):
+        log(f"warning: every trial flooded (more than {budget:g} detections per true cell); no tuned spec written "
+            "(try higher thresholds, or a larger --budget)")  # fmt: skip
+        return result
     if best.objective <= 0 or not best.pooled.tp:
         log(f"warning: the best {'F1' if goal == 'f1' else f'recall@{k:g}'} is 0: no trial matched a true cell "
             "within the tolerance; no tuned spec written (check --voxel-size, --tolerance, and that the truth "
@@ -539,9 +543,9 @@ class _Runner:
         for i, (variant, values) in enumerate(zip(variants, batch)):
             if variant.name in flooded:
                 probe = flooded[variant.name]
+                # counts extrapolated from the probe; no scores (objective 0)
                 pooled = Score("all", variant.name, int(round(probe.found * self.voxels / self.probe.voxels)),
-                               true=self.true, tp=0, fp=None, fn=self.true)  # fmt: skip
-                pooled.precision = pooled.recall = pooled.f1 = 0.0
+                               true=self.true)  # fmt: skip
                 trial = Trial(start + i + 1, values, {}, pooled, flooded=True, seconds=seconds[variant.name])
                 points = {"probe": probe}
             else:

@@ -86,7 +86,8 @@ def handle(args: argparse.Namespace) -> int:
     print(format_trials(trial_table(result.trials, keys, result.crops), keys))
     best = result.best
     chosen = ", ".join(f"{n}.{p} = {v}" for (n, p), v in result.values.items())
-    print(f"best: {chosen} — F1 {best.f1:.3f} (trial {result.trials_to_best} of {len(result.scores)}, "
+    score = f"F1 {best.f1:.3f}" if best.f1 is not None else "flooded"
+    print(f"best: {chosen} — {score} (trial {result.trials_to_best} of {len(result.scores)}, "
           f"{result.search} search)")  # fmt: skip
     for held, number, score in result.cv:
         print(f"  held out {held}: trial {number}, best on the other crops, scores F1 {score.f1:.3f} there")
