@@ -117,9 +117,7 @@ def ratios(tp: int, n_found: int, n_true: int) -> tuple[float, float, float]:
     )
 
 
-def match(
-    found_um: np.ndarray, truth_um: np.ndarray, tolerance_um: float | Sequence[float] | np.ndarray
-) -> Matching:
+def match(found_um: np.ndarray, truth_um: np.ndarray, tolerance_um: float | Sequence[float] | np.ndarray) -> Matching:
     """Pair detections with true cells one-to-one: most pairs, then least total distance.
 
     Candidate pairs (distance ≤ tolerance) come from two k-d trees; each
@@ -155,12 +153,12 @@ def match(
     """
     found, truth = _points(found_um, "found_um"), _points(truth_um, "truth_um")
     axes = _tolerance(tolerance_um)
-    tolerance: float | tuple[float, float, float] = axes[0] if len(set(axes)) == 1 else axes
+    tolerance: float | tuple[float, float, float] = axes[0] if len(set(axes)) == 1 else (axes[0], axes[1], axes[2])
     if isinstance(tolerance, tuple):  # an ellipsoid: match in units of the tolerance, report µm
         scale = np.asarray(tolerance)
-        m = match(found / scale, truth / scale, 1.0)
-        distances = np.linalg.norm(found[m.pairs[:, 0]] - truth[m.pairs[:, 1]], axis=1)
-        return Matching(m.pairs, distances, m.n_found, m.n_true, tolerance)
+        scaled = match(found / scale, truth / scale, 1.0)
+        distances = np.linalg.norm(found[scaled.pairs[:, 0]] - truth[scaled.pairs[:, 1]], axis=1)
+        return Matching(scaled.pairs, distances, scaled.n_found, scaled.n_true, tolerance)
     n, m = len(found), len(truth)
     empty = Matching(np.empty((0, 2), np.int64), np.empty(0), n, m, tolerance)
     if n == 0 or m == 0:

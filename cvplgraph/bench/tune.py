@@ -467,13 +467,15 @@ def _crops(spec: Spec, raw: dict[str, Any], pairs: list[tuple[str, Any]], voxel_
 
 def _probe(first: Crop, spec: Spec, fraction: float) -> Crop | None:
     """The centre of the first crop holding about ``fraction`` of its voxels (at least
-    :data:`PROBE_MIN` voxels per axis, so that filters' halos fit); None when that is not smaller than the crop (nothing to save)."""
+    :data:`PROBE_MIN` voxels per axis, so that filters' halos fit); None when that is not smaller
+    than the crop (nothing to save)."""
     from cvplgraph.io.stores import read_input
 
     if first.box is not None:
         box = [(first.box[2 * a], first.box[2 * a + 1]) for a in range(3)]
     else:
-        box = list(spec.input.crop) if spec.input.crop else [(0, n) for n in read_input(replace(spec.input, crop=None)).shape]
+        whole = spec.input.crop or [(0, n) for n in read_input(replace(spec.input, crop=None)).shape]
+        box = list(whole)
     side = fraction ** (1 / 3)
     inner = []
     for start, stop in box:
@@ -519,6 +521,7 @@ class _Runner:
         say = self.log if self.progress else self._quiet
         flooded: dict[str, Score] = {}
         seconds: dict[str, float] = {v.name: 0.0 for v in variants}
+        ratio = self.voxels / self.probe.voxels if self.probe is not None else 1.0  # crops' voxels per probe voxel
         if self.probe is not None and self.limit is not None:
             try:
                 scores, _ = run_suite(self._suite([self.probe], variants), scheduler=self.scheduler,
@@ -529,7 +532,7 @@ class _Runner:
                 self.probe, scores = None, []
             for score in scores:
                 seconds[score.variant] += score.seconds_total
-                if score.found * self.voxels / self.probe.voxels > self.limit:
+                if score.found * ratio > self.limit:
                     flooded[score.variant] = score
         todo = [v for v in variants if v.name not in flooded]
         per_crop: dict[str, dict[str, Score]] = {v.name: {} for v in todo}
@@ -544,8 +547,7 @@ class _Runner:
             if variant.name in flooded:
                 probe = flooded[variant.name]
                 # counts extrapolated from the probe; no scores (objective 0)
-                pooled = Score("all", variant.name, int(round(probe.found * self.voxels / self.probe.voxels)),
-                               true=self.true)  # fmt: skip
+                pooled = Score("all", variant.name, int(round(probe.found * ratio)), true=self.true)
                 trial = Trial(start + i + 1, values, {}, pooled, flooded=True, seconds=seconds[variant.name])
                 points = {"probe": probe}
             else:

@@ -35,8 +35,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="µm per voxel of a truth file in voxels")  # fmt: skip
     p.add_argument("--tolerance", metavar="UM", help="matching distance in µm (default 5), or Z,Y,X µm for an "
                    "ellipsoid, such as 10,10,25")  # fmt: skip
-    p.add_argument("--search", choices=("grid", "adaptive"),
-                   help="grid: every combination; adaptive: Optuna TPE (default: adaptive when a range is given)")  # fmt: skip
+    p.add_argument("--search", choices=("grid", "adaptive"), help="grid: every combination; adaptive: Optuna "
+                   "TPE (default: adaptive when a range is given)")  # fmt: skip
     p.add_argument("--trials", type=int, default=24, help="trials of the adaptive search (default 24)")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="start no new batch of adaptive trials after this many seconds")  # fmt: skip
@@ -86,8 +86,8 @@ def handle(args: argparse.Namespace) -> int:
     print(format_trials(trial_table(result.trials, keys, result.crops), keys))
     best = result.best
     chosen = ", ".join(f"{n}.{p} = {v}" for (n, p), v in result.values.items())
-    score = f"F1 {best.f1:.3f}" if best.f1 is not None else "flooded"
-    print(f"best: {chosen} — {score} (trial {result.trials_to_best} of {len(result.scores)}, "
+    shown = f"F1 {best.f1:.3f}" if best.f1 is not None else "flooded"
+    print(f"best: {chosen} — {shown} (trial {result.trials_to_best} of {len(result.scores)}, "
           f"{result.search} search)")  # fmt: skip
     for held, number, score in result.cv:
         print(f"  held out {held}: trial {number}, best on the other crops, scores F1 {score.f1:.3f} there")

@@ -45,7 +45,9 @@ def threshold_spec(folder: Path, url: Path, extra: str = "") -> Path:
     return spec
 
 
-def reference(url: Path, truth: Path, level: float, box: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def reference(
+    url: Path, truth: Path, level: float, box: tuple[int, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(found, true) centres in µm: the whole-array scipy pipeline (threshold, label,
     intensity-weighted centres) on the box, and the truth inside it."""
     image = read_input(InputSpec(str(url)))
