@@ -427,6 +427,8 @@ def tune(
                         [c.name for c in crops])  # fmt: skip
     if cv and len(crops) > 1:
         result.cv = leave_one_out(done, [c.name for c in crops], goal, k)
+    elif cv:
+        log("--cv: one crop only, nothing to hold out (give --truth/--crop pairs)")
     if all(t.flooded for t in done):
         log(f"warning: every trial flooded (more than {budget:g} detections per true cell); no tuned spec written "
             "(try higher thresholds, or a larger --budget)")  # fmt: skip
