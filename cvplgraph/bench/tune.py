@@ -693,7 +693,7 @@ def _adaptive(runner: _Runner, spec: Spec, space: Space, trials: int, timeout: f
     start = time.monotonic()
     seen: dict[tuple[Any, ...], Trial] = {}
     while len(runner.trials) < trials:
-        if timeout is not None and time.monotonic() - start > timeout:
+        if timeout is not None and runner.trials and time.monotonic() - start > timeout:  # one batch at least
             log(f"timeout: {timeout:g} s passed; stopped after {len(runner.trials)} trials")
             break
         distributions = {f"{n}.{p}": _distribution(v) for (n, p), v in current.items()}

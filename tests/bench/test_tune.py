@@ -184,6 +184,17 @@ def test_a_range_whose_end_holds_the_best_is_widened(volume: tuple[Path, Path], 
 
 
 @pytest.mark.slow
+def test_a_timeout_stops_between_batches(volume: tuple[Path, Path], tmp_path: Path) -> None:
+    """A timeout already passed: the first batch still runs (something to choose from), no more."""
+    url, truth = volume
+    lines: list[str] = []
+    result = tune(threshold_spec(tmp_path, url), str(truth), params={("mask", "level"): Range(0.3, 0.6)}, trials=12,
+                  batch=3, timeout=0, tolerance_um=TOLERANCE, probe=0, log=lines.append)  # fmt: skip
+    assert len(result.trials) == 3 and result.spec is not None
+    assert "timeout: 0 s passed; stopped after 3 trials" in lines
+
+
+@pytest.mark.slow
 def test_two_crops_are_pooled_and_every_trial_is_written(volume: tuple[Path, Path], tmp_path: Path) -> None:
     """Two crops: the pooled counts are the sums of the per-crop counts, which are the reference's on
     each crop; trials.csv and each trial's points file hold what was scored."""
@@ -230,6 +241,21 @@ def test_flooding_trials_are_stopped_after_the_probe(volume: tuple[Path, Path], 
                  probe=0, log=quiet)  # fmt: skip
     assert whole.trials[0].flooded and whole.trials[0].crops["crop"].found == found
     assert pd.read_csv(whole.folder / "trials.csv")["flooded"].tolist() == [True, False]
+
+
+@pytest.mark.slow
+def test_a_probe_smaller_than_a_halo_is_given_up(volume: tuple[Path, Path], tmp_path: Path) -> None:
+    """The local threshold's 20 µm mean reaches farther than the probe is wide: the search says so
+    and runs every trial on the crop."""
+    url, truth = volume
+    text = (ROOT / "specs" / "local_threshold.toml").read_text().replace('url = "synthetic.ome.zarr"', f'url = "{url}"')
+    spec = tmp_path / "local.toml"
+    spec.write_text(text.replace('url = "cache"', f'url = "{tmp_path / "cache"}"').split("[nodes.counts]")[0])
+    lines: list[str] = []
+    result = tune(spec, str(truth), params={("mask", "offset"): [0.1]}, tolerance_um=TOLERANCE, log=lines.append)
+    assert any("cannot run this spec" in line and "trials run on the crops only" in line for line in lines), lines
+    (trial,) = result.trials
+    assert not trial.flooded and set(trial.crops) == {"crop"} and trial.pooled.tp > 0
 
 
 @pytest.mark.slow
