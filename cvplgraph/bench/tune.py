@@ -96,6 +96,7 @@ class TuneResult:
     folder: Path | None = None  # <name>-tune: trials.csv, trials/NNNN.csv
     crops: list[str] = field(default_factory=list)
     cv: list[tuple[str, int, Score]] = field(default_factory=list)  # held-out crop, trial chosen, its score there
+    computed: list[str] = field(default_factory=list)  # merged nodes computed (not read from the cache), every run
 
 
 @dataclass(frozen=True)
@@ -424,7 +425,7 @@ def tune(
     best = rank(done)[0]
     _write_trials(folder, done, list(space), crops)
     result = TuneResult(best.pooled, best.values, [t.pooled for t in done], best.number, None, done, search, folder,
-                        [c.name for c in crops])  # fmt: skip
+                        [c.name for c in crops], computed=runner.computed)  # fmt: skip
     if cv and len(crops) > 1:
         result.cv = leave_one_out(done, [c.name for c in crops], goal, k)
     elif cv:
@@ -501,6 +502,7 @@ class _Runner:
         self.goal, self.k, self.tolerance, self.voxel_size, self.folder = goal, k, tolerance, voxel_size, folder
         self.cache_url, self.scheduler, self.progress, self.log = cache_url, scheduler, progress, log
         self.trials: list[Trial] = []
+        self.computed: list[str] = []
         self.true = sum(c.true for c in crops)
         self.voxels = sum(c.voxels for c in crops)
 
@@ -526,8 +528,9 @@ class _Runner:
         ratio = self.voxels / self.probe.voxels if self.probe is not None else 1.0  # crops' voxels per probe voxel
         if self.probe is not None and self.limit is not None:
             try:
-                scores, _ = run_suite(self._suite([self.probe], variants), scheduler=self.scheduler,
-                                      progress=self.progress, log=say, keep_points=True)  # fmt: skip
+                scores, runs = run_suite(self._suite([self.probe], variants), scheduler=self.scheduler,
+                                         progress=self.progress, log=say, keep_points=True)  # fmt: skip
+                self.computed += [n for r in runs for n in r.computed]
             except (ValueError, CvplError) as exc:  # such as a filter's halo larger than the probe
                 self.log(f"the probe ({self.probe.voxels} voxels) cannot run this spec ({exc}); "
                          "trials run on the crops only")  # fmt: skip
@@ -539,8 +542,9 @@ class _Runner:
         todo = [v for v in variants if v.name not in flooded]
         per_crop: dict[str, dict[str, Score]] = {v.name: {} for v in todo}
         if todo:
-            scores, _ = run_suite(self._suite(self.crops, todo), scheduler=self.scheduler, progress=self.progress,
-                                  log=say, keep_points=True)  # fmt: skip
+            scores, runs = run_suite(self._suite(self.crops, todo), scheduler=self.scheduler,
+                                     progress=self.progress, log=say, keep_points=True)  # fmt: skip
+            self.computed += [n for r in runs for n in r.computed]
             for score in scores:
                 per_crop[score.variant][score.dataset] = score
                 seconds[score.variant] += score.seconds_total

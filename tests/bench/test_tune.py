@@ -169,6 +169,23 @@ def test_adaptive_search_reaches_the_grids_best_and_scores_like_the_reference(
 
 
 @pytest.mark.slow
+def test_adaptive_batches_share_the_unchanged_prefix_through_the_cache(
+    volume: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Three batches of a local-threshold offset search: the smoothing no trial changes is computed
+    once in the whole search, each trial's own nodes once per trial."""
+    url, truth = volume
+    text = (ROOT / "specs" / "local_threshold.toml").read_text().replace('url = "synthetic.ome.zarr"', f'url = "{url}"')
+    spec = tmp_path / "local.toml"
+    spec.write_text(text.replace('url = "cache"', f'url = "{tmp_path / "cache"}"').split("[nodes.counts]")[0])
+    result = tune(spec, str(truth), params={("mask", "offset"): Range(0.05, 0.2)}, trials=6, batch=2,
+                  tolerance_um=TOLERANCE, probe=0, log=quiet)  # fmt: skip
+    distinct = len({tuple(t.values.values()) for t in result.trials})
+    assert len([n for n in result.computed if n.endswith(".smooth")]) == 1
+    assert len([n for n in result.computed if n.endswith(".mask")]) == distinct
+
+
+@pytest.mark.slow
 def test_a_range_whose_end_holds_the_best_is_widened(volume: tuple[Path, Path], tmp_path: Path) -> None:
     """The optimum threshold lies above 0.2: a search over 0.1..0.2 widens its upper end and finds
     a level above 0.2 that beats every level inside the first range (by the reference)."""
