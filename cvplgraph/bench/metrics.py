@@ -15,11 +15,18 @@ both sets are empty (nothing to find, nothing found: a perfect result) and
 - detections, no truth: precision = recall = f1 = 0.0.
 
 ``count_error_pct`` is None without truth.
+
+**Anisotropic tolerance.** The tolerance may be three numbers (z, y, x µm): a detection and a true
+cell can then be paired when ``(dz/tz)² + (dy/ty)² + (dx/tx)² ≤ 1`` — inside an ellipsoid around
+the true centre, for data whose axial resolution is coarser than the lateral one. The matching is
+the one above on coordinates divided by the tolerance (so "least total distance" is measured in
+tolerance units); the distances reported stay in µm. Three equal numbers are the isotropic case.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,17 +52,17 @@ class Matching:
     pairs : (k, 2) int64 array
         (detection index, true-cell index) of each pair, sorted by detection.
     distances : (k,) float64 array
-        µm between the two centres of each pair, all ≤ ``tolerance_um``.
+        µm between the two centres of each pair, all ≤ ``tolerance_um`` (isotropic tolerance).
     n_found, n_true : int
         Number of detections and of true cells.
-    tolerance_um : float
+    tolerance_um : float, or (z, y, x) tuple of float for an anisotropic tolerance
     """
 
     pairs: np.ndarray
     distances: np.ndarray
     n_found: int
     n_true: int
-    tolerance_um: float
+    tolerance_um: float | tuple[float, float, float]
 
     @property
     def tp(self) -> int:
@@ -75,17 +82,17 @@ class Matching:
     @property
     def precision(self) -> float:
         """tp / n_found; with no detections 1.0 if there is no truth either, else 0.0."""
-        return _ratio(self.tp, self.n_found, perfect=self.n_true == 0)
+        return ratios(self.tp, self.n_found, self.n_true)[0]
 
     @property
     def recall(self) -> float:
         """tp / n_true; with no truth 1.0 if nothing was found either, else 0.0."""
-        return _ratio(self.tp, self.n_true, perfect=self.n_found == 0)
+        return ratios(self.tp, self.n_found, self.n_true)[1]
 
     @property
     def f1(self) -> float:
         """2 tp / (2 tp + fp + fn), the harmonic mean of precision and recall; 1.0 when both sets are empty."""
-        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn, perfect=True)
+        return ratios(self.tp, self.n_found, self.n_true)[2]
 
     @property
     def count_error(self) -> int:
@@ -98,7 +105,19 @@ class Matching:
         return 100.0 * self.count_error / self.n_true if self.n_true else None
 
 
-def match(found_um: np.ndarray, truth_um: np.ndarray, tolerance_um: float) -> Matching:
+def ratios(tp: int, n_found: int, n_true: int) -> tuple[float, float, float]:
+    """(precision, recall, F1) of ``tp`` pairs among ``n_found`` detections and ``n_true`` true
+    cells, with the edge cases of the module docstring; pooled counts of several crops give the
+    pooled scores."""
+    fp, fn = n_found - tp, n_true - tp
+    return (
+        _ratio(tp, n_found, perfect=n_true == 0),
+        _ratio(tp, n_true, perfect=n_found == 0),
+        _ratio(2 * tp, 2 * tp + fp + fn, perfect=True),
+    )
+
+
+def match(found_um: np.ndarray, truth_um: np.ndarray, tolerance_um: float | Sequence[float] | np.ndarray) -> Matching:
     """Pair detections with true cells one-to-one: most pairs, then least total distance.
 
     Candidate pairs (distance ≤ tolerance) come from two k-d trees; each
@@ -114,9 +133,10 @@ def match(found_um: np.ndarray, truth_um: np.ndarray, tolerance_um: float) -> Ma
         Detected centres, (z, y, x) µm.
     truth_um : (m, 3) array of float
         True centres, (z, y, x) µm, same frame as ``found_um``.
-    tolerance_um : float
+    tolerance_um : float or (z, y, x) sequence of float
         Largest distance at which a detection can count as a true cell, > 0
-        (see :func:`default_tolerance_um`).
+        (see :func:`default_tolerance_um`); three numbers: the semi-axes of the
+        ellipsoid around a true centre within which a detection can be paired.
 
     Returns
     -------
@@ -132,9 +152,13 @@ def match(found_um: np.ndarray, truth_um: np.ndarray, tolerance_um: float) -> Ma
         connected group needs more than ``MAX_COMPONENT`` detection × cell pairs.
     """
     found, truth = _points(found_um, "found_um"), _points(truth_um, "truth_um")
-    tolerance = float(tolerance_um)
-    if not (math.isfinite(tolerance) and tolerance > 0):
-        raise InputError(f"tolerance_um {tolerance_um!r}: expected a finite distance > 0 µm")
+    axes = _tolerance(tolerance_um)
+    tolerance: float | tuple[float, float, float] = axes[0] if len(set(axes)) == 1 else (axes[0], axes[1], axes[2])
+    if isinstance(tolerance, tuple):  # an ellipsoid: match in units of the tolerance, report µm
+        scale = np.asarray(tolerance)
+        scaled = match(found / scale, truth / scale, 1.0)
+        distances = np.linalg.norm(found[scaled.pairs[:, 0]] - truth[scaled.pairs[:, 1]], axis=1)
+        return Matching(scaled.pairs, distances, scaled.n_found, scaled.n_true, tolerance)
     n, m = len(found), len(truth)
     empty = Matching(np.empty((0, 2), np.int64), np.empty(0), n, m, tolerance)
     if n == 0 or m == 0:
@@ -228,6 +252,19 @@ def region_errors(found: pd.Series, truth: pd.Series) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _tolerance(value: float | Sequence[float] | np.ndarray) -> tuple[float, ...]:
+    """One or three finite tolerances > 0, or an InputError naming the value."""
+    try:
+        axes = tuple(float(v) for v in np.atleast_1d(np.asarray(value, dtype=np.float64)))
+    except (TypeError, ValueError):
+        axes = ()
+    if len(axes) not in (1, 3) or not all(math.isfinite(a) and a > 0 for a in axes):
+        raise InputError(
+            f"tolerance_um {value!r}: expected a finite distance > 0 µm, or three (z, y, x) for an ellipsoid"
+        )
+    return axes
 
 
 def _ratio(numerator: int, denominator: int, *, perfect: bool) -> float:

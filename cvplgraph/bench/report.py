@@ -15,8 +15,17 @@ COLUMNS = ["dataset", "variant", "found", "true", "tp", "fp", "fn", "precision",
            "count_error", "count_error_pct", "tolerance_um", "seconds_own", "seconds_total"]  # fmt: skip
 
 
+def tolerance_text(tolerance: Any) -> Any:
+    """A tolerance as a table shows it: the number, or ``z,y,x`` for an ellipsoid."""
+    if isinstance(tolerance, (tuple, list)):
+        return ",".join(f"{t:g}" for t in tolerance)
+    return tolerance
+
+
 def table(scores: list[Score]) -> pd.DataFrame:
-    frame = pd.DataFrame([{c: getattr(s, c) for c in COLUMNS} for s in scores], columns=COLUMNS)
+    rows = [{c: tolerance_text(getattr(s, c)) if c == "tolerance_um" else getattr(s, c) for c in COLUMNS}
+            for s in scores]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=COLUMNS)
     counts = ["found", "true", "tp", "fp", "fn", "count_error"]
     return frame.astype({c: "Int64" for c in counts})  # integers, with gaps where there is no truth
 

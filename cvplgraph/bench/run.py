@@ -46,10 +46,11 @@ class Score:
     f1: float | None = None
     count_error: int | None = None
     count_error_pct: float | None = None
-    tolerance_um: float | None = None
+    tolerance_um: float | tuple[float, float, float] | None = None
     seconds_own: float = 0.0  # task seconds of the nodes only this variant has (first to need them)
     seconds_total: float = 0.0  # task seconds of every node it needs, shared ones included
     regions: pd.DataFrame | None = field(default=None, repr=False)
+    points: pd.DataFrame | None = field(default=None, repr=False)  # what was found (run_suite(keep_points=True))
 
 
 @dataclass
@@ -131,15 +132,16 @@ def read_truth(dataset: Dataset, truth: str | None) -> tuple[pd.DataFrame | None
     return points, regions
 
 
-def tolerance_for(suite: Suite, dataset: Dataset) -> float:
+def tolerance_for(suite: Suite, dataset: Dataset) -> float | tuple[float, float, float]:
     """The suite's tolerance, else the dataset's, else the synthetic cells' mean radius (half a
     diameter), else :data:`DEFAULT_TOLERANCE_UM`."""
     from cvplgraph.bench.metrics import default_tolerance_um
 
-    if suite.tolerance_um is not None:
-        return float(suite.tolerance_um)
-    if dataset.tolerance_um is not None:
-        return float(dataset.tolerance_um)
+    for given in (suite.tolerance_um, dataset.tolerance_um):
+        if isinstance(given, (tuple, list)):
+            return (float(given[0]), float(given[1]), float(given[2]))
+        if given is not None:
+            return float(given)
     if dataset.synth is not None:
         from cvplgraph.synth.volume import SynthParams
 
@@ -181,9 +183,15 @@ class PeakRSS:
 
 
 def run_suite(
-    suite: Suite, *, scheduler: str | None = "threads", progress: bool = False, log: Any = print
+    suite: Suite,
+    *,
+    scheduler: str | None = "threads",
+    progress: bool = False,
+    log: Any = print,
+    keep_points: bool = False,
 ) -> tuple[list[Score], list[DatasetRun]]:
-    """Run every dataset's merged graph and score every variant on it."""
+    """Run every dataset's merged graph and score every variant on it (``keep_points``: each
+    score keeps the points found, for `cvplgraph tune`'s per-trial files)."""
     from cvplgraph.engine.execute import execute
     from cvplgraph.engine.plan import make_plan
 
@@ -229,6 +237,8 @@ def run_suite(
             score.seconds_own = sum(seconds.get(n, 0.0) for n in used if first_owner[n] == variant.name)
             if variant.regions and region_truth is not None:
                 score.regions = region_scores(results[names[(variant.name, variant.regions)]], region_truth)
+            if keep_points:
+                score.points = found
             scores.append(score)
     return scores, runs
 
@@ -240,7 +250,9 @@ def inside(points: pd.DataFrame, geometry: Geometry) -> pd.DataFrame:
     return points[within].reset_index(drop=True)
 
 
-def score_points(found: pd.DataFrame, truth: pd.DataFrame | None, tolerance_um: float) -> Score:
+def score_points(
+    found: pd.DataFrame, truth: pd.DataFrame | None, tolerance_um: float | tuple[float, float, float]
+) -> Score:
     """Matching metrics of found centres (µm columns) against the truth (None: counts only)."""
     from cvplgraph.bench.metrics import match
 

@@ -5,7 +5,7 @@ A suite (TOML) names datasets and variants::
     [bench]
     output = "bench-results"        # tables and plots (default: <suite>-results beside the suite)
     cache = "bench-cache"           # one cache for every variant (default: inside the output folder)
-    tolerance_um = 5.0              # matching distance (default: per dataset, see below)
+    tolerance_um = 5.0              # matching distance, or [z, y, x] µm for an ellipsoid (default: per dataset)
 
     [datasets.dense]                # a synthetic volume, described by its generator parameters
     synth = { shape = [48, 192, 192], spacing_um = 16, cell_radius_um = [5, 6], seed = 1 }
@@ -52,7 +52,7 @@ class Dataset:
     voxel_size: tuple[float, float, float] | None = None
     cell_type: int = 2
     region_truth: str | None = None
-    tolerance_um: float | None = None
+    tolerance_um: float | tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Suite:
     variants: tuple[Variant, ...]
     output: Path
     cache_url: str
-    tolerance_um: float | None = None
+    tolerance_um: float | tuple[float, float, float] | None = None
 
 
 # --------------------------------------------------------------------------- the suite file
@@ -98,9 +98,7 @@ def load_suite(path: str | Path) -> Suite:
     settings = raw.get("bench", {})
     output = base / str(settings.get("output", f"{Path(path).stem}-results"))
     cache = resolve_path(str(settings.get("cache", output / "cache")), base)
-    tolerance = settings.get("tolerance_um")
-    if tolerance is not None and not _positive(tolerance):
-        bad("bench.tolerance_um", f"expected a positive number of µm, got {tolerance!r}")
+    tolerance = _tolerance(settings.get("tolerance_um"), "bench.tolerance_um", bad)
     datasets = [_dataset(name, body, base, bad) for name, body in _tables(raw, "datasets", bad)]
     variants = [v for name, body in _tables(raw, "variants", bad) for v in _variants(name, body, base, bad)]
     if problems:
@@ -122,6 +120,16 @@ def _tables(raw: dict[str, Any], kind: str, bad: Any) -> Iterator[tuple[str, dic
 
 def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _tolerance(value: Any, where: str, bad: Any) -> float | tuple[float, float, float] | None:
+    """A tolerance: a positive number of µm, or three (z, y, x) for an ellipsoid."""
+    if value is None or _positive(value):
+        return value
+    if isinstance(value, list) and len(value) == 3 and all(map(_positive, value)):
+        return (float(value[0]), float(value[1]), float(value[2]))
+    bad(where, f"expected a positive number of µm, or [z, y, x] µm, got {value!r}")
+    return None
 
 
 def _dataset(name: str, body: dict[str, Any], base: Path, bad: Any) -> Dataset | None:
@@ -155,9 +163,7 @@ def _dataset(name: str, body: dict[str, Any], base: Path, bad: Any) -> Dataset |
     voxel = body.get("voxel_size")
     if voxel is not None and not (isinstance(voxel, list) and len(voxel) == 3 and all(map(_positive, voxel))):
         bad(f"{where}.voxel_size", f"expected three positive numbers (µm per voxel, z y x), got {voxel!r}")
-    tolerance = body.get("tolerance_um")
-    if tolerance is not None and not _positive(tolerance):
-        bad(f"{where}.tolerance_um", f"expected a positive number of µm, got {tolerance!r}")
+    tolerance = _tolerance(body.get("tolerance_um"), f"{where}.tolerance_um", bad)
     inputs = body.get("inputs")
     if inputs is not None:
         if not isinstance(inputs, dict) or not all(isinstance(t, dict) for t in inputs.values()):

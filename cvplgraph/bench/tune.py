@@ -1,18 +1,24 @@
 """`cvplgraph tune`: search a spec's free parameters against annotated cells, write the best spec.
 
-The free parameters come from the command (``--param mask.level=0.2,0.3,0.4`` or
-``--param mask.level=0.1:0.5:5``, five values from 0.1 to 0.5) or from the spec's ``[tune]``
-table::
+The free parameters come from the command or from the spec's ``[tune]`` table, in three forms::
 
-    [tune]
-    "mask.level" = [0.2, 0.25, 0.3]
-    "cells.connectivity" = { from = 6, to = 26, steps = 2 }
+    --param mask.level=0.2,0.3,0.4        "mask.level" = [0.2, 0.3, 0.4]                  values (a grid axis)
+    --param mask.level=0.1:0.5:5          "mask.level" = { from = 0.1, to = 0.5, steps = 5 }  evenly spaced values
+    --param cells.threshold=2..12:log     "cells.threshold" = { low = 2, high = 12, log = true }  a range
+    --param blobs.num_sigma=3..10:int     "blobs.num_sigma" = { low = 3, high = 10, int = true }
 
-Every combination (a grid) is one variant of a :mod:`cvplgraph.bench.run` suite with one dataset —
-the spec's input, cropped with ``--crop`` — so all trials run as one graph in which the steps
-they share (reading, smoothing, a mask two trials agree on) are computed once, through the spec's
-own cache. The best trial (highest F1; ties: smallest count error, then the first) is written
-beside the spec as ``<name>.tuned.toml`` with its score in a header comment.
+Values only: every combination is tried (grid search). Any range: an adaptive search (Optuna's TPE
+sampler, seeded) asks for ``trials`` trials, a batch at a time, and widens a range whose end the
+best trial sits at (within :data:`EDGE` of its width), as far as the op's own checks allow.
+
+Each trial is a variant of a :mod:`cvplgraph.bench.run` suite whose datasets are the annotated
+crops (``--truth``/``--crop`` pairs), so the steps trials share (reading, smoothing, a mask two
+trials agree on) are computed once, through the spec's own cache. A trial is scored on all crops
+together (pooled tp/fp/fn), and first on a small probe (the centre of the first crop) when that
+saves time: a trial whose probe count, extrapolated to the crops, exceeds ``budget`` detections
+per true cell is marked ``flooded`` and not run further. The best trial (highest objective; ties:
+smallest count error, then the first) is written beside the spec as ``<name>.tuned.toml``; every
+trial's points and a ``trials.csv`` go to ``<name>-tune/``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ import datetime
 import itertools
 import math
 import re
-from dataclasses import dataclass
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,31 +40,99 @@ from cvplgraph.bench.run import Score, run_suite
 from cvplgraph.bench.suite import Dataset, Suite, Variant, split_node_param
 from cvplgraph.errors import CvplError
 from cvplgraph.spec.fields import locate_fields
-from cvplgraph.spec.model import AXES
+from cvplgraph.spec.model import AXES, Spec
 from cvplgraph.spec.parse import load_spec, load_toml
 
-#: A free parameter: (node, parameter) → the values to try.
-Grid = dict[tuple[str, str], list[Any]]
+#: A range is widened when the best trial lies within this fraction of its width from an end.
+EDGE = 0.1
+#: Fewest voxels per axis of the probe a trial runs on first.
+PROBE_MIN = 32
+#: Significant digits of values drawn from a log range (linear ranges: see :func:`readable`).
+DIGITS = 3
+
+
+@dataclass(frozen=True)
+class Range:
+    """A continuous (or integer) interval searched adaptively; ``log``: sampled in log space."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    def __str__(self) -> str:
+        flags = "".join(f":{f}" for f, on in (("log", self.log), ("int", self.integer)) if on)
+        return f"{self.low:g}..{self.high:g}{flags}"
+
+
+#: The free parameters: (node, parameter) → the values to try, or a range.
+Space = dict[tuple[str, str], "list[Any] | Range"]
+Grid = Space  # the name of earlier versions
+
+
+@dataclass
+class Trial:
+    """One set of parameter values, scored on every crop (or stopped on the probe)."""
+
+    number: int  # 1-based
+    values: dict[tuple[str, str], Any]
+    crops: dict[str, Score]  # per crop, in crop order; empty when flooded on the probe
+    pooled: Score  # the crops' counts summed, scored as one
+    flooded: bool = False  # more than `budget` detections per true cell (probe, or the crops)
+    over_budget: bool = False  # recall@K: more than K detections per true cell, scored 0
+    objective: float = 0.0
+    seconds: float = 0.0  # task seconds of the trial's nodes (probe and crops, shared ones included)
 
 
 @dataclass
 class TuneResult:
-    best: Score
+    best: Score  # the best trial's pooled score
     values: dict[tuple[str, str], Any]  # the best trial's parameter values
-    scores: list[Score]  # every trial, in grid order
-    trials_to_best: int  # 1-based position of the best trial in the grid order
-    spec: Path  # the tuned spec written
+    scores: list[Score]  # every trial's pooled score, in trial order
+    trials_to_best: int  # 1-based number of the best trial
+    spec: Path | None  # the tuned spec written (None when the best F1 is 0)
+    trials: list[Trial] = field(default_factory=list)
+    search: str = "grid"
+    folder: Path | None = None  # <name>-tune: trials.csv, trials/NNNN.csv
+    crops: list[str] = field(default_factory=list)
+    cv: list[tuple[str, int, Score]] = field(default_factory=list)  # held-out crop, trial chosen, its score there
+    computed: list[str] = field(default_factory=list)  # merged nodes computed (not read from the cache), every run
 
 
-def parse_param(text: str) -> tuple[tuple[str, str], list[Any]]:
-    """``node.param=v1,v2,…`` or ``node.param=start:stop:count`` (inclusive, evenly spaced)."""
+@dataclass(frozen=True)
+class Crop:
+    name: str
+    truth: str
+    box: tuple[int, ...] | None  # z0 z1 y0 y1 x0 x1 (voxels, stop exclusive); None: the whole input
+    source: dict[str, Any]  # the [input] table
+    true: int  # annotated cells inside
+    voxels: int
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def parse_param(text: str) -> tuple[tuple[str, str], list[Any] | Range]:
+    """``node.param=v1,v2,…``, ``=start:stop:count`` (inclusive, evenly spaced) or a range
+    ``=low..high`` with optional ``:log`` and ``:int``."""
+    expected = "expected node.parameter=v1,v2,…, =start:stop:count or =low..high[:log][:int]"
     name, sep, values = text.partition("=")
     if not sep or not values.strip():
-        raise CvplError(f"--param {text!r}: expected node.parameter=v1,v2,… or node.parameter=start:stop:count")
+        raise CvplError(f"--param {text!r}: {expected}")
     try:
         node, param = split_node_param(name)
     except ValueError as exc:
         raise CvplError(f"--param {text!r}: {exc}") from None
+    values = values.strip()
+    if ".." in values:
+        bounds, *flags = values.split(":")
+        low, _, high = bounds.partition("..")
+        if set(flags) - {"log", "int"}:
+            raise CvplError(f"--param {text!r}: unknown flag {':'.join(flags)!r}; expected low..high[:log][:int]")
+        try:
+            return (node, param), make_range(float(low), float(high), "log" in flags, "int" in flags)
+        except ValueError as exc:
+            raise CvplError(f"--param {text!r}: {exc}") from None
     if values.count(":") == 2:
         start, stop, count = values.split(":")
         try:
@@ -65,13 +142,48 @@ def parse_param(text: str) -> tuple[tuple[str, str], list[Any]]:
     return (node, param), [_value(v.strip()) for v in values.split(",")]
 
 
+def make_range(low: float, high: float, log: bool = False, integer: bool = False) -> Range:
+    """A checked :class:`Range` (ValueError saying what is wrong)."""
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"expected low < high, got {low:g}..{high:g}")
+    if log and low <= 0:
+        raise ValueError(f"a log range needs low > 0, got {low:g}")
+    if integer:
+        if not (float(low).is_integer() and float(high).is_integer()):
+            raise ValueError(f"an int range needs whole ends, got {low:g}..{high:g}")
+        return Range(int(low), int(high), log, True)
+    return Range(float(low), float(high), log, False)
+
+
 def _steps(start: float, stop: float, count: int) -> list[Any]:
+    """``count`` evenly spaced values, rounded to a tenth of the step (readable, still distinct)."""
     if count < 1:
         raise ValueError
     values = np.linspace(start, stop, count).tolist()
     if float(start).is_integer() and float(stop).is_integer() and all(float(v).is_integer() for v in values):
         return [int(v) for v in values]
-    return [round(v, 10) for v in values]
+    step = abs(stop - start) / (count - 1) if count > 1 else abs(start) or 1.0
+    return [_round_to(v, step / 10) for v in values]
+
+
+def _round_to(value: float, resolution: float) -> float:
+    """``value`` rounded to the decimal place of ``resolution`` (10 decimals at most)."""
+    if not resolution > 0:
+        return value
+    decimals = min(10, max(0, -math.floor(math.log10(resolution))))
+    return round(value, decimals) + 0.0
+
+
+def readable(value: float, where: Range) -> Any:
+    """A value drawn from ``where`` as people write it: whole numbers for int ranges, 3 significant
+    digits in log ranges, the decimal place of a hundredth of the width in linear ones."""
+    if where.integer:
+        return int(round(value))
+    if where.log:
+        value = float(f"{value:.{DIGITS}g}")
+    else:
+        value = _round_to(value, (where.high - where.low) / 100)
+    return min(max(value, where.low), where.high)
 
 
 def _value(text: str) -> Any:
@@ -82,80 +194,570 @@ def _value(text: str) -> Any:
         return text
 
 
-def grid_from_table(table: Any, where: str) -> Grid:
+def grid_from_table(table: Any, where: str) -> Space:
     """The free parameters of a spec's ``[tune]`` table."""
     if not isinstance(table, dict):
         raise CvplError(f'{where}: [tune]: expected a table of "node.parameter" = [values], got {table!r}')
-    grid: Grid = {}
+    space: Space = {}
+    expected = "[values], { from, to, steps } or { low, high, log = false, int = false }"
     for key, values in table.items():
         try:
             node, param = split_node_param(key)
         except ValueError as exc:
             raise CvplError(f"{where}: tune.{key}: {exc}") from None
+        if isinstance(values, dict) and {"low", "high"} <= set(values) <= {"low", "high", "log", "int"}:
+            try:
+                space[(node, param)] = make_range(float(values["low"]), float(values["high"]),
+                                                  values.get("log") is True, values.get("int") is True)  # fmt: skip
+            except (TypeError, ValueError) as exc:
+                raise CvplError(f"{where}: tune.{key}: {exc}; expected {expected}") from None
+            continue
         if isinstance(values, dict) and set(values) == {"from", "to", "steps"}:
             try:
                 values = _steps(float(values["from"]), float(values["to"]), int(values["steps"]))
             except (TypeError, ValueError):
                 values = None
         if not isinstance(values, list) or not values:
-            raise CvplError(
-                f'{where}: tune.{key}: expected "node.parameter" = [values] or {{ from, to, steps }}, got {values!r}'
-            )
-        grid[(node, param)] = values
-    return grid
+            raise CvplError(f'{where}: tune.{key}: expected "node.parameter" = {expected}, got {values!r}')
+        space[(node, param)] = values
+    return space
+
+
+def widen(where: Range, side: str, problem: Callable[[Any], str | None]) -> Range | None:
+    """``where`` with its ``side`` ("low" or "high") end moved out — ×2 (÷2) in a log range, by half
+    the width in a linear one — or less when the op refuses the new end (halving the step up to
+    six times); None when no wider end is valid."""
+    step = where.high - where.low if not where.log else None
+    for attempt in range(6):
+        if where.log:
+            factor = 2.0 ** (0.5**attempt)
+            end = where.high * factor if side == "high" else where.low / factor
+        else:
+            assert step is not None
+            move = step / 2 * 0.5**attempt
+            end = where.high + move if side == "high" else where.low - move
+        if where.integer:
+            end = math.ceil(end) if side == "high" else math.floor(end)
+            if where.log and end < 1:
+                continue
+        else:
+            end = float(f"{end:.{DIGITS}g}") if where.log else _round_to(end, (where.high - where.low) / 100)
+        if end == (where.high if side == "high" else where.low) or problem(end) is not None:
+            continue
+        return replace(where, **{side: end})
+    return None
+
+
+# --------------------------------------------------------------------------- checks before running
+
+
+def value_problem(spec: Spec, node: str, param: str) -> Callable[[Any], str | None]:
+    """What is wrong with a value of ``node.param`` (its type, the op's checks), or None."""
+    from cvplgraph.registry import get_op
+    from cvplgraph.spec.params import check_param
+
+    opdef = get_op(spec.node(node).op)
+    definition = opdef.param(param)
+    assert definition is not None
+
+    def problem(value: Any) -> str | None:
+        ok, checked = check_param(definition, value)
+        if not ok:
+            return str(definition.describe())
+        try:
+            return opdef.checks[param](checked) if param in opdef.checks else None
+        except (TypeError, ValueError) as exc:
+            return str(exc)
+
+    return problem
+
+
+def check_space(spec: Spec, spec_path: Path, space: Space) -> None:
+    """Every tuned node exists, has the parameter, and takes every listed value and range end."""
+    from cvplgraph.registry import get_op
+
+    nodes = [n.name for n in spec.nodes]
+    for (node, param), values in space.items():
+        if node not in nodes:
+            raise CvplError(f"{spec_path}: cannot tune {node}.{param}: no node {node!r} (nodes: {', '.join(nodes)})")
+        opdef = get_op(spec.node(node).op)
+        if opdef.param(param) is None:
+            known = ", ".join(p.name for p in opdef.params) or "none"
+            raise CvplError(f"{spec_path}: cannot tune {node}.{param}: op {opdef.name} has no parameter "
+                            f"{param!r} (parameters: {known})")  # fmt: skip
+        problem = value_problem(spec, node, param)
+        for value in [values.low, values.high] if isinstance(values, Range) else values:
+            if (why := problem(value)) is not None:
+                raise CvplError(f"{spec_path}: cannot tune {node}.{param} = {value!r}: expected {why}")
+
+
+def scored_points(spec: Spec, spec_path: Path, points: str | None) -> str:
+    """The node whose points are scored: ``--points``, else the spec's only Points node."""
+    from cvplgraph.registry import get_op
+    from cvplgraph.types import PortType
+
+    names = [n.name for n in spec.nodes]
+    if points is not None:
+        if points not in names:
+            raise CvplError(f"{spec_path}: --points {points}: no such node (nodes: {', '.join(names)})")
+        return points
+    found = [n.name for n in spec.nodes if get_op(n.op).output is PortType.Points]
+    if len(found) != 1:
+        raise CvplError(f"{spec_path} has {len(found)} Points nodes ({', '.join(found) or 'none'}); "
+                        "say which to score with --points NODE")  # fmt: skip
+    return found[0]
+
+
+def pair_crops(truths: Sequence[str], crops: Sequence[tuple[int, ...] | None]) -> list[tuple[str, Any]]:
+    """(truth, crop) pairs: crops in order, one crop for all truths, or the whole input."""
+    if not truths:
+        raise CvplError("--truth: expected at least one file of true cell centres")
+    if len(crops) == 1:
+        return [(t, crops[0]) for t in truths]
+    if len(crops) > len(truths):
+        raise CvplError(f"--crop given {len(crops)} times for {len(truths)} --truth: expected one --crop per "
+                        "--truth (in order), or one for all")  # fmt: skip
+    return [(t, crops[i] if i < len(crops) else None) for i, t in enumerate(truths)]
+
+
+def parse_objective(text: str) -> tuple[str, float | None]:
+    """``f1`` → ("f1", None); ``recall@K`` → ("recall", K)."""
+    found = re.fullmatch(r"\s*(f1|recall@([0-9.eE+]+))\s*", text or "")
+    try:
+        k = float(found.group(2)) if found and found.group(2) else None
+    except ValueError:
+        found = None
+    if not found or (k is not None and not (math.isfinite(k) and k > 0)):
+        raise CvplError(f"--objective {text!r}: expected f1, or recall@K (recall with at most K detections "
+                        "per true cell, such as recall@5)")  # fmt: skip
+    return ("recall", k) if k is not None else ("f1", None)
+
+
+# --------------------------------------------------------------------------- the search
 
 
 def tune(
     spec_path: str | Path,
-    truth: str,
+    truth: str | Sequence[str],
     *,
-    params: Grid | None = None,
-    crop: tuple[int, ...] | None = None,
+    params: Space | None = None,
+    crop: Sequence[int] | Sequence[Sequence[int] | None] | None = None,
     points: str | None = None,
     voxel_size: tuple[float, float, float] | None = None,
-    tolerance_um: float | None = None,
+    tolerance_um: float | tuple[float, float, float] | None = None,
+    search: str | None = None,
+    trials: int = 24,
+    timeout: float | None = None,
+    seed: int = 0,
+    batch: int = 4,
+    objective: str = "f1",
+    budget: float | None = 20.0,
+    probe: float = 0.125,
+    cv: bool = False,
     scheduler: str | None = "threads",
     progress: bool = False,
     log: Any = print,
 ) -> TuneResult:
-    """Score every combination of the free parameters on the (cropped) input; write the best spec."""
+    """Search the free parameters on the annotated crops; write the best spec and every trial.
+
+    ``truth`` and ``crop`` pair up (see :func:`pair_crops`); ``search`` is "grid", "adaptive" or
+    None (adaptive when any parameter is a :class:`Range`); ``trials``, ``timeout`` (seconds,
+    checked between batches), ``seed`` and ``batch`` (trials per suite run) steer the adaptive
+    search; ``objective`` is "f1" or "recall@K"; ``budget`` is the most detections per true cell
+    before a trial counts as flooded (None: no limit); ``probe`` the fraction of the first crop's
+    voxels a trial runs on first (0: no probe); ``cv`` adds a leave-one-crop-out report.
+    ``log`` gets one line per finished trial; ``progress`` also shows the runs' bars and logs.
+    """
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)  # the spec must be valid as it stands
     text = spec_path.read_text(encoding="utf-8")
     raw = load_toml(text, str(spec_path))
-    grid = params or grid_from_table(raw.get("tune", {}), str(spec_path))
-    if not grid:
+    space = params or grid_from_table(raw.get("tune", {}), str(spec_path))
+    if not space:
         raise CvplError(f"{spec_path}: nothing to tune: give --param node.parameter=… or a [tune] table")
-    nodes = {n.name for n in spec.nodes}
-    for node, param in grid:
-        if node not in nodes:
-            raise CvplError(f"{spec_path}: cannot tune {node}.{param}: no node {node!r} (nodes: {', '.join(nodes)})")
-    source = dict(raw["input"])
-    if crop is not None:
-        source["crop"] = {axis: [crop[2 * i], crop[2 * i + 1]] for i, axis in enumerate(AXES)}
-    keys = list(grid)
-    variants = []
-    for combination in itertools.product(*grid.values()):
-        label = ", ".join(f"{node}.{param}={value}" for (node, param), value in zip(keys, combination))
-        chosen = tuple((node, param, value) for (node, param), value in zip(keys, combination))
-        variants.append(Variant(label, spec_path, chosen, points))
-    dataset = Dataset("tune", source, truth=str(truth), voxel_size=voxel_size, tolerance_um=tolerance_um)
-    suite = Suite(str(spec_path), (dataset,), tuple(variants), spec_path.parent / f"{spec_path.stem}-tune",
-                  spec.cache_url)  # fmt: skip
-    log(f"tuning {' × '.join(f'{n}.{p} ({len(v)})' for (n, p), v in grid.items())} = {len(variants)} trials")
-    scores, _ = run_suite(suite, scheduler=scheduler, progress=progress, log=log)
-    ranked = sorted(range(len(scores)), key=lambda i: (-(scores[i].f1 or 0.0), abs(scores[i].count_error or 0), i))
-    best = ranked[0]
-    values = {(node, param): value for node, param, value in variants[best].overrides}
+    check_space(spec, spec_path, space)
+    scored = scored_points(spec, spec_path, points)
+    goal, k = parse_objective(objective)
+    ranges = any(isinstance(v, Range) for v in space.values())
+    search = search or ("adaptive" if ranges else "grid")
+    if search not in ("grid", "adaptive"):
+        raise CvplError(f"--search {search!r}: expected grid or adaptive")
+    if search == "grid" and ranges:
+        named = next(f"{n}.{p}={v}" for (n, p), v in space.items() if isinstance(v, Range))
+        raise CvplError(f"--search grid: {named} is a range; give values (v1,v2,… or start:stop:count)")
+    if trials < 1 or batch < 1:
+        raise CvplError(f"--trials {trials}, --batch {batch}: expected numbers ≥ 1")
+
+    truths = [truth] if isinstance(truth, (str, Path)) else list(truth)
+    given: list[Any] = [None] if crop is None else list(crop)
+    boxes = [tuple(given)] if given and all(isinstance(c, (int, np.integer)) for c in given) else given
+    for box in boxes:
+        if box is not None and len(box) != 6:
+            raise CvplError(f"--crop {list(box)}: expected six voxel bounds Z0 Z1 Y0 Y1 X0 X1")
+    crops = _crops(spec, raw, pair_crops([str(t) for t in truths], boxes), voxel_size)
+    folder = spec_path.parent / f"{spec_path.stem}-tune"
+    (folder / "trials").mkdir(parents=True, exist_ok=True)
+    for old in (folder / "trials").glob("[0-9][0-9][0-9][0-9].csv"):
+        old.unlink()
+    true_total = sum(c.true for c in crops)
+    limit = budget * max(true_total, 1) if budget is not None else None
+    probe_crop = _probe(crops[0], spec, probe) if limit is not None and probe > 0 else None
+
+    runner = _Runner(spec_path, scored, crops, probe_crop, limit, goal, k, tolerance_um, voxel_size, folder,
+                     spec.cache_url, scheduler, progress, log)  # fmt: skip
+    where = " and ".join(f"{c.name} ({c.truth}, {c.true} true)" for c in crops)
+    if search == "grid":
+        keys = list(space)
+        combos = list(itertools.product(*space.values()))  # type: ignore[arg-type]
+        log(f"tuning {' × '.join(f'{n}.{p} ({len(v)})' for (n, p), v in space.items())} = {len(combos)} trials "  # type: ignore[arg-type]
+            f"(grid) on {where}")  # fmt: skip
+        runner.run([dict(zip(keys, combo)) for combo in combos], len(combos))
+    else:
+        log(f"tuning {', '.join(f'{n}.{p} in {v}' for (n, p), v in space.items())}: {trials} trials (adaptive, "
+            f"seed {seed}) on {where}")  # fmt: skip
+        _adaptive(runner, spec, space, trials, timeout, seed, batch, log)
+    done = runner.trials
+
+    if not any(t.flooded for t in done) and all(t.pooled.found == 0 for t in done):
+        raise CvplError(f"{spec_path}: none of the {len(done)} trials found a cell in {where}; try other values "
+                        f"(a lower threshold, a wider range), check that the crop holds cells and that {scored} "
+                        "is the node to score (--points NODE)")  # fmt: skip
+    best = rank(done)[0]
+    _write_trials(folder, done, list(space), crops)
+    result = TuneResult(best.pooled, best.values, [t.pooled for t in done], best.number, None, done, search, folder,
+                        [c.name for c in crops], computed=runner.computed)  # fmt: skip
+    if cv and len(crops) > 1:
+        result.cv = leave_one_out(done, [c.name for c in crops], goal, k)
+    elif cv:
+        log("--cv: one crop only, nothing to hold out (give --truth/--crop pairs)")
+    if all(t.flooded for t in done):
+        log(f"warning: every trial flooded (more than {budget:g} detections per true cell); no tuned spec written "
+            "(try higher thresholds, or a larger --budget)")  # fmt: skip
+        return result
+    if best.objective <= 0 or not best.pooled.tp:
+        log(f"warning: the best {'F1' if goal == 'f1' else f'recall@{k:g}'} is 0: no trial matched a true cell "
+            "within the tolerance; no tuned spec written (check --voxel-size, --tolerance, and that the truth "
+            "lies in the crop)")  # fmt: skip
+        return result
     out = spec_path.with_name(f"{spec_path.stem}.tuned.toml")
-    out.write_text(tuned_text(text, values, scores[best], truth, crop), encoding="utf-8")
-    return TuneResult(scores[best], values, scores, best + 1, out)
+    described = ", ".join(f"{c.truth}" + (f" crop {list(c.box)}" if c.box else "") for c in crops)
+    out.write_text(tuned_text(text, best.values, best.pooled, described, None, search), encoding="utf-8")
+    result.spec = out
+    return result
+
+
+def _crops(spec: Spec, raw: dict[str, Any], pairs: list[tuple[str, Any]], voxel_size: Any) -> list[Crop]:
+    """Each (truth, crop) pair as a dataset input, with its true cells counted (a bad file fails here)."""
+    from cvplgraph.bench.run import inside
+    from cvplgraph.bench.truth import read_points
+    from cvplgraph.io.stores import read_input
+    from cvplgraph.values import Geometry
+
+    out = []
+    for i, (truth, box) in enumerate(pairs):
+        source = dict(raw["input"])
+        inp = spec.input
+        if box is not None:
+            source["crop"] = {axis: [int(box[2 * a]), int(box[2 * a + 1])] for a, axis in enumerate(AXES)}
+            inp = replace(inp, crop=tuple((int(box[2 * a]), int(box[2 * a + 1])) for a in range(3)))
+        image = read_input(inp)
+        cells = inside(read_points(truth, voxel_size=voxel_size), Geometry.of(image))
+        name = f"crop{i + 1}" if len(pairs) > 1 else "crop"
+        out.append(Crop(name, truth, tuple(box) if box is not None else None, source, len(cells),
+                        int(np.prod(image.shape))))  # fmt: skip
+    return out
+
+
+def _probe(first: Crop, spec: Spec, fraction: float) -> Crop | None:
+    """The centre of the first crop holding about ``fraction`` of its voxels (at least
+    :data:`PROBE_MIN` voxels per axis, so that filters' halos fit); None when that is not smaller
+    than the crop (nothing to save)."""
+    from cvplgraph.io.stores import read_input
+
+    if first.box is not None:
+        box = [(first.box[2 * a], first.box[2 * a + 1]) for a in range(3)]
+    else:
+        whole = spec.input.crop or [(0, n) for n in read_input(replace(spec.input, crop=None)).shape]
+        box = list(whole)
+    side = fraction ** (1 / 3)
+    inner = []
+    for start, stop in box:
+        n = stop - start
+        m = min(n, max(PROBE_MIN, int(round(n * side))))
+        inner.append((start + (n - m) // 2, start + (n - m) // 2 + m))
+    voxels = int(np.prod([b - a for a, b in inner]))
+    if voxels >= first.voxels:
+        return None
+    source = {**first.source, "crop": {axis: list(inner[a]) for a, axis in enumerate(AXES)}}
+    return Crop("probe", first.truth, tuple(v for pair in inner for v in pair), source, 0, voxels)
+
+
+class _Runner:
+    """Runs batches of trials (probe first, then every crop) and keeps them."""
+
+    def __init__(self, spec_path: Path, scored: str, crops: list[Crop], probe: Crop | None, limit: float | None,
+                 goal: str, k: float | None, tolerance: Any, voxel_size: Any, folder: Path, cache_url: str,
+                 scheduler: str | None, progress: bool, log: Any) -> None:  # fmt: skip
+        self.spec_path, self.scored, self.crops, self.probe, self.limit = spec_path, scored, crops, probe, limit
+        self.goal, self.k, self.tolerance, self.voxel_size, self.folder = goal, k, tolerance, voxel_size, folder
+        self.cache_url, self.scheduler, self.progress, self.log = cache_url, scheduler, progress, log
+        self.trials: list[Trial] = []
+        self.computed: list[str] = []
+        self.true = sum(c.true for c in crops)
+        self.voxels = sum(c.voxels for c in crops)
+
+    def _suite(self, crops: list[Crop], variants: list[Variant]) -> Suite:
+        datasets = tuple(Dataset(c.name, c.source, truth=c.truth, voxel_size=self.voxel_size,
+                                 tolerance_um=self.tolerance) for c in crops)  # fmt: skip
+        return Suite(str(self.spec_path), datasets, tuple(variants), self.folder, self.cache_url)
+
+    def _quiet(self, *_: Any) -> None:
+        return None
+
+    def run(self, batch: list[dict[tuple[str, str], Any]], total: int) -> list[Trial]:
+        """Run a batch of parameter sets as trials numbered after the ones before."""
+        start = len(self.trials)
+        variants = []
+        for i, values in enumerate(batch):
+            label = ", ".join(f"{n}.{p}={v}" for (n, p), v in values.items())
+            chosen = tuple((n, p, v) for (n, p), v in values.items())
+            variants.append(Variant(f"trial {start + i + 1} ({label})", self.spec_path, chosen, self.scored))
+        say = self.log if self.progress else self._quiet
+        flooded: dict[str, Score] = {}
+        seconds: dict[str, float] = {v.name: 0.0 for v in variants}
+        ratio = self.voxels / self.probe.voxels if self.probe is not None else 1.0  # crops' voxels per probe voxel
+        if self.probe is not None and self.limit is not None:
+            try:
+                scores, runs = run_suite(self._suite([self.probe], variants), scheduler=self.scheduler,
+                                         progress=self.progress, log=say, keep_points=True)  # fmt: skip
+                self.computed += [n for r in runs for n in r.computed]
+            except (ValueError, CvplError) as exc:  # such as a filter's halo larger than the probe
+                self.log(f"the probe ({self.probe.voxels} voxels) cannot run this spec ({exc}); "
+                         "trials run on the crops only")  # fmt: skip
+                self.probe, scores = None, []
+            for score in scores:
+                seconds[score.variant] += score.seconds_total
+                if score.found * ratio > self.limit:
+                    flooded[score.variant] = score
+        todo = [v for v in variants if v.name not in flooded]
+        per_crop: dict[str, dict[str, Score]] = {v.name: {} for v in todo}
+        if todo:
+            scores, runs = run_suite(self._suite(self.crops, todo), scheduler=self.scheduler,
+                                     progress=self.progress, log=say, keep_points=True)  # fmt: skip
+            self.computed += [n for r in runs for n in r.computed]
+            for score in scores:
+                per_crop[score.variant][score.dataset] = score
+                seconds[score.variant] += score.seconds_total
+        done = []
+        for i, (variant, values) in enumerate(zip(variants, batch)):
+            if variant.name in flooded:
+                probe = flooded[variant.name]
+                # counts extrapolated from the probe; no scores (objective 0)
+                pooled = Score("all", variant.name, int(round(probe.found * ratio)), true=self.true)
+                trial = Trial(start + i + 1, values, {}, pooled, flooded=True, seconds=seconds[variant.name])
+                points = {"probe": probe}
+            else:
+                crops = per_crop[variant.name]
+                trial = Trial(start + i + 1, values, crops, pool(list(crops.values()), variant.name),
+                              seconds=seconds[variant.name])  # fmt: skip
+                trial.flooded = self.limit is not None and trial.pooled.found > self.limit
+                points = crops
+            trial.objective = self._objective(trial)
+            self._write_points(trial, points)
+            self.log(trial_line(trial, total, self.goal, self.k))
+            done.append(trial)
+        self.trials += done
+        return done
+
+    def _objective(self, trial: Trial) -> float:
+        if trial.flooded:
+            return 0.0
+        if self.goal == "recall":
+            assert self.k is not None
+            if trial.pooled.found > self.k * max(self.true, 1):
+                trial.over_budget = True
+                return 0.0
+            return float(trial.pooled.recall or 0.0)
+        return float(trial.pooled.f1 or 0.0)
+
+    def _write_points(self, trial: Trial, scores: dict[str, Score]) -> None:
+        import pandas as pd
+
+        parts = [s.points.assign(crop=name) for name, s in scores.items() if s.points is not None]
+        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["z_um", "y_um", "x_um", "crop"])
+        frame.to_csv(self.folder / "trials" / f"{trial.number:04d}.csv", index=False)
+        for score in scores.values():
+            score.points = None  # written; not kept in memory
+
+
+def pool(scores: list[Score], name: str) -> Score:
+    """The crops' counts summed and scored as one crop (precision, recall, F1 of the sums)."""
+    from cvplgraph.bench.metrics import ratios
+
+    found = sum(s.found for s in scores)
+    true = sum(s.true or 0 for s in scores)
+    tp = sum(s.tp or 0 for s in scores)
+    precision, recall, f1 = ratios(tp, found, true)
+    return Score("all", name, found, true, tp, found - tp, true - tp, precision, recall, f1, found - true,
+                 100.0 * (found - true) / true if true else None, scores[0].tolerance_um if scores else None,
+                 sum(s.seconds_own for s in scores), sum(s.seconds_total for s in scores))  # fmt: skip
+
+
+def rank(trials: list[Trial]) -> list[Trial]:
+    """Best first: highest objective, then smallest count error, then the earliest."""
+    return sorted(trials, key=lambda t: (-t.objective, abs(t.pooled.count_error or 0), t.number))
+
+
+def trial_line(trial: Trial, total: int, goal: str, k: float | None) -> str:
+    """One line per finished trial (printed even with --quiet)."""
+    values = ", ".join(f"{n}.{p}={v}" for (n, p), v in trial.values.items())
+    s = trial.pooled
+    if trial.flooded and not trial.crops:
+        return f"trial {trial.number}/{total}: {values} → flooded (about {s.found} found for {s.true} true; stopped)"
+    score = f"F1 {s.f1:.3f}" if goal == "f1" else f"recall@{k:g} {trial.objective:.3f} (F1 {s.f1:.3f})"
+    crops = " [" + ", ".join(f"{n} {c.f1:.3f}" for n, c in trial.crops.items()) + "]" if len(trial.crops) > 1 else ""
+    mark = " flooded" if trial.flooded else " over budget" if trial.over_budget else ""
+    return f"trial {trial.number}/{total}: {values} → {score}{crops}, found {s.found} of {s.true} true{mark}"
+
+
+def trial_table(trials: list[Trial], keys: list[tuple[str, str]], crops: list[str]) -> Any:
+    """One row per trial: number, values, pooled counts and scores, per-crop F1, flags, seconds."""
+    import pandas as pd
+
+    rows = []
+    for t in trials:
+        s = t.pooled
+        row: dict[str, Any] = {"trial": t.number}
+        row.update({f"{n}.{p}": t.values.get((n, p)) for n, p in keys})
+        row.update(found=s.found, true=s.true, tp=s.tp, fp=s.fp, fn=s.fn, precision=s.precision, recall=s.recall,
+                   f1=s.f1)  # fmt: skip
+        if len(crops) > 1:
+            row.update({f"f1 {c}": (t.crops[c].f1 if c in t.crops else None) for c in crops})
+        row.update(objective=t.objective, flooded=t.flooded, over_budget=t.over_budget, seconds=round(t.seconds, 3))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.astype({c: "Int64" for c in ("found", "true", "tp", "fp", "fn")})
+
+
+def format_trials(frame: Any, keys: list[tuple[str, str]]) -> str:
+    """The trial table as aligned text: values as written, scores to 3 decimals, flags as words."""
+    import pandas as pd
+
+    params = {f"{n}.{p}" for n, p in keys}
+    heads = [c for c in frame.columns if c not in ("tp", "fp", "fn", "over_budget", "objective", "flooded")]
+    rows = [[*heads, "note"]]
+    for _, r in frame.iterrows():
+        cells = []
+        for c in heads:
+            v = r[c]
+            if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+                cells.append("–")
+            elif c in params or not isinstance(v, float):
+                cells.append(str(v))
+            else:
+                cells.append(f"{v:.1f}" if c == "seconds" else f"{v:.3f}")
+        cells.append("flooded" if r["flooded"] else "over budget" if r["over_budget"] else "")
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _write_trials(folder: Path, trials: list[Trial], keys: list[tuple[str, str]], crops: list[Crop]) -> None:
+    trial_table(trials, keys, [c.name for c in crops]).to_csv(folder / "trials.csv", index=False)
+
+
+def leave_one_out(trials: list[Trial], crops: list[str], goal: str, k: float | None) -> list[tuple[str, int, Score]]:
+    """For each crop: the best trial on the other crops (pooled), and its score on this one."""
+    out = []
+    for held in crops:
+        scored = []
+        for t in trials:
+            if t.flooded or held not in t.crops:
+                continue
+            others = pool([s for c, s in t.crops.items() if c != held], t.pooled.variant)
+            value = others.f1 if goal == "f1" else (0.0 if others.found > (k or 0) * max(others.true or 0, 1)
+                                                     else others.recall)  # fmt: skip
+            scored.append((-(value or 0.0), abs(others.count_error or 0), t.number, t))
+        if scored:
+            best = min(scored, key=lambda x: x[:3])[3]
+            out.append((held, best.number, best.crops[held]))
+    return out
+
+
+def _adaptive(runner: _Runner, spec: Spec, space: Space, trials: int, timeout: float | None, seed: int,
+              batch: int, log: Any) -> None:  # fmt: skip
+    """Optuna's TPE sampler, a batch of asked trials per suite run; ranges widened at their ends."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, trials // 4), constant_liar=True)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    current = dict(space)
+    problems = {key: value_problem(spec, *key) for key, v in space.items() if isinstance(v, Range)}
+    start = time.monotonic()
+    seen: dict[tuple[Any, ...], Trial] = {}
+    while len(runner.trials) < trials:
+        if timeout is not None and runner.trials and time.monotonic() - start > timeout:  # one batch at least
+            log(f"timeout: {timeout:g} s passed; stopped after {len(runner.trials)} trials")
+            break
+        distributions = {f"{n}.{p}": _distribution(v) for (n, p), v in current.items()}
+        asked = [study.ask(distributions) for _ in range(min(batch, trials - len(runner.trials)))]
+        values = []
+        for t in asked:
+            values.append({(n, p): readable(t.params[f"{n}.{p}"], v) if isinstance(v, Range) else t.params[f"{n}.{p}"]
+                           for (n, p), v in current.items()})  # fmt: skip
+        new = [v for v in values if tuple(v.values()) not in seen]
+        new = [v for i, v in enumerate(new) if tuple(v.values()) not in {tuple(w.values()) for w in new[:i]}]
+        ran = {tuple(t.values.values()): t for t in runner.run(new, trials)} if new else {}
+        seen.update(ran)
+        for t, v in zip(asked, values):
+            done = seen[tuple(v.values())]
+            if ran.pop(tuple(v.values()), None) is None:  # the same values again: the earlier trial's result
+                runner.trials.append(replace(done, number=len(runner.trials) + 1))
+                shutil.copyfile(runner.folder / "trials" / f"{done.number:04d}.csv",
+                                runner.folder / "trials" / f"{len(runner.trials):04d}.csv")  # fmt: skip
+                log(trial_line(runner.trials[-1], trials, runner.goal, runner.k) + " (repeated, not run again)")
+            study.tell(t, done.objective)
+        best = rank(runner.trials)[0]
+        if best.objective <= 0:
+            continue
+        for key, where in list(current.items()):
+            if not isinstance(where, Range):
+                continue
+            value = best.values[key]
+            span = (math.log(where.high) - math.log(where.low)) if where.log else where.high - where.low
+            at = (math.log(value) - math.log(where.low)) if where.log else value - where.low
+            for side, near in (("high", at >= (1 - EDGE) * span), ("low", at <= EDGE * span)):
+                if near and (wider := widen(where, side, problems[key])) is not None:
+                    log(f"{key[0]}.{key[1]}: the best so far ({value}) lies at the {side} end of {where}; "
+                        f"range widened to {wider}")  # fmt: skip
+                    where = current[key] = wider
+
+
+def _distribution(where: list[Any] | Range) -> Any:
+    import optuna
+
+    if isinstance(where, Range):
+        if where.integer:
+            return optuna.distributions.IntDistribution(int(where.low), int(where.high), log=where.log)
+        return optuna.distributions.FloatDistribution(where.low, where.high, log=where.log)
+    return optuna.distributions.CategoricalDistribution(where)
+
+
+# --------------------------------------------------------------------------- the tuned spec
 
 
 def tuned_text(
-    text: str, values: dict[tuple[str, str], Any], score: Score, truth: str, crop: tuple[int, ...] | None
+    text: str,
+    values: dict[tuple[str, str], Any],
+    score: Score,
+    truth: str,
+    crop: tuple[int, ...] | None,
+    search: str = "grid",
 ) -> str:
     """The spec text with the chosen values set and its score in a header comment."""
+    from cvplgraph.bench.report import tolerance_text
+
     lines = text.splitlines()
     where = locate_fields(text)
     for (node, param), value in values.items():
@@ -173,8 +775,8 @@ def tuned_text(
     stamp = datetime.date.today().isoformat()
     head = [
         f"# tuned by `cvplgraph tune` on {stamp} against {truth}" + (f", crop {list(crop)}" if crop else ""),
-        f"# best of the grid: F1 {score.f1:.3f} (precision {score.precision:.3f}, recall {score.recall:.3f}), "
-        f"{score.found} found of {score.true} true within {score.tolerance_um:g} µm",
+        f"# best of the {search} search: F1 {score.f1:.3f} (precision {score.precision:.3f}, recall "
+        f"{score.recall:.3f}), {score.found} found of {score.true} true within {tolerance_text(score.tolerance_um)} µm",
         "# " + ", ".join(f"{node}.{param} = {toml_value(v)}" for (node, param), v in values.items()),
     ]
     return "\n".join(head + lines) + "\n"

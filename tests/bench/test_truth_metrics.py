@@ -143,6 +143,54 @@ def test_many_points_all_found() -> None:
     np.testing.assert_array_equal(m.pairs[:, 1], len(truth) - 1 - m.pairs[:, 0])
 
 
+def brute_force_ellipsoid(found: np.ndarray, truth: np.ndarray, axes: np.ndarray) -> tuple[int, float]:
+    """(most pairs, least total normalised distance) when a pair needs Σ (Δ/axis)² ≤ 1: every
+    partial assignment tried, distances computed directly from the definition."""
+    d = np.sqrt((((found[:, None] - truth[None]) / axes) ** 2).sum(axis=2))
+    best = (0, 0.0)
+    for choice in itertools.product([None, *range(len(truth))], repeat=len(found)):
+        taken = [t for t in choice if t is not None]
+        if len(set(taken)) < len(taken) or any(t is not None and d[f, t] > 1.0 for f, t in enumerate(choice)):
+            continue
+        total = float(sum(d[f, t] for f, t in enumerate(choice) if t is not None))
+        if len(taken) > best[0] or (len(taken) == best[0] and total < best[1]):
+            best = (len(taken), total)
+    return best
+
+
+def test_anisotropic_tolerance_equals_brute_force_on_random_points() -> None:
+    """An ellipsoidal tolerance (z twice as long as x): same number of pairs and same total
+    normalised distance as trying every assignment; pairs inside the ellipsoid, distances in µm."""
+    rng = np.random.default_rng(17)
+    for _ in range(60):
+        found = rng.uniform(0, [12, 6, 6], size=(int(rng.integers(0, 6)), 3))
+        truth = rng.uniform(0, [12, 6, 6], size=(int(rng.integers(0, 6)), 3))
+        axes = rng.uniform(1.0, 3.0, size=3) * np.array([2.0, 1.0, 1.0])
+        m = match(found, truth, axes)
+        assert m.tolerance_um == tuple(axes)
+        pairs, total = brute_force_ellipsoid(found, truth, axes)
+        assert m.tp == pairs
+        delta = found[m.pairs[:, 0]] - truth[m.pairs[:, 1]]
+        np.testing.assert_allclose(m.distances, np.linalg.norm(delta, axis=1))
+        normalised = np.sqrt(((delta / axes) ** 2).sum(axis=1))
+        assert (normalised <= 1 + 1e-12).all() and normalised.sum() == pytest.approx(total, abs=1e-9)
+        assert len(set(m.pairs[:, 0])) == len(m.pairs) == len(set(m.pairs[:, 1]))
+
+
+def test_anisotropic_tolerance_is_an_ellipsoid() -> None:
+    """8 µm along z pairs with a (10, 4, 4) tolerance, 8 µm along x does not; three equal numbers are
+    the isotropic tolerance."""
+    truth = np.zeros((1, 3))
+    assert match(np.array([[8.0, 0.0, 0.0]]), truth, (10, 4, 4)).tp == 1
+    assert match(np.array([[0.0, 0.0, 8.0]]), truth, (10, 4, 4)).tp == 0
+    assert match(np.array([[6.0, 0.0, 3.0]]), truth, (10, 4, 4)).tp == 1  # 0.36 + 0.5625 ≤ 1
+    assert match(np.array([[0.0, 3.0, 3.0]]), truth, (10, 4, 4)).tp == 0  # 0.5625 + 0.5625 > 1, though 4.2 µm
+    iso = match(on_x(2.0), on_x(0.0), [2.0, 2.0, 2.0])
+    assert iso.tp == 1 and iso.tolerance_um == 2.0
+    with pytest.raises(InputError, match=r"tolerance_um \[1.0, 2.0\]: expected"):
+        match(truth, truth, [1.0, 2.0])
+
+
 @pytest.mark.parametrize(
     ("found", "truth", "tolerance", "message"),
     [

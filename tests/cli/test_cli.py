@@ -160,7 +160,7 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
 
 
 #: Heavy libraries that starting the command line must not import.
-HEAVY = ("dask", "distributed", "xarray", "pandas", "zarr", "napari")
+HEAVY = ("dask", "distributed", "xarray", "pandas", "zarr", "napari", "optuna")
 
 LAZY_START = """\
 import sys
