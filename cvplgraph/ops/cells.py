@@ -4,29 +4,38 @@ One number a biologist knows, the expected cell ``diameter`` in µm, sets every
 length; one number in noise units, ``threshold``, sets what counts as a cell.
 Nothing depends on the scan's brightness, offset or dtype:
 
-1. **Blob response at the cell scale.** ``R = G(σ) − G(κσ)``, a difference of
-   gaussians with σ = diameter / 4 (the σ of a cell's own profile) and κ = 1.6,
-   in µm so anisotropic voxels are respected. It is a band-pass: a constant
-   offset and a slowly varying background give 0.
-2. **Local background and noise of the response**, robustly: the median and
-   the MAD (× 1.4826) of ``R`` over tiles ``window`` cell diameters wide, on a
-   tile grid fixed to the volume (not to the blocks), interpolated linearly
-   between tile centres. Bright cells occupy a minority of a tile, so the median
-   and MAD see the background and its noise; where photon noise grows with the
-   background, the noise estimate grows with it.
-3. **Candidates** are local maxima of ``R`` over a box of half-width
-   ``separation × diameter`` whose contrast ``(R − median) / noise`` reaches
-   ``threshold``. Touching cells are split by this: two cells whose centres are
-   a diameter apart are two maxima of the response at their own scale.
-4. **Centre, size and shape per candidate**: the centre is refined to sub-voxel
+1. **Blob responses at two scales**, in µm so anisotropic voxels are respected.
+   The cell scale ``R = G(σ) − G(κσ)`` (σ = diameter / 4, the σ of a cell's own
+   profile, κ = 1.6: close to a Laplacian of gaussian) and the split scale
+   ``S = G(sσ) − G(σ)`` (s = 0.75), a narrower band where two cells closer than
+   a diameter, or a dim cell on a bright one's flank, are two peaks. Both are
+   band-passes: a constant offset and a slowly varying background give 0. The
+   gaussians are chained (each smooths the one before, σ adding in quadrature)
+   and truncated at 3σ; the widest, the surround, is computed on every other
+   voxel along the axes where σ spans ≥ 1.5 voxels and interpolated back.
+2. **Local background and noise of each response**, robustly: the median and
+   the MAD (× 1.4826) over tiles ``window`` cell diameters wide, on a tile grid
+   fixed to the volume (not to the blocks), interpolated linearly between tile
+   centres. Bright cells occupy a minority of a tile, so the median and MAD see
+   the background and its noise; where photon noise grows with the background,
+   the noise estimate grows with it.
+3. **Cells** are the local maxima of ``R`` (over the ellipsoid of radius
+   ``separation × diameter`` µm and the 26 neighbours) whose contrast
+   ``(R − median) / noise`` reaches ``threshold``; and the maxima of ``S`` over
+   the ellipsoid ``s`` times smaller whose contrast in ``S`` reaches 1.25 ×
+   ``threshold`` and in ``R`` reaches ``threshold``, with no cell-scale maximum
+   within ``separation × diameter`` (the ``split`` column marks them). The last
+   rule keeps single bright voxels (photon or camera speckle) out: they stand
+   out at the small scale and fade at a cell's.
+4. **Centre, size and shape per cell**: the centre is refined to sub-voxel
    precision by a parabola through the response along each axis; the half-width
    at half maximum of the response along each axis (µm) gives the size
    (``radius_um``, ``volume_um3`` of that ellipsoid) and the shape
    (``elongation``, z against the in-plane half-widths); ``edge`` and ``ring``
    are the response one radius and one diameter from the centre, as a fraction
    of the peak (a cell falls off smoothly and has a dark surround; a speck or a
-   fibre does not). These columns are the features ``classify_objects`` learns
-   from.
+   fibre does not). With ``contrast`` and ``contrast_small`` these columns are
+   the features ``classify_objects`` learns from.
 
 Every step is local and read through a halo that covers the tiles a block's
 voxels are interpolated from and the filters' reach, so a block computes
@@ -37,20 +46,30 @@ holds its peak voxel, with the same centre and features for any chunking.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
-from cvplgraph.ops.filters import TRUNCATE
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import Geometry, Table
 
 #: Ratio of the surround gaussian to the centre gaussian (≈ a Laplacian of gaussian).
 KAPPA = 1.6
+#: The centre gaussian's σ as a fraction of the cell diameter (a cell's own profile has σ ≈ radius / 2).
+SIGMA_PER_DIAMETER = 0.25
+#: The split scale's σ against the cell scale's, and its threshold against the cell scale's.
+SPLIT = 0.75
+SPLIT_THRESHOLD = 1.25
+#: The response's gaussians reach this many σ (scipy's ``truncate``): 3σ holds 99.7 % of the weight.
+KERNEL_TRUNCATE = 3.0
+#: Axes where the cell scale's σ spans at least this many voxels get their surround on every other voxel.
+DECIMATE_FROM = 1.5
 #: MAD → standard deviation for gaussian noise.
 MAD_TO_SD = 1.4826
 #: Noise never below this fraction of the tile's mean absolute intensity (flat or empty regions).
@@ -58,7 +77,19 @@ NOISE_FLOOR = 1e-5
 #: Tiles at least this many voxels wide along an axis are sampled at every other voxel along it.
 SUBSAMPLE_FROM = 6
 
-FEATURES = ["contrast", "noise", "radius_um", "hw_z_um", "hw_y_um", "hw_x_um", "elongation", "edge", "ring"]
+FEATURES = [
+    "contrast",
+    "contrast_small",
+    "split",
+    "noise",
+    "radius_um",
+    "hw_z_um",
+    "hw_y_um",
+    "hw_x_um",
+    "elongation",
+    "edge",
+    "ring",
+]
 COLUMNS = ["label", "z", "y", "x", "z_um", "y_um", "x_um", "volume_voxels", "volume_um3", "intensity", *FEATURES]
 
 
@@ -68,15 +99,36 @@ class Scales:
     def __init__(self, diameter: float, window: float, separation: float, scale: tuple[float, ...]) -> None:
         self.diameter = diameter
         self.scale = np.asarray(scale, dtype=float)
-        self.sigma = diameter / 4.0 / self.scale  # voxels per axis
-        # the surround G(κσ) is G(σ) smoothed again by σ√(κ² − 1): a smaller second kernel
-        self.extra = self.sigma * math.sqrt(KAPPA**2 - 1.0)
-        reach = [int(TRUNCATE * s + 0.5) + int(TRUNCATE * e + 0.5) for s, e in zip(self.sigma, self.extra)]
-        self.filter_halo = np.array(reach) + 1  # scipy's kernel radii, one after the other
+        self.sigma = diameter * SIGMA_PER_DIAMETER / self.scale  # voxels per axis
+        # Three gaussians in a chain, each smoothing the one before it (σ adds in quadrature), so every
+        # kernel is small: the split-scale centre G(sσ), the cell-scale centre G(σ) from it, and the
+        # surround G(κσ) from that. The cell-scale response is G(σ) − G(κσ), the split-scale one
+        # G(sσ) − G(σ): a narrower band, where two cells a little closer than a diameter are two peaks.
+        self.kernels = {
+            "small": SPLIT * self.sigma,
+            "centre": self.sigma * math.sqrt(1.0 - SPLIT**2),
+            "surround": self.sigma * math.sqrt(KAPPA**2 - 1.0),
+        }
+        # The surround is smooth enough to be computed on every other voxel along the axes where the
+        # cell scale spans ≥ DECIMATE_FROM voxels (in-plane, usually), then interpolated back: a quarter
+        # of the work of the widest kernel.
+        self.decimate = self.sigma >= DECIMATE_FROM
+        step = np.where(self.decimate, 2, 1)
+        radius = {name: np.array([int(KERNEL_TRUNCATE * v + 0.5) for v in k]) for name, k in self.kernels.items()}
+        coarse = np.array([int(KERNEL_TRUNCATE * v / f + 0.5) for v, f in zip(self.kernels["surround"], step)])
+        reach = radius["small"] + radius["centre"] + coarse * step + 2 * (step - 1)
+        self.filter_halo = reach + 1  # scipy's kernel radii, one after the other
         self.tile = np.maximum(1, np.rint(window * diameter / self.scale)).astype(int)
         # the maxima box and the profile (one diameter out) stay inside the tiles the halo holds
         inner = np.maximum(1, (self.tile - 1) // 2)
-        self.footprint = np.minimum(np.maximum(1, np.rint(separation * diameter / self.scale)).astype(int), inner)
+        # a maximum is the highest voxel of the ellipsoid of semi-axes separation × diameter (and of its
+        # 26 neighbours); the zone around the core where maxima are found reaches two boxes into the tiles
+        self.separation_um = separation * diameter
+        self.semi = self.separation_um / self.scale
+        self.footprint = np.minimum(np.maximum(1, np.ceil(self.semi - 1e-9)).astype(int),
+                                    np.maximum(1, (self.tile - 1) // 4))  # fmt: skip
+        self.split_semi = SPLIT * self.semi
+        self.split_footprint = np.minimum(np.maximum(1, np.ceil(self.split_semi - 1e-9)).astype(int), self.footprint)
         self.steps = np.minimum(np.maximum(1, np.ceil(diameter / self.scale)).astype(int), inner)
 
 
@@ -184,17 +236,84 @@ def _axis_maxima(response: np.ndarray, start: np.ndarray, stop: np.ndarray, floo
     return np.argwhere(found)
 
 
-def _is_box_maximum(response: np.ndarray, at: np.ndarray, values: np.ndarray, radius: np.ndarray) -> np.ndarray:
-    """Whether each voxel ``at`` ((n, 3), local) is ≥ every voxel of the box of half-size ``radius`` around it.
+def _responses(
+    image: np.ndarray, scales: Scales, origin: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The image smoothed at the cell scale and its centre-surround response; the same at the split scale."""
+    k = scales.kernels
 
-    Box voxels outside ``response`` are its nearest edge voxel (scipy's ``mode="nearest"``).
+    def smooth(a: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(a, sigma, mode="reflect", truncate=KERNEL_TRUNCATE)
+
+    small_centre = smooth(image, k["small"])
+    centre = smooth(small_centre, k["centre"])
+    response = centre - _decimated_gaussian(centre, k["surround"], scales.decimate, origin)
+    small = small_centre - centre
+    return centre, response, small_centre, small
+
+
+def _decimated_gaussian(a: np.ndarray, sigma: np.ndarray, decimate: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """A gaussian of ``a`` computed on the voxels of even global index along the ``decimate`` axes (σ
+    halved there), then linearly interpolated back to every voxel. ``a`` starts at global ``origin``;
+    the result depends only on global positions, so blocks agree with the whole array."""
+    take = tuple(slice(int(o) % 2, None, 2) if d else slice(None) for o, d in zip(origin, decimate))
+    coarse = ndimage.gaussian_filter(a[take], np.where(decimate, sigma / 2, sigma), mode="reflect",
+                                     truncate=KERNEL_TRUNCATE)  # fmt: skip
+    for axis in np.flatnonzero(decimate):
+        n = a.shape[axis]
+        first = int(origin[axis]) % 2  # local index of the first even global voxel
+        full = np.empty(coarse.shape[:axis] + (n,) + coarse.shape[axis + 1 :], dtype=coarse.dtype)
+        at: list[Any] = [slice(None)] * 3
+        at[axis] = slice(first, None, 2)
+        full[tuple(at)] = coarse
+        # odd voxels: the mean of their two even neighbours (the nearest one at either end)
+        odd = np.arange(1 - first, n, 2)
+        left = np.clip((odd - first) // 2, 0, coarse.shape[axis] - 1)
+        right = np.clip((odd - first + 1) // 2, 0, coarse.shape[axis] - 1)
+        at[axis] = odd
+        full[tuple(at)] = 0.5 * (np.take(coarse, left, axis=axis) + np.take(coarse, right, axis=axis))
+        coarse = full
+    return coarse
+
+
+def _maxima(response: np.ndarray, centres: list[np.ndarray], median: np.ndarray, noise: np.ndarray,
+            threshold: float, start: np.ndarray, stop: np.ndarray, origin: np.ndarray,
+            footprint: np.ndarray, semi: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Global voxels in [start, stop) where ``response`` is the maximum of its ellipsoid of semi-axes
+    ``footprint`` and its contrast (response − median) / noise, interpolated between tile centres,
+    reaches ``threshold``. ``response`` starts at global voxel ``origin``."""
+    # first where the response can reach the threshold at all: the smallest threshold of the tiles a
+    # voxel is interpolated from, a scalar for the whole box, then per voxel for the few left
+    floor = ndimage.minimum_filter(median + threshold * noise, size=2, mode="nearest", origin=-1)
+    local = _axis_maxima(response, start - origin, stop - origin, max(float(floor.min()), 0.0))
+    index = [np.clip(np.searchsorted(centres[a], local[:, a] + start[a], side="right") - 1, 0,
+                     len(centres[a]) - 1) for a in range(3)]  # fmt: skip
+    values = response[tuple((local + (start - origin)).T)]
+    keep = (values >= floor[tuple(index)]) & (values > 0)
+    local, values = local[keep], values[keep]
+    keep = _is_box_maximum(response, local + (start - origin), values, footprint, semi)
+    at = local[keep] + start
+    values = values[keep].astype(np.float64)
+    contrast = (values - interpolate(centres, median, at.astype(float))) / interpolate(centres, noise, at.astype(float))
+    return at[contrast >= threshold]
+
+
+def _is_box_maximum(
+    response: np.ndarray, at: np.ndarray, values: np.ndarray, radius: np.ndarray, semi: np.ndarray
+) -> np.ndarray:
+    """Whether each voxel ``at`` ((n, 3), local) is ≥ every voxel of the ellipsoid of semi-axes ``semi``
+    (voxels, within the box of half-size ``radius``) and of its 26 neighbours.
+
+    Voxels outside ``response`` are its nearest edge voxel (scipy's ``mode="nearest"``).
     """
     limit = np.asarray(response.shape) - 1
     shifts = np.array(list(np.ndindex(*(2 * radius + 1)))) - radius
+    inside = ((shifts / np.maximum(semi, 1e-9)) ** 2).sum(axis=1) <= 1.0 + 1e-9
+    shifts = shifts[inside | (np.abs(shifts).max(axis=1) <= 1)]
     shifts = shifts[np.argsort(np.abs(shifts).sum(axis=1), kind="stable")][1:]  # nearest first: most fail early
     where = np.arange(len(at))
-    inside = len(at) == 0 or bool(np.all(at.min(axis=0) >= radius) and np.all(at.max(axis=0) <= limit - radius))
-    if inside:  # no box leaves the array: flat offsets, no clipping
+    clear = len(at) == 0 or bool(np.all(at.min(axis=0) >= radius) and np.all(at.max(axis=0) <= limit - radius))
+    if clear:  # no box leaves the array: flat offsets, no clipping
         flat, strides = response.ravel(), np.array(response.strides) // response.itemsize
         position = at @ strides
         for shift in shifts:
@@ -240,35 +359,52 @@ def detect_block(
     """
     scales = Scales(*lengths)
     image = padded.astype(np.float32, copy=False)
-    centre = ndimage.gaussian_filter(image, scales.sigma, mode="reflect", truncate=TRUNCATE)
-    surround = ndimage.gaussian_filter(centre, scales.extra, mode="reflect", truncate=TRUNCATE)
-    response = centre - surround
     first, last = tile_span(core_start, core_stop, scales.tile, shape)
+    centre, response, s_centre, small = _responses(image, scales, pad_start)
     centres, median, noise = tile_stats(response, image, first, last, scales.tile, pad_start)
+    s_centres, s_median, s_noise = tile_stats(small, image, first, last, scales.tile, pad_start)
+    # the cell scale: maxima in the core, and in the separation zone around it (to tell the split scale)
+    around = (np.maximum(core_start - scales.footprint, first), np.minimum(core_stop + scales.footprint, last))
+    zone = _maxima(response, centres, median, noise, threshold, *around, pad_start, scales.footprint, scales.semi)
+    main = zone[np.all((zone >= core_start) & (zone < core_stop), axis=1)]
+    # the split scale: smaller cells, and cells on a brighter neighbour's flank, where the cell scale
+    # shows one maximum for two cells; kept where no cell-scale maximum lies within the separation
+    extra = _maxima(small, s_centres, s_median, s_noise, SPLIT_THRESHOLD * threshold, core_start, core_stop,
+                    pad_start, scales.split_footprint, scales.split_semi)  # fmt: skip
+    if len(extra) and len(zone):
+        unit = scales.scale / scales.separation_um  # voxels → units of the separation
+        near, _ = cKDTree(zone * unit).query(extra * unit, distance_upper_bound=1.0 + 1e-9)
+        extra = extra[~np.isfinite(near)]
+    # and only where the cell scale sees a cell's contrast too: a single bright voxel (a speckle of
+    # photon or camera noise) stands out at the small scale but fades at a cell's
+    if len(extra):
+        extra = extra[_contrast(response, centres, median, noise, extra, pad_start) >= threshold]
+    rows = []
+    scales_found = ((main, response, centres, median, centre), (extra, small, s_centres, s_median, s_centre))
+    for found, resp, cen, med, smoothed in scales_found:
+        if len(found):
+            at = found.astype(np.int64)
+            rows.append(_describe(at, resp, interpolate(cen, med, at.astype(float)), smoothed, pad_start, scales))
+            rows[-1][:, COLUMNS.index("contrast")] = _contrast(response, centres, median, noise, at, pad_start)
+            rows[-1][:, COLUMNS.index("contrast_small")] = _contrast(small, s_centres, s_median, s_noise, at, pad_start)
+            rows[-1][:, COLUMNS.index("noise")] = interpolate(centres, noise, at.astype(float))
+            rows[-1][:, COLUMNS.index("split")] = float(resp is small)
+    return np.concatenate([np.empty((0, len(COLUMNS))), *rows])
 
-    # local maxima over the separation box, tested on the core only: first where the response can
-    # reach the threshold at all (the smallest threshold of the tiles a voxel is interpolated from)
-    floor = ndimage.minimum_filter(median + threshold * noise, size=2, mode="nearest", origin=-1)
-    local = _axis_maxima(response, core_start - pad_start, core_stop - pad_start, max(float(floor.min()), 0.0))
-    index = [np.clip(np.searchsorted(centres[a], local[:, a] + core_start[a], side="right") - 1, 0,
-                     len(centres[a]) - 1) for a in range(3)]  # fmt: skip
-    values = response[tuple((local + (core_start - pad_start)).T)]
-    keep = (values >= floor[tuple(index)]) & (values > 0)
-    local, values = local[keep], values[keep]
-    keep = _is_box_maximum(response, local + (core_start - pad_start), values, scales.footprint)
-    at = local[keep] + core_start  # global voxel of each local maximum
-    values = values[keep].astype(np.float64)
-    if len(at) == 0:
-        return np.empty((0, len(COLUMNS)))
-    bg = interpolate(centres, median, at.astype(float))
-    sd = interpolate(centres, noise, at.astype(float))
-    contrast = (values - bg) / sd
-    keep = contrast >= threshold
-    at, values, bg, sd, contrast = at[keep], values[keep], bg[keep], sd[keep], contrast[keep]
-    if len(at) == 0:
-        return np.empty((0, len(COLUMNS)))
 
-    rel = at - pad_start
+def _contrast(response: np.ndarray, centres: list[np.ndarray], median: np.ndarray, noise: np.ndarray,
+              at: np.ndarray, origin: np.ndarray) -> np.ndarray:  # fmt: skip
+    """(response − local median) / local noise at global voxels ``at``."""
+    values = response[tuple((at - origin).T)].astype(np.float64)
+    where = at.astype(float)
+    return (values - interpolate(centres, median, where)) / interpolate(centres, noise, where)
+
+
+def _describe(at: np.ndarray, response: np.ndarray, bg: np.ndarray, smoothed: np.ndarray, origin: np.ndarray,
+              scales: Scales) -> np.ndarray:  # fmt: skip
+    """Rows of :data:`COLUMNS` for maxima ``at`` of ``response`` (local background ``bg``): the sub-voxel
+    centre, half-widths, volume, shape and profile (contrast columns are filled by the caller)."""
+    rel = at - origin
     limit = np.asarray(response.shape) - 1
     refined = at.astype(float)
     profiles = []
@@ -280,36 +416,36 @@ def detect_block(
             idx[a] = np.clip(rel[:, a : a + 1] + sign * steps[None, :], 0, limit[a])
             sides.append(response[tuple(idx)].astype(np.float64) - bg[:, None])
         minus, plus = sides
-        centre_v = minus[:, 0]
-        curvature = minus[:, 1] - 2 * centre_v + plus[:, 1]
-        delta = np.where(
-            curvature < 0, 0.5 * (minus[:, 1] - plus[:, 1]) / np.where(curvature < 0, curvature, -1.0), 0.0
-        )
+        curvature = minus[:, 1] - 2 * minus[:, 0] + plus[:, 1]
+        concave = curvature < 0
+        delta = np.where(concave, 0.5 * (minus[:, 1] - plus[:, 1]) / np.where(concave, curvature, -1.0), 0.0)
         refined[:, a] += np.clip(delta, -0.5, 0.5)
         profiles.append((minus, plus))
     hw = np.column_stack([
         0.5 * (_half_width(m, scales.scale[a]) + _half_width(p, scales.scale[a])) for a, (m, p) in enumerate(profiles)
     ])  # fmt: skip
-    radius_um = hw.mean(axis=1)
     volume_um3 = 4.0 / 3.0 * math.pi * np.prod(hw, axis=1)
-    peak_v = np.maximum(values - bg, np.finfo(float).tiny)
+    peak = np.maximum(profiles[0][0][:, 0], np.finfo(float).tiny)
 
     def fraction_at(distance_um: float) -> np.ndarray:
         parts = []
         for a, (m, p) in enumerate(profiles):
             k = min(int(round(distance_um / scales.scale[a])), m.shape[1] - 1)
             parts += [m[:, k], p[:, k]]
-        return np.mean(parts, axis=0) / peak_v
+        return np.mean(parts, axis=0) / peak
 
-    edge = fraction_at(scales.diameter / 2)
-    ring = fraction_at(scales.diameter)
-    elongation = hw[:, 0] / np.maximum(0.5 * (hw[:, 1] + hw[:, 2]), 1e-12)
-    intensity = centre[tuple(rel.T)].astype(np.float64)
-    volume_voxels = np.maximum(1, np.rint(volume_um3 / float(np.prod(scales.scale))))
-    return np.column_stack([
-        np.zeros(len(at)), refined, np.zeros((len(at), 3)), volume_voxels, volume_um3, intensity,
-        contrast, sd, radius_um, hw, elongation, edge, ring,
-    ])  # fmt: skip
+    out = np.zeros((len(at), len(COLUMNS)))
+    column = {name: i for i, name in enumerate(COLUMNS)}
+    out[:, 1:4] = refined
+    out[:, column["volume_um3"]] = volume_um3
+    out[:, column["volume_voxels"]] = np.maximum(1, np.rint(volume_um3 / float(np.prod(scales.scale))))
+    out[:, column["intensity"]] = smoothed[tuple(rel.T)]
+    out[:, column["radius_um"]] = hw.mean(axis=1)
+    out[:, [column["hw_z_um"], column["hw_y_um"], column["hw_x_um"]]] = hw
+    out[:, column["elongation"]] = hw[:, 0] / np.maximum(0.5 * (hw[:, 1] + hw[:, 2]), 1e-12)
+    out[:, column["edge"]] = fraction_at(scales.diameter / 2)
+    out[:, column["ring"]] = fraction_at(scales.diameter)
+    return out
 
 
 def _table(geometry: Geometry, *parts: np.ndarray) -> pd.DataFrame:
@@ -343,8 +479,8 @@ def _checks() -> dict:
     inputs={"image": PortType.Image},
     output=PortType.Points,
     checks=_checks(),
-    halo="window × diameter (the noise tiles a block interpolates from) + 4 × 1.6 × diameter / 4 per axis",
-    cost="two gaussians, tile medians and a maximum filter per block",
+    halo="the noise tiles around the block (≥ window × diameter / 2) + the filters' reach (≈ 2 × diameter) per axis",
+    cost="three gaussians (the widest on every other voxel), tile medians and sparse maxima per block",
 )
 def detect_cells(
     image: xr.DataArray,
@@ -371,8 +507,8 @@ def detect_cells(
         Width of the tiles the local median and noise are taken over, in cell
         diameters.
     separation : float
-        Two maxima closer than ``separation × diameter`` along every axis are
-        one cell (the higher).
+        Two maxima closer than ``separation × diameter`` (µm) are one cell
+        (the higher).
 
     Returns
     -------
@@ -380,7 +516,9 @@ def detect_cells(
         ``z, y, x`` (voxels, sub-voxel), ``z_um, y_um, x_um``, ``intensity``
         (the image smoothed at the cell scale, at the peak), ``contrast`` (noise
         units), ``noise`` (the local noise of the response, image units),
-        ``radius_um`` and ``hw_z_um, hw_y_um, hw_x_um`` (half-widths at half
+        ``contrast_small`` (the same at the split scale), ``split`` (1 for a
+        cell found at the split scale), ``radius_um`` and
+        ``hw_z_um, hw_y_um, hw_x_um`` (half-widths at half
         maximum), ``volume_um3``/``volume_voxels`` (that ellipsoid),
         ``elongation``, ``edge`` and ``ring`` (the response one radius and one
         diameter out, as a fraction of the peak).

@@ -15,7 +15,16 @@ from scipy.interpolate import RegularGridInterpolator
 
 from cvplgraph import ops
 from cvplgraph.bench.metrics import Matching, match
-from cvplgraph.ops.cells import KAPPA, MAD_TO_SD, NOISE_FLOOR, SUBSAMPLE_FROM
+from cvplgraph.ops.cells import (
+    DECIMATE_FROM,
+    KAPPA,
+    MAD_TO_SD,
+    NOISE_FLOOR,
+    SIGMA_PER_DIAMETER,
+    SPLIT,
+    SPLIT_THRESHOLD,
+    SUBSAMPLE_FROM,
+)
 from cvplgraph.synth.volume import SynthParams, synth_volume
 from cvplgraph.values import Geometry, wrap
 
@@ -30,15 +39,30 @@ def detect(image: np.ndarray, scale: tuple[float, ...], chunks: tuple[int, ...] 
     return ops.detect_cells(wrap(data, geometry), **params).compute(scheduler="threads")
 
 
-def dense_definition(image: np.ndarray, scale: tuple[float, ...], diameter: float = 12.0, threshold: float = 6.0,
-                     window: float = 3.0, separation: float = 0.5) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """The method written on the whole array with scipy, loops over the tile grid and scipy's own
-    interpolator: (n, 3) peak voxels and their contrast."""
-    s = np.asarray(scale, dtype=float)
-    sigma = diameter / 4 / s
-    centre = ndimage.gaussian_filter(image.astype(np.float32), sigma, mode="reflect", truncate=4.0)
-    response = centre - ndimage.gaussian_filter(centre, sigma * math.sqrt(KAPPA**2 - 1), mode="reflect", truncate=4.0)
-    tile = np.maximum(1, np.rint(window * diameter / s)).astype(int)
+def footprint(semi: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """The ellipsoid of semi-axes ``semi`` (voxels) and the 26 neighbours, inside a box of half-size ``half``."""
+    grid = np.stack(np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij"), axis=-1)
+    return (((grid / semi) ** 2).sum(-1) <= 1 + 1e-9) | (np.abs(grid).max(-1) <= 1)
+
+
+def decimated_gaussian(a: np.ndarray, sigma: np.ndarray, decimate: np.ndarray) -> np.ndarray:
+    """Gaussian on the even voxels of the ``decimate`` axes (σ halved), odd voxels the mean of their two
+    even neighbours (the one neighbour at the end)."""
+    take = tuple(slice(0, None, 2) if d else slice(None) for d in decimate)
+    out = ndimage.gaussian_filter(a[take], np.where(decimate, sigma / 2, sigma), mode="reflect", truncate=3.0)
+    for axis in np.flatnonzero(decimate):
+        even = np.moveaxis(out, axis, 0)
+        n = a.shape[axis]
+        full = np.empty((n, *even.shape[1:]), even.dtype)
+        full[0::2] = even
+        for i in range(1, n, 2):
+            full[i] = 0.5 * (even[i // 2] + even[min(i // 2 + 1, len(even) - 1)])
+        out = np.moveaxis(full, 0, axis)
+    return out
+
+
+def tile_grids(response: np.ndarray, image: np.ndarray, tile: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
+    """Median and noise of ``response`` per tile of the global grid, looping over tiles."""
     n_tiles = [-(-n // t) for n, t in zip(image.shape, tile)]
     median, noise = np.empty(n_tiles), np.empty(n_tiles)
     for index in np.ndindex(*n_tiles):
@@ -50,15 +74,45 @@ def dense_definition(image: np.ndarray, scale: tuple[float, ...], diameter: floa
         noise[index] = max(MAD_TO_SD * np.median(np.abs(r - np.float32(median[index]))), NOISE_FLOOR * level)
     centres = [np.array([i * t + (min(t, n - i * t) - 1) / 2 for i in range(k)])
                for t, n, k in zip(tile, image.shape, n_tiles)]  # fmt: skip
-    footprint = np.minimum(np.maximum(1, np.rint(separation * diameter / s)), np.maximum(1, (tile - 1) // 2))
-    peaks = response == ndimage.maximum_filter(response, size=tuple(2 * footprint.astype(int) + 1), mode="nearest")
-    at = np.argwhere(peaks & (response > 0))
+    return centres, median, noise
+
+
+def contrast_at(response: np.ndarray, grids: tuple, at: np.ndarray) -> np.ndarray:
+    centres, median, noise = grids
     clamped = np.column_stack([np.clip(at[:, a], centres[a][0], centres[a][-1]) for a in range(3)])
-    bg = RegularGridInterpolator(centres, median)(clamped)
-    sd = RegularGridInterpolator(centres, noise)(clamped)
-    contrast = (response[tuple(at.T)] - bg) / sd
-    keep = contrast >= threshold
-    return at[keep], contrast[keep]
+    value = response[tuple(at.T)]
+    return (value - RegularGridInterpolator(centres, median)(clamped)) / RegularGridInterpolator(centres, noise)(
+        clamped
+    )
+
+
+def dense_definition(image: np.ndarray, scale: tuple[float, ...], diameter: float = 12.0, threshold: float = 6.0,
+                     window: float = 3.0, separation: float = 0.5) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The method written on the whole array with scipy, loops over the tile grid and scipy's own
+    interpolator: (n, 3) peak voxels and their cell-scale contrast."""
+    s = np.asarray(scale, dtype=float)
+    sigma = diameter * SIGMA_PER_DIAMETER / s
+    image = image.astype(np.float32)
+    small_centre = ndimage.gaussian_filter(image, SPLIT * sigma, mode="reflect", truncate=3.0)
+    centre = ndimage.gaussian_filter(small_centre, sigma * math.sqrt(1 - SPLIT**2), mode="reflect", truncate=3.0)
+    response = centre - decimated_gaussian(centre, sigma * math.sqrt(KAPPA**2 - 1), sigma >= DECIMATE_FROM)
+    small = small_centre - centre
+    tile = np.maximum(1, np.rint(window * diameter / s)).astype(int)
+    grids, s_grids = tile_grids(response, image, tile), tile_grids(small, image, tile)
+    semi = separation * diameter / s
+    half = np.minimum(np.maximum(1, np.ceil(semi - 1e-9)), np.maximum(1, (tile - 1) // 4)).astype(int)
+    s_half = np.minimum(np.maximum(1, np.ceil(SPLIT * semi - 1e-9)).astype(int), half)
+
+    def maxima(r: np.ndarray, foot: np.ndarray, g: tuple, level: float) -> np.ndarray:
+        at = np.argwhere((r == ndimage.maximum_filter(r, footprint=foot, mode="nearest")) & (r > 0))
+        return at[contrast_at(r, g, at) >= level]
+
+    main = maxima(response, footprint(semi, half), grids, threshold)
+    split = maxima(small, footprint(SPLIT * semi, s_half), s_grids, SPLIT_THRESHOLD * threshold)
+    split = split[contrast_at(response, grids, split) >= threshold]
+    far = [np.all((((main - p) * s / (separation * diameter)) ** 2).sum(1) > 1 + 1e-9) for p in split]
+    at = np.concatenate([main, split[np.array(far, dtype=bool)]])
+    return at, contrast_at(response, grids, at)
 
 
 def noisy_volume(
