@@ -405,19 +405,28 @@ def raw_read(url: Path) -> Callable[[], np.ndarray]:
     return lambda: per_block(da.from_zarr(str(url), component="0"), _first_voxel)
 
 
-def time_ops(timer: Timer, inputs: Inputs, model: Path) -> list[Row]:
-    """Every op on its natural input."""
+def time_ops(timer: Timer, inputs: Inputs, model: Path | None, only: tuple[str, ...] = ()) -> list[Row]:
+    """Every op on its natural input (those whose names start with one of ``only``, when given)."""
     image, mask, points, n = inputs.image, inputs.mask, inputs.points, inputs.voxels
     rows: list[Row] = []
 
+    def chosen(name: str) -> bool:
+        return not only or name.startswith(only)
+
     def image_op(name: str, call: Callable[[], xr.DataArray]) -> None:
+        if not chosen(name):
+            return
         rows.append(timer.measure(name, "op", lambda: per_block(call().data, _first_voxel), n)[0])
 
     def mask_op(name: str, call: Callable[[], xr.DataArray], repeats: int = 3) -> None:
+        if not chosen(name):
+            return
         rows.append(timer.measure(name, "op", lambda: store(call().data), n, check=mask_objects, repeats=repeats,
                                   note=f"objects ≥ {MIN_VOXELS} voxels in the mask (26-connected)")[0])  # fmt: skip
 
     def labels_op(name: str, call: Callable[[], xr.DataArray], repeats: int = 3, position_ids: bool = False) -> None:
+        if not chosen(name):
+            return
         # ids 1..N: the largest block maximum is the count; position ids: count the distinct ids (untimed rerun)
         check = (lambda _: distinct_ids(call().data)) if position_ids else (lambda m: int(m.max()))
         note = "distinct non-zero ids (position ids), counted in an untimed extra run" if position_ids else ""
@@ -425,6 +434,8 @@ def time_ops(timer: Timer, inputs: Inputs, model: Path) -> list[Row]:
                                   check=check, repeats=repeats, note=note)[0])  # fmt: skip
 
     def points_op(name: str, call: Callable[[], Any], check: Callable[[Any], int | None] | None = len) -> None:
+        if not chosen(name):
+            return
         row, result = timer.measure(name, "op", lambda: call().compute(), n, check=check)
         if isinstance(result, pd.DataFrame) and {"z", "y", "x"} <= set(result.columns):
             row = with_match(row, result[["z", "y", "x"]].to_numpy(), inputs)
@@ -437,7 +448,8 @@ def time_ops(timer: Timer, inputs: Inputs, model: Path) -> list[Row]:
     mask_op(f"threshold (level {LEVEL})", lambda: ops.threshold(image, level=LEVEL))
     mask_op("otsu", lambda: ops.otsu(image))
     mask_op("local_threshold (sigma 20 µm)", lambda: ops.local_threshold(image, sigma=20.0, offset=0.1))
-    mask_op("pixel_classifier", lambda: ops.pixel_classifier(image, model=str(model)), repeats=2)
+    if model is not None:
+        mask_op("pixel_classifier", lambda: ops.pixel_classifier(image, model=str(model)), repeats=2)
     labels_op("connected_components (6)", lambda: ops.connected_components(mask, connectivity=6))
     labels_op("connected_components (26)", lambda: ops.connected_components(mask, connectivity=26))
     labels_op("watershed", lambda: ops.watershed(mask, min_distance=MIN_DISTANCE, max_radius=MAX_RADIUS), 2)
@@ -449,6 +461,9 @@ def time_ops(timer: Timer, inputs: Inputs, model: Path) -> list[Row]:
     )
     for method, params in BLOBS.items():
         points_op(f"blobs ({method})", partial(ops.blobs, image, method=method, **params))
+    points_op(
+        "detect_cells (diameter 12 µm, threshold 6)", partial(ops.detect_cells, image, diameter=12.0, threshold=6.0)
+    )
     points_op("centroids (with image)", lambda: ops.centroids(inputs.labels, image))
     points_op("count", lambda: ops.count(points, block=inputs.chunks), check=lambda c: int(c.sum()))
     points_op("density (100 µm)", lambda: ops.density(points, spacing=100.0), check=None)
@@ -702,7 +717,7 @@ def flood_block(block: Block, kernel: Callable[..., np.ndarray], scale: tuple[fl
 # --------------------------------------------------------------------------- profiles
 
 
-def profile_ops(timer: Timer, inputs: Inputs, model: Path, names: list[str], top: int
+def profile_ops(timer: Timer, inputs: Inputs, model: Path | None, names: list[str], top: int
                 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """cProfile of the named ops on the first block only, synchronous scheduler; ``top`` functions by own time."""
     sub = tuple(slice(0, c) for c in inputs.chunks)
@@ -829,6 +844,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--profile-top", type=int, default=4, help="how many of the slowest ops to profile")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--only",
+        default="",
+        metavar="NAMES",
+        help="time only the ops whose names start with these, comma-separated (e.g. detect_cells,blobs)",
+    )
     return parser.parse_args(argv)
 
 
@@ -848,20 +869,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         inputs = load_inputs(url, truth_csv, chunks)
         truth = len(inputs.truth)
         print(f"volume {shape} float32, chunks {chunks}, {truth} true cells; {args.threads} threads", flush=True)
-        model, training = train_classifier(inputs, workdir / "models")
+        only = tuple(args.only.split(",")) if args.only else ()
+        model, training = (None, None) if only else train_classifier(inputs, workdir / "models")
         print("ops:", flush=True)
-        op_rows = time_ops(timer, inputs, model)
-        print("per-block kernels, naive calls and prototypes:", flush=True)
-        other_rows = [
-            *time_blob_kernels(timer, inputs),
-            *time_watershed_kernels(timer, inputs),
-        ]
+        op_rows = time_ops(timer, inputs, model, only)
+        other_rows = []
+        if not only:
+            print("per-block kernels, naive calls and prototypes:", flush=True)
+            other_rows = [*time_blob_kernels(timer, inputs), *time_watershed_kernels(timer, inputs)]
     rows = [raw, *op_rows, *other_rows]
     print_table(rows, raw, truth)
-    slowest = sorted(op_rows, key=lambda r: -r.seconds)[: args.profile_top]
+    slowest = sorted(op_rows, key=lambda r: -r.seconds)[: 0 if only else args.profile_top]
     print_breakdowns(slowest, args.threads)
     ratios = speedups(rows)
-    profiles = profile_ops(timer, inputs, model, [r.name for r in slowest], top=10)
+    profiles = profile_ops(timer, inputs, model, [r.name for r in slowest], top=10) if slowest else {}
     report = {
         "shape": list(shape),
         "chunks": list(chunks),
