@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING, Any
 
 from cvplgraph.cli._common import add_common
@@ -60,6 +61,10 @@ def handle(args: argparse.Namespace) -> int:
         display.event("interrupted", run=run_id, record=stop.record_url)
         raise KeyboardInterrupt(_interrupted(plan, args.spec)) from None
     report, record, page = run.results.report, run.record, run.page
+    for line in empty_warnings(record):
+        display.event("warning", run=run_id, message=line)
+        if display.mode != "json":
+            print(f"warning: {line}", file=sys.stderr)
     if display.mode == "json":
         display.event("done", run=run_id, seconds=round(report.seconds, 3), computed=report.computed,
                       outputs=report.outputs, counts=record["counts"], record=run.record_url, report=page)  # fmt: skip
@@ -69,6 +74,19 @@ def handle(args: argparse.Namespace) -> int:
             print(f"  {name} → {target}")
         print(f"run {run_id} recorded" + (f"; report → {page}" if page else f" (cvplgraph report {args.spec})"))
     return 0
+
+
+def empty_warnings(record: dict[str, Any]) -> list[str]:
+    """A line for each node of points that found nothing: a result a user must not take for a count."""
+    types = {n["name"]: n.get("type") for n in record.get("nodes") or []}
+    return [
+        f"{name} found no objects. If the input is integer (e.g. uint16 counts) and not normalized, it is "
+        "read as a fraction of the dtype's range, where cells often sit below 0.02: fixed levels then find "
+        "nothing. Use specs/cells.toml (contrast in noise units), a `normalize` node, or [input] "
+        "intensity_range."
+        for name, n in (record.get("counts") or {}).items()
+        if n == 0 and types.get(name) == "Points"
+    ]
 
 
 def _interrupted(plan: Plan, spec: str) -> str:

@@ -17,6 +17,7 @@ from cvplgraph.cli import build_parser, main
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or every op's conformance; see pyproject.toml's markers
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cvplgraph(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -192,3 +193,26 @@ def test_import_cvplgraph_imports_no_heavy_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_points_output_that_found_nothing_is_said(tmp_path: Path) -> None:
+    """Raw uint16 counts (cells at ≈ 1 % of 65 535) under a fixed level of 0.3: the run succeeds but
+    says, on stderr, that the node found nothing and why that may be; specs/cells.toml finds them."""
+    from cvplgraph.synth.volume import SynthParams, write_synthetic
+
+    params = SynthParams(shape=(24, 96, 96), chunks=(24, 96, 96), seed=1, dtype="uint16", gain=1000.0, offset=100.0)
+    cells = write_synthetic(str(tmp_path / "scan.ome.zarr"), params)
+    (tmp_path / "level.toml").write_text(
+        '[input]\nurl = "scan.ome.zarr"\n[nodes.mask]\nop = "threshold"\nimage = "input"\nlevel = 0.3\n'
+        '[nodes.cells]\nop = "connected_components"\nmask = "mask"\n'
+        '[nodes.centres]\nop = "centroids"\nlabels = "cells"\n[outputs]\ncentres = "centres.csv"\n'
+    )
+    out = cvplgraph("run", "level.toml", "--quiet", "--scheduler", "threads", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "warning: centres found no objects" in out.stderr and "specs/cells.toml" in out.stderr
+    (tmp_path / "cells.toml").write_text(
+        (ROOT / "specs" / "cells.toml").read_text().replace("synthetic.ome.zarr", "scan.ome.zarr")
+    )
+    out = cvplgraph("run", "cells.toml", "--quiet", "--scheduler", "threads", cwd=tmp_path)
+    assert out.returncode == 0 and "found no objects" not in out.stderr, out.stderr
+    assert abs(len(pd.read_csv(tmp_path / "results" / "cells.csv")) - len(cells)) <= 0.05 * len(cells)
