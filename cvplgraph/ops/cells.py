@@ -63,9 +63,10 @@ from cvplgraph.values import Geometry, Table
 KAPPA = 1.6
 #: The centre gaussian's σ as a fraction of the cell diameter (a cell's own profile has σ ≈ radius / 2).
 SIGMA_PER_DIAMETER = 0.25
-#: The split scale's σ against the cell scale's, and its threshold against the cell scale's.
+#: The split scale's σ against the cell scale's, and its threshold against the cell scale's (a split
+#: maximum must also reach the full threshold in the cell-scale response at its voxel).
 SPLIT = 0.75
-SPLIT_THRESHOLD = 1.25
+SPLIT_THRESHOLD = 0.75
 #: The response's gaussians reach this many σ (scipy's ``truncate``): 3σ holds 99.7 % of the weight.
 KERNEL_TRUNCATE = 3.0
 #: Axes where the cell scale's σ spans at least this many voxels get their surround on every other voxel.
@@ -126,7 +127,7 @@ class Scales:
         self.separation_um = separation * diameter
         self.semi = self.separation_um / self.scale
         self.footprint = np.minimum(np.maximum(1, np.ceil(self.semi - 1e-9)).astype(int),
-                                    np.maximum(1, (self.tile - 1) // 4))  # fmt: skip
+                                    np.maximum(1, (self.tile - 1) // 6))  # fmt: skip
         self.split_semi = SPLIT * self.semi
         self.split_footprint = np.minimum(np.maximum(1, np.ceil(self.split_semi - 1e-9)).astype(int), self.footprint)
         self.steps = np.minimum(np.maximum(1, np.ceil(diameter / self.scale)).astype(int), inner)
@@ -364,21 +365,22 @@ def detect_block(
     centres, median, noise = tile_stats(response, image, first, last, scales.tile, pad_start)
     s_centres, s_median, s_noise = tile_stats(small, image, first, last, scales.tile, pad_start)
     # the cell scale: maxima in the core, and in the separation zone around it (to tell the split scale)
-    around = (np.maximum(core_start - scales.footprint, first), np.minimum(core_stop + scales.footprint, last))
-    zone = _maxima(response, centres, median, noise, threshold, *around, pad_start, scales.footprint, scales.semi)
-    main = zone[np.all((zone >= core_start) & (zone < core_stop), axis=1)]
-    # the split scale: smaller cells, and cells on a brighter neighbour's flank, where the cell scale
-    # shows one maximum for two cells; kept where no cell-scale maximum lies within the separation
-    extra = _maxima(small, s_centres, s_median, s_noise, SPLIT_THRESHOLD * threshold, core_start, core_stop,
-                    pad_start, scales.split_footprint, scales.split_semi)  # fmt: skip
-    if len(extra) and len(zone):
-        unit = scales.scale / scales.separation_um  # voxels → units of the separation
-        near, _ = cKDTree(zone * unit).query(extra * unit, distance_upper_bound=1.0 + 1e-9)
-        extra = extra[~np.isfinite(near)]
-    # and only where the cell scale sees a cell's contrast too: a single bright voxel (a speckle of
-    # photon or camera noise) stands out at the small scale but fades at a cell's
-    if len(extra):
-        extra = extra[_contrast(response, centres, median, noise, extra, pad_start) >= threshold]
+    fp = scales.footprint
+    inside = lambda at, lo, hi: at[np.all((at >= lo) & (at < hi), axis=1)]  # noqa: E731
+    # the cell scale: maxima in the core and one box around it
+    mains = _maxima(response, centres, median, noise, threshold, np.maximum(core_start - fp, first),
+                    np.minimum(core_stop + fp, last), pad_start, fp, scales.semi)  # fmt: skip
+    # the split scale, two boxes around the core: smaller cells, cells on a brighter neighbour's flank,
+    # and pairs the cell scale shows as one maximum. Only where the cell scale sees a cell's contrast
+    # too: a single bright voxel (photon or camera speckle) stands out at the small scale and fades at
+    # a cell's.
+    splits = _maxima(small, s_centres, s_median, s_noise, SPLIT_THRESHOLD * threshold,
+                     np.maximum(core_start - 2 * fp, first), np.minimum(core_stop + 2 * fp, last), pad_start,
+                     scales.split_footprint, scales.split_semi)  # fmt: skip
+    if len(splits):
+        splits = splits[_contrast(response, centres, median, noise, splits, pad_start) >= threshold]
+    main, extra = _resolve(mains, splits, scales.scale / scales.separation_um)
+    main, extra = inside(main, core_start, core_stop), inside(extra, core_start, core_stop)
     rows = []
     scales_found = ((main, response, centres, median, centre), (extra, small, s_centres, s_median, s_centre))
     for found, resp, cen, med, smoothed in scales_found:
@@ -398,6 +400,22 @@ def _contrast(response: np.ndarray, centres: list[np.ndarray], median: np.ndarra
     values = response[tuple((at - origin).T)].astype(np.float64)
     where = at.astype(float)
     return (values - interpolate(centres, median, where)) / interpolate(centres, noise, where)
+
+
+def _resolve(mains: np.ndarray, splits: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cell-scale and split-scale maxima into cells. A cell-scale maximum with two or more split-scale
+    maxima within the separation is a pair the cell scale merged: its split maxima are the cells.
+    Otherwise it is one cell, and split maxima within the separation of it are that cell again; split
+    maxima near no cell-scale maximum are cells of their own. ``unit`` turns voxels into units of the
+    separation. (Each decision looks one separation around a maximum, and that maximum's own
+    neighbours one more: the caller passes split maxima two boxes around the core.)"""
+    if len(mains) == 0 or len(splits) == 0:
+        return mains, splits
+    near_split = cKDTree(splits * unit).query_ball_point(mains * unit, r=1.0 + 1e-9)
+    merged = np.array([len(n) >= 2 for n in near_split], dtype=bool)
+    near_main = cKDTree(mains * unit).query_ball_point(splits * unit, r=1.0 + 1e-9)
+    keep = np.array([all(merged[j] for j in n) for n in near_main], dtype=bool)  # near none, or only merged ones
+    return mains[~merged], splits[keep]
 
 
 def _describe(at: np.ndarray, response: np.ndarray, bg: np.ndarray, smoothed: np.ndarray, origin: np.ndarray,

@@ -100,7 +100,7 @@ def dense_definition(image: np.ndarray, scale: tuple[float, ...], diameter: floa
     tile = np.maximum(1, np.rint(window * diameter / s)).astype(int)
     grids, s_grids = tile_grids(response, image, tile), tile_grids(small, image, tile)
     semi = separation * diameter / s
-    half = np.minimum(np.maximum(1, np.ceil(semi - 1e-9)), np.maximum(1, (tile - 1) // 4)).astype(int)
+    half = np.minimum(np.maximum(1, np.ceil(semi - 1e-9)), np.maximum(1, (tile - 1) // 6)).astype(int)
     s_half = np.minimum(np.maximum(1, np.ceil(SPLIT * semi - 1e-9)).astype(int), half)
 
     def maxima(r: np.ndarray, foot: np.ndarray, g: tuple, level: float) -> np.ndarray:
@@ -110,8 +110,12 @@ def dense_definition(image: np.ndarray, scale: tuple[float, ...], diameter: floa
     main = maxima(response, footprint(semi, half), grids, threshold)
     split = maxima(small, footprint(SPLIT * semi, s_half), s_grids, SPLIT_THRESHOLD * threshold)
     split = split[contrast_at(response, grids, split) >= threshold]
-    far = [np.all((((main - p) * s / (separation * diameter)) ** 2).sum(1) > 1 + 1e-9) for p in split]
-    at = np.concatenate([main, split[np.array(far, dtype=bool)]])
+    # a cell-scale maximum with two or more split maxima within the separation is a merged pair: its
+    # split maxima are the cells; split maxima near any other cell-scale maximum are that cell again
+    within = (((main[:, None, :] - split[None, :, :]) * s / (separation * diameter)) ** 2).sum(-1) <= 1 + 1e-9
+    merged = within.sum(axis=1) >= 2
+    kept = ~(within & ~merged[:, None]).any(axis=0)
+    at = np.concatenate([main[~merged], split[kept]])
     return at, contrast_at(response, grids, at)
 
 
@@ -126,10 +130,13 @@ def noisy_volume(
 @pytest.mark.parametrize(("scale", "window", "seed"), [((4.0, 1.5, 1.5), 3.0, 1), ((2.0, 2.0, 2.0), 2.0, 2),
                                                        ((6.0, 1.0, 1.0), 4.0, 3)])  # fmt: skip
 def test_block_kernel_equals_dense_definition(scale: tuple[float, ...], window: float, seed: int) -> None:
-    image, _, _ = noisy_volume(seed, background_amplitude=0.06, noise=0.03)
+    """Touching pairs and dim cells in the volume, so the split scale and its rules are exercised."""
+    image, _, _ = noisy_volume(seed, background_amplitude=0.06, noise=0.03, pairs=0.5, pair_distance=(0.75, 0.9),
+                               dim_fraction=0.3)  # fmt: skip
     at, contrast = dense_definition(image, scale, window=window)
     found = detect(image, scale, chunks=(13, 64, 50), window=window)
     assert len(at) > 50 and len(found) == len(at)
+    assert found["split"].sum() >= 3  # cells found at the split scale are part of the comparison
     voxels = found[["z", "y", "x"]].to_numpy()
     order = np.lexsort(at.T[::-1])
     # the op refines each peak by at most half a voxel per axis; pair them by position
@@ -142,10 +149,10 @@ def test_block_kernel_equals_dense_definition(scale: tuple[float, ...], window: 
 @pytest.mark.parametrize("chunks", [(20, 75, 85), (13, 64, 50), (10, 40, 45), (40, 9, 170)])
 def test_chunked_equals_whole_array(chunks: tuple[int, int, int]) -> None:
     """Chunks smaller than the noise tiles and the maxima box included: the same rows, bit for bit."""
-    image, params, _ = noisy_volume(5, background_amplitude=0.05)
+    image, params, _ = noisy_volume(5, background_amplitude=0.05, pairs=0.5, pair_distance=(0.75, 0.9))
     whole = detect(image, params.voxel_size)
     chunked = detect(image, params.voxel_size, chunks=chunks)
-    assert len(whole) > 100
+    assert len(whole) > 100 and whole["split"].sum() >= 10  # split-scale cells and merged pairs included
     assert list(chunked.columns) == list(whole.columns)
     np.testing.assert_array_equal(chunked.to_numpy(), whole.to_numpy())
 
