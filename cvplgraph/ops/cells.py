@@ -11,7 +11,7 @@ Nothing depends on the scan's brightness, offset or dtype:
    a diameter, or a dim cell on a bright one's flank, are two peaks. Both are
    band-passes: a constant offset and a slowly varying background give 0. The
    gaussians are chained (each smooths the one before, σ adding in quadrature)
-   and truncated at 3σ; the widest, the surround, is computed on every other
+   and truncated at 2.5σ; the widest, the surround, is computed on every other
    voxel along the axes where σ spans ≥ 1.5 voxels and interpolated back.
 2. **Local background and noise of each response**, robustly: the median and
    the MAD (× 1.4826) over tiles ``window`` cell diameters wide, on a tile grid
@@ -67,16 +67,22 @@ SIGMA_PER_DIAMETER = 0.25
 #: maximum must also reach the full threshold in the cell-scale response at its voxel).
 SPLIT = 0.75
 SPLIT_THRESHOLD = 0.75
-#: The response's gaussians reach this many σ (scipy's ``truncate``): 3σ holds 99.7 % of the weight.
-KERNEL_TRUNCATE = 3.0
+#: The response's gaussians reach this many σ (scipy's ``truncate``; the kernel is normalised to sum 1).
+KERNEL_TRUNCATE = 2.5
 #: Axes where the cell scale's σ spans at least this many voxels get their surround on every other voxel.
 DECIMATE_FROM = 1.5
 #: MAD → standard deviation for gaussian noise.
 MAD_TO_SD = 1.4826
 #: Noise never below this fraction of the tile's mean absolute intensity (flat or empty regions).
 NOISE_FLOOR = 1e-5
-#: Tiles at least this many voxels wide along an axis are sampled at every other voxel along it.
-SUBSAMPLE_FROM = 6
+#: Tiles are sampled at every other voxel along an axis where they span ≥ 6 voxels.
+SUBSAMPLE_FROM = (6,)
+
+
+def sample_step(width: int) -> int:
+    """The step at which a tile ``width`` voxels wide is sampled along one axis."""
+    return 1 + sum(width >= w for w in SUBSAMPLE_FROM)
+
 
 FEATURES = [
     "contrast",
@@ -161,11 +167,19 @@ def _segments(first: int, last: int, tile: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def tile_stats(response: np.ndarray, image: np.ndarray, first: np.ndarray, last: np.ndarray, tile: np.ndarray,
-               origin: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:  # fmt: skip
+def tile_stats(
+    response: np.ndarray,
+    image: np.ndarray,
+    first: np.ndarray,
+    last: np.ndarray,
+    tile: np.ndarray,
+    origin: np.ndarray,
+    levels: dict | None = None,
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Median and noise (MAD × 1.4826, floored) of ``response`` per global tile in [first, last).
 
-    ``response`` and ``image`` are arrays whose element 0 sits at global voxel ``origin``.
+    ``response`` and ``image`` are arrays whose element 0 sits at global voxel ``origin``; ``levels``
+    keeps the image's mean absolute level per tile between calls on the same image.
     Returns the tile centres per axis (global voxel coordinates) and the two grids.
     """
     segments = [_segments(int(first[a]), int(last[a]), int(tile[a])) for a in range(3)]
@@ -184,11 +198,16 @@ def tile_stats(response: np.ndarray, image: np.ndarray, first: np.ndarray, last:
                     slice(s - o, s - o + n * t) for s, n, t, o in zip((sz, sy, sx), (nz, ny, nx), (tz, ty, tx), origin)
                 )
                 shape = (nz, tz, ny, ty, nx, tx)
-                # every other voxel of a tile along the axes where it spans ≥ SUBSAMPLE_FROM voxels
-                step = tuple(slice(None, None, 2 if t >= SUBSAMPLE_FROM else None) for t in (tz, ty, tx))
+                step = tuple(slice(None, None, sample_step(t)) for t in (tz, ty, tx))
                 sub = (slice(None), step[0], slice(None), step[1], slice(None), step[2])
                 r = response[box].reshape(shape)[sub].transpose(0, 2, 4, 1, 3, 5).reshape(nz, ny, nx, -1)
-                level = np.abs(image[box].reshape(shape)[sub]).mean(axis=(1, 3, 5), dtype=np.float64)
+                key = (iz, iy, ix)  # the image's level per tile, shared by the calls for both responses
+                if levels is None or key not in levels:
+                    level = np.abs(image[box].reshape(shape)[sub]).mean(axis=(1, 3, 5), dtype=np.float64)
+                    if levels is not None:
+                        levels[key] = level
+                else:
+                    level = levels[key]
                 med = np.median(r, axis=-1)
                 mad = np.median(np.abs(r - med[..., None].astype(np.float32)), axis=-1)
                 where = (slice(offsets[0][iz], offsets[0][iz + 1]), slice(offsets[1][iy], offsets[1][iy + 1]),
@@ -217,24 +236,6 @@ def interpolate(centres: list[np.ndarray], grid: np.ndarray, points: np.ndarray)
             weight = weight * (weights[a] if corner[a] else 1.0 - weights[a])
         out += weight * grid[index]
     return out
-
-
-def _axis_maxima(response: np.ndarray, start: np.ndarray, stop: np.ndarray, floor: float) -> np.ndarray:
-    """Voxels of the box [start, stop) of ``response`` that are ≥ ``floor`` and ≥ their two neighbours
-    along every axis (a neighbour outside the array is the voxel itself), relative to ``start``."""
-    lo = np.maximum(start - 1, 0)
-    hi = np.minimum(stop + 1, response.shape)
-    window = response[tuple(slice(a, b) for a, b in zip(lo, hi))]
-    widths = [(int(1 - (a - low)), int(1 - (high - b))) for a, b, low, high in zip(start, stop, lo, hi)]
-    if any(w != (0, 0) for w in widths):  # the array's own edge: its neighbour is itself
-        window = np.pad(window, widths, mode="edge")
-    centre = window[1:-1, 1:-1, 1:-1]
-    found = centre >= floor
-    for axis in range(3):
-        for shift in (0, 2):
-            near = tuple(slice(shift, shift + n) if a == axis else slice(1, 1 + n) for a, n in enumerate(centre.shape))
-            found &= centre >= window[near]
-    return np.argwhere(found)
 
 
 def _responses(
@@ -286,7 +287,8 @@ def _maxima(response: np.ndarray, centres: list[np.ndarray], median: np.ndarray,
     # first where the response can reach the threshold at all: the smallest threshold of the tiles a
     # voxel is interpolated from, a scalar for the whole box, then per voxel for the few left
     floor = ndimage.minimum_filter(median + threshold * noise, size=2, mode="nearest", origin=-1)
-    local = _axis_maxima(response, start - origin, stop - origin, max(float(floor.min()), 0.0))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(start - origin, stop - origin))
+    local = np.argwhere(response[box] >= max(float(floor.min()), 0.0))
     index = [np.clip(np.searchsorted(centres[a], local[:, a] + start[a], side="right") - 1, 0,
                      len(centres[a]) - 1) for a in range(3)]  # fmt: skip
     values = response[tuple((local + (start - origin)).T)]
@@ -312,21 +314,22 @@ def _is_box_maximum(
     inside = ((shifts / np.maximum(semi, 1e-9)) ** 2).sum(axis=1) <= 1.0 + 1e-9
     shifts = shifts[inside | (np.abs(shifts).max(axis=1) <= 1)]
     shifts = shifts[np.argsort(np.abs(shifts).sum(axis=1), kind="stable")][1:]  # nearest first: most fail early
-    where = np.arange(len(at))
-    clear = len(at) == 0 or bool(np.all(at.min(axis=0) >= radius) and np.all(at.max(axis=0) <= limit - radius))
-    if clear:  # no box leaves the array: flat offsets, no clipping
-        flat, strides = response.ravel(), np.array(response.strides) // response.itemsize
-        position = at @ strides
-        for shift in shifts:
-            where = where[flat[position[where] + int(shift @ strides)] <= values[where]]
-            if len(where) == 0:
-                break
-    else:
-        for shift in shifts:
-            near = np.clip(at[where] + shift, 0, limit)
-            where = where[response[tuple(near.T)] <= values[where]]
-            if len(where) == 0:
-                break
+    # candidates whose box stays inside the array: flat offsets, no clipping; the others clipped
+    clear = np.all((at >= radius) & (at <= limit - radius), axis=1)
+    where = np.flatnonzero(clear)
+    flat, strides = response.ravel(), np.array(response.strides) // response.itemsize
+    position = at @ strides
+    for shift in shifts:
+        where = where[flat[position[where] + int(shift @ strides)] <= values[where]]
+        if len(where) == 0:
+            break
+    edge = np.flatnonzero(~clear)
+    for shift in shifts:
+        if len(edge) == 0:
+            break
+        near = np.clip(at[edge] + shift, 0, limit)
+        edge = edge[response[tuple(near.T)] <= values[edge]]
+    where = np.concatenate([where, edge])
     keep = np.zeros(len(at), dtype=bool)
     keep[where] = True
     return keep
@@ -362,8 +365,9 @@ def detect_block(
     image = padded.astype(np.float32, copy=False)
     first, last = tile_span(core_start, core_stop, scales.tile, shape)
     centre, response, s_centre, small = _responses(image, scales, pad_start)
-    centres, median, noise = tile_stats(response, image, first, last, scales.tile, pad_start)
-    s_centres, s_median, s_noise = tile_stats(small, image, first, last, scales.tile, pad_start)
+    levels: dict = {}
+    centres, median, noise = tile_stats(response, image, first, last, scales.tile, pad_start, levels)
+    s_centres, s_median, s_noise = tile_stats(small, image, first, last, scales.tile, pad_start, levels)
     # the cell scale: maxima in the core, and in the separation zone around it (to tell the split scale)
     fp = scales.footprint
     inside = lambda at, lo, hi: at[np.all((at >= lo) & (at < hi), axis=1)]  # noqa: E731

@@ -18,6 +18,7 @@ from cvplgraph.bench.metrics import Matching, match
 from cvplgraph.ops.cells import (
     DECIMATE_FROM,
     KAPPA,
+    KERNEL_TRUNCATE,
     MAD_TO_SD,
     NOISE_FLOOR,
     SIGMA_PER_DIAMETER,
@@ -49,7 +50,7 @@ def decimated_gaussian(a: np.ndarray, sigma: np.ndarray, decimate: np.ndarray) -
     """Gaussian on the even voxels of the ``decimate`` axes (σ halved), odd voxels the mean of their two
     even neighbours (the one neighbour at the end)."""
     take = tuple(slice(0, None, 2) if d else slice(None) for d in decimate)
-    out = ndimage.gaussian_filter(a[take], np.where(decimate, sigma / 2, sigma), mode="reflect", truncate=3.0)
+    out = ndimage.gaussian_filter(a[take], np.where(decimate, sigma / 2, sigma), mode="reflect", truncate=KERNEL_TRUNCATE)
     for axis in np.flatnonzero(decimate):
         even = np.moveaxis(out, axis, 0)
         n = a.shape[axis]
@@ -67,7 +68,7 @@ def tile_grids(response: np.ndarray, image: np.ndarray, tile: np.ndarray) -> tup
     median, noise = np.empty(n_tiles), np.empty(n_tiles)
     for index in np.ndindex(*n_tiles):
         box = tuple(slice(i * t, min((i + 1) * t, n)) for i, t, n in zip(index, tile, image.shape))
-        step = tuple(slice(None, None, 2 if b.stop - b.start >= SUBSAMPLE_FROM else 1) for b in box)
+        step = tuple(slice(None, None, 1 + sum(b.stop - b.start >= w for w in SUBSAMPLE_FROM)) for b in box)
         r = response[box][step]
         median[index] = np.median(r)
         level = np.abs(image[box][step]).mean()
@@ -93,8 +94,8 @@ def dense_definition(image: np.ndarray, scale: tuple[float, ...], diameter: floa
     s = np.asarray(scale, dtype=float)
     sigma = diameter * SIGMA_PER_DIAMETER / s
     image = image.astype(np.float32)
-    small_centre = ndimage.gaussian_filter(image, SPLIT * sigma, mode="reflect", truncate=3.0)
-    centre = ndimage.gaussian_filter(small_centre, sigma * math.sqrt(1 - SPLIT**2), mode="reflect", truncate=3.0)
+    small_centre = ndimage.gaussian_filter(image, SPLIT * sigma, mode="reflect", truncate=KERNEL_TRUNCATE)
+    centre = ndimage.gaussian_filter(small_centre, sigma * math.sqrt(1 - SPLIT**2), mode="reflect", truncate=KERNEL_TRUNCATE)
     response = centre - decimated_gaussian(centre, sigma * math.sqrt(KAPPA**2 - 1), sigma >= DECIMATE_FROM)
     small = small_centre - centre
     tile = np.maximum(1, np.rint(window * diameter / s)).astype(int)
