@@ -67,3 +67,24 @@ def test_bad_options_are_one_line_in_the_commands_syntax(spec: Path) -> None:
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
         (line,) = out.stderr.strip().splitlines()
         assert expected in line
+
+
+def test_the_shipped_cells_spec_tunes_with_nothing_but_the_truth(tmp_path: Path) -> None:
+    """`cvplgraph tune specs/cells.toml --truth FILE`: the spec's own [tune] ranges, adaptive search,
+    a tuned spec whose values lie in (or beyond, when widened) those ranges and score what they say."""
+    root = Path(__file__).resolve().parents[2]
+    write_synthetic(str(tmp_path / "synthetic.ome.zarr"),
+                    SynthParams(shape=(24, 96, 96), chunks=(24, 96, 96), seed=5, noise=0.05),
+                    str(tmp_path / "cells.csv"))  # fmt: skip
+    spec = tmp_path / "cells.toml"
+    spec.write_text((root / "specs" / "cells.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    out = tune(spec, "--trials", "6", "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert "adaptive search" in out.stdout, out.stdout
+    trials = pd.read_csv(tmp_path / "cells-tune" / "trials.csv")
+    assert len(trials) == 6 and {"cells.threshold", "cells.diameter"} <= set(trials.columns)
+    best = trials.loc[trials["f1"].idxmax()]
+    tuned = (tmp_path / "cells.tuned.toml").read_text(encoding="utf-8")
+    assert re.search(rf"^threshold = {best['cells.threshold']:g}\s", tuned, re.M), tuned
+    assert re.search(rf"^diameter = {best['cells.diameter']:g}\s", tuned, re.M), tuned
+    assert best["f1"] >= 0.9  # a bright, sparse volume: the method finds its cells across the ranges
