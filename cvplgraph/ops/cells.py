@@ -22,11 +22,13 @@ Nothing depends on the scan's brightness, offset or dtype:
 3. **Cells** are the local maxima of ``R`` (over the ellipsoid of radius
    ``separation × diameter`` µm and the 26 neighbours) whose contrast
    ``(R − median) / noise`` reaches ``threshold``; and the maxima of ``S`` over
-   the ellipsoid ``s`` times smaller whose contrast in ``S`` reaches 1.25 ×
-   ``threshold`` and in ``R`` reaches ``threshold``, with no cell-scale maximum
-   within ``separation × diameter`` (the ``split`` column marks them). The last
-   rule keeps single bright voxels (photon or camera speckle) out: they stand
-   out at the small scale and fade at a cell's.
+   the ellipsoid ``s`` times smaller whose contrast in ``S`` reaches 0.75 ×
+   ``threshold`` and in ``R`` reaches ``threshold`` (a single bright voxel of
+   photon or camera speckle stands out at the small scale and fades at a
+   cell's). A cell-scale maximum with two or more split-scale maxima within
+   ``separation × diameter`` is a pair it merged, and gives way to them; other
+   split-scale maxima within that distance of a cell-scale maximum are that
+   cell again (the ``split`` column marks cells found at the split scale).
 4. **Centre, size and shape per cell**: the centre is refined to sub-voxel
    precision by a parabola through the response along each axis; the half-width
    at half maximum of the response along each axis (µm) gives the size
