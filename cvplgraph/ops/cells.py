@@ -131,7 +131,8 @@ class Scales:
         # the maxima box and the profile (one diameter out) stay inside the tiles the halo holds
         inner = np.maximum(1, (self.tile - 1) // 2)
         # a maximum is the highest voxel of the ellipsoid of semi-axes separation × diameter (and of its
-        # 26 neighbours); the zone around the core where maxima are found reaches two boxes into the tiles
+        # 26 neighbours); maxima are looked for two boxes around the core and tested over one more box,
+        # so three boxes must fit in the tiles around the core
         self.separation_um = separation * diameter
         self.semi = self.separation_um / self.scale
         self.footprint = np.minimum(np.maximum(1, np.ceil(self.semi - 1e-9)).astype(int),
@@ -370,9 +371,7 @@ def detect_block(
     levels: dict = {}
     centres, median, noise = tile_stats(response, image, first, last, scales.tile, pad_start, levels)
     s_centres, s_median, s_noise = tile_stats(small, image, first, last, scales.tile, pad_start, levels)
-    # the cell scale: maxima in the core, and in the separation zone around it (to tell the split scale)
     fp = scales.footprint
-    inside = lambda at, lo, hi: at[np.all((at >= lo) & (at < hi), axis=1)]  # noqa: E731
     # the cell scale: maxima in the core and one box around it
     mains = _maxima(response, centres, median, noise, threshold, np.maximum(core_start - fp, first),
                     np.minimum(core_stop + fp, last), pad_start, fp, scales.semi)  # fmt: skip
@@ -386,7 +385,7 @@ def detect_block(
     if len(splits):
         splits = splits[_contrast(response, centres, median, noise, splits, pad_start) >= threshold]
     main, extra = _resolve(mains, splits, scales.scale / scales.separation_um)
-    main, extra = inside(main, core_start, core_stop), inside(extra, core_start, core_stop)
+    main, extra = (at[np.all((at >= core_start) & (at < core_stop), axis=1)] for at in (main, extra))
     rows = []
     scales_found = ((main, response, centres, median, centre), (extra, small, s_centres, s_median, s_centre))
     for found, resp, cen, med, smoothed in scales_found:
@@ -532,7 +531,9 @@ def detect_cells(
         diameters.
     separation : float
         Two maxima closer than ``separation × diameter`` (µm) are one cell
-        (the higher).
+        (the higher). The search around a maximum is cut at ``window / 6``
+        diameters per axis (it must fit in the noise tiles a block holds), so
+        with the default window a separation above 0.5 acts as 0.5.
 
     Returns
     -------
