@@ -50,7 +50,9 @@ def decimated_gaussian(a: np.ndarray, sigma: np.ndarray, decimate: np.ndarray) -
     """Gaussian on the even voxels of the ``decimate`` axes (σ halved), odd voxels the mean of their two
     even neighbours (the one neighbour at the end)."""
     take = tuple(slice(0, None, 2) if d else slice(None) for d in decimate)
-    out = ndimage.gaussian_filter(a[take], np.where(decimate, sigma / 2, sigma), mode="reflect", truncate=KERNEL_TRUNCATE)
+    out = ndimage.gaussian_filter(
+        a[take], np.where(decimate, sigma / 2, sigma), mode="reflect", truncate=KERNEL_TRUNCATE
+    )
     for axis in np.flatnonzero(decimate):
         even = np.moveaxis(out, axis, 0)
         n = a.shape[axis]
@@ -95,7 +97,9 @@ def dense_definition(image: np.ndarray, scale: tuple[float, ...], diameter: floa
     sigma = diameter * SIGMA_PER_DIAMETER / s
     image = image.astype(np.float32)
     small_centre = ndimage.gaussian_filter(image, SPLIT * sigma, mode="reflect", truncate=KERNEL_TRUNCATE)
-    centre = ndimage.gaussian_filter(small_centre, sigma * math.sqrt(1 - SPLIT**2), mode="reflect", truncate=KERNEL_TRUNCATE)
+    centre = ndimage.gaussian_filter(
+        small_centre, sigma * math.sqrt(1 - SPLIT**2), mode="reflect", truncate=KERNEL_TRUNCATE
+    )
     response = centre - decimated_gaussian(centre, sigma * math.sqrt(KAPPA**2 - 1), sigma >= DECIMATE_FROM)
     small = small_centre - centre
     tile = np.maximum(1, np.rint(window * diameter / s)).astype(int)
