@@ -227,14 +227,12 @@ def widen(where: Range, side: str, problem: Callable[[Any], str | None]) -> Rang
     """``where`` with its ``side`` ("low" or "high") end moved out — ×2 (÷2) in a log range, by half
     the width in a linear one — or less when the op refuses the new end (halving the step up to
     six times); None when no wider end is valid."""
-    step = where.high - where.low if not where.log else None
     for attempt in range(6):
         if where.log:
             factor = 2.0 ** (0.5**attempt)
             end = where.high * factor if side == "high" else where.low / factor
         else:
-            assert step is not None
-            move = step / 2 * 0.5**attempt
+            move = (where.high - where.low) / 2 * 0.5**attempt
             end = where.high + move if side == "high" else where.low - move
         if where.integer:
             end = math.ceil(end) if side == "high" else math.floor(end)
@@ -258,7 +256,8 @@ def value_problem(spec: Spec, node: str, param: str) -> Callable[[Any], str | No
 
     opdef = get_op(spec.node(node).op)
     definition = opdef.param(param)
-    assert definition is not None
+    if definition is None:
+        raise CvplError(f"cannot tune {node}.{param}: op {opdef.name!r} has no parameter {param!r}")
 
     def problem(value: Any) -> str | None:
         ok, checked = check_param(definition, value)
@@ -573,8 +572,8 @@ class _Runner:
         if trial.flooded:
             return 0.0
         if self.goal == "recall":
-            assert self.k is not None
-            if trial.pooled.found > self.k * max(self.true, 1):
+            budget = math.inf if self.k is None else self.k * max(self.true, 1)
+            if trial.pooled.found > budget:
                 trial.over_budget = True
                 return 0.0
             return float(trial.pooled.recall or 0.0)
