@@ -17,6 +17,7 @@ import pandas as pd
 import xarray as xr
 from scipy import ndimage
 
+from cvplgraph.ops._blocks import block_cores
 from cvplgraph.ops.filters import TRUNCATE
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
@@ -155,10 +156,7 @@ def blobs(
     data = image.data
     shape = np.asarray(data.shape)
     parts = []
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in data.chunks]
-    for index in np.ndindex(*data.numblocks):
-        core_start = np.array([starts[a][index[a]] for a in range(3)])
-        core_stop = core_start + np.array([data.chunks[a][index[a]] for a in range(3)])
+    for _, core_start, core_stop in block_cores(data.chunks):
         pad_start = np.maximum(core_start - halo, 0)
         pad_stop = np.minimum(core_stop + halo, shape)
         padded = data[tuple(slice(a, b) for a, b in zip(pad_start, pad_stop))]

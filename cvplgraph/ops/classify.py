@@ -9,6 +9,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from cvplgraph.ops._blocks import block_cores
 from cvplgraph.ops._classifier import Model, features, halo, load
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
@@ -81,11 +82,8 @@ def training_rows(
     data = image.data
     annotations = annotations.rechunk(data.chunks)
     shape = np.array(data.shape)
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in data.chunks]
     tasks = []
-    for index in np.ndindex(*data.numblocks):
-        lo = np.array([starts[a][index[a]] for a in range(3)])
-        hi = lo + np.array([data.chunks[a][index[a]] for a in range(3)])
+    for index, lo, hi in block_cores(data.chunks):
         pad_lo, pad_hi = np.maximum(lo - margin, 0), np.minimum(hi + margin, shape)
         padded = data[tuple(slice(a, b) for a, b in zip(pad_lo, pad_hi))]
         core = tuple(slice(int(a), int(b)) for a, b in zip(lo - pad_lo, hi - pad_lo))
