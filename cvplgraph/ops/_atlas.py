@@ -138,4 +138,3 @@ def _merge_counts(*parts: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
         {"id": (unique // np.uint64(4)).astype(np.int64), "hemi": (unique % np.uint64(4)).astype(np.int64),
          "voxels": total}
     )  # fmt: skip
-

@@ -15,17 +15,8 @@ from scipy.interpolate import RegularGridInterpolator
 
 from cvplgraph import ops
 from cvplgraph.bench.metrics import Matching, match
-from cvplgraph.ops.cells import (
-    DECIMATE_FROM,
-    KAPPA,
-    KERNEL_TRUNCATE,
-    MAD_TO_SD,
-    NOISE_FLOOR,
-    SIGMA_PER_DIAMETER,
-    SPLIT,
-    SPLIT_THRESHOLD,
-    SUBSAMPLE_FROM,
-)
+from cvplgraph.ops._tiles import MAD_TO_SD, NOISE_FLOOR, SUBSAMPLE_FROM
+from cvplgraph.ops.cells import DECIMATE_FROM, KAPPA, KERNEL_TRUNCATE, SIGMA_PER_DIAMETER, SPLIT, SPLIT_THRESHOLD
 from cvplgraph.synth.volume import SynthParams, synth_volume
 from cvplgraph.values import Geometry, wrap
 
