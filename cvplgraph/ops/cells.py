@@ -11,8 +11,9 @@ Nothing depends on the scan's brightness, offset or dtype:
    a diameter, or a dim cell on a bright one's flank, are two peaks. Both are
    band-passes: a constant offset and a slowly varying background give 0. The
    gaussians are chained (each smooths the one before, σ adding in quadrature)
-   and truncated at 2.5σ; the widest, the surround, is computed on every other
-   voxel along the axes where σ spans ≥ 1.5 voxels and interpolated back.
+   and truncated at 2.5σ; the widest, the surround (a local background, cut at
+   2σ), is computed on every f-th voxel (f = 2 or 4 where its σ spans ≥ f
+   voxels) and interpolated back linearly.
 2. **Local background and noise of each response**, robustly: the median and
    the MAD (× 1.4826) over tiles ``window`` cell diameters wide, on a tile grid
    fixed to the volume (not to the blocks), interpolated linearly between tile
@@ -26,7 +27,9 @@ Nothing depends on the scan's brightness, offset or dtype:
    ``threshold`` and in ``R`` reaches ``threshold`` (a single bright voxel of
    photon or camera speckle stands out at the small scale and fades at a
    cell's). A cell-scale maximum with two or more split-scale maxima within
-   ``separation × diameter`` is a pair it merged, and gives way to them; other
+   ``separation × diameter``, between two of which the split-scale response
+   dips 2 noise units below the lower one, is a pair it merged, and gives way
+   to them (noise alone puts two shallow maxima on a large dim cell); other
    split-scale maxima within that distance of a cell-scale maximum are that
    cell again (the ``split`` column marks cells found at the split scale).
 4. **Centre, size and shape per cell**: the centre is refined to sub-voxel
@@ -48,7 +51,6 @@ holds its peak voxel, with the same centre and features for any chunking.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import dask
 import numpy as np
@@ -63,7 +65,10 @@ from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import Geometry, Table
 
-#: Ratio of the surround gaussian to the centre gaussian (≈ a Laplacian of gaussian).
+#: Ratio of the surround gaussian to the centre gaussian (≈ a Laplacian of gaussian). A wider surround
+#: (κ 3–4) spares a dim cell beside a bright one after tuning, but lets more of a varying background
+#: through and inflates the noise tiles: at the shipped threshold it loses dim cells on a strong
+#: gradient and in packed tissue (docs/methods.md).
 KAPPA = 1.6
 #: The centre gaussian's σ as a fraction of the cell diameter (a cell's own profile has σ ≈ radius / 2).
 SIGMA_PER_DIAMETER = 0.25
@@ -71,10 +76,17 @@ SIGMA_PER_DIAMETER = 0.25
 #: maximum must also reach the full threshold in the cell-scale response at its voxel).
 SPLIT = 0.75
 SPLIT_THRESHOLD = 0.75
+#: Two split-scale maxima are two cells only where the split-scale response between them dips this
+#: many noise units below the lower of them (noise alone splits a large dim cell without a dip).
+SPLIT_DIP = 2.0
 #: The response's gaussians reach this many σ (scipy's ``truncate``; the kernel is normalised to sum 1).
 KERNEL_TRUNCATE = 2.5
-#: Axes where the cell scale's σ spans at least this many voxels get their surround on every other voxel.
-DECIMATE_FROM = 1.5
+#: The surround, a local background, is cut sooner: its reach sets the halo every block reads.
+SURROUND_TRUNCATE = 2.0
+#: The surround is computed on every f-th voxel along each axis (f = 1, 2 or 4), the largest f that
+#: leaves its σ at least this many coarse voxels, and interpolated back linearly.
+DECIMATE_SIGMA = 1.0
+MAX_DECIMATION = 4
 FEATURES = [
     "contrast",
     "contrast_small",
@@ -107,14 +119,13 @@ class Scales:
             "centre": self.sigma * math.sqrt(1.0 - SPLIT**2),
             "surround": self.sigma * math.sqrt(KAPPA**2 - 1.0),
         }
-        # The surround is smooth enough to be computed on every other voxel along the axes where the
-        # cell scale spans ≥ DECIMATE_FROM voxels (in-plane, usually), then interpolated back: a quarter
-        # of the work of the widest kernel.
-        self.decimate = self.sigma >= DECIMATE_FROM
-        step = np.where(self.decimate, 2, 1)
+        # The surround is smooth: computed on every f-th voxel along each axis (the largest f that keeps its
+        # σ ≥ DECIMATE_SIGMA coarse voxels) and interpolated back, a fraction of the work of the widest kernel.
+        self.step = _decimation(self.kernels["surround"])
+        step = self.step
         radius = {name: np.array([int(KERNEL_TRUNCATE * v + 0.5) for v in k]) for name, k in self.kernels.items()}
-        coarse = np.array([int(KERNEL_TRUNCATE * v / f + 0.5) for v, f in zip(self.kernels["surround"], step)])
-        reach = radius["small"] + radius["centre"] + coarse * step + 2 * (step - 1)
+        coarse = np.array([int(SURROUND_TRUNCATE * v / f + 0.5) for v, f in zip(self.kernels["surround"], step)])
+        reach = radius["small"] + radius["centre"] + coarse * step + (step - 1)  # + the interpolation's reach
         self.filter_halo = reach + 1  # scipy's kernel radii, one after the other
         self.tile = np.maximum(1, np.rint(window * diameter / self.scale)).astype(int)
         # the maxima box and the profile (one diameter out) stay inside the tiles the halo holds
@@ -142,33 +153,58 @@ def _responses(
 
     small_centre = smooth(image, k["small"])
     centre = smooth(small_centre, k["centre"])
-    response = centre - _decimated_gaussian(centre, k["surround"], scales.decimate, origin)
+    response = centre - _decimated_gaussian(centre, k["surround"], scales.step, origin)
     small = small_centre - centre
     return centre, response, small_centre, small
 
 
-def _decimated_gaussian(a: np.ndarray, sigma: np.ndarray, decimate: np.ndarray, origin: np.ndarray) -> np.ndarray:
-    """A gaussian of ``a`` computed on the voxels of even global index along the ``decimate`` axes (σ
-    halved there), then linearly interpolated back to every voxel. ``a`` starts at global ``origin``;
-    the result depends only on global positions, so blocks agree with the whole array."""
-    take = tuple(slice(int(o) % 2, None, 2) if d else slice(None) for o, d in zip(origin, decimate))
-    coarse = ndimage.gaussian_filter(a[take], np.where(decimate, sigma / 2, sigma), mode="reflect",
-                                     truncate=KERNEL_TRUNCATE)  # fmt: skip
-    for axis in np.flatnonzero(decimate):
-        n = a.shape[axis]
-        first = int(origin[axis]) % 2  # local index of the first even global voxel
-        full = np.empty(coarse.shape[:axis] + (n,) + coarse.shape[axis + 1 :], dtype=coarse.dtype)
-        at: list[Any] = [slice(None)] * 3
-        at[axis] = slice(first, None, 2)
-        full[tuple(at)] = coarse
-        # odd voxels: the mean of their two even neighbours (the nearest one at either end)
-        odd = np.arange(1 - first, n, 2)
-        left = np.clip((odd - first) // 2, 0, coarse.shape[axis] - 1)
-        right = np.clip((odd - first + 1) // 2, 0, coarse.shape[axis] - 1)
-        at[axis] = odd
-        full[tuple(at)] = 0.5 * (np.take(coarse, left, axis=axis) + np.take(coarse, right, axis=axis))
-        coarse = full
+def _decimation(sigma: np.ndarray) -> np.ndarray:
+    """Per axis, the largest power of two f ≤ MAX_DECIMATION with ``sigma / f ≥ DECIMATE_SIGMA`` (1 if none)."""
+    step = np.ones(len(sigma), dtype=int)
+    while np.any(grow := (step * 2 <= MAX_DECIMATION) & (sigma / (step * 2) >= DECIMATE_SIGMA)):
+        step = np.where(grow, step * 2, step)
+    return step
+
+
+def _decimated_gaussian(a: np.ndarray, sigma: np.ndarray, step: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """A gaussian of ``a`` computed on the voxels whose global index is a multiple of ``step`` (per axis,
+    σ divided by it), then linearly interpolated back to every voxel (the nearest coarse voxel beyond
+    the first or last). ``a`` starts at global ``origin``; the result depends only on global positions,
+    so blocks agree with the whole array."""
+    first = [int(-o % f) for o, f in zip(origin, step)]  # local index of the first multiple of step
+    take = tuple(slice(b, None, int(f)) for b, f in zip(first, step))
+    coarse = ndimage.gaussian_filter(a[take], sigma / step, mode="reflect", truncate=SURROUND_TRUNCATE)
+    for axis in np.flatnonzero(step > 1):
+        coarse = _upsample(coarse, int(axis), a.shape[axis], first[axis], int(step[axis]))
     return coarse
+
+
+def _upsample(coarse: np.ndarray, axis: int, n: int, first: int, f: int) -> np.ndarray:
+    """``coarse`` (samples at local indices ``first + f·k`` along ``axis``) linearly interpolated to
+    ``n`` voxels, the nearest sample before the first and after the last. Voxels of one phase
+    ``(i − first) mod f`` share their weights, so each phase is one strided slice."""
+    m = coarse.shape[axis]
+    shape = list(coarse.shape)
+    shape[axis] = n
+    out = np.empty(shape, dtype=coarse.dtype)
+
+    def along(index: slice | int) -> tuple:
+        return (slice(None),) * axis + (index,)
+
+    out[along(slice(0, first))] = coarse[along(slice(0, 1))]
+    for r in range(f):
+        target = out[along(slice(first + r, None, f))]
+        count = target.shape[axis]
+        if r == 0:
+            target[...] = coarse[along(slice(0, count))]
+            continue
+        w = np.float32(r / f)
+        inner = min(count, m - 1)  # voxels between two samples
+        between = target[along(slice(0, inner))]
+        np.multiply(coarse[along(slice(0, inner))], 1 - w, out=between)
+        between += w * coarse[along(slice(1, inner + 1))]
+        target[along(slice(inner, None))] = coarse[along(slice(m - 1, m))]  # beyond the last sample
+    return out
 
 
 def _maxima(response: np.ndarray, centres: list[np.ndarray], median: np.ndarray, noise: np.ndarray,
@@ -274,7 +310,8 @@ def detect_block(
                      scales.split_footprint, scales.split_semi)  # fmt: skip
     if len(splits):
         splits = splits[_contrast(response, centres, median, noise, splits, pad_start) >= threshold]
-    main, extra = _resolve(mains, splits, scales.scale / scales.separation_um)
+    dip = _Dip(small, s_centres, s_noise, pad_start)
+    main, extra = _resolve(mains, splits, scales.scale / scales.separation_um, dip)
     main, extra = (at[np.all((at >= core_start) & (at < core_stop), axis=1)] for at in (main, extra))
     rows = []
     scales_found = ((main, response, centres, median, centre), (extra, small, s_centres, s_median, s_centre))
@@ -297,17 +334,36 @@ def _contrast(response: np.ndarray, centres: list[np.ndarray], median: np.ndarra
     return (values - interpolate(centres, median, where)) / interpolate(centres, noise, where)
 
 
-def _resolve(mains: np.ndarray, splits: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class _Dip:
+    """Whether the split-scale response dips between two of its maxima by ``SPLIT_DIP`` noise units below
+    the lower one, along the straight line between them (sampled at half-voxel steps, rounded to voxels)."""
+
+    def __init__(self, small: np.ndarray, centres: list[np.ndarray], noise: np.ndarray, origin: np.ndarray) -> None:
+        self.small, self.centres, self.noise, self.origin = small, centres, noise, origin
+
+    def __call__(self, p: np.ndarray, q: np.ndarray) -> bool:
+        count = 2 * int(np.abs(q - p).max()) + 1
+        line = np.rint(p + (q - p) * np.linspace(0.0, 1.0, count)[:, None]).astype(np.int64)
+        values = self.small[tuple((line - self.origin).T)].astype(np.float64)
+        noise = interpolate(self.centres, self.noise, line.astype(float)).mean()
+        return bool((min(values[0], values[-1]) - values.min()) >= SPLIT_DIP * noise)
+
+
+def _resolve(mains: np.ndarray, splits: np.ndarray, unit: np.ndarray, dip: _Dip) -> tuple[np.ndarray, np.ndarray]:
     """Cell-scale and split-scale maxima into cells. A cell-scale maximum with two or more split-scale
-    maxima within the separation is a pair the cell scale merged: its split maxima are the cells.
-    Otherwise it is one cell, and split maxima within the separation of it are that cell again; split
-    maxima near no cell-scale maximum are cells of their own. ``unit`` turns voxels into units of the
-    separation. (Each decision looks one separation around a maximum, and that maximum's own
-    neighbours one more: the caller passes split maxima two boxes around the core.)"""
+    maxima within the separation, two of which are separated by a dip of the split-scale response, is a
+    pair the cell scale merged: its split maxima are the cells. Otherwise it is one cell, and split
+    maxima within the separation of it are that cell again; split maxima near no cell-scale maximum
+    are cells of their own. ``unit`` turns voxels into units of the separation. (Each decision looks
+    one separation around a maximum, and that maximum's own neighbours one more: the caller passes
+    split maxima two boxes around the core.)"""
     if len(mains) == 0 or len(splits) == 0:
         return mains, splits
     near_split = cKDTree(splits * unit).query_ball_point(mains * unit, r=1.0 + 1e-9)
-    merged = np.array([len(n) >= 2 for n in near_split], dtype=bool)
+    merged = np.array([
+        len(n) >= 2 and any(dip(splits[a], splits[b]) for i, a in enumerate(n) for b in n[i + 1 :])
+        for n in near_split
+    ], dtype=bool)  # fmt: skip
     near_main = cKDTree(mains * unit).query_ball_point(splits * unit, r=1.0 + 1e-9)
     keep = np.array([all(merged[j] for j in n) for n in near_main], dtype=bool)  # near none, or only merged ones
     return mains[~merged], splits[keep]
@@ -388,7 +444,7 @@ def _checks() -> dict:
 
 @op(
     "detect_cells",
-    version=1,
+    version=2,
     inputs={"image": PortType.Image},
     output=PortType.Points,
     checks=_checks(),
