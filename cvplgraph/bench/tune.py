@@ -7,9 +7,11 @@ The free parameters come from the command or from the spec's ``[tune]`` table, i
     --param cells.threshold=2..12:log     "cells.threshold" = { low = 2, high = 12, log = true }  a range
     --param blobs.num_sigma=3..10:int     "blobs.num_sigma" = { low = 3, high = 10, int = true }
 
-Values only: every combination is tried (grid search). Any range: an adaptive search (Optuna's TPE
-sampler, seeded) asks for ``trials`` trials, a batch at a time, and widens a range whose end the
-best trial sits at (within :data:`EDGE` of its width), as far as the op's own checks allow.
+Values only: every combination is tried (grid search). Any range: an adaptive search of ``trials``
+trials, a batch at a time (:mod:`cvplgraph.bench.search`: sweeps of each parameter, a pattern
+search around the best, then Optuna's TPE sampler), which widens a range whose end the best trial
+sits at (within :data:`~cvplgraph.bench.ranges.EDGE` of its width), as far as the op's own checks
+allow.
 
 Each trial is a variant of a :mod:`cvplgraph.bench.run` suite whose datasets are the annotated
 crops (``--truth``/``--crop`` pairs), so the steps trials share (reading, smoothing, a mask two
@@ -27,8 +29,6 @@ import datetime
 import itertools
 import math
 import re
-import shutil
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,38 +36,23 @@ from typing import Any
 
 import numpy as np
 
+from cvplgraph.bench.ranges import (
+    Range,
+    Space,
+    even_steps,
+    make_range,
+)
 from cvplgraph.bench.run import Score, run_suite
+from cvplgraph.bench.search import adaptive, rank, start_values
 from cvplgraph.bench.suite import Dataset, Suite, Variant, split_node_param
 from cvplgraph.errors import CvplError
 from cvplgraph.spec.fields import locate_fields
 from cvplgraph.spec.model import AXES, Spec
 from cvplgraph.spec.parse import load_spec, load_toml
 
-#: A range is widened when the best trial lies within this fraction of its width from an end.
-EDGE = 0.1
 #: Fewest voxels per axis of the probe a trial runs on first.
 PROBE_MIN = 32
-#: Significant digits of values drawn from a log range (linear ranges: see :func:`readable`).
-DIGITS = 3
 
-
-@dataclass(frozen=True)
-class Range:
-    """A continuous (or integer) interval searched adaptively; ``log``: sampled in log space."""
-
-    low: float
-    high: float
-    log: bool = False
-    integer: bool = False
-
-    def __str__(self) -> str:
-        flags = "".join(f":{f}" for f, on in (("log", self.log), ("int", self.integer)) if on)
-        return f"{self.low:g}..{self.high:g}{flags}"
-
-
-#: The free parameters: (node, parameter) → the values to try, or a range.
-Space = dict[tuple[str, str], "list[Any] | Range"]
-Grid = Space  # the name of earlier versions
 
 
 @dataclass
@@ -136,54 +121,10 @@ def parse_param(text: str) -> tuple[tuple[str, str], list[Any] | Range]:
     if values.count(":") == 2:
         start, stop, count = values.split(":")
         try:
-            return (node, param), _steps(float(start), float(stop), int(count))
+            return (node, param), even_steps(float(start), float(stop), int(count))
         except ValueError:
             raise CvplError(f"--param {text!r}: expected numbers in start:stop:count, count ≥ 1") from None
     return (node, param), [_value(v.strip()) for v in values.split(",")]
-
-
-def make_range(low: float, high: float, log: bool = False, integer: bool = False) -> Range:
-    """A checked :class:`Range` (ValueError saying what is wrong)."""
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(f"expected low < high, got {low:g}..{high:g}")
-    if log and low <= 0:
-        raise ValueError(f"a log range needs low > 0, got {low:g}")
-    if integer:
-        if not (float(low).is_integer() and float(high).is_integer()):
-            raise ValueError(f"an int range needs whole ends, got {low:g}..{high:g}")
-        return Range(int(low), int(high), log, True)
-    return Range(float(low), float(high), log, False)
-
-
-def _steps(start: float, stop: float, count: int) -> list[Any]:
-    """``count`` evenly spaced values, rounded to a tenth of the step (readable, still distinct)."""
-    if count < 1:
-        raise ValueError
-    values = np.linspace(start, stop, count).tolist()
-    if float(start).is_integer() and float(stop).is_integer() and all(float(v).is_integer() for v in values):
-        return [int(v) for v in values]
-    step = abs(stop - start) / (count - 1) if count > 1 else abs(start) or 1.0
-    return [_round_to(v, step / 10) for v in values]
-
-
-def _round_to(value: float, resolution: float) -> float:
-    """``value`` rounded to the decimal place of ``resolution`` (10 decimals at most)."""
-    if not resolution > 0:
-        return value
-    decimals = min(10, max(0, -math.floor(math.log10(resolution))))
-    return round(value, decimals) + 0.0
-
-
-def readable(value: float, where: Range) -> Any:
-    """A value drawn from ``where`` as people write it: whole numbers for int ranges, 3 significant
-    digits in log ranges, the decimal place of a hundredth of the width in linear ones."""
-    if where.integer:
-        return int(round(value))
-    if where.log:
-        value = float(f"{value:.{DIGITS}g}")
-    else:
-        value = _round_to(value, (where.high - where.low) / 100)
-    return min(max(value, where.low), where.high)
 
 
 def _value(text: str) -> Any:
@@ -214,36 +155,13 @@ def grid_from_table(table: Any, where: str) -> Space:
             continue
         if isinstance(values, dict) and set(values) == {"from", "to", "steps"}:
             try:
-                values = _steps(float(values["from"]), float(values["to"]), int(values["steps"]))
+                values = even_steps(float(values["from"]), float(values["to"]), int(values["steps"]))
             except (TypeError, ValueError):
                 values = None
         if not isinstance(values, list) or not values:
             raise CvplError(f'{where}: tune.{key}: expected "node.parameter" = {expected}, got {values!r}')
         space[(node, param)] = values
     return space
-
-
-def widen(where: Range, side: str, problem: Callable[[Any], str | None]) -> Range | None:
-    """``where`` with its ``side`` ("low" or "high") end moved out — ×2 (÷2) in a log range, by half
-    the width in a linear one — or less when the op refuses the new end (halving the step up to
-    six times); None when no wider end is valid."""
-    for attempt in range(6):
-        if where.log:
-            factor = 2.0 ** (0.5**attempt)
-            end = where.high * factor if side == "high" else where.low / factor
-        else:
-            move = (where.high - where.low) / 2 * 0.5**attempt
-            end = where.high + move if side == "high" else where.low - move
-        if where.integer:
-            end = math.ceil(end) if side == "high" else math.floor(end)
-            if where.log and end < 1:
-                continue
-        else:
-            end = float(f"{end:.{DIGITS}g}") if where.log else _round_to(end, (where.high - where.low) / 100)
-        if end == (where.high if side == "high" else where.low) or problem(end) is not None:
-            continue
-        return replace(where, **{side: end})
-    return None
 
 
 # --------------------------------------------------------------------------- checks before running
@@ -414,7 +332,8 @@ def tune(
     else:
         log(f"tuning {', '.join(f'{n}.{p} in {v}' for (n, p), v in space.items())}: {trials} trials (adaptive, "
             f"seed {seed}) on {where}")  # fmt: skip
-        _adaptive(runner, spec, space, trials, timeout, seed, batch, log)
+        problems = {key: value_problem(spec, *key) for key, v in space.items() if isinstance(v, Range)}
+        adaptive(runner, space, start_values(space), problems, trials, timeout, seed, batch, log)
     done = runner.trials
 
     if not any(t.flooded for t in done) and all(t.pooled.found == 0 for t in done):
@@ -602,11 +521,6 @@ def pool(scores: list[Score], name: str) -> Score:
                  sum(s.seconds_own for s in scores), sum(s.seconds_total for s in scores))  # fmt: skip
 
 
-def rank(trials: list[Trial]) -> list[Trial]:
-    """Best first: highest objective, then smallest count error, then the earliest."""
-    return sorted(trials, key=lambda t: (-t.objective, abs(t.pooled.count_error or 0), t.number))
-
-
 def trial_line(trial: Trial, total: int, goal: str, k: float | None) -> str:
     """One line per finished trial (printed even with --quiet)."""
     values = ", ".join(f"{n}.{p}={v}" for (n, p), v in trial.values.items())
@@ -681,66 +595,6 @@ def leave_one_out(trials: list[Trial], crops: list[str], goal: str, k: float | N
             best = min(scored, key=lambda x: x[:3])[3]
             out.append((held, best.number, best.crops[held]))
     return out
-
-
-def _adaptive(runner: _Runner, spec: Spec, space: Space, trials: int, timeout: float | None, seed: int,
-              batch: int, log: Any) -> None:  # fmt: skip
-    """Optuna's TPE sampler, a batch of asked trials per suite run; ranges widened at their ends."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, trials // 4), constant_liar=True)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    current = dict(space)
-    problems = {key: value_problem(spec, *key) for key, v in space.items() if isinstance(v, Range)}
-    start = time.monotonic()
-    seen: dict[tuple[Any, ...], Trial] = {}
-    while len(runner.trials) < trials:
-        if timeout is not None and runner.trials and time.monotonic() - start > timeout:  # one batch at least
-            log(f"timeout: {timeout:g} s passed; stopped after {len(runner.trials)} trials")
-            break
-        distributions = {f"{n}.{p}": _distribution(v) for (n, p), v in current.items()}
-        asked = [study.ask(distributions) for _ in range(min(batch, trials - len(runner.trials)))]
-        values = []
-        for t in asked:
-            values.append({(n, p): readable(t.params[f"{n}.{p}"], v) if isinstance(v, Range) else t.params[f"{n}.{p}"]
-                           for (n, p), v in current.items()})  # fmt: skip
-        new = [v for v in values if tuple(v.values()) not in seen]
-        new = [v for i, v in enumerate(new) if tuple(v.values()) not in {tuple(w.values()) for w in new[:i]}]
-        ran = {tuple(t.values.values()): t for t in runner.run(new, trials)} if new else {}
-        seen.update(ran)
-        for t, v in zip(asked, values):
-            done = seen[tuple(v.values())]
-            if ran.pop(tuple(v.values()), None) is None:  # the same values again: the earlier trial's result
-                runner.trials.append(replace(done, number=len(runner.trials) + 1))
-                shutil.copyfile(runner.folder / "trials" / f"{done.number:04d}.csv",
-                                runner.folder / "trials" / f"{len(runner.trials):04d}.csv")  # fmt: skip
-                log(trial_line(runner.trials[-1], trials, runner.goal, runner.k) + " (repeated, not run again)")
-            study.tell(t, done.objective)
-        best = rank(runner.trials)[0]
-        if best.objective <= 0:
-            continue
-        for key, where in list(current.items()):
-            if not isinstance(where, Range):
-                continue
-            value = best.values[key]
-            span = (math.log(where.high) - math.log(where.low)) if where.log else where.high - where.low
-            at = (math.log(value) - math.log(where.low)) if where.log else value - where.low
-            for side, near in (("high", at >= (1 - EDGE) * span), ("low", at <= EDGE * span)):
-                if near and (wider := widen(where, side, problems[key])) is not None:
-                    log(f"{key[0]}.{key[1]}: the best so far ({value}) lies at the {side} end of {where}; "
-                        f"range widened to {wider}")  # fmt: skip
-                    where = current[key] = wider
-
-
-def _distribution(where: list[Any] | Range) -> Any:
-    import optuna
-
-    if isinstance(where, Range):
-        if where.integer:
-            return optuna.distributions.IntDistribution(int(where.low), int(where.high), log=where.log)
-        return optuna.distributions.FloatDistribution(where.low, where.high, log=where.log)
-    return optuna.distributions.CategoricalDistribution(where)
 
 
 # --------------------------------------------------------------------------- the tuned spec

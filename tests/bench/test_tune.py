@@ -12,8 +12,9 @@ import pytest
 from scipy import ndimage
 
 from cvplgraph.bench.metrics import match
+from cvplgraph.bench.ranges import Range, even_steps, readable, widen
 from cvplgraph.bench.suite import load_suite
-from cvplgraph.bench.tune import Range, _steps, grid_from_table, parse_param, readable, tune, widen
+from cvplgraph.bench.tune import grid_from_table, parse_param, tune
 from cvplgraph.errors import CvplError
 from cvplgraph.io.stores import read_input
 from cvplgraph.spec.model import InputSpec
@@ -92,7 +93,7 @@ def test_parameter_forms_and_readable_values() -> None:
                                                 ("cells", "connectivity"): [6, 26]}  # fmt: skip
     # grid steps and drawn values are rounded: no 0.5857142857
     steps = parse_param("mask.level=0.1:0.5:8")[1]
-    assert steps == [0.1, 0.157, 0.214, 0.271, 0.329, 0.386, 0.443, 0.5] and _steps(0, 1, 3) == [0, 0.5, 1]
+    assert steps == [0.1, 0.157, 0.214, 0.271, 0.329, 0.386, 0.443, 0.5] and even_steps(0, 1, 3) == [0, 0.5, 1]
     assert readable(0.5857142857, Range(0.1, 0.9)) == 0.586
     assert readable(7.53219, Range(2.0, 12.0, log=True)) == 7.53
     assert readable(0.0123456, Range(0.01, 1.0, log=True)) == 0.0123
