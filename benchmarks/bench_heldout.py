@@ -34,6 +34,10 @@ METHODS = {
     "cells": {"spec": "specs/cells.toml", "points": "cells", "search": "adaptive"},
     "dog": {"spec": "specs/blob_dog.toml", "points": "dog", "search": "grid",
             "space": ["dog.threshold=0.02,0.03,0.04,0.06,0.08,0.1", "dog.min_sigma=1.5,2.0,2.5"]},
+    "threshold": {"spec": "specs/demo.toml", "points": "centroids", "search": "grid",
+                  "space": ["mask.level=0.15,0.2,0.25,0.3,0.35,0.4,0.5,0.6"]},
+    "otsu": {"spec": "specs/otsu.toml", "points": "kept", "search": "grid",
+             "space": ["kept.min_voxels=1,2,4,8,16,32"]},
 }  # fmt: skip
 
 
@@ -60,16 +64,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="/tmp/cvpl-bench-heldout")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--pair", nargs=2, default=["hard_tune", "hard_heldout"], metavar=("TUNE", "HELD_OUT"),
+                        help="the two datasets of benchmarks/methods.toml: tune on the first, report on the second")
+    parser.add_argument("--methods", default="cells,dog", help=f"comma-separated, of {', '.join(METHODS)}")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    tune_image, tune_truth, tolerance = volume(work, "hard_tune")
-    held_image, held_truth, _ = volume(work, "hard_heldout")
+    tune_name, held_name = args.pair
+    tune_image, tune_truth, tolerance = volume(work, tune_name)
+    held_image, held_truth, _ = volume(work, held_name)
     figures: dict[str, Any] = {"machine": machine(["dask", "optuna", "numpy", "scipy"]), "tolerance_um": tolerance}
-    for name, method in METHODS.items():
+    figures["pair"] = [tune_name, held_name]
+    for name in args.methods.split(","):
+        method = METHODS[name]
         source = ROOT / method["spec"]
-        on_tune = spec_on(source, tune_image, work / f"cache-{name}-tune", work / f"{name}-tune.toml")
-        on_held = spec_on(source, held_image, work / f"cache-{name}-held", work / f"{name}-held.toml")
+        on_tune = spec_on(source, tune_image, work / f"cache-{name}-{tune_name}", work / f"{name}-{tune_name}.toml")
+        on_held = spec_on(source, held_image, work / f"cache-{name}-{held_name}", work / f"{name}-{held_name}.toml")
         if "space" in method:
             space = dict(parse_param(p) for p in method["space"])
         else:  # the spec's own [tune] table
@@ -93,8 +103,8 @@ def main() -> None:
                                     "found": untuned.found},
         }  # fmt: skip
         figures[name] = row
-        print(f"{name}: tuned {row['tuned']} in {row['trials']} trials ({seconds:.0f} s), F1 on hard_tune "
-              f"{tuned.best.f1:.4f}; on hard_heldout F1 {held.f1:.4f} (precision {held.precision:.3f}, recall "
+        print(f"{name}: tuned {row['tuned']} in {row['trials']} trials ({seconds:.0f} s), F1 on {tune_name} "
+              f"{tuned.best.f1:.4f}; on {held_name} F1 {held.f1:.4f} (precision {held.precision:.3f}, recall "
               f"{held.recall:.3f}, {held.found} found of {held.true}); shipped parameters there: F1 "
               f"{untuned.f1:.4f}", flush=True)  # fmt: skip
     if args.json:
