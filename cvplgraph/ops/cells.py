@@ -27,9 +27,7 @@ Nothing depends on the scan's brightness, offset or dtype:
    ``threshold`` and in ``R`` reaches ``threshold`` (a single bright voxel of
    photon or camera speckle stands out at the small scale and fades at a
    cell's). A cell-scale maximum with two or more split-scale maxima within
-   ``separation × diameter``, between two of which the split-scale response
-   dips 2 noise units below the lower one, is a pair it merged, and gives way
-   to them (noise alone puts two shallow maxima on a large dim cell); other
+   ``separation × diameter`` is a pair it merged, and gives way to them; other
    split-scale maxima within that distance of a cell-scale maximum are that
    cell again (the ``split`` column marks cells found at the split scale).
 4. **Centre, size and shape per cell**: the centre is refined to sub-voxel
@@ -76,9 +74,6 @@ SIGMA_PER_DIAMETER = 0.25
 #: maximum must also reach the full threshold in the cell-scale response at its voxel).
 SPLIT = 0.75
 SPLIT_THRESHOLD = 0.75
-#: Two split-scale maxima are two cells only where the split-scale response between them dips this
-#: many noise units below the lower of them (noise alone splits a large dim cell without a dip).
-SPLIT_DIP = 2.0
 #: The response's gaussians reach this many σ (scipy's ``truncate``; the kernel is normalised to sum 1).
 KERNEL_TRUNCATE = 2.5
 #: The surround, a local background, is cut sooner: its reach sets the halo every block reads.
@@ -310,8 +305,7 @@ def detect_block(
                      scales.split_footprint, scales.split_semi)  # fmt: skip
     if len(splits):
         splits = splits[_contrast(response, centres, median, noise, splits, pad_start) >= threshold]
-    dip = _Dip(small, s_centres, s_noise, pad_start)
-    main, extra = _resolve(mains, splits, scales.scale / scales.separation_um, dip)
+    main, extra = _resolve(mains, splits, scales.scale / scales.separation_um)
     main, extra = (at[np.all((at >= core_start) & (at < core_stop), axis=1)] for at in (main, extra))
     rows = []
     scales_found = ((main, response, centres, median, centre), (extra, small, s_centres, s_median, s_centre))
@@ -334,36 +328,17 @@ def _contrast(response: np.ndarray, centres: list[np.ndarray], median: np.ndarra
     return (values - interpolate(centres, median, where)) / interpolate(centres, noise, where)
 
 
-class _Dip:
-    """Whether the split-scale response dips between two of its maxima by ``SPLIT_DIP`` noise units below
-    the lower one, along the straight line between them (sampled at half-voxel steps, rounded to voxels)."""
-
-    def __init__(self, small: np.ndarray, centres: list[np.ndarray], noise: np.ndarray, origin: np.ndarray) -> None:
-        self.small, self.centres, self.noise, self.origin = small, centres, noise, origin
-
-    def __call__(self, p: np.ndarray, q: np.ndarray) -> bool:
-        count = 2 * int(np.abs(q - p).max()) + 1
-        line = np.rint(p + (q - p) * np.linspace(0.0, 1.0, count)[:, None]).astype(np.int64)
-        values = self.small[tuple((line - self.origin).T)].astype(np.float64)
-        noise = interpolate(self.centres, self.noise, line.astype(float)).mean()
-        return bool((min(values[0], values[-1]) - values.min()) >= SPLIT_DIP * noise)
-
-
-def _resolve(mains: np.ndarray, splits: np.ndarray, unit: np.ndarray, dip: _Dip) -> tuple[np.ndarray, np.ndarray]:
+def _resolve(mains: np.ndarray, splits: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cell-scale and split-scale maxima into cells. A cell-scale maximum with two or more split-scale
-    maxima within the separation, two of which are separated by a dip of the split-scale response, is a
-    pair the cell scale merged: its split maxima are the cells. Otherwise it is one cell, and split
-    maxima within the separation of it are that cell again; split maxima near no cell-scale maximum
-    are cells of their own. ``unit`` turns voxels into units of the separation. (Each decision looks
-    one separation around a maximum, and that maximum's own neighbours one more: the caller passes
-    split maxima two boxes around the core.)"""
+    maxima within the separation is a pair the cell scale merged: its split maxima are the cells.
+    Otherwise it is one cell, and split maxima within the separation of it are that cell again; split
+    maxima near no cell-scale maximum are cells of their own. ``unit`` turns voxels into units of the
+    separation. (Each decision looks one separation around a maximum, and that maximum's own
+    neighbours one more: the caller passes split maxima two boxes around the core.)"""
     if len(mains) == 0 or len(splits) == 0:
         return mains, splits
     near_split = cKDTree(splits * unit).query_ball_point(mains * unit, r=1.0 + 1e-9)
-    merged = np.array([
-        len(n) >= 2 and any(dip(splits[a], splits[b]) for i, a in enumerate(n) for b in n[i + 1 :])
-        for n in near_split
-    ], dtype=bool)  # fmt: skip
+    merged = np.array([len(n) >= 2 for n in near_split], dtype=bool)
     near_main = cKDTree(mains * unit).query_ball_point(splits * unit, r=1.0 + 1e-9)
     keep = np.array([all(merged[j] for j in n) for n in near_main], dtype=bool)  # near none, or only merged ones
     return mains[~merged], splits[keep]

@@ -3,7 +3,6 @@ synthetic truth whatever the brightness, offset or noise."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -24,7 +23,6 @@ from cvplgraph.ops.cells import (
     MAX_DECIMATION,
     SIGMA_PER_DIAMETER,
     SPLIT,
-    SPLIT_DIP,
     SPLIT_THRESHOLD,
     SURROUND_TRUNCATE,
 )
@@ -113,21 +111,10 @@ def dense_definition(image: np.ndarray, scale: tuple[float, ...], diameter: floa
     main = maxima(response, footprint(semi, half), grids, threshold)
     split = maxima(small, footprint(SPLIT * semi, s_half), s_grids, SPLIT_THRESHOLD * threshold)
     split = split[contrast_at(response, grids, split) >= threshold]
-    # a cell-scale maximum with two or more split maxima within the separation, two of them with a dip of
-    # the split response between them, is a merged pair: its split maxima are the cells; split maxima
-    # near any other cell-scale maximum are that cell again
+    # a cell-scale maximum with two or more split maxima within the separation is a merged pair: its
+    # split maxima are the cells; split maxima near any other cell-scale maximum are that cell again
     within = (((main[:, None, :] - split[None, :, :]) * s / (separation * diameter)) ** 2).sum(-1) <= 1 + 1e-9
-    s_centres, _, s_noise = s_grids
-
-    def dip(p: np.ndarray, q: np.ndarray) -> bool:
-        line = np.rint(np.linspace(p, q, 2 * int(np.abs(q - p).max()) + 1)).astype(int)
-        clamped = np.column_stack([np.clip(line[:, a], s_centres[a][0], s_centres[a][-1]) for a in range(3)])
-        noise = RegularGridInterpolator(s_centres, s_noise)(clamped).mean()
-        values = small[tuple(line.T)].astype(np.float64)
-        return min(values[0], values[-1]) - values.min() >= SPLIT_DIP * noise
-
-    merged = np.array([any(dip(split[a], split[b]) for a, b in itertools.combinations(np.flatnonzero(row), 2))
-                       for row in within], dtype=bool)  # fmt: skip
+    merged = within.sum(axis=1) >= 2
     kept = ~(within & ~merged[:, None]).any(axis=0)
     at = np.concatenate([main[~merged], split[kept]])
     return at, contrast_at(response, grids, at)
