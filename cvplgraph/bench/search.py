@@ -124,17 +124,19 @@ def _vertex(centre: Values, current: Space, swept: dict[tuple[str, str], list[Va
         found = [score.get(tuple(v.values())) for v in batch]
         if any(s is None for s in found):
             continue
-        points = [(fraction_of(where, v[key]), float(s)) for v, s in zip(batch, found, strict=True) if s is not None]
+        # one point per distinct value (an int range's sweep may round two fractions to one value)
+        points = sorted({fraction_of(where, v[key]): float(s) for v, s in zip(batch, found, strict=True)
+                         if s is not None}.items())  # fmt: skip
         i = max(range(len(points)), key=lambda j: points[j][1])
         if i in (0, len(points) - 1):
             continue
         (x0, y0), (x1, y1), (x2, y2) = points[i - 1], points[i], points[i + 1]
         curvature = (y2 - y1) / (x2 - x1) - (y1 - y0) / (x1 - x0)
-        if curvature >= 0:
+        denominator = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+        if curvature >= 0 or denominator == 0:
             continue
         # the vertex of the parabola through the three points
         numerator = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
-        denominator = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
         x = x1 - 0.5 * numerator / denominator
         out[key] = readable(value_at(where, min(max(x, x0), x2)), where)
     return out

@@ -96,3 +96,14 @@ def test_a_best_at_the_end_of_a_range_widens_it_and_the_search_follows() -> None
     best = max(runner.trials, key=lambda t: t.objective).values[T]
     assert best == pytest.approx(3.1, rel=0.05)
     assert fraction_of(Range(1.0, 4.0, log=True), value_at(Range(1.0, 4.0, log=True), 0.3)) == pytest.approx(0.3)
+
+
+def test_an_int_range_too_narrow_for_four_sweep_values_runs_each_value_once() -> None:
+    """1..3:int rounds the sweep's fractions to 1, 2, 2, 3: three trials, a parabola through three
+    distinct points, no value twice, then nothing new to try."""
+    space = {T: Range(1, 3, integer=True)}
+    runner = FakeRunner(lambda v: 1 - abs(v[T] - 2))
+    adaptive(runner, space, start_values(space), {T: lambda _: None}, trials=12, timeout=None, seed=0, batch=4,
+             log=lambda *_: None)  # fmt: skip
+    values = [t.values[T] for t in runner.trials]
+    assert sorted(values) == [1, 2, 3]
