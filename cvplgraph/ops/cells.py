@@ -419,7 +419,7 @@ def _checks() -> dict:
 
 @op(
     "detect_cells",
-    version=2,
+    version=3,
     inputs={"image": PortType.Image},
     output=PortType.Points,
     checks=_checks(),
