@@ -17,8 +17,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "cropped with --crop (several --truth/--crop pairs are scored together), every trial through the "
         "spec's cache; score each against the truth (F1 of one-to-one matching) and write the best spec "
         "beside this one as NAME.tuned.toml, every trial's points and trials.csv in NAME-tune/. Values only: "
-        "every combination (grid). Any range low..high: an adaptive search (Optuna TPE) that widens a "
-        "range whose end holds the best trial. Example: cvplgraph tune spec.toml --truth cells.xml "
+        "every combination (grid). Any range low..high: an adaptive search (a sweep of each range in the "
+        "order given, a pattern search around the best, then Optuna TPE) that widens a range whose end holds "
+        "the best trial; give the parameter that matters most (a cell size) first. Example: "
+        "cvplgraph tune spec.toml --truth cells.xml "
         "--voxel-size 5 2 2 --crop 0 20 0 256 0 256 --param mask.level=0.05..0.5:log",
     )
     p.add_argument("spec", help="the spec TOML file")
@@ -35,12 +37,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="µm per voxel of a truth file in voxels")  # fmt: skip
     p.add_argument("--tolerance", metavar="UM", help="matching distance in µm (default 5), or Z,Y,X µm for an "
                    "ellipsoid, such as 10,10,25")  # fmt: skip
-    p.add_argument("--search", choices=("grid", "adaptive"), help="grid: every combination; adaptive: Optuna "
-                   "TPE (default: adaptive when a range is given)")  # fmt: skip
+    p.add_argument("--search", choices=("grid", "adaptive"), help="grid: every combination; adaptive: sweeps, "
+                   "a pattern search, then Optuna TPE (default: adaptive when a range is given)")  # fmt: skip
     p.add_argument("--trials", type=int, default=24, help="trials of the adaptive search (default 24)")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="start no new batch of adaptive trials after this many seconds")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of the adaptive search (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the adaptive search's TPE phase (default 0)")
     p.add_argument("--batch", type=int, default=4, help="adaptive trials asked and run together (default 4)")
     p.add_argument("--objective", default="f1", metavar="f1|recall@K",
                    help="f1 (default), or recall@K: recall with at most K detections per true cell, for "
