@@ -76,7 +76,9 @@ def write_regions(path: str, frame: pd.DataFrame, fmt: str = "") -> None:
 
 
 def brainglobe_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """BrainGlobe's ``summary.csv``: one row per region that owns atlas voxels, exclusive counts."""
+    """BrainGlobe's ``summary.csv``: one row per region that owns imaged voxels or holds cells, exclusive
+    counts. A region whose cells lie in the image but whose voxels (atlas voxels, whose centres decide)
+    fall just outside it keeps its row and its cells, with an empty density: no cell is dropped."""
     sides = {}
     for side in ("left", "right", "both"):
         part = frame[(frame["hemisphere"] == side) & (frame["id"] > 0)].set_index("id")
@@ -85,21 +87,28 @@ def brainglobe_summary(frame: pd.DataFrame) -> pd.DataFrame:
     if sides["left"].empty:  # no hemisphere volume: every cell counts on neither side
         sides["left"] = sides["right"] = both.assign(cells=0, volume_mm3=0.0)
     left, right = sides["left"].reindex(both.index), sides["right"].reindex(both.index)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = pd.DataFrame(
-            {
-                "left_cell_count": left["cells"].astype(float),
-                "structure_name": both["name"],
-                "right_cell_count": right["cells"].astype(float),
-                "total_cells": both["cells"].astype(float),
-                "left_volume_mm3": left["volume_mm3"],
-                "right_volume_mm3": right["volume_mm3"],
-                "total_volume_mm3": both["volume_mm3"],
-                "left_cells_per_mm3": np.where(left["volume_mm3"] > 0, left["cells"] / left["volume_mm3"], 0.0),
-                "right_cells_per_mm3": np.where(right["volume_mm3"] > 0, right["cells"] / right["volume_mm3"], 0.0),
-            }
-        )
-    return out[both["volume_mm3"].to_numpy() > 0][BRAINGLOBE_COLUMNS].reset_index(drop=True)
+
+    def density(part: pd.DataFrame) -> np.ndarray:
+        volume = part["volume_mm3"].to_numpy(dtype=float)
+        cells = part["cells"].to_numpy(dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(volume > 0, cells / np.where(volume > 0, volume, 1.0), np.nan)
+
+    out = pd.DataFrame(
+        {
+            "left_cell_count": left["cells"].astype(float),
+            "structure_name": both["name"],
+            "right_cell_count": right["cells"].astype(float),
+            "total_cells": both["cells"].astype(float),
+            "left_volume_mm3": left["volume_mm3"],
+            "right_volume_mm3": right["volume_mm3"],
+            "total_volume_mm3": both["volume_mm3"],
+            "left_cells_per_mm3": density(left),
+            "right_cells_per_mm3": density(right),
+        }
+    )
+    keep = (both["volume_mm3"].to_numpy() > 0) | (both["cells"].to_numpy() > 0)
+    return out[keep][BRAINGLOBE_COLUMNS].reset_index(drop=True)
 
 
 def density_chart(frame: pd.DataFrame, top: int = 25) -> bytes:

@@ -37,6 +37,10 @@ def test_demo_counts_within_two_percent_and_second_run_is_cached(tmp_path: Path)
     assert "cells per region" in out.stdout and "outside_atlas" in out.stdout
     for name in ("regions.csv", "summary.csv", "regions.png", "cells.csv", "counts.csv"):
         assert (tmp_path / "demo" / "results" / name).exists(), name
+    # BrainGlobe's summary accounts for every cell in the brain, whatever the imaged volume of its region
+    summary = pd.read_csv(tmp_path / "demo" / "results" / "summary.csv")
+    per_cell = pd.read_csv(tmp_path / "demo" / "results" / "cells.csv")
+    assert summary["total_cells"].sum() == (per_cell["region_id"] > 0).sum() > 0
     plan = cvplgraph("plan", str(tmp_path / "demo" / "demo.toml"), "--json")
     assert plan.returncode == 0, plan.stderr
     statuses = {n["name"]: n["status"] for n in json.loads(plan.stdout)["nodes"]}

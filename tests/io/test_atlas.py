@@ -240,6 +240,33 @@ def test_brainglobe_summary_has_the_reference_columns() -> None:
     assert summary["total_volume_mm3"].sum() == pytest.approx(505.359)
 
 
+@pytest.mark.parametrize("seed", [6, 7])
+def test_the_brainglobe_summary_keeps_every_in_brain_cell_of_a_crop(ccf100, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """A crop that cuts regions, imaged volumes: cells near the crop's faces lie in atlas voxels whose
+    centres fall outside it, so some regions hold cells but no imaged volume. The summary keeps them
+    (empty density) and its total is the number of cells in the brain, looked up with numpy."""
+    annotation, hemi, _ = ccf100
+    image = Geometry((120, 300, 250), (8.0, 6.0, 6.0), (-400.0, 4512.0, 4690.0))
+    low = np.asarray(image.translation) - np.asarray(image.scale) / 2
+    extent = np.asarray(image.scale) * image.shape
+    rng = np.random.default_rng(seed)
+    um = low + rng.uniform(0, 1, (6000, 3)) * extent
+    um[:3000, 1] = low[1] + rng.choice([0.0, extent[1] - 50.0], 3000) + rng.uniform(0, 50.0, 3000)  # by y faces
+    table = ops.region_counts(Table(dask.delayed(pd.DataFrame(um, columns=["z_um", "y_um", "x_um"])), image),
+                              read_atlas(ccf_spec()))  # fmt: skip
+    frame = table.compute(scheduler="threads")
+    both = frame[(frame["hemisphere"] == "both") & (frame["id"] > 0)]
+    assert ((both["cells"] > 0) & (both["volume_mm3"] == 0)).any()  # the case this test is about
+    index = np.floor(um / 100.0 + 0.5).astype(int)
+    inside = np.all((index >= 0) & (index < np.array(annotation.shape)), axis=1)
+    in_brain = int((annotation[tuple(index[inside].T)] > 0).sum())
+    summary = brainglobe_summary(frame)
+    assert summary["total_cells"].sum() == in_brain > 0
+    empty = summary[summary["total_volume_mm3"] == 0]
+    assert len(empty) and (empty["total_cells"] > 0).all()
+    assert empty[["left_cells_per_mm3", "right_cells_per_mm3"]].isna().all().all()
+
+
 def test_density_map_paints_each_voxel_with_its_regions_density(ccf100) -> None:  # type: ignore[no-untyped-def]
     annotation, hemi, _ = ccf100
     atlas = read_atlas(ccf_spec())
