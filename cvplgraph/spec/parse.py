@@ -9,6 +9,7 @@ documented in ``docs/spec.md``.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from cvplgraph.spec.fields import Collector, locate_fields, resolve_path
 from cvplgraph.spec.graph import graph_problems
 from cvplgraph.spec.model import AXES, COMPRESSORS, INPUT, AtlasSpec, InputSpec, NodeSpec, Params, Spec, StoreSpec
 from cvplgraph.spec.params import check_param
+from cvplgraph.spec.targets import protected, target_problems
 
 
 def _parse_input(raw: Any, c: Collector, base: Path) -> InputSpec | None:
@@ -348,6 +350,8 @@ def spec_from_raw(raw: dict[str, Any], path: str = "<spec>", locations: Mapping[
         c.add("cache", f'expected a table with url = "...", got {cache_raw!r}')
     cluster = parse_cluster(raw.get("cluster", {}), c)
     outputs, formats = _parse_outputs(raw.get("outputs", {}), c, base)
+    source = os.path.realpath(path) if path != "<spec>" else None
+    target_problems(outputs, protected(inp, atlases, resolve_path(cache_url or "cache", base)), source, c.add)
     # the graph is checked even when the input is unusable, so that every problem is reported at once
     spec = Spec(
         path,

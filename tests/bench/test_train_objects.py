@@ -52,7 +52,7 @@ points = "candidates"
 model = "{model}"
 
 [outputs]
-cells = "cells.csv"
+cells = "results/cells.csv"
 """
 
 
@@ -206,7 +206,8 @@ def test_one_line_errors(data: dict) -> None:
 
 def test_running_a_spec_whose_model_is_missing_names_the_file(data: dict, tmp_path: Path) -> None:
     spec_path = data["folder"] / "missing.toml"
-    spec_path.write_text(SPEC.format(model="models/objects-ffffffffffffffff.npz"))
+    text = SPEC.format(model="models/objects-ffffffffffffffff.npz")
+    spec_path.write_text(text.replace('"results/cells.csv"', '"results/missing_cells.csv"'))  # its own output
     with pytest.raises(CvplError, match=r"objects-ffffffffffffffff\.npz: cannot read the model") as exc:
         cvplgraph.run(cvplgraph.load_spec(spec_path), scheduler="threads")
     assert "\n" not in str(exc.value)
