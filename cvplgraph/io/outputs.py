@@ -130,10 +130,22 @@ def density_chart(frame: pd.DataFrame, top: int = 25) -> bytes:
     return buffer.getvalue()
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back: done once, at import)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Files are created with the permissions an ``open()`` would give them (mkstemp's are 0600).
+FILE_MODE = 0o666 & ~_umask()
+
+
 def _atomic_bytes(path: str, data: bytes) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)  # colleagues read results as they read any file this user writes
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, target)

@@ -100,3 +100,17 @@ def test_plan_reports_it_too(project: tuple[Path, Path]) -> None:
     done = subprocess.run([sys.executable, "-m", "cvplgraph", "plan", str(spec)], capture_output=True, text=True,
                           cwd=folder, env=ENV, timeout=300)  # fmt: skip
     assert done.returncode == 1 and "is the input" in done.stderr
+
+
+def test_outputs_get_the_permissions_of_the_users_umask(project: tuple[Path, Path]) -> None:
+    """umask 022: every file a run writes into results/ is readable by others (0644), as `open()` gives."""
+    folder, image = project
+    spec = folder / "spec.toml"
+    spec.write_text(SPEC.format(url=image, level=0.3))
+    done = subprocess.run([sys.executable, "-m", "cvplgraph", "run", str(spec), "--quiet", "--scheduler", "threads"],
+                          capture_output=True, text=True, cwd=folder, env=ENV, timeout=300,
+                          preexec_fn=lambda: os.umask(0o022))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    files = sorted((folder / "results").iterdir())
+    assert len(files) == 4  # two tables and their provenance files
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: "0o644" for f in files}
