@@ -50,8 +50,8 @@ class Param:
             return "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
         if origin is tuple:
             inner = typing.get_args(ann)[0]
-            return f"a list of {inner.__name__}"
-        return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[ann]
+            return "a list of finite numbers" if inner is float else f"a list of {inner.__name__}"
+        return {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}[ann]
 
 
 @dataclass(frozen=True)

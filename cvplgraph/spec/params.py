@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import typing
 from typing import Any
 
@@ -35,7 +36,7 @@ def check_param(param: Param, value: Any) -> tuple[bool, Any]:
     if ann is int:
         return (True, value) if isinstance(value, int) and not isinstance(value, bool) else (False, None)
     if ann is float:
-        return (True, float(value)) if _is_number(value) else (False, None)
+        return (True, float(value)) if _is_number(value) and math.isfinite(value) else (False, None)
     if ann is str:
         return (True, value) if isinstance(value, str) else (False, None)
     return False, None

@@ -85,7 +85,7 @@ def test_bad_spec_is_one_line_exit_1_and_touches_nothing(spec_file: Path) -> Non
     out = cvplgraph("run", str(spec_file))
     assert out.returncode == 1
     number = text.splitlines().index('level = "bright"') + 1
-    line = f"{spec_file}:{number}: nodes.mask.level: expected a number, got 'bright'"
+    line = f"{spec_file}:{number}: nodes.mask.level: expected a finite number, got 'bright'"
     assert out.stderr.strip() == f"cvplgraph: error: {line}"
     assert "Traceback" not in out.stderr
     assert {p: p.read_bytes() for p in sorted((spec_file.parent / "cache" / "manifest").iterdir())} == before

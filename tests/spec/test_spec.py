@@ -356,12 +356,27 @@ CASES: list[Case] = [
     Case(
         "param-wrong-type",
         set_key("nodes.mask", "level", '"high"'),
-        (Expect("nodes.mask.level", at_key("nodes.mask", "level"), ("expected a number", "got 'high'")),),
+        (Expect("nodes.mask.level", at_key("nodes.mask", "level"), ("expected a finite number", "got 'high'")),),
     ),
     Case(
         "float-param-given-bool",
         set_key("nodes.mask", "level", "true"),
-        (Expect("nodes.mask.level", at_key("nodes.mask", "level"), ("expected a number", "got True")),),
+        (Expect("nodes.mask.level", at_key("nodes.mask", "level"), ("expected a finite number", "got True")),),
+    ),
+    Case(
+        "float-param-nan",
+        set_key("nodes.mask", "level", "nan"),
+        (Expect("nodes.mask.level", at_key("nodes.mask", "level"), ("expected a finite number", "got nan")),),
+    ),
+    Case(
+        "float-param-inf",
+        set_key("nodes.mask", "level", "inf"),
+        (Expect("nodes.mask.level", at_key("nodes.mask", "level"), ("expected a finite number", "got inf")),),
+    ),
+    Case(
+        "float-param-minus-inf",
+        set_key("nodes.mask", "level", "-inf"),
+        (Expect("nodes.mask.level", at_key("nodes.mask", "level"), ("expected a finite number", "got -inf")),),
     ),
     Case(
         "unknown-param-did-you-mean",
