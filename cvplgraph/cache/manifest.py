@@ -14,6 +14,7 @@ name and moved into place.
 from __future__ import annotations
 
 import json
+import posixpath
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -56,6 +57,23 @@ class Entry:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
 
+#: Written at the cache root with the first entry: marks a folder as a cache (the Cache Directory
+#: Tagging convention, so backup tools skip it too); `cache gc` deletes nothing in a folder without it.
+MARKER = "CACHEDIR.TAG"
+MARKER_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by cvplgraph: the folder holds its cache.\n"
+)
+
+
+def confined(store: str) -> bool:
+    """Whether an entry's ``store`` is a relative path that stays inside the cache root."""
+    if not isinstance(store, str) or not store or store.startswith(("/", "\\")) or "://" in store:
+        return False
+    normal = posixpath.normpath(store)
+    return normal not in (".", "..") and not normal.startswith("../")
+
+
 class Manifest:
     """Read and commit entries of the cache at ``url`` (any fsspec URL)."""
 
@@ -80,13 +98,25 @@ class Manifest:
         path = self._entry_path(key)
         try:
             with self.fs.open(path, "r") as f:
-                return Entry(**json.load(f))
+                entry = Entry(**json.load(f))
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, TypeError) as exc:
             raise CacheError(
                 f"{self.url}: manifest entry {key} is unreadable ({exc}); remove it to recompute"
             ) from None
+        if not confined(entry.store):
+            raise CacheError(f"{self.url}/manifest/{key}.json: field store: {entry.store!r} lies outside the cache; "
+                             "expected a path inside it (stores/<key>); remove the entry to recompute")  # fmt: skip
+        return entry
+
+    def has_marker(self) -> bool:
+        return bool(self.fs.exists(f"{self.root}/{MARKER}"))
+
+    def write_marker(self) -> None:
+        if not self.has_marker():
+            self.fs.makedirs(self.root, exist_ok=True)
+            self.fs.pipe_file(f"{self.root}/{MARKER}", MARKER_TEXT.encode())
 
     def entries(self) -> list[Entry]:
         try:
@@ -97,9 +127,11 @@ class Manifest:
         for path in paths:
             try:
                 with self.fs.open(path, "r") as f:
-                    out.append(Entry(**json.load(f)))
+                    entry = Entry(**json.load(f))
             except (OSError, json.JSONDecodeError, TypeError):
                 continue  # an unreadable entry is no entry; `cache verify` reports it
+            if confined(entry.store):  # one naming a store outside the cache is no entry either
+                out.append(entry)
         return out
 
     def previous(self, node: str, spec: str) -> Entry | None:
@@ -113,6 +145,7 @@ class Manifest:
     def commit(self, entry: Entry) -> None:
         """Write ``entry`` (its store must be complete) under its key, atomically where the filesystem allows."""
         path = self._entry_path(entry.key)
+        self.write_marker()
         self.fs.makedirs(f"{self.root}/manifest", exist_ok=True)
         tmp = f"{self.root}/manifest/.{entry.key}.{uuid.uuid4().hex}.tmp"
         with self.fs.open(tmp, "w") as f:
@@ -131,6 +164,9 @@ class Manifest:
 
     def remove(self, entry: Entry) -> None:
         """Delete an entry, then its store and records (in that order: never an entry without its store)."""
+        if not confined(entry.store):
+            raise CacheError(f"{self.url}/manifest/{entry.key}.json: field store: {entry.store!r} lies outside the "
+                             "cache; expected a path inside it; nothing removed")  # fmt: skip
         self.fs.rm(self._entry_path(entry.key))
         # the key's folders, and the entry's own store (older caches kept stores/<key>.ome.zarr)
         for path in (

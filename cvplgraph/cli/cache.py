@@ -87,6 +87,12 @@ def _gc(args: argparse.Namespace, manifest: Any, entries: list[Any], specs: list
     from cvplgraph.cache.tool import garbage, orphans
     from cvplgraph.engine.plan import reachable_keys
 
+    if not manifest.has_marker():
+        if not entries:  # no marker, no entry: not a cache this tool made; delete nothing in it
+            raise CvplError(f"{manifest.url}: not a cvplgraph cache (no CACHEDIR.TAG, no manifest entries); "
+                            "expected the [cache] url of a spec that has run; nothing removed")  # fmt: skip
+        if not args.dry_run:
+            manifest.write_marker()  # a cache made before the marker existed
     keep = reachable_keys(specs) if specs else None
     max_bytes = int(args.max_size * 1e9) if args.max_size is not None else None
     doomed = garbage(entries, keep=keep, max_age_days=args.max_age, max_bytes=max_bytes)

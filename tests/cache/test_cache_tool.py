@@ -164,3 +164,45 @@ def test_outputs_carry_the_keys_they_came_from(spec_file: Path) -> None:
     assert sidecar["node"] == "centroids" and sidecar["key"] == entry_of(manifest, "centroids").key
     assert sidecar["input_fingerprints"] == {"input": cvplgraph.plan(spec).nodes["input"].key}
     assert sidecar["spec"] == str(spec_file.resolve()) and sidecar["cache"] == manifest.url
+
+
+# --------------------------------------------------------------------------- confinement
+
+
+def test_a_cache_root_carries_the_cachedir_tag(spec_file: Path) -> None:
+    _, manifest = cached(spec_file)
+    tag = (Path(manifest.root) / "CACHEDIR.TAG").read_text()
+    assert tag.startswith("Signature: 8a477f597d28d172789f06886806bc55")  # the Cache Directory Tagging value
+
+
+def test_an_entry_naming_a_store_outside_the_cache_touches_nothing_there(spec_file: Path, tmp_path: Path) -> None:
+    """A manifest entry whose store is ../../victim: gc with every budget at zero removes the real
+    entries and leaves the victim; a run that looks the entry up stops with one line naming it."""
+    spec, manifest = cached(spec_file)
+    root = Path(manifest.root)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("years of work")
+    cells = entry_of(manifest, "cells")
+    document = json.loads((root / "manifest" / f"{cells.key}.json").read_text())
+    document["store"] = os.path.relpath(victim, root)  # ../../victim
+    (root / "manifest" / f"{cells.key}.json").write_text(json.dumps(document))
+    assert cells.key not in {e.key for e in manifest.entries()}  # it is no entry
+    done = cli("run", str(spec_file), "--quiet", "--scheduler", "threads")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "field store" in done.stderr and "outside the cache" in done.stderr and cells.key in done.stderr
+    out = cli("cache", "gc", "--cache", spec.cache_url, "--max-size", "0", "--grace", "0")
+    assert out.returncode == 0, out.stderr
+    assert (victim / "thesis.txt").read_text() == "years of work"
+    assert [p.name for p in (root / "manifest").iterdir()] == [f"{cells.key}.json"]  # the others went
+
+
+def test_gc_refuses_a_folder_that_is_not_a_cache(tmp_path: Path) -> None:
+    """`[cache] url = "."` in a project folder that holds its own stores/ and partial/: no marker, no
+    entry: gc says so in one line, exit 1, and deletes nothing."""
+    for name in ("stores/data/a.bin", "partial/notes/b.txt"):
+        (tmp_path / name).parent.mkdir(parents=True)
+        (tmp_path / name).write_text("mine")
+    out = cli("cache", "gc", "--cache", str(tmp_path), "--grace", "0")
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "not a cvplgraph cache" in out.stderr
+    assert (tmp_path / "stores/data/a.bin").read_text() == (tmp_path / "partial/notes/b.txt").read_text() == "mine"
