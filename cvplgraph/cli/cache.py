@@ -52,6 +52,11 @@ def handle(args: argparse.Namespace) -> int:
     source = args.spec or (specs[0] if specs else None)
     url = args.cache or (load_spec(source).cache_url if source else "cache")
     manifest = Manifest(url)
+    if not manifest.fs.exists(manifest.root):  # a mistyped --cache must not read as an empty, healthy cache
+        raise CvplError(f"{url}: no cache there (nothing at that path); expected the [cache] url of a spec that "
+                        "has run (--spec SPEC or --cache URL)")  # fmt: skip
+    if manifest.fs.isfile(manifest.root):
+        raise CvplError(f"{url}: is a file; expected a cache folder (--spec SPEC or --cache URL)")
     entries = sorted(manifest.entries(), key=lambda e: e.created)
     if args.action == "ls":
         now = time.time()

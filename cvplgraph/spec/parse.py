@@ -379,4 +379,8 @@ def load_spec(path: str | Path) -> Spec:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError([Problem(str(path), None, "file", f"cannot read the spec: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        line = p.read_bytes()[: exc.start].count(b"\n") + 1
+        raise SpecError([Problem(str(path), line, "file", f"byte {exc.start} ({exc.object[exc.start]:#04x}) is "
+                                 "not UTF-8 text; expected a TOML spec (UTF-8 text)")]) from None  # fmt: skip
     return parse_spec(text, str(p))

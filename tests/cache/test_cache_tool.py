@@ -206,3 +206,15 @@ def test_gc_refuses_a_folder_that_is_not_a_cache(tmp_path: Path) -> None:
     out = cli("cache", "gc", "--cache", str(tmp_path), "--grace", "0")
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "not a cvplgraph cache" in out.stderr
     assert (tmp_path / "stores/data/a.bin").read_text() == (tmp_path / "partial/notes/b.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("action", ["ls", "verify", "gc"])
+def test_a_cache_url_with_nothing_there_or_a_file_is_one_line(tmp_path: Path, action: str) -> None:
+    """A mistyped --cache must not read as an empty, healthy cache ("0 of 0 verified", exit 0)."""
+    afile = tmp_path / "cache.txt"
+    afile.write_text("not a cache")
+    for url, words in ((tmp_path / "nowhere", "no cache there"), (afile, "is a file")):
+        out = cli("cache", action, "--cache", str(url))
+        assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert words in out.stderr and str(url) in out.stderr and "Traceback" not in out.stderr
+    assert afile.read_text() == "not a cache" and not (tmp_path / "nowhere").exists()

@@ -21,7 +21,7 @@ import pytest
 from cvplgraph.errors import Problem, SpecError
 from cvplgraph.spec.fields import line_of
 from cvplgraph.spec.model import NodeSpec, Params, Spec
-from cvplgraph.spec.parse import parse_spec
+from cvplgraph.spec.parse import load_spec, parse_spec
 
 FILE = "spec.toml"
 
@@ -758,3 +758,12 @@ def test_outputs_must_be_local_files() -> None:
         parse_spec(text, FILE)
     (problem,) = info.value.problems
     assert problem.field == "outputs.counts" and "expected a local file path" in problem.message
+
+
+def test_a_spec_file_of_random_bytes_is_one_problem_naming_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b'[input]\nurl = "x"\n' + bytes([0x8D, 0xFF, 0x00, 0x13]) * 20)
+    with pytest.raises(SpecError) as exc:
+        load_spec(path)
+    (problem,) = exc.value.problems
+    assert problem.line == 3 and "byte 18 (0x8d) is not UTF-8 text" in problem.message and problem.file == str(path)
