@@ -57,8 +57,9 @@ class Entry:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
 
-#: Written at the cache root with the first entry: marks a folder as a cache (the Cache Directory
-#: Tagging convention, so backup tools skip it too); `cache gc` deletes nothing in a folder without it.
+#: Written at the cache root before a run first writes there (and with every entry): marks a folder as
+#: a cache (the Cache Directory Tagging convention, so backup tools skip it too); `cache gc` deletes
+#: nothing in a folder without it.
 MARKER = "CACHEDIR.TAG"
 MARKER_TEXT = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"

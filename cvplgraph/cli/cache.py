@@ -23,7 +23,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("action", choices=["ls", "show", "verify", "gc"])
     p.add_argument(
-        "args", nargs="*", metavar="ARG", help="show: a key (or its start); gc: spec files whose nodes to keep"
+        "args", nargs="*", metavar="ARG",
+        help="show: a key (or its start); gc: spec files whose nodes to keep; ls, verify: a spec (as --spec)",
     )
     p.add_argument("--cache", metavar="URL", help="the cache (default: the cache of the first spec given, or ./cache)")
     p.add_argument("--spec", metavar="TOML", help="take the cache URL from this spec")
@@ -49,7 +50,8 @@ def handle(args: argparse.Namespace) -> int:
     from cvplgraph.spec.parse import load_spec
 
     specs = args.args if args.action == "gc" else []
-    source = args.spec or (specs[0] if specs else None)
+    given = args.args[0] if args.action in ("ls", "verify") and args.args else None  # `cache verify SPEC`
+    source = args.spec or (specs[0] if specs else given)
     url = args.cache or (load_spec(source).cache_url if source else "cache")
     manifest = Manifest(url)
     if not manifest.fs.exists(manifest.root):  # a mistyped --cache must not read as an empty, healthy cache
