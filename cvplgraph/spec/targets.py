@@ -1,7 +1,8 @@
 """Output targets that must not be written: one that is, holds or lies inside the input, an atlas
-file or the cache; two outputs on one path; and an existing path that is not an earlier output of
-this same spec (every output is written with a ``<path>.cvplgraph.json`` provenance file naming the
-spec it came from). Checked when the spec is read, so `plan` reports it and `run` touches nothing."""
+file or the cache; two outputs on one path; one below a file; and an existing path that is not an
+earlier output of this same spec (every output is written with a ``<path>.cvplgraph.json``
+provenance file naming the spec it came from). Checked when the spec is read, so `plan` reports it
+and `run` touches nothing."""
 
 from __future__ import annotations
 
@@ -61,6 +62,11 @@ def target_problems(outputs: Sequence[tuple[str, str]], keep: list[tuple[str, Pa
             add(field, f"{target!r} is also the output of {seen[path]}; expected one path per output")
             continue
         seen[path] = field
+        blocking = next((a for a in path.parents if os.path.lexists(a) and not os.path.isdir(a)), None)
+        if blocking is not None:
+            add(field, f"{target!r} cannot be written: {str(blocking)!r} is a file, not a folder; expected a path "
+                       "whose folders are folders")  # fmt: skip
+            continue
         if not os.path.lexists(path):
             continue
         sidecar = Path(f"{str(path).rstrip('/')}{PROVENANCE_SUFFIX}")

@@ -48,6 +48,7 @@ CASES = [
      "lies inside the input ([input] url)"),
     ("inside the cache", 'centroids = "cache/cells.csv"', "lies inside the cache ([cache] url)"),
     ("the same path twice", 'centroids = "results/x.csv"\ncounts = "results/x.csv"', "is also the output of"),
+    ("below a file", 'centroids = "notes.txt/cells.csv"', "is a file, not a folder"),
 ]  # fmt: skip
 
 
@@ -58,6 +59,7 @@ def test_an_output_that_would_destroy_something_is_refused(project: tuple[Path, 
     spec = folder / "spec.toml"
     spec.write_text(SPEC.format(url=image, level=0.3).split("[outputs]")[0] + "[outputs]\n" + outputs + "\n")
     (folder / "cache").mkdir()
+    (folder / "notes.txt").write_text("a file where a folder would be")
     before = digest(folder / "raw.ome.zarr")
     done = run(spec)
     assert done.returncode == 1, (what, done.stdout, done.stderr)
