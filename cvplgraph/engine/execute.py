@@ -285,10 +285,10 @@ def _execute(
                 display.message(f"dask dashboard: {report.dashboard}")
                 display.event("dashboard", url=report.dashboard)
             ship_plugins(cl, modules)
-        if todo:  # the cache folder is marked before anything is written into it (see docs/cache.md)
-            plan.manifest.write_marker()
         lowered = lower(plan)
         targets = _targets(plan, lowered)
+        if todo:  # the cache folder is marked before anything is written into it (see docs/cache.md)
+            plan.manifest.write_marker()
         report.blocks = {name: (w.blocks, w.blocks_done) for name, w in lowered.cached.items()}
         tasks: list[tuple[str, float]] | None = [] if profile else None
         computed = _compute(targets, cl, display, tasks)

@@ -23,7 +23,7 @@ from cvplgraph.errors import InputError
 from cvplgraph.ops._atlas import ancestors, lookup_points, voxel_counts
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
-from cvplgraph.values import LEFT, OUTSIDE_ATLAS, OUTSIDE_BRAIN, RIGHT, Atlas, Table, wrap
+from cvplgraph.values import LEFT, OUTSIDE_ATLAS, OUTSIDE_BRAIN, RIGHT, Atlas, Geometry, Table, wrap
 
 #: Hemisphere codes → the names used in tables ("both" = every point, whatever its hemisphere).
 HEMISPHERES = {LEFT: "left", RIGHT: "right"}
@@ -102,6 +102,26 @@ def _region_table(
     return table[REGION_COLUMNS]
 
 
+def _extent(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """The µm box a grid covers: from the first voxel's low face to the last voxel's high face."""
+    scale, translation = np.asarray(geometry.scale), np.asarray(geometry.translation)
+    return translation - scale / 2, translation + scale * (np.asarray(geometry.shape) - 0.5)
+
+
+def check_overlap(image: Geometry, atlas: Atlas) -> None:
+    """One line when the image and the atlas share no µm of space: every cell would be outside_atlas."""
+    (il, ih), (al, ah) = _extent(image), _extent(atlas.geometry)
+    if np.all((il < ah) & (al < ih)):
+        return
+
+    def box(low: np.ndarray, high: np.ndarray) -> str:
+        return ", ".join(f"{d} {a:g}–{b:g}" for d, a, b in zip("zyx", low, high, strict=True))
+
+    raise InputError(f"{atlas.source}: the atlas covers {box(al, ah)} µm and the image {box(il, ih)} µm: they do "
+                     "not overlap, so every cell would be outside the atlas; expected the atlas placed on the image "
+                     "(its scale, translation and transpose in [inputs.NAME])")  # fmt: skip
+
+
 @op(
     "region_counts",
     version=1,
@@ -136,6 +156,7 @@ def region_counts(points: Table, atlas: Atlas, *, volume: Literal["imaged", "atl
         region's subtree. A point is in the voxel whose centre is nearest;
         points outside the atlas volume have no volume (NaN density).
     """
+    check_overlap(points.geometry, atlas)
     geometry = atlas.geometry
     voxel_mm3 = float(np.prod(geometry.scale)) * 1e-9
     lookup = lookup_points(dask.delayed(_um, pure=True)(points.frame), atlas)
@@ -177,6 +198,7 @@ def cell_regions(points: Table, atlas: Atlas) -> Table:
         The input rows with ``region_id`` (0 = atlas id 0, −1 = outside the atlas
         volume), ``acronym`` and ``hemisphere`` (``left``, ``right`` or empty).
     """
+    check_overlap(points.geometry, atlas)
     lookup = lookup_points(dask.delayed(_um, pure=True)(points.frame), atlas)
     return Table(dask.delayed(_with_regions, pure=True)(points.frame, lookup, atlas.structures), points.geometry)
 

@@ -47,8 +47,12 @@ def ccf_spec(resolution: int = 100, **changes: object) -> AtlasSpec:
 
 
 def points_table(um: np.ndarray) -> Table:
+    """Points at ``um`` on a 1 µm image grid that holds them all (a real image holds its cells)."""
     frame = pd.DataFrame(um, columns=["z_um", "y_um", "x_um"])
-    return Table(dask.delayed(frame), Geometry((1, 1, 1)))
+    low = um.min(axis=0) if len(um) else np.zeros(3)
+    shape = np.ceil(um.max(axis=0) - low).astype(int) + 1 if len(um) else np.ones(3, int)
+    return Table(dask.delayed(frame), Geometry(tuple(int(n) for n in shape), (1.0, 1.0, 1.0),  # type: ignore[arg-type]
+                                               tuple(float(v) for v in low)))  # type: ignore[arg-type]  # fmt: skip
 
 
 def regions(um: np.ndarray, spec: AtlasSpec) -> pd.DataFrame:
@@ -176,8 +180,13 @@ def test_a_point_maps_to_the_atlas_voxel_that_holds_it(  # type: ignore[no-untyp
     atlas = read_atlas_from_arrays(ids, atlas_geometry, structures)
     # the point: the centre of atlas voxel `voxel`, moved within its box, expressed in image voxels
     um = np.asarray(atlas_translation) + (np.asarray(voxel) + np.asarray(offset)) * np.asarray(atlas_scale)
-    image = Geometry((1, 1, 1), image_scale, image_translation)
-    image_voxel = (um - np.asarray(image.translation)) / np.asarray(image.scale)
+    # the image grid (scale, translation moved by whole voxels) reaches over the point, as a real image
+    # holds its cells; the mapping does not depend on the grid's extent
+    before = np.ceil(np.maximum(0.0, (np.asarray(image_translation) - um) / np.asarray(image_scale)))
+    origin = np.asarray(image_translation) - before * np.asarray(image_scale)
+    image_voxel = (um - origin) / np.asarray(image_scale)
+    shape = tuple(int(n) for n in np.ceil(image_voxel) + 2)
+    image = Geometry(shape, image_scale, tuple(float(o) for o in origin))  # type: ignore[arg-type]
     frame = pd.DataFrame([[*image_voxel, *image.to_um(image_voxel[None])[0]]], columns=["z", "y", "x", "z_um", "y_um",
                                                                                           "x_um"])  # fmt: skip
     cells = ops.cell_regions(Table(dask.delayed(frame), image), atlas).compute(scheduler="sync")
@@ -419,3 +428,18 @@ def test_a_cell_in_a_region_missing_from_the_table_is_an_error(tmp_path: Path, c
     counts = ops.region_counts(points_table(voxel[None] * 100.0), atlas)  # imaged volume: one µm³ at the origin
     with pytest.raises(InputError, match=r"structures_no_ca1\.csv: 1 region id\(s\).*: 382"):
         counts.compute(scheduler="sync")
+
+
+def test_an_atlas_placed_away_from_the_image_is_one_line_before_any_compute(tmp_path: Path, synthetic) -> None:  # type: ignore[no-untyped-def]
+    """A translation that puts the atlas 1 m from the image: every cell would be outside_atlas. The run
+    stops while the graph is built — one line giving both extents, exit 1, no entry committed, no output."""
+    path = tmp_path / "atlas.toml"
+    text = ATLAS_SPEC.format(image=synthetic[0], ccf=CCF, structures=CCF / "structures.csv")
+    path.write_text(text.replace("transpose = [2, 1, 0]\n", "transpose = [2, 1, 0]\ntranslation = [1e6, 0, 0]\n", 1))
+    done = subprocess.run([*ENV_CLI, "run", str(path), "--quiet", "--scheduler", "threads"], capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "do not overlap" in lines[0] and "z 999950" in lines[0]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "cache" / "manifest").exists() and not (tmp_path / "results").exists()  # nothing committed
