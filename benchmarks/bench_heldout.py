@@ -25,7 +25,8 @@ from typing import Any
 from bench_tune import spec_on
 from machine_info import machine
 
-from cvplgraph.bench.tune import grid_from_table, parse_param, tune
+from cvplgraph.bench.space import grid_from_table, parse_param
+from cvplgraph.bench.tune import tune
 from cvplgraph.spec.parse import load_spec
 from cvplgraph.synth.volume import SynthParams, write_synthetic
 

@@ -33,7 +33,8 @@ from typing import Any
 
 from machine_info import machine
 
-from cvplgraph.bench.tune import parse_param, tune
+from cvplgraph.bench.space import parse_param
+from cvplgraph.bench.tune import tune
 from cvplgraph.synth.volume import SynthParams, write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,11 +25,10 @@ trial's points and a ``trials.csv`` go to ``<name>-tune/``.
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,34 +38,19 @@ import numpy as np
 from cvplgraph.bench.ranges import (
     Range,
     Space,
-    even_steps,
-    make_range,
 )
 from cvplgraph.bench.run import Score, run_suite
 from cvplgraph.bench.search import adaptive, rank, start_values
-from cvplgraph.bench.suite import Dataset, Suite, Variant, split_node_param
+from cvplgraph.bench.space import check_space, grid_from_table, value_problem
+from cvplgraph.bench.suite import Dataset, Suite, Variant
+from cvplgraph.bench.trials import Trial, leave_one_out, pool, trial_line, trial_table, tuned_text
 from cvplgraph.errors import CvplError
-from cvplgraph.spec.fields import locate_fields
 from cvplgraph.spec.model import AXES, Spec
 from cvplgraph.spec.parse import load_spec, load_toml
 
 #: Fewest voxels per axis of the probe a trial runs on first.
 PROBE_MIN = 32
 
-
-
-@dataclass
-class Trial:
-    """One set of parameter values, scored on every crop (or stopped on the probe)."""
-
-    number: int  # 1-based
-    values: dict[tuple[str, str], Any]
-    crops: dict[str, Score]  # per crop, in crop order; empty when flooded on the probe
-    pooled: Score  # the crops' counts summed, scored as one
-    flooded: bool = False  # more than `budget` detections per true cell (probe, or the crops)
-    over_budget: bool = False  # recall@K: more than K detections per true cell, scored 0
-    objective: float = 0.0
-    seconds: float = 0.0  # task seconds of the trial's nodes (probe and crops, shared ones included)
 
 
 @dataclass
@@ -92,120 +76,6 @@ class Crop:
     source: dict[str, Any]  # the [input] table
     true: int  # annotated cells inside
     voxels: int
-
-
-# --------------------------------------------------------------------------- parameters
-
-
-def parse_param(text: str) -> tuple[tuple[str, str], list[Any] | Range]:
-    """``node.param=v1,v2,…``, ``=start:stop:count`` (inclusive, evenly spaced) or a range
-    ``=low..high`` with optional ``:log`` and ``:int``."""
-    expected = "expected node.parameter=v1,v2,…, =start:stop:count or =low..high[:log][:int]"
-    name, sep, values = text.partition("=")
-    if not sep or not values.strip():
-        raise CvplError(f"--param {text!r}: {expected}")
-    try:
-        node, param = split_node_param(name)
-    except ValueError as exc:
-        raise CvplError(f"--param {text!r}: {exc}") from None
-    values = values.strip()
-    if ".." in values:
-        bounds, *flags = values.split(":")
-        low, _, high = bounds.partition("..")
-        if set(flags) - {"log", "int"}:
-            raise CvplError(f"--param {text!r}: unknown flag {':'.join(flags)!r}; expected low..high[:log][:int]")
-        try:
-            return (node, param), make_range(float(low), float(high), "log" in flags, "int" in flags)
-        except ValueError as exc:
-            raise CvplError(f"--param {text!r}: {exc}") from None
-    if values.count(":") == 2:
-        start, stop, count = values.split(":")
-        try:
-            return (node, param), even_steps(float(start), float(stop), int(count))
-        except ValueError:
-            raise CvplError(f"--param {text!r}: expected numbers in start:stop:count, count ≥ 1") from None
-    return (node, param), [_value(v.strip()) for v in values.split(",")]
-
-
-def _value(text: str) -> Any:
-    """A command-line value as TOML would read it (number, boolean, else the string)."""
-    try:
-        return load_toml(f"v = {text}", "--param")["v"]
-    except CvplError:
-        return text
-
-
-def grid_from_table(table: Any, where: str) -> Space:
-    """The free parameters of a spec's ``[tune]`` table."""
-    if not isinstance(table, dict):
-        raise CvplError(f'{where}: [tune]: expected a table of "node.parameter" = [values], got {table!r}')
-    space: Space = {}
-    expected = "[values], { from, to, steps } or { low, high, log = false, int = false }"
-    for key, values in table.items():
-        try:
-            node, param = split_node_param(key)
-        except ValueError as exc:
-            raise CvplError(f"{where}: tune.{key}: {exc}") from None
-        if isinstance(values, dict) and {"low", "high"} <= set(values) <= {"low", "high", "log", "int"}:
-            try:
-                space[(node, param)] = make_range(float(values["low"]), float(values["high"]),
-                                                  values.get("log") is True, values.get("int") is True)  # fmt: skip
-            except (TypeError, ValueError) as exc:
-                raise CvplError(f"{where}: tune.{key}: {exc}; expected {expected}") from None
-            continue
-        if isinstance(values, dict) and set(values) == {"from", "to", "steps"}:
-            try:
-                values = even_steps(float(values["from"]), float(values["to"]), int(values["steps"]))
-            except (TypeError, ValueError):
-                values = None
-        if not isinstance(values, list) or not values:
-            raise CvplError(f'{where}: tune.{key}: expected "node.parameter" = {expected}, got {values!r}')
-        space[(node, param)] = values
-    return space
-
-
-# --------------------------------------------------------------------------- checks before running
-
-
-def value_problem(spec: Spec, node: str, param: str) -> Callable[[Any], str | None]:
-    """What is wrong with a value of ``node.param`` (its type, the op's checks), or None."""
-    from cvplgraph.registry import get_op
-    from cvplgraph.spec.params import check_param
-
-    opdef = get_op(spec.node(node).op)
-    definition = opdef.param(param)
-    if definition is None:
-        raise CvplError(f"cannot tune {node}.{param}: op {opdef.name!r} has no parameter {param!r}")
-
-    def problem(value: Any) -> str | None:
-        ok, checked = check_param(definition, value)
-        if not ok:
-            return str(definition.describe())
-        try:
-            return opdef.checks[param](checked) if param in opdef.checks else None
-        except (TypeError, ValueError) as exc:
-            return str(exc)
-
-    return problem
-
-
-def check_space(spec: Spec, spec_path: Path, space: Space) -> None:
-    """Every tuned node exists, has the parameter, and takes every listed value and range end."""
-    from cvplgraph.registry import get_op
-
-    nodes = [n.name for n in spec.nodes]
-    for (node, param), values in space.items():
-        if node not in nodes:
-            raise CvplError(f"{spec_path}: cannot tune {node}.{param}: no node {node!r} (nodes: {', '.join(nodes)})")
-        opdef = get_op(spec.node(node).op)
-        if opdef.param(param) is None:
-            known = ", ".join(p.name for p in opdef.params) or "none"
-            raise CvplError(f"{spec_path}: cannot tune {node}.{param}: op {opdef.name} has no parameter "
-                            f"{param!r} (parameters: {known})")  # fmt: skip
-        problem = value_problem(spec, node, param)
-        for value in [values.low, values.high] if isinstance(values, Range) else values:
-            if (why := problem(value)) is not None:
-                raise CvplError(f"{spec_path}: cannot tune {node}.{param} = {value!r}: expected {why}")
 
 
 def scored_points(spec: Spec, spec_path: Path, points: str | None) -> str:
@@ -508,140 +378,5 @@ class _Runner:
             score.points = None  # written; not kept in memory
 
 
-def pool(scores: list[Score], name: str) -> Score:
-    """The crops' counts summed and scored as one crop (precision, recall, F1 of the sums)."""
-    from cvplgraph.bench.metrics import ratios
-
-    found = sum(s.found for s in scores)
-    true = sum(s.true or 0 for s in scores)
-    tp = sum(s.tp or 0 for s in scores)
-    precision, recall, f1 = ratios(tp, found, true)
-    return Score("all", name, found, true, tp, found - tp, true - tp, precision, recall, f1, found - true,
-                 100.0 * (found - true) / true if true else None, scores[0].tolerance_um if scores else None,
-                 sum(s.seconds_own for s in scores), sum(s.seconds_total for s in scores))  # fmt: skip
-
-
-def trial_line(trial: Trial, total: int, goal: str, k: float | None) -> str:
-    """One line per finished trial (printed even with --quiet)."""
-    values = ", ".join(f"{n}.{p}={v}" for (n, p), v in trial.values.items())
-    s = trial.pooled
-    if trial.flooded and not trial.crops:
-        return f"trial {trial.number}/{total}: {values} → flooded (about {s.found} found for {s.true} true; stopped)"
-    score = f"F1 {s.f1:.3f}" if goal == "f1" else f"recall@{k:g} {trial.objective:.3f} (F1 {s.f1:.3f})"
-    crops = " [" + ", ".join(f"{n} {c.f1:.3f}" for n, c in trial.crops.items()) + "]" if len(trial.crops) > 1 else ""
-    mark = " flooded" if trial.flooded else " over budget" if trial.over_budget else ""
-    return f"trial {trial.number}/{total}: {values} → {score}{crops}, found {s.found} of {s.true} true{mark}"
-
-
-def trial_table(trials: list[Trial], keys: list[tuple[str, str]], crops: list[str]) -> Any:
-    """One row per trial: number, values, pooled counts and scores, per-crop F1, flags, seconds."""
-    import pandas as pd
-
-    rows = []
-    for t in trials:
-        s = t.pooled
-        row: dict[str, Any] = {"trial": t.number}
-        row.update({f"{n}.{p}": t.values.get((n, p)) for n, p in keys})
-        row.update(found=s.found, true=s.true, tp=s.tp, fp=s.fp, fn=s.fn, precision=s.precision, recall=s.recall,
-                   f1=s.f1)  # fmt: skip
-        if len(crops) > 1:
-            row.update({f"f1 {c}": (t.crops[c].f1 if c in t.crops else None) for c in crops})
-        row.update(objective=t.objective, flooded=t.flooded, over_budget=t.over_budget, seconds=round(t.seconds, 3))
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    return frame.astype({c: "Int64" for c in ("found", "true", "tp", "fp", "fn")})
-
-
-def format_trials(frame: Any, keys: list[tuple[str, str]]) -> str:
-    """The trial table as aligned text: values as written, scores to 3 decimals, flags as words."""
-    import pandas as pd
-
-    params = {f"{n}.{p}" for n, p in keys}
-    heads = [c for c in frame.columns if c not in ("tp", "fp", "fn", "over_budget", "objective", "flooded")]
-    rows = [[*heads, "note"]]
-    for _, r in frame.iterrows():
-        cells = []
-        for c in heads:
-            v = r[c]
-            if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
-                cells.append("–")
-            elif c in params or not isinstance(v, float):
-                cells.append(str(v))
-            else:
-                cells.append(f"{v:.1f}" if c == "seconds" else f"{v:.3f}")
-        cells.append("flooded" if r["flooded"] else "over budget" if r["over_budget"] else "")
-        rows.append(cells)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)).rstrip() for row in rows)
-
-
 def _write_trials(folder: Path, trials: list[Trial], keys: list[tuple[str, str]], crops: list[Crop]) -> None:
     trial_table(trials, keys, [c.name for c in crops]).to_csv(folder / "trials.csv", index=False)
-
-
-def leave_one_out(trials: list[Trial], crops: list[str], goal: str, k: float | None) -> list[tuple[str, int, Score]]:
-    """For each crop: the best trial on the other crops (pooled), and its score on this one."""
-    out = []
-    for held in crops:
-        scored = []
-        for t in trials:
-            if t.flooded or held not in t.crops:
-                continue
-            others = pool([s for c, s in t.crops.items() if c != held], t.pooled.variant)
-            value = others.f1 if goal == "f1" else (0.0 if others.found > (k or 0) * max(others.true or 0, 1)
-                                                     else others.recall)  # fmt: skip
-            scored.append((-(value or 0.0), abs(others.count_error or 0), t.number, t))
-        if scored:
-            best = min(scored, key=lambda x: x[:3])[3]
-            out.append((held, best.number, best.crops[held]))
-    return out
-
-
-# --------------------------------------------------------------------------- the tuned spec
-
-
-def tuned_text(
-    text: str,
-    values: dict[tuple[str, str], Any],
-    score: Score,
-    truth: str,
-    crop: tuple[int, ...] | None,
-    search: str = "grid",
-) -> str:
-    """The spec text with the chosen values set and its score in a header comment."""
-    from cvplgraph.bench.report import tolerance_text
-
-    lines = text.splitlines()
-    where = locate_fields(text)
-    for (node, param), value in values.items():
-        line = where.get(f"nodes.{node}.{param}")
-        if line is not None:
-            found = re.match(r"^(\s*[\w\"']+\s*=\s*)([^#]*?)(\s*(#.*)?)$", lines[line - 1])
-            if found is None:
-                raise CvplError(f"cannot place {node}.{param} in the spec text (line {line})")
-            lines[line - 1] = found.group(1) + toml_value(value) + (found.group(3) or "")
-        elif (header := where.get(f"nodes.{node}")) is not None:
-            lines.insert(header, f"{param} = {toml_value(value)}")
-            where = locate_fields("\n".join(lines))
-        else:
-            raise CvplError(f"cannot place {node}.{param} in the spec text")
-    stamp = datetime.date.today().isoformat()
-    head = [
-        f"# tuned by `cvplgraph tune` on {stamp} against {truth}" + (f", crop {list(crop)}" if crop else ""),
-        f"# best of the {search} search: F1 {score.f1:.3f} (precision {score.precision:.3f}, recall "
-        f"{score.recall:.3f}), {score.found} found of {score.true} true within {tolerance_text(score.tolerance_um)} µm",
-        "# " + ", ".join(f"{node}.{param} = {toml_value(v)}" for (node, param), v in values.items()),
-    ]
-    return "\n".join(head + lines) + "\n"
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)) and not (isinstance(value, float) and not math.isfinite(value)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise CvplError(f"cannot write {value!r} as a TOML value")

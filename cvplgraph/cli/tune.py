@@ -75,7 +75,9 @@ def tolerance(text: str | None) -> float | tuple[float, float, float] | None:
 
 def handle(args: argparse.Namespace) -> int:
     """Run the search, print one line per trial and the table, write the tuned spec."""
-    from cvplgraph.bench.tune import format_trials, parse_param, trial_table, tune
+    from cvplgraph.bench.space import parse_param
+    from cvplgraph.bench.trials import format_trials, trial_table
+    from cvplgraph.bench.tune import tune
 
     params = dict(parse_param(p) for p in args.param)
     result = tune(args.spec, args.truth, params=params or None, crop=[tuple(c) for c in args.crop or []] or None,

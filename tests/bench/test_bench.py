@@ -16,8 +16,9 @@ import cvplgraph
 from cvplgraph.bench.metrics import match
 from cvplgraph.bench.report import write_report
 from cvplgraph.bench.run import run_suite
+from cvplgraph.bench.space import grid_from_table, parse_param
 from cvplgraph.bench.suite import load_suite, split_node_param
-from cvplgraph.bench.tune import grid_from_table, parse_param, tune
+from cvplgraph.bench.tune import tune
 from cvplgraph.errors import CvplError, SpecError
 from cvplgraph.io.stores import read_input
 from cvplgraph.synth.volume import SynthParams, write_synthetic

@@ -13,8 +13,9 @@ from scipy import ndimage
 
 from cvplgraph.bench.metrics import match
 from cvplgraph.bench.ranges import Range, even_steps, readable, widen
+from cvplgraph.bench.space import grid_from_table, parse_param
 from cvplgraph.bench.suite import load_suite
-from cvplgraph.bench.tune import grid_from_table, parse_param, tune
+from cvplgraph.bench.tune import tune
 from cvplgraph.errors import CvplError
 from cvplgraph.io.stores import read_input
 from cvplgraph.spec.model import InputSpec
