@@ -57,7 +57,8 @@ from cvplgraph.synth.atlases import (
     resolve_atlas,
     write_atlas_folder,
 )
-from cvplgraph.synth.volume import SynthParams, grid_sites, synth_volume
+from cvplgraph.synth.cells import grid_sites
+from cvplgraph.synth.volume import SynthParams, synth_volume
 from cvplgraph.types import PortType
 from cvplgraph.values import Geometry, wrap
 

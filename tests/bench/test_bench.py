@@ -331,7 +331,7 @@ def test_a_parameter_left_at_its_default_is_the_same_node_as_one_given_the_defau
 def test_the_shipped_methods_suite_holds_the_stress_datasets_it_describes() -> None:
     """benchmarks/methods.toml parses, and each stress dataset has what its comment promises
     (checked on the cell tables, which cost no rendering)."""
-    from cvplgraph.synth.volume import make_cells
+    from cvplgraph.synth.cells import make_cells
 
     synth = {d.name: d.synth for d in load_suite(ROOT / "benchmarks" / "methods.toml").datasets if d.synth}
     for name in ("scaled_0.1", "scaled_10", "offset"):  # dense, only stored differently

@@ -12,7 +12,8 @@ import pytest
 from cvplgraph.bench.metrics import Matching, default_tolerance_um, match, region_errors
 from cvplgraph.bench.truth import read_marked_points, read_points, read_region_truth
 from cvplgraph.errors import InputError
-from cvplgraph.synth.volume import SynthParams, make_cells
+from cvplgraph.synth.cells import make_cells
+from cvplgraph.synth.volume import SynthParams
 
 pytestmark = pytest.mark.slow  # outside the core loop (keys, spec, components, filters, counts)
 

@@ -31,7 +31,8 @@ from cvplgraph.synth.brain import (
     resolve_atlas,
     write_synthetic_brain,
 )
-from cvplgraph.synth.volume import SynthParams, grid_sites, make_cells, synth_volume
+from cvplgraph.synth.cells import grid_sites, make_cells
+from cvplgraph.synth.volume import SynthParams, synth_volume
 from cvplgraph.values import Geometry
 
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers

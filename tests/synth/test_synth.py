@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial import cKDTree
 
-from cvplgraph.synth.volume import ONE_PERCENT_SIGMAS, SynthParams, make_cells, synth_volume
+from cvplgraph.synth.cells import make_cells
+from cvplgraph.synth.params import ONE_PERCENT_SIGMAS
+from cvplgraph.synth.volume import SynthParams, synth_volume
 
 pytestmark = pytest.mark.slow  # outside the core loop (keys, spec, components, filters, counts)
 

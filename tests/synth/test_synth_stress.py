@@ -20,7 +20,9 @@ from scipy.spatial import cKDTree
 
 from cvplgraph.io.stores import read_array, read_input
 from cvplgraph.spec.model import InputSpec
-from cvplgraph.synth.volume import ONE_PERCENT_SIGMAS, SynthParams, make_cells, synth_volume, write_synthetic
+from cvplgraph.synth.cells import make_cells
+from cvplgraph.synth.params import ONE_PERCENT_SIGMAS
+from cvplgraph.synth.volume import SynthParams, synth_volume, write_synthetic
 
 pytestmark = pytest.mark.slow  # outside the core loop, like the other generator tests
 
