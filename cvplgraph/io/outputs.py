@@ -10,6 +10,7 @@ a temporary name and moved into place, so an output is never half-written.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -130,22 +131,20 @@ def density_chart(frame: pd.DataFrame, top: int = 25) -> bytes:
     return buffer.getvalue()
 
 
-def _umask() -> int:
-    """The process's umask (read by setting it and putting it back: done once, at import)."""
+@functools.cache
+def file_mode() -> int:
+    """The permissions an ``open()`` would give a new file: 0o666 less the process's umask (read once,
+    at the first output written, by setting the umask and putting it back)."""
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
-
-
-#: Files are created with the permissions an ``open()`` would give them (mkstemp's are 0600).
-FILE_MODE = 0o666 & ~_umask()
+    return 0o666 & ~mask
 
 
 def _atomic_bytes(path: str, data: bytes) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.fchmod(fd, FILE_MODE)  # colleagues read results as they read any file this user writes
+    os.fchmod(fd, file_mode())  # mkstemp's 0600 would hide results from colleagues
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, target)
