@@ -34,6 +34,7 @@ from cvplgraph.engine.plan import Plan, make_plan
 from cvplgraph.engine.progress import Display, as_display, cluster_progress, counting, local_progress
 from cvplgraph.io.outputs import region_dataset, write_block_counts, write_points, write_regions
 from cvplgraph.io.stores import read_value, write_array
+from cvplgraph.spec.targets import PROVENANCE_SUFFIX
 from cvplgraph.types import PortType
 from cvplgraph.values import BlockCounts, Table
 
@@ -356,5 +357,5 @@ def _write_provenance(plan: Plan, name: str, target: str) -> None:
         "cache": plan.manifest.url,
         "cvplgraph_version": __version__,
     }  # no time stamp: a run that recomputes nothing rewrites its outputs byte for byte
-    fs, path = fsspec.core.url_to_fs(f"{target.rstrip('/')}.cvplgraph.json")
+    fs, path = fsspec.core.url_to_fs(f"{target.rstrip('/')}{PROVENANCE_SUFFIX}")  # what spec/targets.py reads
     fs.pipe_file(path, json.dumps(document, indent=1, default=str).encode())

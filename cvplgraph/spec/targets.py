@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cvplgraph.spec.model import AtlasSpec, InputSpec
 
-#: Beside every output: the provenance file written with it (see engine/execute.py).
+#: Beside every output: the provenance file written with it (engine/execute.py writes it).
 PROVENANCE_SUFFIX = ".cvplgraph.json"
 
 
