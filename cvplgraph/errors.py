@@ -51,5 +51,20 @@ class CacheError(CvplError):
     """The cache cannot be read or written."""
 
 
+class DamagedStore(CacheError):
+    """A committed cache store is damaged: a chunk the cache recorded as written is absent (deleted
+    under a reader), or its checksums are unreadable.
+
+    ``store`` is the store's URL: the run invalidates the entry whose store it is and computes the
+    node again."""
+
+    def __init__(self, message: str, store: str) -> None:
+        super().__init__(message, store)  # both in args: the error crosses processes by pickle
+        self.store = store
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class OpError(CvplError):
     """An op was called with arguments it cannot use."""

@@ -92,11 +92,11 @@ class Manifest:
         except FileNotFoundError:
             return 0
 
-    def _entry_path(self, key: str) -> str:
+    def entry_path(self, key: str) -> str:
         return f"{self.root}/manifest/{key}.json"
 
     def get(self, key: str) -> Entry | None:
-        path = self._entry_path(key)
+        path = self.entry_path(key)
         try:
             with self.fs.open(path, "r") as f:
                 entry = Entry(**json.load(f))
@@ -145,7 +145,7 @@ class Manifest:
 
     def commit(self, entry: Entry) -> None:
         """Write ``entry`` (its store must be complete) under its key, atomically where the filesystem allows."""
-        path = self._entry_path(entry.key)
+        path = self.entry_path(entry.key)
         self.write_marker()
         self.fs.makedirs(f"{self.root}/manifest", exist_ok=True)
         tmp = f"{self.root}/manifest/.{entry.key}.{uuid.uuid4().hex}.tmp"
@@ -161,24 +161,41 @@ class Manifest:
         self.fs.makedirs(f"{self.root}/invalid", exist_ok=True)
         document = {**json.loads(entry.to_json()), "invalid": reason, "invalidated": time.time()}
         self.fs.pipe_file(f"{self.root}/invalid/{key}.json", json.dumps(document, indent=1).encode())
-        self.fs.rm(self._entry_path(key))
+        self.fs.rm(self.entry_path(key))
 
-    def remove(self, entry: Entry) -> None:
-        """Delete an entry, then its store and records (in that order: never an entry without its store)."""
+    def remove_entry(self, entry: Entry) -> None:
+        """Delete an entry's manifest file (its store goes with :meth:`remove_store`, afterwards: never an
+        entry without its store)."""
         if not confined(entry.store):
             raise CacheError(f"{self.url}/manifest/{entry.key}.json: field store: {entry.store!r} lies outside the "
                              "cache; expected a path inside it; nothing removed")  # fmt: skip
-        self.fs.rm(self._entry_path(entry.key))
+        try:
+            self.fs.rm(self.entry_path(entry.key))
+        except FileNotFoundError:
+            pass  # a concurrent gc removed it first
+
+    def remove_store(self, entry: Entry) -> list[str]:
+        """Delete the store and records of a removed entry; the paths that could not be removed, with why."""
+        if not confined(entry.store):
+            raise CacheError(f"{self.url}/manifest/{entry.key}.json: field store: {entry.store!r} lies outside the "
+                             "cache; expected a path inside it; nothing removed")  # fmt: skip
+        failed = []
         # the key's folders, and the entry's own store (older caches kept stores/<key>.ome.zarr)
-        for path in (
-            f"{self.root}/{entry.store}",
-            f"{self.root}/stores/{entry.key}",
-            f"{self.root}/partial/{entry.key}",
-        ):
-            try:
-                self.fs.rm(path, recursive=True)
-            except FileNotFoundError:
-                pass
+        for path in (entry.store, f"stores/{entry.key}", f"partial/{entry.key}"):
+            failure = self.remove_path(f"{self.root}/{path}")
+            if failure:
+                failed.append(failure)
+        return failed
+
+    def remove_path(self, path: str) -> str | None:
+        """Delete ``path`` (under the root) and everything below it; None, or why it could not be."""
+        try:
+            self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # e.g. a writer adding files meanwhile: left for the next gc
+            return f"{path}: {exc.strerror or exc}"
+        return None
 
     def now(self) -> float:
         return time.time()

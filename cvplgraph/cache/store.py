@@ -10,12 +10,14 @@ own per run (``stores/<key>/<run>.zarr``).
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import dask.array as da
+import fsspec
 import numpy as np
 import xarray as xr
 import zarr
@@ -23,7 +25,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from cvplgraph.cache.resume import Records, layout_name
-from cvplgraph.errors import CacheError, InputError
+from cvplgraph.errors import CacheError, DamagedStore, InputError
 from cvplgraph.io.records import expand
 from cvplgraph.io.stores import (
     TABLE_TYPES,
@@ -32,6 +34,8 @@ from cvplgraph.io.stores import (
     create_array,
     describe,
     levels,
+    read_array,
+    read_value,
     write_counts,
     write_table,
     zarr_location,
@@ -104,6 +108,24 @@ def write_cached_array(
             pyramid[1:] = levels(spliced, kind, store)[1:]
             out.resumed = value.copy(data=spliced)  # ops' hints stay: they describe the same values
     return out
+
+
+def read_cached(cache_url: str, store: str, kind: PortType) -> Any:
+    """The value of a committed cache store (``store`` relative to the cache root), read lazily. An array's
+    chunks that the entry's checksums list as written must exist when read (:class:`DamagedStore`
+    otherwise, never the fill value); tables check their own chunks."""
+    url = f"{cache_url.rstrip('/')}/{store}"
+    if not kind.is_array:
+        return read_value(url, kind)
+    fs, root = fsspec.core.url_to_fs(f"{url}.chunks.json")
+    try:
+        level0 = json.loads(fs.cat_file(root))["levels"][0]
+    except FileNotFoundError:
+        return read_array(url)  # an entry from before chunk checksums: nothing to check against
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise DamagedStore(f"{url}.chunks.json: unreadable ({exc.__class__.__name__}: {exc})", url) from None
+    stored = frozenset(tuple(int(i) for i in index.split(".")) for index, crc in level0.items() if crc is not None)
+    return read_array(url, stored=stored)
 
 
 def _splice(data: da.Array, array: zarr.Array, chunks: tuple[int, ...], done: set[tuple[int, ...]]) -> da.Array:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from cvplgraph.cache.lease import leased_keys
 from cvplgraph.cache.manifest import Entry, Manifest
 from cvplgraph.io.stores import child_array, chunk_checksum, multiscales, zarr_location
 from cvplgraph.types import PortType
@@ -132,7 +133,8 @@ class Orphan:
 def orphans(manifest: Manifest, committed: set[str], *, grace_seconds: float) -> list[Orphan]:
     """Stores and records without an entry (``committed``: the keys that have one), last written
     more than ``grace_seconds`` ago (a run still writing them is younger), and records left beside
-    committed entries.
+    committed entries; never those of a key a live lease names (read after listing: a run writes
+    its lease before it creates a store, so a store listed here has its lease seen here).
 
     What a key was last written is the newest modification time among its chunk records and
     checkpoints and the metadata of its stores: records are added all through a run, so a long
@@ -147,9 +149,12 @@ def orphans(manifest: Manifest, committed: set[str], *, grace_seconds: float) ->
             continue
         for name in names:  # stores/<key>/… (older caches: stores/<key>.ome.zarr), partial/<key>/…
             found.setdefault(name.split(".", 1)[0], []).append(f"{folder}/{name}")
+    in_use = leased_keys(manifest)
     now = time.time()
     out = []
     for key, paths in sorted(found.items()):
+        if key in in_use:
+            continue
         if key in committed:
             out += [Orphan(p, manifest.bytes_under(p), "records of a committed entry") for p in paths
                     if p.startswith("partial/")]  # fmt: skip

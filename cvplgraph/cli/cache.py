@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from cvplgraph.cli._common import add_common, aligned, fmt_bytes
@@ -91,6 +92,7 @@ def handle(args: argparse.Namespace) -> int:
 
 def _gc(args: argparse.Namespace, manifest: Any, entries: list[Any], specs: list[str]) -> int:
     """Entries beyond the specs or budgets given, then leftovers idle for longer than --grace."""
+    from cvplgraph.cache.lease import leased_keys, leases
     from cvplgraph.cache.tool import garbage, orphans
     from cvplgraph.engine.plan import reachable_keys
 
@@ -100,24 +102,46 @@ def _gc(args: argparse.Namespace, manifest: Any, entries: list[Any], specs: list
                             "expected the [cache] url of a spec that has run; nothing removed")  # fmt: skip
         if not args.dry_run:
             manifest.write_marker()  # a cache made before the marker existed
+    live, dead = leases(manifest)
+    in_use = {key: lease for lease in live for key in lease.keys}
     keep = reachable_keys(specs) if specs else None
     max_bytes = int(args.max_size * 1e9) if args.max_size is not None else None
     doomed = garbage(entries, keep=keep, max_age_days=args.max_age, max_bytes=max_bytes)
+    for e in [e for e in doomed if e.key in in_use]:
+        print(f"kept {e.key} ({e.node}): in use by {in_use[e.key].describe()}")
+    doomed = [e for e in doomed if e.key not in in_use]
     verb = "would remove" if args.dry_run else "removed"
+    failed: list[str] = []
     for e in doomed:
         print(f"{verb} {e.key} ({e.node}, {fmt_bytes(e.bytes)})")
         if not args.dry_run:
-            manifest.remove(e)
+            manifest.remove_entry(e)
+    if not args.dry_run and doomed:
+        # the leases once more, now that the entry files are gone: a run that started meanwhile either
+        # found its entry missing (and planned again) or holds a lease seen here (docs/cache.md)
+        started = leased_keys(manifest)
+        for e in doomed:
+            if e.key in started:
+                who = started[e.key].describe()
+                print(f"kept the store of {e.key}: {who} started reading it; a later gc removes it")
+            else:
+                failed += manifest.remove_store(e)
     committed = {e.key for e in entries} - (set() if args.dry_run else {e.key for e in doomed})
     leftovers = orphans(manifest, committed, grace_seconds=args.grace * 3600)
     for o in leftovers:
         print(f"{verb} {o.path} ({fmt_bytes(o.bytes)}: {o.reason})")
         if not args.dry_run:
-            manifest.fs.rm(f"{manifest.root}/{o.path}", recursive=True)
+            failure = manifest.remove_path(f"{manifest.root}/{o.path}")
+            if failure:
+                failed.append(failure)
+    for path in dead if not args.dry_run else []:
+        manifest.remove_path(path)  # the lease of a run that ended without releasing it (killed)
     budget = specs or args.max_age is not None or args.max_size is not None
     done = "to remove" if args.dry_run else "removed"
     print(
         f"{len(doomed)} of {len(entries)} entries and {len(leftovers)} leftovers {done}"
         + ("" if budget else " (no spec or budget given: entries kept, only leftovers idle for --grace hours)")
     )
-    return 0
+    for failure in failed:
+        print(f"could not remove {failure}; a later gc tries again", file=sys.stderr)
+    return 1 if failed else 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -25,15 +26,18 @@ import xarray as xr
 
 from cvplgraph._version import __version__
 from cvplgraph.cache.checkpoint import CheckpointGone
+from cvplgraph.cache.lease import Holder
 from cvplgraph.cache.manifest import Entry
-from cvplgraph.cache.resume import clear_partial
+from cvplgraph.cache.resume import chunk_grid, clear_partial
+from cvplgraph.cache.store import read_cached
 from cvplgraph.engine.cluster import connect, ship_plugins
 from cvplgraph.engine.compile import nodes_in_order
 from cvplgraph.engine.lower import Lowered, lower
 from cvplgraph.engine.plan import Plan, make_plan
 from cvplgraph.engine.progress import Display, as_display, cluster_progress, counting, local_progress
+from cvplgraph.errors import CacheError, DamagedStore
 from cvplgraph.io.outputs import region_dataset, write_block_counts, write_points, write_regions
-from cvplgraph.io.stores import read_value, write_array
+from cvplgraph.io.stores import write_array
 from cvplgraph.spec.targets import PROVENANCE_SUFFIX
 from cvplgraph.types import PortType
 from cvplgraph.values import BlockCounts, Table
@@ -228,13 +232,45 @@ def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> li
         )
         existing = plan.manifest.get(node.key)
         if existing is None or existing.store != written.store:  # same store: a concurrent run committed it
-            if written.records is not None:  # the chunk checksums stay beside the store, for `cache verify`
-                checksums = json.dumps({"levels": written.records.checksums()}).encode()
-                plan.manifest.fs.pipe_file(f"{plan.manifest.root}/{written.store}.chunks.json", checksums)
-            plan.manifest.commit(entry)
+            _commit_whole(plan, name, written, entry)
         clear_partial(plan.manifest.url, node.key)  # records and the op's checkpoints
         committed.append(name)
     return committed
+
+
+def _commit_whole(plan: Plan, name: str, written: Any, entry: Entry) -> None:
+    """Commit ``entry`` with its store's chunk checksums, if the store is whole; a store that is not is never
+    committed (:class:`CacheError`), unless a concurrent run committed the key meanwhile (its entry stands)."""
+    try:
+        sums = _whole(plan, name, written)
+    except CacheError:
+        if plan.manifest.get(entry.key) is None:
+            raise
+        return  # committed by a concurrent run just now, which also cleared the records we counted
+    if sums is not None:  # the chunk checksums stay beside the store, for `cache verify` and reads
+        checksums = json.dumps({"levels": sums}).encode()
+        plan.manifest.fs.pipe_file(f"{plan.manifest.root}/{written.store}.chunks.json", checksums)
+    plan.manifest.commit(entry)
+
+
+def _whole(plan: Plan, name: str, written: Any) -> list[dict[str, str | None]] | None:
+    """The chunk checksums of a store this run wrote (None for a table), after checking the store is whole:
+    its metadata there and every chunk of every level recorded. Anything less (a ``cache gc`` that
+    removed it meanwhile) is never committed."""
+    fs, root = plan.manifest.fs, plan.manifest.root
+    where = f"{plan.manifest.url}/{written.store}"
+    if not fs.exists(f"{root}/{written.store}/zarr.json"):
+        raise CacheError(f"{where}: the store of node {name!r} was removed while this run wrote it (a cache gc?); "
+                         "nothing committed for it; expected it whole; run again")  # fmt: skip
+    if written.records is None:
+        return None
+    sums = written.records.checksums()
+    for level, (recorded, grid) in enumerate(zip(sums, map(chunk_grid, written.records.levels))):
+        if len(recorded) != math.prod(grid):
+            raise CacheError(f"{where}: level {level} of node {name!r} has {len(recorded)} of {math.prod(grid)} "
+                             "chunks recorded (records removed while this run wrote them: a cache gc?); nothing "
+                             "committed for it; run again")  # fmt: skip
+    return sums
 
 
 def execute(
@@ -251,18 +287,50 @@ def execute(
     or a :class:`~cvplgraph.engine.progress.Display`. With ``profile``, the report's
     ``node_seconds`` holds the task seconds spent on each node.
 
-    When a concurrent run computing the same node commits it first, it clears the checkpoints
-    this run's graph was built to load; the run is then planned again (that node is now cached)
-    and carried out once more."""
-    try:
-        return _execute(plan, client=client, scheduler=scheduler, progress=progress, profile=profile)
-    except CheckpointGone:
-        log.info("a concurrent run committed a node this run was computing; planning again")
-        return _execute(make_plan(plan.spec), client=client, scheduler=scheduler, progress=progress, profile=profile)
+    The run holds a lease on the cache keys it reads and writes (``cache gc`` leaves those alone, see
+    :mod:`cvplgraph.cache.lease`) and plans again when an entry it planned to read is gone. When a
+    concurrent run computing the same node commits it first, it clears the checkpoints this run's
+    graph was built to load; when a cached store turns out damaged while read (a chunk it recorded
+    is absent), its entry is invalidated. Either way the run is planned again and carried out once
+    more (at most :data:`ATTEMPTS` times)."""
+    with Holder(plan.manifest, plan.spec.source) as holder:
+        for _ in range(ATTEMPTS - 1):
+            try:
+                return _execute(plan, holder, client=client, scheduler=scheduler, progress=progress, profile=profile)
+            except CheckpointGone:
+                log.info("a concurrent run committed a node this run was computing; planning again")
+            except DamagedStore as exc:
+                entry = next((e for e in plan.entries.values() if plan.manifest.store_url(e.store) == exc.store), None)
+                if entry is None:
+                    raise
+                plan.manifest.invalidate(entry.key, str(exc))
+                log.warning("%s; entry %s (%s) is invalidated and computed again", exc, entry.key, entry.node)
+            plan = make_plan(plan.spec)
+        return _execute(plan, holder, client=client, scheduler=scheduler, progress=progress, profile=profile)
+
+
+#: How many times a run is planned and carried out before a concurrent change of the cache stops it.
+ATTEMPTS = 3
+
+
+def _claim(plan: Plan, holder: Holder) -> Plan:
+    """Lease the keys ``plan`` reads and writes, then check its entries are still there (a ``cache gc``
+    may have removed one since planning); plan again until they are."""
+    for _ in range(ATTEMPTS):
+        reads = {plan.nodes[n].key for n in plan.cached()}
+        writes = {plan.nodes[n].key for n in plan.to_compute() if plan.nodes[n].cache}
+        holder.hold(reads, writes)
+        gone = [n for n in plan.cached() if not plan.manifest.fs.exists(plan.manifest.entry_path(plan.nodes[n].key))]
+        if not gone:
+            return plan
+        log.info("entries of %s were removed since planning (cache gc?); planning again", ", ".join(gone))
+        plan = make_plan(plan.spec)
+    raise CacheError(f"{plan.manifest.url}: entries keep disappearing while this run plans (a cache gc removing "
+                     "them?); expected a cache nobody empties meanwhile; try again")  # fmt: skip
 
 
 def _execute(
-    plan: Plan, *, client: Any, scheduler: str | None, progress: bool | str | Display, profile: bool
+    plan: Plan, holder: Holder, *, client: Any, scheduler: str | None, progress: bool | str | Display, profile: bool
 ) -> Results:
     """One run of ``plan``, in named steps: :func:`_targets` (what to compute, after connecting and
     lowering), :func:`_compute` (one graph), :func:`_commit` (the cache entries), :func:`_collect`
@@ -275,21 +343,25 @@ def _execute(
     kinds = {plan.node(n).output for n, _ in spec.outputs}
     if client is None and not todo and not any(k.is_array and k is not PortType.Density for k in kinds):
         scheduler = "threads"  # everything cached: reading a few small tables needs no cluster
-    modules = {plan.node(n).opdef.func.__module__ for n in todo}
-
     start, started = time.perf_counter(), time.time()
     # connect before lowering: a cluster that cannot start leaves the cache untouched
     with connect(spec, client, scheduler) as cl:
+        modules = {plan.node(n).opdef.func.__module__ for n in todo}
         if cl is not None:
             report.dashboard = getattr(cl, "dashboard_link", None)
             if report.dashboard:
                 display.message(f"dask dashboard: {report.dashboard}")
                 display.event("dashboard", url=report.dashboard)
             ship_plugins(cl, modules)
+        plan = _claim(plan, holder)  # the keys it reads and writes are leased; its entries are still there
+        report.computed, report.cached = plan.to_compute(), plan.cached()
+        more = {plan.node(n).opdef.func.__module__ for n in report.computed} - modules
+        if cl is not None and more:  # planned again: nodes that were cached are computed now
+            ship_plugins(cl, more)
+        if report.computed:  # the cache folder is marked before anything is written into it (see docs/cache.md)
+            plan.manifest.write_marker()
         lowered = lower(plan)
         targets = _targets(plan, lowered)
-        if todo:  # the cache folder is marked before anything is written into it (see docs/cache.md)
-            plan.manifest.write_marker()
         report.blocks = {name: (w.blocks, w.blocks_done) for name, w in lowered.cached.items()}
         tasks: list[tuple[str, float]] | None = [] if profile else None
         computed = _compute(targets, cl, display, tasks)
@@ -319,7 +391,7 @@ def _collect(plan: Plan, lowered: Lowered, computed: dict[str, Any]) -> dict[str
         elif name in computed:
             results[name] = value.to_xarray(computed[name])
         elif name in lowered.stores:  # stored in this run: hand out the stored copy, not a recomputation
-            results[name] = read_value(plan.manifest.store_url(lowered.stores[name]), plan.node(name).output)
+            results[name] = read_cached(plan.manifest.url, lowered.stores[name], plan.node(name).output)
         else:
             results[name] = value
     return results

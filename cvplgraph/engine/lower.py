@@ -10,11 +10,11 @@ import xarray as xr
 
 from cvplgraph.cache.checkpoint import scope as checkpoint_scope
 from cvplgraph.cache.resume import partial_url
-from cvplgraph.cache.store import CachedWrite, write_cached_value
+from cvplgraph.cache.store import CachedWrite, read_cached, write_cached_value
 from cvplgraph.engine.compile import nodes_in_order
 from cvplgraph.engine.plan import Plan, Status
 from cvplgraph.io.atlas import read_atlas
-from cvplgraph.io.stores import read_input, read_value
+from cvplgraph.io.stores import read_input
 from cvplgraph.spec.model import INPUT
 
 
@@ -50,7 +50,7 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
             continue
         if status is Status.CACHED:
             entry = plan.entries[node.name]
-            out.values[node.name] = read_value(plan.manifest.store_url(entry.store), node.output)
+            out.values[node.name] = read_cached(plan.manifest.url, entry.store, node.output)
             continue
         if status is not Status.COMPUTE:
             continue

@@ -15,6 +15,7 @@ from typing import Any
 
 import dask
 import dask.array as da
+import fsspec
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -24,8 +25,8 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
-from cvplgraph.errors import CacheError, InputError
-from cvplgraph.io.meter import READ, WRITTEN, count, read_zarr
+from cvplgraph.errors import CacheError, DamagedStore, InputError
+from cvplgraph.io.meter import READ, WRITTEN, Metered, count, read_zarr
 from cvplgraph.io.records import Ranges, expand, mark
 from cvplgraph.spec.model import InputSpec, StoreSpec
 from cvplgraph.types import PortType
@@ -345,15 +346,41 @@ def chunk_checksum(values: np.ndarray) -> str:
     return f"{zlib.crc32(np.ascontiguousarray(values).tobytes()):08x}"
 
 
-def read_array(url: str, level: int = 0, *, working: bool = True) -> xr.DataArray:
+class _Checked(Metered):
+    """A stored array whose chunks listed in ``stored`` must exist: zarr reads an absent chunk as the fill
+    value, so a chunk deleted under a reader would pass for zeros. Checked after the read: a chunk
+    present then was present during the read (chunks are deleted, never written back)."""
+
+    def __init__(self, array: zarr.Array, url: str, stored: frozenset[tuple[int, ...]]) -> None:
+        super().__init__(array)
+        self.url, self.stored = url, stored
+
+    def __getitem__(self, index: Any) -> Any:
+        values = super().__getitem__(index)
+        at = tuple(s.start // c for s, c in zip(index, self.array.chunks))
+        if at in self.stored:
+            key = self.array.metadata.encode_chunk_key(at)
+            path = f"{self.array.store_path.path}/{key}".lstrip("/")
+            fs, root = fsspec.core.url_to_fs(self.url)
+            if not fs.exists(f"{root.rstrip('/')}/{path}"):
+                raise DamagedStore(f"{self.url}: chunk {path} is missing, yet the cache recorded it as written "
+                                   "(deleted while the run read it?)", self.url)  # fmt: skip
+        return values
+
+
+def read_array(
+    url: str, level: int = 0, *, working: bool = True, stored: frozenset[tuple[int, ...]] | None = None
+) -> xr.DataArray:
     """One level of a stored array; level 0 comes back in the chunks it was computed in
-    (``working=False``: in the stored chunks, as a viewer wants them)."""
+    (``working=False``: in the stored chunks, as a viewer wants them). ``stored``: the chunk indices
+    known to hold data; reading one of them that is absent raises :class:`DamagedStore`."""
     group = open_group(url)
     attrs: dict[str, Any] = dict(group.attrs.asdict())
     ms = multiscales(attrs, url)
     ds = ms["datasets"][level]
     scale, translation = _transforms(ds["coordinateTransformations"], 3)
-    data = read_zarr(child_array(group, ds["path"], url))
+    array = child_array(group, ds["path"], url)
+    data = read_zarr(array) if stored is None else read_zarr(array, _Checked(array, url, stored))
     ours: dict[str, Any] = attrs.get("cvplgraph") or {}
     chunks: list[list[int]] | None = ours.get("working_chunks") if working and level == 0 else None
     if chunks and [sum(c) for c in chunks] == list(data.shape) and tuple(map(tuple, chunks)) != data.chunks:
@@ -374,12 +401,13 @@ def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
             values = values.astype(str)
         with warnings.catch_warnings():  # zarr flags fixed-width unicode as not yet in the v3 spec
             warnings.simplefilter("ignore")
-            group.create_array(column, data=values, chunks=(max(1, min(len(values), 1 << 20)),))
+            group.create_array(column, data=values, chunks=(max(1, min(len(values), 1 << 20)),), config=EVERY_CHUNK)
     group.attrs["cvplgraph"] = {
         "type": "Points",
         "columns": list(frame.columns),
         "rows": len(frame),
         "geometry": geometry.to_dict(),
+        "every_chunk": True,
     }
     count(WRITTEN, int(frame.memory_usage(deep=False).sum()))
     return len(frame)
@@ -389,9 +417,28 @@ def write_table(url: str, table: Table) -> Delayed:
     return dask.delayed(_write_table, pure=False)(url, table.frame, table.geometry)
 
 
+#: Tables and block counts store every chunk, fill values too, so that an absent chunk is damage, never zeros
+#: (their stores say so with ``every_chunk``; older ones are read unchecked).
+EVERY_CHUNK: Any = {"write_empty_chunks": True}  # zarr ArrayConfigParams
+
+
+def _column(group: zarr.Group, name: str, url: str) -> np.ndarray:
+    """A column (every chunk read); with ``every_chunk`` set, a chunk absent after the read raises
+    :class:`DamagedStore` instead of passing for fill values."""
+    array = child_array(group, name, url)
+    values = np.asarray(array[:])
+    if cvplgraph_attrs(group).get("every_chunk"):
+        fs, root = fsspec.core.url_to_fs(url)
+        for at in np.ndindex(*(-(-s // c) for s, c in zip(array.shape, array.chunks))):
+            path = f"{array.store_path.path}/{array.metadata.encode_chunk_key(at)}"
+            if not fs.exists(f"{root.rstrip('/')}/{path}"):
+                raise DamagedStore(f"{url}: chunk {path} is missing (deleted while the run read it?)", url)
+    return values
+
+
 def _read_frame(url: str, columns: list[str]) -> pd.DataFrame:
     group = open_group(url)
-    frame = pd.DataFrame({c: child_array(group, c, url)[:] for c in columns})
+    frame = pd.DataFrame({c: _column(group, c, url) for c in columns})
     count(READ, int(frame.memory_usage(deep=False).sum()))
     return frame
 
@@ -405,13 +452,14 @@ def read_table(url: str) -> Table:
 
 def _write_counts(url: str, counts: np.ndarray, block: tuple[int, int, int], geometry: Geometry) -> int:
     group = create_group(url)
-    group.create_array("counts", data=counts)
+    group.create_array("counts", data=counts, config=EVERY_CHUNK)
     count(WRITTEN, counts.nbytes)
     group.attrs["cvplgraph"] = {
         "type": "BlockCounts",
         "block": list(block),
         "total": int(counts.sum()),
         "geometry": geometry.to_dict(),
+        "every_chunk": True,
     }
     return int(counts.sum())
 
@@ -428,7 +476,7 @@ def read_counts(url: str) -> BlockCounts:
 
 
 def _read_counts(url: str) -> np.ndarray:
-    counts = np.asarray(child_array(open_group(url), "counts", url)[:])
+    counts = _column(open_group(url), "counts", url)
     count(READ, counts.nbytes)
     return counts
 
