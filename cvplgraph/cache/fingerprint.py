@@ -10,7 +10,9 @@ key too; working chunks are not, because every op is chunk-invariant.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -18,7 +20,7 @@ import fsspec
 from cvplgraph.cache.keys import digest
 from cvplgraph.errors import InputError
 from cvplgraph.io.atlas import files_of
-from cvplgraph.io.stores import child_array, multiscales, open_group
+from cvplgraph.io.stores import axis_names, child_array, multiscales, open_group
 from cvplgraph.spec.model import AtlasSpec, InputSpec
 
 
@@ -40,8 +42,28 @@ def _listing(url: str, content: bool = False) -> list[tuple[str, int, str]]:
     return rows
 
 
-def fingerprint_input(spec: InputSpec) -> str:
-    """Key of the raw input node."""
+@dataclass(frozen=True)
+class Survey:
+    """What planning learns about the raw input from its metadata and listing (no pixel read)."""
+
+    key: str  # the input node's key
+    url: str  # the selected level's array
+    absent: int  # chunk objects of the selection that the store lacks (zarr reads them as the fill value)
+    total: int  # chunk objects the selection reads
+    examples: tuple[str, ...]  # the first few absent chunks' keys
+    fill_value: Any = 0
+
+    def note(self) -> str | None:
+        """One line for ``plan`` and the run record, when chunks are absent."""
+        if not self.absent:
+            return None
+        shown = ", ".join(self.examples) + (", …" if self.absent > len(self.examples) else "")
+        return (f"{self.url}: {self.absent:,} of {self.total:,} chunks absent ({shown}), read as the fill value "
+                f"{self.fill_value}; [input] missing_chunks = \"error\" refuses such an input")  # fmt: skip
+
+
+def survey_input(spec: InputSpec) -> Survey:
+    """The raw input node's key, and the chunks of its selection missing from the store."""
     group = open_group(spec.url)
     attrs = group.attrs.asdict()
     ms = multiscales(attrs, spec.url)
@@ -60,8 +82,37 @@ def fingerprint_input(spec: InputSpec) -> str:
         "crop": [list(c) for c in spec.crop] if spec.crop else None,
         "intensity_range": list(spec.intensity_range) if spec.intensity_range else None,
     }
-    listing = _listing(f"{spec.url.rstrip('/')}/{path}", content=spec.fingerprint == "content")
-    return digest({"input": meta, "chunks": listing, "selection": selection})
+    level_url = f"{spec.url.rstrip('/')}/{path}"
+    listing = _listing(level_url, content=spec.fingerprint == "content")
+    key = digest({"input": meta, "chunks": listing, "selection": selection})
+    wanted = _selected_chunks(array, axis_names(ms, array.ndim), spec)
+    present = {p for p, _, _ in listing}
+    absent = [k for k in wanted if k not in present]
+    return Survey(key, level_url, len(absent), len(wanted), tuple(absent[:3]), array.fill_value)
+
+
+def _selected_chunks(array: Any, names: list[str], spec: InputSpec) -> list[str]:
+    """Keys (relative to the array) of the chunk objects a run reads: those meeting the selection's
+    channel, time point and crop; shards where the array is sharded (its objects)."""
+    grid = getattr(array, "shards", None) or array.chunks
+    crop = dict(zip("zyx", spec.crop)) if spec.crop else {}
+    ranges = []
+    for axis, size, step in zip(names, array.shape, grid):
+        if axis in crop:
+            start, stop = crop[axis]
+            stop = size if stop < 0 else min(stop, size)
+            ranges.append(range(start // step, max(start // step, -(-stop // step))))
+        elif axis in "zyx":
+            ranges.append(range(-(-size // step)))
+        else:
+            pick = {"c": spec.channel, "t": spec.timepoint}.get(axis, 0)
+            ranges.append(range(pick // step, pick // step + 1))
+    return [array.metadata.encode_chunk_key(at) for at in itertools.product(*ranges)]
+
+
+def fingerprint_input(spec: InputSpec) -> str:
+    """Key of the raw input node."""
+    return survey_input(spec).key
 
 
 def fingerprint_atlas(spec: AtlasSpec) -> str:

@@ -89,4 +89,5 @@ def format_plan(plan: Plan) -> str:
         f"\n{n} node(s) to compute, {len(plan.cached())} cached; "
         f"cache: {plan.manifest.url}"
     )
+    lines += [f"warning: {w}" for w in plan.warnings]
     return "\n".join(lines)

@@ -54,6 +54,10 @@ def handle(args: argparse.Namespace) -> int:
                   cached=plan.cached())  # fmt: skip
     if display.mode == "bar":
         print(f"{len(todo)} node(s) to compute" + (f": {', '.join(todo)}" if todo else " — everything is cached"))
+    for line in plan.warnings:  # before the compute: a user may stop a run on a damaged input
+        display.event("warning", run=run_id, message=line)
+        if display.mode != "json":
+            print(f"warning: {line}", file=sys.stderr)
     try:
         run = run_and_record(plan, scheduler=args.scheduler, progress=display, run_id=run_id, started=started,
                              report=args.report)  # fmt: skip

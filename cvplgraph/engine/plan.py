@@ -9,12 +9,13 @@ from typing import Any
 
 import networkx as nx
 
-from cvplgraph.cache.fingerprint import fingerprint_atlas, fingerprint_input
+from cvplgraph.cache.fingerprint import fingerprint_atlas, survey_input
 from cvplgraph.cache.keys import canonical
 from cvplgraph.cache.manifest import Entry, Manifest
 from cvplgraph.cache.resume import partial_progress
 from cvplgraph.engine.compile import Node, compile_spec, nodes_in_order
 from cvplgraph.engine.status import Status  # defined apart to stay light; a plan's users import it from here
+from cvplgraph.errors import InputError
 from cvplgraph.spec.model import INPUT, Spec
 from cvplgraph.spec.parse import load_spec
 
@@ -48,6 +49,7 @@ class Plan:
     manifest: Manifest
     nodes: dict[str, NodePlan] = field(default_factory=dict)
     entries: dict[str, Entry] = field(default_factory=dict)  # node → cached entry
+    warnings: list[str] = field(default_factory=list)  # what a user must know before trusting the results
 
     def node(self, name: str) -> Node:
         """The compiled node ``name`` (its op, parameters, input keys and key).
@@ -67,7 +69,12 @@ class Plan:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"spec": self.spec.path, "cache": self.manifest.url, "nodes": [asdict(p) for p in self.nodes.values()]},
+            {
+                "spec": self.spec.path,
+                "cache": self.manifest.url,
+                "nodes": [asdict(p) for p in self.nodes.values()],
+                "warnings": self.warnings,
+            },
             indent=1,
         )
 
@@ -133,10 +140,18 @@ def why(node: Node, previous: Entry | None) -> list[str]:
 def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
     """Compile ``spec`` and compare every node's key with the cache."""
     atlas_keys = {name: fingerprint_atlas(atlas) for name, atlas in spec.atlases}
-    graph = compile_spec(spec, fingerprint or fingerprint_input(spec.input), atlas_keys)
+    survey = survey_input(spec.input) if fingerprint is None else None
+    if survey is not None and survey.absent and spec.input.missing_chunks == "error":
+        raise InputError(f"{survey.url}: {survey.absent:,} of {survey.total:,} chunks absent "
+                         f"({', '.join(survey.examples)}…); [input] missing_chunks = \"error\" expects every chunk "
+                         "the selection reads to exist")  # fmt: skip
+    graph = compile_spec(spec, survey.key if survey is not None else str(fingerprint), atlas_keys)
     atlases = dict(spec.atlases)
     manifest = Manifest(spec.cache_url)
     plan = Plan(spec, graph, manifest)
+    note = survey.note() if survey is not None else None
+    if note:
+        plan.warnings.append(note)
     needed = {name for name, _ in spec.outputs}
     for node in nodes_in_order(graph):
         if node.is_input:

@@ -151,6 +151,7 @@ def make_record(
         "edges": _edges(plan),
         "outputs": dict(report.outputs),
         "counts": counts,
+        "warnings": list(plan.warnings),
         "regions": regions,
         "points": points,
         "input": _input(plan, values),

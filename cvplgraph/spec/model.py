@@ -31,6 +31,7 @@ class InputSpec:
     intensity_range: tuple[float, float] | None = None
     chunks: tuple[int, int, int] | None = None  # working chunks; default: the store's
     fingerprint: str = "listing"  # "listing": metadata + chunk names, sizes, mtimes/ETags; "content": + bytes
+    missing_chunks: str = "fill"  # chunks absent from the store: "fill" (read as fill value, said) or "error"
 
 
 @dataclass(frozen=True)

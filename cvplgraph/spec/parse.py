@@ -33,8 +33,14 @@ def _parse_input(raw: Any, c: Collector, base: Path) -> InputSpec | None:
         c.add("input", 'missing [input] table; expected url = "path/to/image.ome.zarr"')
         return None
     c.unknown_keys(
-        raw, ["url", "channel", "timepoint", "level", "crop", "intensity_range", "chunks", "fingerprint"], "input"
+        raw,
+        ["url", "channel", "timepoint", "level", "crop", "intensity_range", "chunks", "fingerprint", "missing_chunks"],
+        "input",
     )
+    missing = c.typed(raw, "missing_chunks", "input", str, '"fill" or "error"', default="fill")
+    if missing not in ("fill", "error"):
+        c.add("input.missing_chunks", f'expected "fill" or "error", got {missing!r}')
+        missing = "fill"
     fingerprint = c.typed(raw, "fingerprint", "input", str, '"listing" or "content"', default="listing")
     if fingerprint not in ("listing", "content"):
         c.add("input.fingerprint", f'expected "listing" or "content", got {fingerprint!r}')
@@ -76,6 +82,7 @@ def _parse_input(raw: Any, c: Collector, base: Path) -> InputSpec | None:
         irange,
         chunks,  # type: ignore[arg-type]
         fingerprint,
+        missing_chunks=missing,
     )
 
 
