@@ -158,10 +158,14 @@ class Manifest:
         entry = self.get(key)
         if entry is None:
             return
-        self.fs.makedirs(f"{self.root}/invalid", exist_ok=True)
         document = {**json.loads(entry.to_json()), "invalid": reason, "invalidated": time.time()}
-        self.fs.pipe_file(f"{self.root}/invalid/{key}.json", json.dumps(document, indent=1).encode())
-        self.fs.rm(self.entry_path(key))
+        try:
+            self.fs.makedirs(f"{self.root}/invalid", exist_ok=True)
+            self.fs.pipe_file(f"{self.root}/invalid/{key}.json", json.dumps(document, indent=1).encode())
+            self.fs.rm(self.entry_path(key))
+        except OSError as exc:
+            raise CacheError(f"{self.url}/manifest/{key}.json: damaged ({reason}) but cannot be moved to invalid/ "
+                             f"({exc.strerror or exc}); expected a writable cache") from None  # fmt: skip
 
     def remove_entry(self, entry: Entry) -> None:
         """Delete an entry's manifest file (its store goes with :meth:`remove_store`, afterwards: never an

@@ -71,7 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 1 after a cvplgraph error (printed as one line), 130 after Ctrl-C.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "args", None), list) and not any(a.startswith("-") for a in extra):
+        args.args += extra  # `cache verify --deep SPEC`: argparse stops a '*' positional at the first option
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 0

@@ -76,7 +76,10 @@ def handle(args: argparse.Namespace) -> int:
         print(f"done in {report.seconds:.1f} s; computed: {', '.join(report.computed) or 'nothing'}")
         for name, target in report.outputs.items():
             print(f"  {name} → {target}")
-        print(f"run {run_id} recorded" + (f"; report → {page}" if page else f" (cvplgraph report {args.spec})"))
+        if run.record_url is None:
+            print(f"run {run_id} not recorded: the cache refused the record (read-only?)")
+        else:
+            print(f"run {run_id} recorded" + (f"; report → {page}" if page else f" (cvplgraph report {args.spec})"))
     return 0
 
 

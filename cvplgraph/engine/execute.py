@@ -35,7 +35,7 @@ from cvplgraph.engine.compile import nodes_in_order
 from cvplgraph.engine.lower import Lowered, lower
 from cvplgraph.engine.plan import Plan, make_plan
 from cvplgraph.engine.progress import Display, as_display, cluster_progress, counting, local_progress
-from cvplgraph.errors import CacheError, DamagedStore
+from cvplgraph.errors import CacheError, CvplError, DamagedStore
 from cvplgraph.io.outputs import region_dataset, write_block_counts, write_points, write_regions
 from cvplgraph.io.stores import write_array
 from cvplgraph.spec.targets import PROVENANCE_SUFFIX
@@ -355,6 +355,11 @@ def _execute(
             ship_plugins(cl, modules)
         plan = _claim(plan, holder)  # the keys it reads and writes are leased; its entries are still there
         report.computed, report.cached = plan.to_compute(), plan.cached()
+        stored = [n for n in report.computed if plan.nodes[n].cache]
+        if stored and not holder.held:  # the cache refused the lease: it will refuse the stores too
+            raise CacheError(f"{plan.manifest.url}: cannot write into the cache (read-only?), and {len(stored)} "
+                             f"node(s) are to be computed and stored ({', '.join(stored)}); expected a writable "
+                             "cache (a read-only one serves fully cached specs)")  # fmt: skip
         more = {plan.node(n).opdef.func.__module__ for n in report.computed} - modules
         if cl is not None and more:  # planned again: nodes that were cached are computed now
             ship_plugins(cl, more)
@@ -403,13 +408,17 @@ def _write_outputs(plan: Plan, computed: dict[str, Any], results: dict[str, Any]
     outputs: dict[str, str] = {}
     for name, target in plan.spec.outputs:
         kind = plan.node(name).output
-        if kind is PortType.Points:
-            write_points(target, computed[name])
-        elif kind is PortType.BlockCounts:
-            write_block_counts(target, results[name])
-        elif kind is PortType.RegionTable:
-            write_regions(target, computed[name], plan.spec.format_of(target))
-        _write_provenance(plan, name, target)
+        try:
+            if kind is PortType.Points:
+                write_points(target, computed[name])
+            elif kind is PortType.BlockCounts:
+                write_block_counts(target, results[name])
+            elif kind is PortType.RegionTable:
+                write_regions(target, computed[name], plan.spec.format_of(target))
+            _write_provenance(plan, name, target)
+        except OSError as exc:  # the cache holds the results: a rerun with a writable folder only writes files
+            raise CvplError(f"{target}: output {name!r} cannot be written ({exc.strerror or exc}); expected a "
+                            "writable folder; the results are cached: a rerun only writes files") from None  # fmt: skip
         outputs[name] = f"{outputs[name]}, {target}" if name in outputs else target
     return outputs
 

@@ -169,12 +169,16 @@ def _spec_text(path: str) -> str | None:
         return None
 
 
-def save_record(record: dict[str, Any]) -> str:
-    """Write ``record`` to ``<cache>/runs/<id>.json``; returns its URL."""
+def save_record(record: dict[str, Any]) -> str | None:
+    """Write ``record`` to ``<cache>/runs/<id>.json``; returns its URL, or None when the cache refuses
+    it (a read-only cache still serves cached results; the record is then not kept)."""
     url = f"{record['cache'].rstrip('/')}/runs/{record['id']}.json"
     fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, json.dumps(record, indent=1, default=str).encode())
+    try:
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(path, json.dumps(record, indent=1, default=str).encode())
+    except OSError:
+        return None
     return url
 
 
@@ -184,7 +188,7 @@ class RecordedRun:
 
     results: Results
     record: dict[str, Any]
-    record_url: str  # where the record was saved, ``<cache>/runs/<id>.json``
+    record_url: str | None  # where the record was saved, ``<cache>/runs/<id>.json`` (None: the cache is read-only)
     page: str | None = None  # the report page written, if one was asked for
 
 
@@ -195,7 +199,7 @@ class RunInterrupted(KeyboardInterrupt):
     that of the interrupt it replaces.
     """
 
-    def __init__(self, run_id: str, record_url: str, *args: Any) -> None:
+    def __init__(self, run_id: str, record_url: str | None, *args: Any) -> None:
         super().__init__(*args)
         self.run_id, self.record_url = run_id, record_url
 
