@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from cvplgraph._version import __version__
@@ -68,8 +70,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 1 after a cvplgraph error (printed as one line), 130 after Ctrl-C.
+        0 on success, 1 after a cvplgraph error (printed as one line), 130 after Ctrl-C, 143 after SIGTERM
+        (which stops a command the way Ctrl-C does: tasks cancelled, the cluster closed, nothing partial
+        committed, the run record saved).
     """
+    terminated: list[int] = []
+
+    def _terminate(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        return _main(argv, terminated)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None, terminated: list[int]) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and isinstance(getattr(args, "args", None), list) and not any(a.startswith("-") for a in extra):
@@ -97,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:
         message = str(exc) or "interrupted; nothing partial was committed — run the same command again to resume"
-        print(f"cvplgraph: {message}", file=sys.stderr)
-        return 130
+        print(f"cvplgraph: {'terminated (SIGTERM), ' if terminated else ''}{message}", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":

@@ -327,17 +327,22 @@ def _write_block(block: np.ndarray, array: zarr.Array, region: tuple[slice, ...]
     The record holds a checksum of every chunk's values (None for a chunk of
     fill values, which zarr does not store), for ``cvplgraph cache verify``.
     """
-    array[region] = block
-    count(WRITTEN, block.nbytes)
-    if marker is not None:
-        chunks = tuple(int(c) for c in array.chunks)
-        origin = [r.start for r in region]
-        sums: dict[str, str | None] = {}
-        for offset in np.ndindex(*(-(-n // c) for n, c in zip(block.shape, chunks))):
-            part = block[tuple(slice(o * c, (o + 1) * c) for o, c in zip(offset, chunks))]
-            index = ".".join(str(s // c + o) for s, c, o in zip(origin, chunks, offset))
-            sums[index] = chunk_checksum(part) if part.any() else None
-        mark(marker, sums)
+    try:
+        array[region] = block
+        count(WRITTEN, block.nbytes)
+        if marker is not None:
+            chunks = tuple(int(c) for c in array.chunks)
+            origin = [r.start for r in region]
+            sums: dict[str, str | None] = {}
+            for offset in np.ndindex(*(-(-n // c) for n, c in zip(block.shape, chunks))):
+                part = block[tuple(slice(o * c, (o + 1) * c) for o, c in zip(offset, chunks))]
+                index = ".".join(str(s // c + o) for s, c, o in zip(origin, chunks, offset))
+                sums[index] = chunk_checksum(part) if part.any() else None
+            mark(marker, sums)
+    except OSError as exc:  # a full disk, a quota, a lost mount: named, never a traceback
+        where = "×".join(f"{r.start}:{r.stop}" for r in region)
+        raise CacheError(f"{array.store_path}: writing the block {where} failed ({exc.strerror or exc}); "
+                         "expected room to write (disk full?); nothing was committed for it") from None  # fmt: skip
     return 1
 
 
@@ -392,6 +397,14 @@ def read_array(
 
 
 def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
+    try:
+        return _write_columns(url, frame, geometry)
+    except OSError as exc:  # a full disk, a quota, a lost mount: named, never a traceback
+        raise CacheError(f"{url}: writing the table failed ({exc.strerror or exc}); expected room to write "
+                         "(disk full?); nothing was committed for it") from None  # fmt: skip
+
+
+def _write_columns(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
     import warnings
 
     group = create_group(url)
