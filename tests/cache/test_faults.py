@@ -1,13 +1,13 @@
 """Faults injected into real runs: each ends in one line (or a recomputation), never a wrong result.
 
-| fault                                   | expected                                                        | test |
-|-----------------------------------------|-----------------------------------------------------------------|------|
-| SIGKILL mid-run                         | only whole stores committed; the rerun is byte-identical        | test_cache_crash.py |
-| SIGTERM mid-run (threads, LocalCluster) | exit 143, one line, record saved, nothing partial; rerun equal  | here |
-| a cached chunk deleted                  | the run reading it recomputes that node; results equal          | here |
-| disk full while writing                 | exit 1, one line naming the file; nothing committed; rerun equal | here |
-| `cache gc` during a run                 | leased keys kept; else the read notices and recomputes          | test_leases.py |
-| a read-only cache                       | cached specs served; the rest one line                          | test_readonly.py |
+| fault                        | expected                                                   | test               |
+|------------------------------|------------------------------------------------------------|--------------------|
+| SIGKILL mid-run              | only whole stores committed; the rerun is byte-identical   | test_cache_crash   |
+| SIGTERM mid-run              | exit 143, one line, record saved, nothing partial          | here               |
+| a cached chunk deleted       | the run reading it recomputes that node; results equal     | here               |
+| disk full while writing      | exit 1, one line naming the store; nothing committed       | here               |
+| `cache gc` during a run      | leased keys kept; else the read notices and recomputes     | test_leases        |
+| a read-only cache            | cached specs served; the rest one line                     | test_readonly      |
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ def setup(spec_file: Path) -> tuple[Path, Path, pd.DataFrame, Manifest]:
     cvplgraph.run(cvplgraph.load_spec(spec_file), scheduler="threads")
     b = variant(spec_file, "b", connectivity=26)
     other = variant(spec_file, "other", level=0.5)
-    reference = counted(cvplgraph.run(cvplgraph.load_spec(variant(spec_file, "ref", connectivity=26, cache="ref")), scheduler="threads"))
+    alone = cvplgraph.load_spec(variant(spec_file, "ref", connectivity=26, cache="ref"))
+    reference = counted(cvplgraph.run(alone, scheduler="threads"))
     return b, other, reference, Manifest(cvplgraph.load_spec(spec_file).cache_url)
 
 
