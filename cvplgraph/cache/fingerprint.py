@@ -59,6 +59,8 @@ def fingerprint_input(spec: InputSpec) -> str:
         "level": spec.level,
         "crop": [list(c) for c in spec.crop] if spec.crop else None,
         "intensity_range": list(spec.intensity_range) if spec.intensity_range else None,
+        # NaN/±Inf read as 0 change values; the default "error" does not (keys made before it stay valid)
+        **({"nonfinite": spec.nonfinite} if spec.nonfinite != "error" else {}),
     }
     listing = _listing(f"{spec.url.rstrip('/')}/{path}", content=spec.fingerprint == "content")
     return digest({"input": meta, "chunks": listing, "selection": selection})

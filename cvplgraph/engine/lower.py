@@ -14,7 +14,7 @@ from cvplgraph.cache.store import CachedWrite, write_cached_value
 from cvplgraph.engine.compile import nodes_in_order
 from cvplgraph.engine.plan import Plan, Status
 from cvplgraph.io.atlas import read_atlas
-from cvplgraph.io.stores import read_input, read_value
+from cvplgraph.io.stores import open_input, read_value
 from cvplgraph.spec.model import INPUT
 
 
@@ -25,6 +25,8 @@ class Lowered:
     values: dict[str, Any] = field(default_factory=dict)
     cached: dict[str, CachedWrite] = field(default_factory=dict)  # node → its cache store and writes
     ops_called: list[str] = field(default_factory=list)
+    #: small figures the run computes beside the values, e.g. ``"input.nonfinite"``: NaN/±Inf voxels read as 0
+    tallies: dict[str, Any] = field(default_factory=dict)
 
     @property
     def writes(self) -> dict[str, list[Any]]:
@@ -44,9 +46,12 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
         status = plan.nodes[node.name].status
         if node.is_input:
             spec = plan.spec
-            out.values[node.name] = (
-                read_input(spec.input) if node.name == INPUT else read_atlas(dict(spec.atlases)[node.name])
-            )
+            if node.name != INPUT:
+                out.values[node.name] = read_atlas(dict(spec.atlases)[node.name])
+                continue
+            out.values[node.name], replaced = open_input(spec.input)
+            if replaced is not None and _read_by_compute(plan, node.name):
+                out.tallies[f"{INPUT}.nonfinite"] = replaced
             continue
         if status is Status.CACHED:
             entry = plan.entries[node.name]
@@ -73,3 +78,8 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
             if written.resumed is not None:  # an interrupted run wrote part of it: consumers read that part
                 out.values[node.name] = written.resumed
     return out
+
+
+def _read_by_compute(plan: Plan, source: str) -> bool:
+    """Whether a node this run computes reads ``source`` (else counting its blocks would read them for nothing)."""
+    return any(plan.nodes[n].status is Status.COMPUTE for n in plan.graph.successors(source))

@@ -155,9 +155,21 @@ def make_record(
         "points": points,
         "input": _input(plan, values),
         "io": dict(report.io),
+        "tallies": dict(getattr(report, "tallies", {})),
+        "warnings": run_warnings(plan, report, values),
         "dashboard": report.dashboard,
         "environment": environment(report.cluster),
     }
+
+
+def run_warnings(plan: Plan, report: Any, values: Any = None) -> list[str]:
+    """Lines a user must read before trusting a run's numbers: NaN/±Inf voxels read as 0."""
+    out = []
+    replaced = getattr(report, "tallies", {}).get("input.nonfinite")
+    if replaced:
+        out.append(f"input: {replaced} non-finite voxel(s) (NaN or ±Inf) of {plan.spec.input.url} were read as 0 "
+                   '([input] nonfinite = "zero")')  # fmt: skip
+    return out
 
 
 def _spec_text(path: str) -> str | None:
