@@ -128,7 +128,7 @@ def open_input(spec: InputSpec) -> tuple[xr.DataArray, Delayed | None]:
     scale, translation = _transforms(ds.get("coordinateTransformations", []), array.ndim)
     gscale, gtrans = _transforms(ms.get("coordinateTransformations", []), array.ndim)
     scale, translation = scale * gscale, translation * gscale + gtrans
-    data = read_zarr(array)
+    data = read_zarr(array, f"level {spec.level} of {spec.url}")
     index: list[Any] = []
     for axis, size in zip(names, array.shape):
         if axis in DIMS:

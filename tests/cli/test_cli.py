@@ -287,3 +287,17 @@ def test_nan_voxels_stop_the_run_in_one_line_or_are_read_as_0_and_counted(tmp_pa
     _, expected = ndimage.label(np.where(np.isfinite(raw), raw, 0) > 0.3, structure=np.ones((3, 3, 3)))
     assert len(pd.read_csv(tmp_path / "centres.csv")) == expected
 
+
+def test_a_chunk_of_garbage_bytes_is_one_line_naming_its_file(tmp_path: Path) -> None:
+    """One chunk file of the input overwritten with random bytes, on the default LocalCluster: one line
+    naming the chunk's file, its index, the level and store and the decoder's complaint; exit 1."""
+    damaged_scan(tmp_path)
+    chunk = tmp_path / "scan.ome.zarr" / "0" / "c" / "0" / "1" / "1"
+    chunk.write_bytes(np.random.default_rng(3).bytes(chunk.stat().st_size))
+    (tmp_path / "spec.toml").write_text(DAMAGED_SPEC.format(extra='nonfinite = "zero"\n'))
+    out = cvplgraph("run", "spec.toml", "--quiet", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"cvplgraph: error: {chunk}: chunk (0, 1, 1) of level 0 of {tmp_path / 'scan.ome.zarr'}"
+                               " cannot be read (RuntimeError: error during blosc decompression")  # fmt: skip

@@ -236,3 +236,13 @@ def test_nonfinite_zero_changes_the_input_key_and_error_keeps_it(damaged: tuple[
     assert keys["error"] != keys["zero"]
     assert keys["error"] == fingerprint_input(InputSpec(str(url)))  # the default: keys made before it stay valid
 
+
+def test_a_chunk_of_garbage_bytes_is_one_error_naming_its_file(damaged: tuple[Path, np.ndarray]) -> None:
+    url, _ = damaged
+    chunk = url / "0" / "c" / "0" / "1" / "0"
+    chunk.write_bytes(np.random.default_rng(0).bytes(chunk.stat().st_size))
+    with pytest.raises(InputError) as info:  # (its NaN block read as 0, so that only the garbage stops it)
+        read_input(InputSpec(str(url), nonfinite="zero")).compute(scheduler="sync")
+    message = str(info.value)
+    assert message.startswith(f"{chunk}: chunk (0, 1, 0) of level 0 of {url} cannot be read (")
+    assert "blosc" in message and "\n" not in message
