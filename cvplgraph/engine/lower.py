@@ -3,17 +3,19 @@ expression, plus lazy writes for nodes to cache and for declared outputs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import xarray as xr
 
+from cvplgraph.cache.atlas_ids import atlas_ids
 from cvplgraph.cache.checkpoint import scope as checkpoint_scope
 from cvplgraph.cache.resume import partial_url
 from cvplgraph.cache.store import CachedWrite, write_cached_value
 from cvplgraph.engine.compile import nodes_in_order
 from cvplgraph.engine.plan import Plan, Status
-from cvplgraph.io.atlas import read_atlas
+from cvplgraph.io.atlas import read_atlas, region_ids
 from cvplgraph.io.stores import open_input, read_value
 from cvplgraph.spec.model import INPUT
 
@@ -47,7 +49,11 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
         if node.is_input:
             spec = plan.spec
             if node.name != INPUT:
-                out.values[node.name] = read_atlas(dict(spec.atlases)[node.name])
+                atlas = read_atlas(dict(spec.atlases)[node.name])
+                if _read_by_compute(plan, node.name):  # the region ops check its ids against its table
+                    ids = atlas_ids(plan.manifest.url, node.key, partial(region_ids, atlas), atlas.source)
+                    atlas = replace(atlas, ids=ids)
+                out.values[node.name] = atlas
                 continue
             out.values[node.name], replaced = open_input(spec.input)
             if replaced is not None and _read_by_compute(plan, node.name):

@@ -44,12 +44,25 @@ def _um(frame: pd.DataFrame) -> np.ndarray:
 
 def _check_ids(voxels: pd.DataFrame, region: np.ndarray, structures: pd.DataFrame, files: str) -> None:
     """Every id counted, in the volume or under a cell, must be in the structure table."""
-    present = (set(voxels["id"].unique()) | set(np.unique(region).tolist())) - {OUTSIDE_BRAIN, OUTSIDE_ATLAS}
-    missing = sorted(present - set(structures["id"]))
+    _raise_missing(set(voxels["id"].unique()) | set(np.unique(region).tolist()), structures, files)
+
+
+def _raise_missing(present: set[int], structures: pd.DataFrame, files: str) -> None:
+    missing = sorted(present - {OUTSIDE_BRAIN, OUTSIDE_ATLAS} - set(structures["id"]))
     if missing:
         shown = ", ".join(map(str, missing[:8])) + (" …" if len(missing) > 8 else "")
         raise InputError(f"{files}: {len(missing)} region id(s) in the atlas volume are missing from the "
-                         f"structure table: {shown}")  # fmt: skip
+                         f"structure table: {shown}; expected a table with every id of the annotation (the "
+                         "structures file of the same atlas and version)")  # fmt: skip
+
+
+def check_structures(atlas: Atlas) -> None:
+    """One line, before any compute, when the annotation holds ids its structure table lacks.
+
+    Needs the annotation's distinct ids (``atlas.ids``, which the engine fills in); without them
+    the same check runs while the volumes are counted."""
+    if atlas.ids is not None:
+        _raise_missing(set(atlas.ids.tolist()), atlas.structures, f"{atlas.source} with {atlas.structures_file}")
 
 
 def _region_table(
@@ -157,6 +170,7 @@ def region_counts(points: Table, atlas: Atlas, *, volume: Literal["imaged", "atl
         points outside the atlas volume have no volume (NaN density).
     """
     check_overlap(points.geometry, atlas)
+    check_structures(atlas)
     geometry = atlas.geometry
     voxel_mm3 = float(np.prod(geometry.scale)) * 1e-9
     lookup = lookup_points(dask.delayed(_um, pure=True)(points.frame), atlas)
@@ -199,6 +213,7 @@ def cell_regions(points: Table, atlas: Atlas) -> Table:
         volume), ``acronym`` and ``hemisphere`` (``left``, ``right`` or empty).
     """
     check_overlap(points.geometry, atlas)
+    check_structures(atlas)
     lookup = lookup_points(dask.delayed(_um, pure=True)(points.frame), atlas)
     return Table(dask.delayed(_with_regions, pure=True)(points.frame, lookup, atlas.structures), points.geometry)
 

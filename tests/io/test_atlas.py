@@ -443,3 +443,54 @@ def test_an_atlas_placed_away_from_the_image_is_one_line_before_any_compute(tmp_
     assert len(lines) == 1 and "do not overlap" in lines[0] and "z 999950" in lines[0]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "cache" / "manifest").exists() and not (tmp_path / "results").exists()  # nothing committed
+
+
+def test_ids_missing_from_the_table_stop_plan_and_run_before_any_compute(tmp_path: Path, synthetic) -> None:  # type: ignore[no-untyped-def]
+    """CA1 (382) is left out of the table. It lies far from the imaged corner, so no cell and no imaged voxel
+    is in it (the compute-time check never saw it); the annotation holds it, which plan and run check
+    first: one line, exit 1, nothing computed. The ids are kept in the cache by the atlas's fingerprint."""
+    table = pd.read_csv(CCF / "structures.csv")
+    short = tmp_path / "structures_short.csv"
+    table[table["acronym"] != "CA1"].to_csv(short, index=False)
+    path = tmp_path / "atlas.toml"
+    path.write_text(ATLAS_SPEC.format(image=synthetic[0], ccf=CCF, structures=short))
+    expected = (
+        f"cvplgraph: error: {CCF / 'annotation_100um.tif'} with {short}: 1 region id(s) in the atlas volume "
+        "are missing from the structure table: 382; expected a table with every id of the annotation"
+    )
+    for command in ("plan", "run"):
+        done = subprocess.run([*ENV_CLI, command, str(path), *(["--quiet"] if command == "run" else [])],
+                              capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), done.stderr
+    assert not (tmp_path / "cache" / "manifest").exists() and not (tmp_path / "results").exists()
+    written = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file() and "atlas" not in p.parts]
+    assert set(written) <= {"zarr.json", "layout.json", "CACHEDIR.TAG"}  # stores laid out, no chunk computed
+    kept = list((tmp_path / "cache" / "atlas").glob("*.json"))
+    assert len(kept) == 1
+    reference = np.unique(tifffile.imread(CCF / "annotation_100um.tif"))
+    np.testing.assert_array_equal(json.loads(kept[0].read_text())["ids"], reference)
+
+
+def test_atlas_ids_are_remembered_and_an_unwritable_cache_costs_only_time(tmp_path: Path) -> None:
+    from cvplgraph.cache.atlas_ids import atlas_ids
+
+    calls = []
+
+    def compute() -> np.ndarray:
+        calls.append(1)
+        return np.array([0, 7, 614454277], dtype=np.uint32)
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")  # the cache "folder" is a file: nothing can be written under it
+    ids = atlas_ids(str(blocked), "fingerprint-unwritable", compute)
+    np.testing.assert_array_equal(ids, [0, 7, 614454277])
+    assert calls == [1]
+    atlas_ids(str(tmp_path / "cache"), "fingerprint-kept", compute)
+    assert (tmp_path / "cache" / "atlas" / "fingerprint-kept.json").exists() and calls == [1, 1]
+    from cvplgraph.cache import atlas_ids as module
+
+    module._known.clear()  # a new process: the file answers
+    again = atlas_ids(str(tmp_path / "cache"), "fingerprint-kept", lambda: np.array([1]))
+    np.testing.assert_array_equal(again, [0, 7, 614454277])
