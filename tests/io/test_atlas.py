@@ -384,6 +384,9 @@ def test_a_spec_with_an_atlas_runs_end_to_end(tmp_path: Path, synthetic) -> None
 
     stored = xr.open_zarr(tmp_path / "results" / "regions.zarr")
     assert int(stored["cells"].sel(hemisphere="both").sum()) == len(cells)
+    from cvplgraph.inspect.runlog import run_warnings
+
+    assert run_warnings(results.plan, results.report, results) == []  # a well-placed atlas: nothing to say
     # a second run reads everything from the cache
     again = cvplgraph.run(cvplgraph.load_spec(path), scheduler="threads")
     assert again.report.computed == []
@@ -494,3 +497,39 @@ def test_atlas_ids_are_remembered_and_an_unwritable_cache_costs_only_time(tmp_pa
     module._known.clear()  # a new process: the file answers
     again = atlas_ids(str(tmp_path / "cache"), "fingerprint-kept", lambda: np.array([1]))
     np.testing.assert_array_equal(again, [0, 7, 614454277])
+
+
+def test_a_misplaced_atlas_is_said_at_plan_time_and_after_the_run(tmp_path: Path, synthetic) -> None:  # type: ignore[no-untyped-def]
+    """The atlas moved 200 µm along z: it covers z ≥ 150 µm of an image 192 µm deep, 21 % of it. The run
+    says so while its graph is built, then names each region node and its share of cells outside the
+    atlas (counted here from the cell positions alone), on stderr and in the run record."""
+    path = tmp_path / "atlas.toml"
+    text = ATLAS_SPEC.format(image=synthetic[0], ccf=CCF, structures=CCF / "structures.csv")
+    moved = text.replace("transpose = [2, 1, 0]\n", "transpose = [2, 1, 0]\ntranslation = [200, 0, 0]\n", 1)
+    path.write_text(moved)
+    done = subprocess.run([*ENV_CLI, "run", str(path), "--quiet", "--scheduler", "threads"], capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    coverage = [line for line in lines if "the atlas covers only" in line]
+    assert len(coverage) == 1 and "covers only 21% of the image" in coverage[0] and "translation" in coverage[0]
+    cells = pd.read_csv(tmp_path / "results" / "cells.csv")
+    outside = int((cells["z_um"] < 150).sum())  # the atlas's first voxel is centred at 200 µm, 100 µm wide
+    assert outside >= len(cells) / 2
+    share = f"{outside} of {len(cells)} cells ({outside / len(cells):.0%}) lie outside the atlas volume"
+    assert len([line for line in lines if line.startswith("warning:")]) == 2
+    for node in ("cell_table", "regions"):
+        start = f"warning: {node}: {share} (row -1 outside_atlas); the atlas is probably misplaced"
+        assert any(line.startswith(start) for line in lines), lines
+    record = json.loads(next((tmp_path / "cache" / "runs").glob("*.json")).read_text())
+    assert sorted(w.split(":")[0] for w in record["warnings"]) == ["cell_table", "regions"]
+    assert all("[inputs.atlas]" in w and "scale" in w for w in record["warnings"])
+
+
+def test_coverage_is_the_share_of_the_image_the_atlas_covers() -> None:
+    from cvplgraph.ops.regions import coverage
+
+    image = Geometry((10, 10, 10), (1.0, 1.0, 1.0), (0.5, 0.5, 0.5))  # the box 0–10 µm along each axis
+    assert coverage(image, Geometry((5, 20, 20), (1.0, 1.0, 1.0), (0.5, 0.5, 0.5))) == pytest.approx(0.5)
+    assert coverage(image, Geometry((4, 4, 20), (2.0, 2.0, 1.0), (6.0, 6.0, -4.5))) == pytest.approx(0.25)
+    assert coverage(image, Geometry((3, 3, 3), (1.0, 1.0, 1.0), (100.0, 0.5, 0.5))) == 0.0
