@@ -227,7 +227,9 @@ class Atlas:
     ``annotation`` holds uint32 region ids (0 = no region), ``hemispheres``
     1 = left, 2 = right, 0 = neither (or None), both on the same grid;
     ``structures`` has :data:`cvplgraph.io.atlas.STRUCTURE_COLUMNS` (``path`` a tuple of ids
-    from the root to the region); ``source`` names the files for messages.
+    from the root to the region); ``source`` names the files for messages; ``ids``, when known, the
+    sorted distinct ids of the annotation (what the region ops check against the structure table
+    before any compute).
     """
 
     annotation: xr.DataArray
@@ -235,6 +237,7 @@ class Atlas:
     structures: pd.DataFrame
     source: str
     structures_file: str = ""
+    ids: np.ndarray | None = None
 
     @property
     def geometry(self) -> Geometry:

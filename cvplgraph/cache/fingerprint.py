@@ -81,6 +81,8 @@ def survey_input(spec: InputSpec) -> Survey:
         "level": spec.level,
         "crop": [list(c) for c in spec.crop] if spec.crop else None,
         "intensity_range": list(spec.intensity_range) if spec.intensity_range else None,
+        # NaN/±Inf read as 0 change values; the default "error" does not (keys made before it stay valid)
+        **({"nonfinite": spec.nonfinite} if spec.nonfinite != "error" else {}),
     }
     level_url = f"{spec.url.rstrip('/')}/{path}"
     listing = _listing(level_url, content=spec.fingerprint == "content")

@@ -65,7 +65,8 @@ def handle(args: argparse.Namespace) -> int:
         display.event("interrupted", run=run_id, record=stop.record_url)
         raise KeyboardInterrupt(_interrupted(plan, args.spec)) from None
     report, record, page = run.results.report, run.record, run.page
-    for line in empty_warnings(record):
+    after = [w for w in record["warnings"] if w not in plan.warnings]  # the plan's were said before the compute
+    for line in [*after, *empty_warnings(record)]:
         display.event("warning", run=run_id, message=line)
         if display.mode != "json":
             print(f"warning: {line}", file=sys.stderr)

@@ -53,6 +53,7 @@ class RunReport:
     cached: list[str] = field(default_factory=list)  # nodes read from the cache
     committed: list[str] = field(default_factory=list)  # nodes newly stored
     outputs: dict[str, str] = field(default_factory=dict)
+    tallies: dict[str, int] = field(default_factory=dict)  # e.g. "input.nonfinite": NaN/±Inf voxels read as 0
     blocks: dict[str, tuple[int, int]] = field(default_factory=dict)  # node → (blocks written, blocks resumed)
     seconds: float = 0.0
     dashboard: str | None = None
@@ -95,6 +96,7 @@ def _targets(plan: Plan, lowered: Lowered) -> Targets:
         for name, value in lowered.values.items()
         if isinstance(value, (Table, BlockCounts))
     }
+    values.update(lowered.tallies)  # small figures computed beside the values, reported by name
     writes = [w for ws in lowered.writes.values() for w in ws]
     for name, target in plan.spec.outputs:
         value = lowered.values[name]
@@ -370,6 +372,7 @@ def _execute(
         report.blocks = {name: (w.blocks, w.blocks_done) for name, w in lowered.cached.items()}
         tasks: list[tuple[str, float]] | None = [] if profile else None
         computed = _compute(targets, cl, display, tasks)
+        report.tallies = {name: int(computed.pop(name)) for name in lowered.tallies}
         report.cluster = _cluster_info(cl, scheduler)
         if display.last is not None:
             last = display.last

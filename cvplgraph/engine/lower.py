@@ -3,18 +3,20 @@ expression, plus lazy writes for nodes to cache and for declared outputs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import xarray as xr
 
+from cvplgraph.cache.atlas_ids import atlas_ids
 from cvplgraph.cache.checkpoint import scope as checkpoint_scope
 from cvplgraph.cache.resume import partial_url
 from cvplgraph.cache.store import CachedWrite, read_cached, write_cached_value
 from cvplgraph.engine.compile import nodes_in_order
 from cvplgraph.engine.plan import Plan, Status
-from cvplgraph.io.atlas import read_atlas
-from cvplgraph.io.stores import read_input
+from cvplgraph.io.atlas import read_atlas, region_ids
+from cvplgraph.io.stores import open_input
 from cvplgraph.spec.model import INPUT
 
 
@@ -25,6 +27,8 @@ class Lowered:
     values: dict[str, Any] = field(default_factory=dict)
     cached: dict[str, CachedWrite] = field(default_factory=dict)  # node → its cache store and writes
     ops_called: list[str] = field(default_factory=list)
+    #: small figures the run computes beside the values, e.g. ``"input.nonfinite"``: NaN/±Inf voxels read as 0
+    tallies: dict[str, Any] = field(default_factory=dict)
 
     @property
     def writes(self) -> dict[str, list[Any]]:
@@ -44,9 +48,16 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
         status = plan.nodes[node.name].status
         if node.is_input:
             spec = plan.spec
-            out.values[node.name] = (
-                read_input(spec.input) if node.name == INPUT else read_atlas(dict(spec.atlases)[node.name])
-            )
+            if node.name != INPUT:
+                atlas = read_atlas(dict(spec.atlases)[node.name])
+                if _read_by_compute(plan, node.name):  # the region ops check its ids against its table
+                    ids = atlas_ids(plan.manifest.url, node.key, partial(region_ids, atlas), atlas.source)
+                    atlas = replace(atlas, ids=ids)
+                out.values[node.name] = atlas
+                continue
+            out.values[node.name], replaced = open_input(spec.input)
+            if replaced is not None and _read_by_compute(plan, node.name):
+                out.tallies[f"{INPUT}.nonfinite"] = replaced
             continue
         if status is Status.CACHED:
             entry = plan.entries[node.name]
@@ -73,3 +84,8 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
             if written.resumed is not None:  # an interrupted run wrote part of it: consumers read that part
                 out.values[node.name] = written.resumed
     return out
+
+
+def _read_by_compute(plan: Plan, source: str) -> bool:
+    """Whether a node this run computes reads ``source`` (else counting its blocks would read them for nothing)."""
+    return any(plan.nodes[n].status is Status.COMPUTE for n in plan.graph.successors(source))

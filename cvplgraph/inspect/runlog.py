@@ -27,7 +27,9 @@ import xarray as xr
 
 from cvplgraph.engine.plan import Plan
 from cvplgraph.errors import CvplError
+from cvplgraph.ops.regions import outside_warning
 from cvplgraph.types import PortType
+from cvplgraph.values import OUTSIDE_ATLAS
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from cvplgraph.engine.execute import Results
@@ -151,14 +153,42 @@ def make_record(
         "edges": _edges(plan),
         "outputs": dict(report.outputs),
         "counts": counts,
-        "warnings": list(plan.warnings),
         "regions": regions,
         "points": points,
         "input": _input(plan, values),
         "io": dict(report.io),
+        "tallies": dict(getattr(report, "tallies", {})),
+        "warnings": [*plan.warnings, *run_warnings(plan, report, values)],
         "dashboard": report.dashboard,
         "environment": environment(report.cluster),
     }
+
+
+def run_warnings(plan: Plan, report: Any, values: Any = None) -> list[str]:
+    """Lines a user must read before trusting a run's numbers: NaN/±Inf voxels read as 0, and results
+    whose cells lie mostly outside the atlas (:func:`cvplgraph.ops.regions.outside_warning`)."""
+    out = []
+    replaced = getattr(report, "tallies", {}).get("input.nonfinite")
+    if replaced:
+        out.append(f"input: {replaced} non-finite voxel(s) (NaN or ±Inf) of {plan.spec.input.url} were read as 0 "
+                   '([input] nonfinite = "zero")')  # fmt: skip
+    for name, value in (values or {}).items():
+        node = plan.node(name)
+        atlas = dict(node.inputs).get("atlas")
+        if atlas is None:
+            continue
+        if node.output is PortType.RegionTable and "cells" in value:
+            cells = value["cells"].sel(hemisphere="both")
+            outside = int(cells.sel(region=OUTSIDE_ATLAS)) if OUTSIDE_ATLAS in cells["region"] else 0
+            warning = outside_warning(name, atlas, outside, int(cells.sum()))
+        elif node.output is PortType.Points and "region_id" in value:
+            ids = value["region_id"].values
+            warning = outside_warning(name, atlas, int((ids == OUTSIDE_ATLAS).sum()), int(ids.size))
+        else:
+            continue
+        if warning:
+            out.append(warning)
+    return out
 
 
 def _spec_text(path: str) -> str | None:

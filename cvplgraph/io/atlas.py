@@ -169,6 +169,17 @@ def read_atlas(spec: AtlasSpec) -> Atlas:
     return Atlas(ids, hemispheres, structures, files["annotation"], files["structures"])
 
 
+def region_ids(atlas: Atlas) -> np.ndarray:
+    """The sorted distinct ids of the annotation: one ``np.unique`` per block (dask's threads here), merged.
+
+    An atlas is ~10^7 voxels (the Allen 25 µm annotation 7.7 × 10^7): a few seconds, which is why the
+    engine remembers the answer by the atlas's fingerprint.
+    """
+    blocks = [dask.delayed(np.unique, pure=True)(b) for b in atlas.annotation.data.to_delayed().ravel()]
+    parts = dask.compute(*blocks, scheduler="threads")
+    return np.unique(np.concatenate([np.empty(0, np.uint32), *parts]))
+
+
 def _recode(block: np.ndarray, left: int, right: int) -> np.ndarray:
     return np.where(block == left, LEFT, np.where(block == right, RIGHT, 0)).astype(np.uint8)
 

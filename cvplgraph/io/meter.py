@@ -12,6 +12,8 @@ import sys
 import threading
 from typing import Any
 
+from cvplgraph.errors import CvplError, InputError
+
 READ, WRITTEN = "cvplgraph-read", "cvplgraph-written"
 _lock = threading.Lock()
 _totals = {READ: 0, WRITTEN: 0}
@@ -33,25 +35,53 @@ def local_totals() -> dict[str, int]:
 
 
 class Metered:
-    """A zarr array whose reads count as bytes read; :func:`read_zarr` wraps it for dask."""
+    """A zarr array whose reads count as bytes read; :func:`read_zarr` wraps it for dask.
 
-    def __init__(self, array: Any) -> None:
+    A chunk that cannot be read or decoded (a damaged file, bytes from another codec) is an
+    :class:`~cvplgraph.errors.InputError` naming the chunk's file, its index and the decoder's
+    complaint, not a traceback from inside the codec.
+    """
+
+    def __init__(self, array: Any, label: str = "") -> None:
         self.array = array
+        self.label = label
         self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
 
     def __getitem__(self, index: Any) -> Any:
-        values = self.array[index]
+        try:
+            values = self.array[index]
+        except CvplError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - codecs and stores raise many types; each is named below
+            raise InputError(chunk_problem(self.array, index, exc, self.label)) from None
         count(READ, values.nbytes)
         return values
 
 
-def read_zarr(array: Any, reader: Metered | None = None) -> Any:
-    """``dask.array.from_zarr(array)`` with every chunk read counted (same chunks, same name);
-    ``reader``: a :class:`Metered` of ``array`` that does more on each read."""
+def chunk_problem(array: Any, index: Any, exc: BaseException, label: str = "") -> str:
+    """One line: the file of the (first) chunk a read of ``index`` touched, where it sits, and why it failed."""
+    index = index if isinstance(index, tuple) else (index,)
+    starts = [(s.start or 0) if isinstance(s, slice) else int(s) for s in index]
+    coords = tuple(int(s) // int(c) for s, c in zip(starts, array.chunks))
+    try:
+        key = array.metadata.encode_chunk_key(coords)
+    except Exception:  # noqa: BLE001 - an array without zarr v2/v3 metadata: the index alone
+        key = ".".join(map(str, coords))
+    store = str(array.store_path).removeprefix("file://").rstrip("/")
+    where = label or f"array {array.path!r} of {store.removesuffix(array.path).rstrip('/')}"
+    complaint = f"{type(exc).__name__}: {exc}".replace("\n", " ").strip()
+    return (f"{store}/{key}: chunk {coords} of {where} cannot be read ({complaint}); the file is damaged or "
+            "was not written by zarr: restore it from the original data")  # fmt: skip
+
+
+def read_zarr(array: Any, label: str = "", reader: Metered | None = None) -> Any:
+    """``dask.array.from_zarr(array)`` with every chunk read counted (same chunks, same name); ``label``
+    says which array it is in messages (default: its path in its store); ``reader``: a :class:`Metered` of
+    ``array`` that does more on each read."""
     import dask.array as da
     import numpy as np
     from dask.base import tokenize
 
     name = "from-zarr-" + tokenize(array, None, {}, array.chunks)
     meta = np.empty((0,) * array.ndim, dtype=array.dtype)
-    return da.from_array(reader or Metered(array), array.chunks, name=name, meta=meta)
+    return da.from_array(reader or Metered(array, label), array.chunks, name=name, meta=meta)

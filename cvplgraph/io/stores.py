@@ -106,6 +106,16 @@ def axis_names(ms: dict[str, Any], ndim: int) -> list[str]:
 
 def read_input(spec: InputSpec) -> xr.DataArray:
     """The raw image as a lazy float32 (z, y, x) DataArray in [0, 1] with physical coordinates."""
+    return open_input(spec)[0]
+
+
+def open_input(spec: InputSpec) -> tuple[xr.DataArray, Delayed | None]:
+    """:func:`read_input`, and the lazy number of non-finite voxels it replaces (None when it replaces none).
+
+    Non-finite values (NaN, ±Inf) exist only in float images; each block is checked where it is
+    read, inside the compute: ``nonfinite = "error"`` stops the run naming the block,
+    ``"zero"`` reads them as the image's 0 and counts them. Integer images are not checked.
+    """
     group = open_group(spec.url)
     ms = multiscales(group.attrs.asdict(), spec.url)
     datasets = ms["datasets"]
@@ -119,7 +129,7 @@ def read_input(spec: InputSpec) -> xr.DataArray:
     scale, translation = _transforms(ds.get("coordinateTransformations", []), array.ndim)
     gscale, gtrans = _transforms(ms.get("coordinateTransformations", []), array.ndim)
     scale, translation = scale * gscale, translation * gscale + gtrans
-    data = read_zarr(array)
+    data = read_zarr(array, f"level {spec.level} of {spec.url}")
     index: list[Any] = []
     for axis, size in zip(names, array.shape):
         if axis in DIMS:
@@ -137,6 +147,7 @@ def read_input(spec: InputSpec) -> xr.DataArray:
         data = data.transpose(axes)
     zyx = [keep[order.index(d)] for d in DIMS]
     scale, translation = scale[zyx], translation[zyx]
+    origin = [0, 0, 0]
     if spec.crop:
         sl = []
         for (start, stop), size, axis in zip(spec.crop, data.shape, DIMS):
@@ -145,12 +156,46 @@ def read_input(spec: InputSpec) -> xr.DataArray:
                 raise InputError(f"{spec.url}: crop {axis} = [{start}, {stop}] exceeds the axis size {size}")
             sl.append(slice(start, stop))
         translation = translation + scale * np.array([s.start for s in sl])
+        origin = [s.start for s in sl]
         data = data[tuple(sl)]
     if spec.chunks:
         data = data.rechunk(spec.chunks)
+    replaced = None
+    if np.issubdtype(data.dtype, np.floating):  # integers hold no NaN: no check, no cost
+        low = spec.intensity_range[0] if spec.intensity_range else 0.0  # read as the image's 0
+        where = f"{spec.url} level {spec.level}"
+        raw, data = data, data.map_blocks(_finite, where, tuple(origin), spec.nonfinite, low, dtype=data.dtype)
+        if spec.nonfinite != "error":  # a task per block beside the replacing one: both share the block read
+            counts = raw.map_blocks(_count_nonfinite, chunks=(1, 1, 1), dtype=np.int64).sum()
+            replaced = counts.to_delayed().ravel()[0]  # a Delayed: a run's compute takes no array among its delayeds
     data = to_unit_float(data, spec.intensity_range)
     geometry = Geometry(tuple(int(s) for s in data.shape), tuple(scale.tolist()), tuple(translation.tolist()))  # type: ignore[arg-type]
-    return wrap(data, geometry, name="input")
+    return wrap(data, geometry, name="input"), replaced
+
+
+def _finite(
+    block: np.ndarray, where: str, origin: tuple[int, ...], mode: str, fill: float, block_info: Any = None
+) -> np.ndarray:
+    """``block`` with its non-finite values replaced by ``fill`` (``mode`` "zero"), or an InputError naming it."""
+    bad = ~np.isfinite(block)
+    if not bad.any():
+        return block
+    if mode != "error":
+        return np.where(bad, block.dtype.type(fill), block)
+    info = (block_info or {}).get(0, {})
+    location = info.get("array-location") or [(0, n) for n in block.shape]
+    voxels = ", ".join(f"{d} {o + a}:{o + b}" for d, o, (a, b) in zip(DIMS, origin, location))
+    nan = int(np.isnan(block).sum())
+    raise InputError(
+        f"{where}: block {tuple(info.get('chunk-location', ()))} (voxels {voxels}) holds {int(bad.sum())} "
+        f"non-finite value(s) ({nan} NaN, {int(bad.sum()) - nan} ±Inf); expected finite intensities (a broken "
+        'conversion?). Fix the store, or set [input] nonfinite = "zero" to read them as 0'
+    )
+
+
+def _count_nonfinite(block: np.ndarray) -> np.ndarray:
+    """The number of non-finite values of a raw block, as a (1, 1, 1) array."""
+    return np.full((1, 1, 1), np.count_nonzero(~np.isfinite(block)), dtype=np.int64)
 
 
 def to_unit_float(data: da.Array, intensity_range: tuple[float, float] | None) -> da.Array:
@@ -361,7 +406,10 @@ class _Checked(Metered):
         self.url, self.stored = url, stored
 
     def __getitem__(self, index: Any) -> Any:
-        values = super().__getitem__(index)
+        try:
+            values = super().__getitem__(index)
+        except InputError as exc:  # undecodable bytes in a cache store: damage, recomputed like an absent chunk
+            raise DamagedStore(str(exc), self.url) from None
         at = tuple(s.start // c for s, c in zip(index, self.array.chunks))
         if at in self.stored:
             key = self.array.metadata.encode_chunk_key(at)
@@ -385,7 +433,7 @@ def read_array(
     ds = ms["datasets"][level]
     scale, translation = _transforms(ds["coordinateTransformations"], 3)
     array = child_array(group, ds["path"], url)
-    data = read_zarr(array) if stored is None else read_zarr(array, _Checked(array, url, stored))
+    data = read_zarr(array) if stored is None else read_zarr(array, reader=_Checked(array, url, stored))
     ours: dict[str, Any] = attrs.get("cvplgraph") or {}
     chunks: list[list[int]] | None = ours.get("working_chunks") if working and level == 0 else None
     if chunks and [sum(c) for c in chunks] == list(data.shape) and tuple(map(tuple, chunks)) != data.chunks:

@@ -11,6 +11,7 @@ with 0.
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import dask
@@ -24,6 +25,8 @@ from cvplgraph.ops._atlas import ancestors, lookup_points, voxel_counts
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import LEFT, OUTSIDE_ATLAS, OUTSIDE_BRAIN, RIGHT, Atlas, Geometry, Table, wrap
+
+log = logging.getLogger(__name__)
 
 #: Hemisphere codes → the names used in tables ("both" = every point, whatever its hemisphere).
 HEMISPHERES = {LEFT: "left", RIGHT: "right"}
@@ -44,12 +47,25 @@ def _um(frame: pd.DataFrame) -> np.ndarray:
 
 def _check_ids(voxels: pd.DataFrame, region: np.ndarray, structures: pd.DataFrame, files: str) -> None:
     """Every id counted, in the volume or under a cell, must be in the structure table."""
-    present = (set(voxels["id"].unique()) | set(np.unique(region).tolist())) - {OUTSIDE_BRAIN, OUTSIDE_ATLAS}
-    missing = sorted(present - set(structures["id"]))
+    _raise_missing(set(voxels["id"].unique()) | set(np.unique(region).tolist()), structures, files)
+
+
+def _raise_missing(present: set[int], structures: pd.DataFrame, files: str) -> None:
+    missing = sorted(present - {OUTSIDE_BRAIN, OUTSIDE_ATLAS} - set(structures["id"]))
     if missing:
         shown = ", ".join(map(str, missing[:8])) + (" …" if len(missing) > 8 else "")
         raise InputError(f"{files}: {len(missing)} region id(s) in the atlas volume are missing from the "
-                         f"structure table: {shown}")  # fmt: skip
+                         f"structure table: {shown}; expected a table with every id of the annotation (the "
+                         "structures file of the same atlas and version)")  # fmt: skip
+
+
+def check_structures(atlas: Atlas) -> None:
+    """One line, before any compute, when the annotation holds ids its structure table lacks.
+
+    Needs the annotation's distinct ids (``atlas.ids``, which the engine fills in); without them
+    the same check runs while the volumes are counted."""
+    if atlas.ids is not None:
+        _raise_missing(set(atlas.ids.tolist()), atlas.structures, f"{atlas.source} with {atlas.structures_file}")
 
 
 def _region_table(
@@ -108,16 +124,48 @@ def _extent(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     return translation - scale / 2, translation + scale * (np.asarray(geometry.shape) - 0.5)
 
 
+#: A run warns when at least this share of the cells lies outside the atlas volume (and there is a cell).
+OUTSIDE_WARNING = 0.5
+#: The graph's build warns when the atlas covers less than this share of the image's volume (µm³).
+COVERAGE_WARNING = 0.5
+#: What puts cells outside an atlas: said by both warnings.
+MISPLACED = "the atlas is probably misplaced: check its scale (µm per voxel), translation and transpose " \
+    "(orientation) in [inputs.NAME] against the image's"  # fmt: skip
+
+
+_warned: set[tuple[str, Geometry, Geometry]] = set()
+
+
+def _box(low: np.ndarray, high: np.ndarray) -> str:
+    return ", ".join(f"{d} {a:g}–{b:g}" for d, a, b in zip("zyx", low, high, strict=True))
+
+
+def coverage(image: Geometry, atlas: Geometry) -> float:
+    """The share of the image's extent (µm³) that the atlas's extent covers, 0 to 1."""
+    (il, ih), (al, ah) = _extent(image), _extent(atlas)
+    shared = np.clip(np.minimum(ih, ah) - np.maximum(il, al), 0, None)
+    return float(np.prod(shared / (ih - il)))
+
+
 def check_overlap(image: Geometry, atlas: Atlas) -> None:
-    """One line when the image and the atlas share no µm of space: every cell would be outside_atlas."""
+    """One line when the image and the atlas share no µm of space: every cell would be outside_atlas.
+
+    When they overlap but the atlas covers less than :data:`COVERAGE_WARNING` of the image, a warning
+    is logged, once per process for an atlas and an image (a crop at the brain's edge does this too; an atlas
+    of the wrong scale or place is likelier)."""
     (il, ih), (al, ah) = _extent(image), _extent(atlas.geometry)
     if np.all((il < ah) & (al < ih)):
+        share = coverage(image, atlas.geometry)
+        seen = (atlas.source, atlas.geometry, image)  # once per process: each region op of a spec checks
+        if share < COVERAGE_WARNING and seen not in _warned:
+            _warned.add(seen)
+            log.warning(
+                "%s: the atlas covers only %.0f%% of the image (atlas %s µm, image %s µm); cells in the rest "
+                "are counted as outside_atlas. Unless the image reaches beyond the brain, %s",
+                atlas.source, 100 * share, _box(al, ah), _box(il, ih), MISPLACED,
+            )  # fmt: skip
         return
-
-    def box(low: np.ndarray, high: np.ndarray) -> str:
-        return ", ".join(f"{d} {a:g}–{b:g}" for d, a, b in zip("zyx", low, high, strict=True))
-
-    raise InputError(f"{atlas.source}: the atlas covers {box(al, ah)} µm and the image {box(il, ih)} µm: they do "
+    raise InputError(f"{atlas.source}: the atlas covers {_box(al, ah)} µm and the image {_box(il, ih)} µm: they do "
                      "not overlap, so every cell would be outside the atlas; expected the atlas placed on the image "
                      "(its scale, translation and transpose in [inputs.NAME])")  # fmt: skip
 
@@ -157,6 +205,7 @@ def region_counts(points: Table, atlas: Atlas, *, volume: Literal["imaged", "atl
         points outside the atlas volume have no volume (NaN density).
     """
     check_overlap(points.geometry, atlas)
+    check_structures(atlas)
     geometry = atlas.geometry
     voxel_mm3 = float(np.prod(geometry.scale)) * 1e-9
     lookup = lookup_points(dask.delayed(_um, pure=True)(points.frame), atlas)
@@ -199,6 +248,7 @@ def cell_regions(points: Table, atlas: Atlas) -> Table:
         volume), ``acronym`` and ``hemisphere`` (``left``, ``right`` or empty).
     """
     check_overlap(points.geometry, atlas)
+    check_structures(atlas)
     lookup = lookup_points(dask.delayed(_um, pure=True)(points.frame), atlas)
     return Table(dask.delayed(_with_regions, pure=True)(points.frame, lookup, atlas.structures), points.geometry)
 
@@ -244,3 +294,11 @@ def region_density_map(regions: Table, atlas: Atlas) -> xr.DataArray:
     else:
         data = da.map_blocks(_paint, ids, None, lut, dtype=np.float32)
     return wrap(data, atlas.geometry, name="region_density")
+
+
+def outside_warning(node: str, atlas: str, outside: int, total: int) -> str | None:
+    """The warning for a result whose cells lie mostly outside the atlas volume, or None."""
+    if total < 1 or outside < OUTSIDE_WARNING * total:
+        return None
+    return (f"{node}: {outside} of {total} cells ({outside / total:.0%}) lie outside the atlas volume (row -1 "
+            f"outside_atlas); {MISPLACED.replace('NAME', atlas)}")  # fmt: skip

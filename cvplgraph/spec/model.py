@@ -17,6 +17,8 @@ from cvplgraph.values import LEFT, RIGHT
 INPUT = "input"  # the name nodes use to refer to the raw image
 AXES = ("z", "y", "x")
 COMPRESSORS = ("blosc", "zstd", "gzip", "none")
+#: What ``[input] nonfinite`` may be: stop the run at the first block holding NaN or ±Inf, or read them as 0.
+NONFINITE = ("error", "zero")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class InputSpec:
     chunks: tuple[int, int, int] | None = None  # working chunks; default: the store's
     fingerprint: str = "listing"  # "listing": metadata + chunk names, sizes, mtimes/ETags; "content": + bytes
     missing_chunks: str = "fill"  # chunks absent from the store: "fill" (read as fill value, said) or "error"
+    nonfinite: str = "error"  # NaN/±Inf voxels of a float image: "error" stops the run, "zero" reads them as 0
 
 
 @dataclass(frozen=True)

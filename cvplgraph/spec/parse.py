@@ -23,7 +23,18 @@ from cvplgraph.registry import get_op, known_ops
 from cvplgraph.spec.cluster import parse_cluster
 from cvplgraph.spec.fields import Collector, locate_fields, resolve_path
 from cvplgraph.spec.graph import graph_problems
-from cvplgraph.spec.model import AXES, COMPRESSORS, INPUT, AtlasSpec, InputSpec, NodeSpec, Params, Spec, StoreSpec
+from cvplgraph.spec.model import (
+    AXES,
+    COMPRESSORS,
+    INPUT,
+    NONFINITE,
+    AtlasSpec,
+    InputSpec,
+    NodeSpec,
+    Params,
+    Spec,
+    StoreSpec,
+)
 from cvplgraph.spec.params import check_param
 from cvplgraph.spec.targets import protected, target_problems
 
@@ -34,7 +45,18 @@ def _parse_input(raw: Any, c: Collector, base: Path) -> InputSpec | None:
         return None
     c.unknown_keys(
         raw,
-        ["url", "channel", "timepoint", "level", "crop", "intensity_range", "chunks", "fingerprint", "missing_chunks"],
+        [
+            "url",
+            "channel",
+            "timepoint",
+            "level",
+            "crop",
+            "intensity_range",
+            "chunks",
+            "fingerprint",
+            "missing_chunks",
+            "nonfinite",
+        ],
         "input",
     )
     missing = c.typed(raw, "missing_chunks", "input", str, '"fill" or "error"', default="fill")
@@ -45,6 +67,11 @@ def _parse_input(raw: Any, c: Collector, base: Path) -> InputSpec | None:
     if fingerprint not in ("listing", "content"):
         c.add("input.fingerprint", f'expected "listing" or "content", got {fingerprint!r}')
         fingerprint = "listing"
+    expected = " or ".join(f'"{m}"' for m in NONFINITE)
+    nonfinite = c.typed(raw, "nonfinite", "input", str, expected, default="error")
+    if nonfinite not in NONFINITE:
+        c.add("input.nonfinite", f"expected {expected} (what NaN and ±Inf voxels do), got {nonfinite!r}")
+        nonfinite = "error"
     url = c.typed(raw, "url", "input", str, "an OME-Zarr path or fsspec URL (a string)", required=True)
     if isinstance(url, str) and not url.strip():
         c.add("input.url", "expected an OME-Zarr path or fsspec URL, got an empty string")
@@ -82,6 +109,7 @@ def _parse_input(raw: Any, c: Collector, base: Path) -> InputSpec | None:
         irange,
         chunks,  # type: ignore[arg-type]
         fingerprint,
+        nonfinite=nonfinite,
         missing_chunks=missing,
     )
 

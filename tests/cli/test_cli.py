@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -220,3 +221,83 @@ def test_a_points_output_that_found_nothing_is_said(tmp_path: Path) -> None:
     out = cvplgraph("run", "cells.toml", "--quiet", "--scheduler", "threads", cwd=tmp_path)
     assert out.returncode == 0 and "found no objects" not in out.stderr, out.stderr
     assert abs(len(pd.read_csv(tmp_path / "results" / "cells.csv")) - len(cells)) <= 0.05 * len(cells)
+
+
+DAMAGED_SPEC = """\
+[input]
+url = "scan.ome.zarr"
+{extra}
+[nodes.mask]
+op = "threshold"
+image = "input"
+level = 0.3
+
+[nodes.cells]
+op = "connected_components"
+mask = "mask"
+
+[nodes.centres]
+op = "centroids"
+labels = "cells"
+image = "input"
+
+[outputs]
+centres = "centres.csv"
+"""
+
+
+def damaged_scan(folder: Path) -> np.ndarray:
+    """A float32 scan of (24, 96, 96) in (12, 48, 48) chunks, two NaN and one +Inf in chunk (1, 1, 0); its values."""
+    import zarr
+
+    from cvplgraph.synth.volume import SynthParams, write_synthetic
+
+    write_synthetic(str(folder / "scan.ome.zarr"), SynthParams(shape=(24, 96, 96), chunks=(12, 48, 48), seed=2))
+    array = zarr.open_group(str(folder / "scan.ome.zarr"), mode="r+")["0"]
+    block = array[12:24, 48:96, 0:48]
+    block[0, 0, 0], block[5, 6, 7], block[11, 47, 47] = np.nan, np.nan, np.inf
+    array[12:24, 48:96, 0:48] = block
+    return np.asarray(array[:])
+
+
+def test_nan_voxels_stop_the_run_in_one_line_or_are_read_as_0_and_counted(tmp_path: Path) -> None:
+    """Default: one line naming the store, the block and its voxels, and the count; exit 1, nothing committed.
+    nonfinite = "zero": the run finishes, says on stderr how many it replaced, and records the number;
+    its cells are those of the scan with NaN/Inf set to 0, counted with scipy on the whole array."""
+    from scipy import ndimage
+
+    raw = damaged_scan(tmp_path)
+    (tmp_path / "spec.toml").write_text(DAMAGED_SPEC.format(extra=""))
+    out = cvplgraph("run", "spec.toml", "--quiet", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    store = tmp_path / "scan.ome.zarr"
+    assert out.stderr.strip().splitlines() == [
+        f"cvplgraph: error: {store} level 0: block (1, 1, 0) (voxels z 12:24, y 48:96, x 0:48) holds 3 non-finite "
+        "value(s) (2 NaN, 1 ±Inf); expected finite intensities (a broken conversion?). Fix the store, or set "
+        '[input] nonfinite = "zero" to read them as 0'
+    ]
+    assert not (tmp_path / "cache" / "manifest").exists() and not (tmp_path / "centres.csv").exists()
+
+    (tmp_path / "spec.toml").write_text(DAMAGED_SPEC.format(extra='nonfinite = "zero"\n'))
+    out = cvplgraph("run", "spec.toml", "--quiet", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f'warning: input: 3 non-finite voxel(s) (NaN or ±Inf) of {store} were read as 0' in out.stderr
+    record = json.loads(next((tmp_path / "cache" / "runs").glob("*.json")).read_text())
+    assert record["tallies"] == {"input.nonfinite": 3} and len(record["warnings"]) == 1
+    _, expected = ndimage.label(np.where(np.isfinite(raw), raw, 0) > 0.3, structure=np.ones((3, 3, 3)))
+    assert len(pd.read_csv(tmp_path / "centres.csv")) == expected
+
+
+def test_a_chunk_of_garbage_bytes_is_one_line_naming_its_file(tmp_path: Path) -> None:
+    """One chunk file of the input overwritten with random bytes, on the default LocalCluster: one line
+    naming the chunk's file, its index, the level and store and the decoder's complaint; exit 1."""
+    damaged_scan(tmp_path)
+    chunk = tmp_path / "scan.ome.zarr" / "0" / "c" / "0" / "1" / "1"
+    chunk.write_bytes(np.random.default_rng(3).bytes(chunk.stat().st_size))
+    (tmp_path / "spec.toml").write_text(DAMAGED_SPEC.format(extra='nonfinite = "zero"\n'))
+    out = cvplgraph("run", "spec.toml", "--quiet", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"cvplgraph: error: {chunk}: chunk (0, 1, 1) of level 0 of {tmp_path / 'scan.ome.zarr'}"
+                               " cannot be read (RuntimeError: error during blosc decompression")  # fmt: skip

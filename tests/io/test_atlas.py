@@ -384,6 +384,9 @@ def test_a_spec_with_an_atlas_runs_end_to_end(tmp_path: Path, synthetic) -> None
 
     stored = xr.open_zarr(tmp_path / "results" / "regions.zarr")
     assert int(stored["cells"].sel(hemisphere="both").sum()) == len(cells)
+    from cvplgraph.inspect.runlog import run_warnings
+
+    assert run_warnings(results.plan, results.report, results) == []  # a well-placed atlas: nothing to say
     # a second run reads everything from the cache
     again = cvplgraph.run(cvplgraph.load_spec(path), scheduler="threads")
     assert again.report.computed == []
@@ -443,3 +446,90 @@ def test_an_atlas_placed_away_from_the_image_is_one_line_before_any_compute(tmp_
     assert len(lines) == 1 and "do not overlap" in lines[0] and "z 999950" in lines[0]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "cache" / "manifest").exists() and not (tmp_path / "results").exists()  # nothing committed
+
+
+def test_ids_missing_from_the_table_stop_plan_and_run_before_any_compute(tmp_path: Path, synthetic) -> None:  # type: ignore[no-untyped-def]
+    """CA1 (382) is left out of the table. It lies far from the imaged corner, so no cell and no imaged voxel
+    is in it (the compute-time check never saw it); the annotation holds it, which plan and run check
+    first: one line, exit 1, nothing computed. The ids are kept in the cache by the atlas's fingerprint."""
+    table = pd.read_csv(CCF / "structures.csv")
+    short = tmp_path / "structures_short.csv"
+    table[table["acronym"] != "CA1"].to_csv(short, index=False)
+    path = tmp_path / "atlas.toml"
+    path.write_text(ATLAS_SPEC.format(image=synthetic[0], ccf=CCF, structures=short))
+    expected = (
+        f"cvplgraph: error: {CCF / 'annotation_100um.tif'} with {short}: 1 region id(s) in the atlas volume "
+        "are missing from the structure table: 382; expected a table with every id of the annotation"
+    )
+    for command in ("plan", "run"):
+        done = subprocess.run([*ENV_CLI, command, str(path), *(["--quiet"] if command == "run" else [])],
+                              capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), done.stderr
+    assert not (tmp_path / "cache" / "manifest").exists() and not (tmp_path / "results").exists()
+    written = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file() and "atlas" not in p.parts]
+    assert set(written) <= {"zarr.json", "layout.json", "CACHEDIR.TAG"}  # stores laid out, no chunk computed
+    kept = list((tmp_path / "cache" / "atlas").glob("*.json"))
+    assert len(kept) == 1
+    reference = np.unique(tifffile.imread(CCF / "annotation_100um.tif"))
+    np.testing.assert_array_equal(json.loads(kept[0].read_text())["ids"], reference)
+
+
+def test_atlas_ids_are_remembered_and_an_unwritable_cache_costs_only_time(tmp_path: Path) -> None:
+    from cvplgraph.cache.atlas_ids import atlas_ids
+
+    calls = []
+
+    def compute() -> np.ndarray:
+        calls.append(1)
+        return np.array([0, 7, 614454277], dtype=np.uint32)
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")  # the cache "folder" is a file: nothing can be written under it
+    ids = atlas_ids(str(blocked), "fingerprint-unwritable", compute)
+    np.testing.assert_array_equal(ids, [0, 7, 614454277])
+    assert calls == [1]
+    atlas_ids(str(tmp_path / "cache"), "fingerprint-kept", compute)
+    assert (tmp_path / "cache" / "atlas" / "fingerprint-kept.json").exists() and calls == [1, 1]
+    from cvplgraph.cache import atlas_ids as module
+
+    module._known.clear()  # a new process: the file answers
+    again = atlas_ids(str(tmp_path / "cache"), "fingerprint-kept", lambda: np.array([1]))
+    np.testing.assert_array_equal(again, [0, 7, 614454277])
+
+
+def test_a_misplaced_atlas_is_said_at_plan_time_and_after_the_run(tmp_path: Path, synthetic) -> None:  # type: ignore[no-untyped-def]
+    """The atlas moved 200 µm along z: it covers z ≥ 150 µm of an image 192 µm deep, 21 % of it. The run
+    says so while its graph is built, then names each region node and its share of cells outside the
+    atlas (counted here from the cell positions alone), on stderr and in the run record."""
+    path = tmp_path / "atlas.toml"
+    text = ATLAS_SPEC.format(image=synthetic[0], ccf=CCF, structures=CCF / "structures.csv")
+    moved = text.replace("transpose = [2, 1, 0]\n", "transpose = [2, 1, 0]\ntranslation = [200, 0, 0]\n", 1)
+    path.write_text(moved)
+    done = subprocess.run([*ENV_CLI, "run", str(path), "--quiet", "--scheduler", "threads"], capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    coverage = [line for line in lines if "the atlas covers only" in line]
+    assert len(coverage) == 1 and "covers only 21% of the image" in coverage[0] and "translation" in coverage[0]
+    cells = pd.read_csv(tmp_path / "results" / "cells.csv")
+    outside = int((cells["z_um"] < 150).sum())  # the atlas's first voxel is centred at 200 µm, 100 µm wide
+    assert outside >= len(cells) / 2
+    share = f"{outside} of {len(cells)} cells ({outside / len(cells):.0%}) lie outside the atlas volume"
+    assert len([line for line in lines if line.startswith("warning:")]) == 2
+    for node in ("cell_table", "regions"):
+        start = f"warning: {node}: {share} (row -1 outside_atlas); the atlas is probably misplaced"
+        assert any(line.startswith(start) for line in lines), lines
+    record = json.loads(next((tmp_path / "cache" / "runs").glob("*.json")).read_text())
+    assert sorted(w.split(":")[0] for w in record["warnings"]) == ["cell_table", "regions"]
+    assert all("[inputs.atlas]" in w and "scale" in w for w in record["warnings"])
+
+
+def test_coverage_is_the_share_of_the_image_the_atlas_covers() -> None:
+    from cvplgraph.ops.regions import coverage
+
+    image = Geometry((10, 10, 10), (1.0, 1.0, 1.0), (0.5, 0.5, 0.5))  # the box 0–10 µm along each axis
+    assert coverage(image, Geometry((5, 20, 20), (1.0, 1.0, 1.0), (0.5, 0.5, 0.5))) == pytest.approx(0.5)
+    assert coverage(image, Geometry((4, 4, 20), (2.0, 2.0, 1.0), (6.0, 6.0, -4.5))) == pytest.approx(0.25)
+    assert coverage(image, Geometry((3, 3, 3), (1.0, 1.0, 1.0), (100.0, 0.5, 0.5))) == 0.0

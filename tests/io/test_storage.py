@@ -170,3 +170,79 @@ def test_display_chunks_are_stored_and_working_chunks_come_back(tmp_path: Path) 
     assert read_array(str(url)).data.chunks == data.data.chunks  # computation gets its chunking back
     assert read_array(str(url), working=False).data.chunks[0] == (1,) * 8
     np.testing.assert_array_equal(read_array(str(url)).values, values)
+
+
+# --------------------------------------------------------------------------- damaged inputs
+
+
+@pytest.fixture
+def damaged(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A float32 NGFF 0.5 image of (16, 32, 32) in (8, 16, 16) chunks whose chunk (1, 0, 1) holds NaN, +Inf, -Inf."""
+    from cvplgraph.synth.volume import SynthParams, write_synthetic
+
+    url = tmp_path / "scan.ome.zarr"
+    write_synthetic(str(url), SynthParams(shape=(16, 32, 32), chunks=(8, 16, 16), seed=1))
+    array = zarr.open_group(str(url), mode="r+")["0"]
+    block = array[8:16, 0:16, 16:32]
+    block[1, 2, 3], block[4, 5, 6], block[7, 15, 15] = np.nan, np.inf, -np.inf
+    array[8:16, 0:16, 16:32] = block
+    return url, np.asarray(array[:])
+
+
+def test_nonfinite_voxels_stop_the_read_naming_the_block_and_how_many(damaged: tuple[Path, np.ndarray]) -> None:
+    url, _ = damaged
+    with pytest.raises(InputError) as info:
+        read_input(InputSpec(str(url))).compute(scheduler="sync")
+    message = str(info.value)
+    assert message.startswith(f"{url} level 0: block (1, 0, 1) (voxels z 8:16, y 0:16, x 16:32) holds 3 non-finite")
+    assert "(1 NaN, 2 ±Inf)" in message and 'nonfinite = "zero"' in message and "\n" not in message
+    # a crop names voxels of the level, not of the crop
+    with pytest.raises(InputError, match=r"block \(0, 0, 0\) \(voxels z 8:16, y 0:16, x 18:32\) holds 3"):
+        read_input(InputSpec(str(url), crop=((8, 16), (0, 16), (18, 32)))).compute(scheduler="sync")
+
+
+def test_nonfinite_zero_reads_them_as_0_and_counts_them(damaged: tuple[Path, np.ndarray]) -> None:
+    from cvplgraph.io.stores import open_input
+
+    url, raw = damaged
+    image, replaced = open_input(InputSpec(str(url), nonfinite="zero"))
+    assert replaced is not None
+    values, count = dask.compute(image.data, replaced, scheduler="threads")
+    np.testing.assert_array_equal(values, np.where(np.isfinite(raw), raw, 0).astype(np.float32))
+    assert int(count) == int((~np.isfinite(raw)).sum()) == 3
+    # with an intensity range, "0" is the image's 0: the range's low end
+    ranged, _ = open_input(InputSpec(str(url), nonfinite="zero", intensity_range=(0.25, 0.75)))
+    expected = np.clip((np.where(np.isfinite(raw), raw, 0.25) - 0.25) / 0.5, 0, 1)
+    np.testing.assert_allclose(ranged.values, expected, atol=1e-6)
+
+
+def test_integer_inputs_are_not_checked(ngff04: tuple[Path, np.ndarray]) -> None:
+    """An integer image cannot hold NaN: no task is added to its graph and nothing is counted."""
+    from cvplgraph.io.stores import open_input
+
+    path, _ = ngff04
+    image, replaced = open_input(InputSpec(str(path), nonfinite="zero"))
+    assert replaced is None
+    assert not [name for name in image.data.dask.layers if "finite" in name]
+    same, _ = open_input(InputSpec(str(path)))
+    assert set(same.data.dask.layers) == set(image.data.dask.layers)
+
+
+def test_nonfinite_zero_changes_the_input_key_and_error_keeps_it(damaged: tuple[Path, np.ndarray]) -> None:
+    from cvplgraph.cache.fingerprint import fingerprint_input
+
+    url, _ = damaged
+    keys = {mode: fingerprint_input(InputSpec(str(url), nonfinite=mode)) for mode in ("error", "zero")}
+    assert keys["error"] != keys["zero"]
+    assert keys["error"] == fingerprint_input(InputSpec(str(url)))  # the default: keys made before it stay valid
+
+
+def test_a_chunk_of_garbage_bytes_is_one_error_naming_its_file(damaged: tuple[Path, np.ndarray]) -> None:
+    url, _ = damaged
+    chunk = url / "0" / "c" / "0" / "1" / "0"
+    chunk.write_bytes(np.random.default_rng(0).bytes(chunk.stat().st_size))
+    with pytest.raises(InputError) as info:  # (its NaN block read as 0, so that only the garbage stops it)
+        read_input(InputSpec(str(url), nonfinite="zero")).compute(scheduler="sync")
+    message = str(info.value)
+    assert message.startswith(f"{chunk}: chunk (0, 1, 0) of level 0 of {url} cannot be read (")
+    assert "blosc" in message and "\n" not in message

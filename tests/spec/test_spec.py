@@ -336,6 +336,11 @@ CASES: list[Case] = [
         add_key("input", "fingerprint", '"mtime"'),
         (Expect("input.fingerprint", at_key("input", "fingerprint"), ('"listing" or "content"', "got 'mtime'")),),
     ),
+    Case(
+        "nonfinite-unknown",
+        add_key("input", "nonfinite", '"nan"'),
+        (Expect("input.nonfinite", at_key("input", "nonfinite"), ('"error" or "zero"', "got 'nan'")),),
+    ),
     # ---- nodes: ops and parameters
     Case(
         "unknown-op",
