@@ -53,3 +53,19 @@ class CacheError(CvplError):
 
 class OpError(CvplError):
     """An op was called with arguments it cannot use."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception on one line (a multi-line message is joined)."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class OpFailed(CvplError):
+    """A node's op raised an exception that is no CvplError, while its graph was built or in one of its
+    tasks: a bug in the op, or an input it cannot handle. Names the node, the op and the exception."""
+
+    def __init__(self, node: str, op: str, exc: BaseException) -> None:
+        self.node, self.op = node, op
+        super().__init__(f"node {node!r} (op {op!r}) failed: {one_line(exc)}")
+

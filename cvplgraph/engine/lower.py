@@ -13,6 +13,7 @@ from cvplgraph.cache.resume import partial_url
 from cvplgraph.cache.store import CachedWrite, write_cached_value
 from cvplgraph.engine.compile import nodes_in_order
 from cvplgraph.engine.plan import Plan, Status
+from cvplgraph.errors import CvplError, OpFailed
 from cvplgraph.io.atlas import read_atlas
 from cvplgraph.io.stores import read_input, read_value
 from cvplgraph.spec.model import INPUT
@@ -56,11 +57,16 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
             continue
         by_port = {port: out.values.get(src) for port, src in node.inputs}
         positional = [by_port.get(port.name) for port in node.opdef.inputs]
-        if with_writes and node.nodespec.cache:  # keep the op's checkpoints, for a resumed run
-            with checkpoint_scope(f"{partial_url(plan.manifest.url, node.key)}/checkpoints"):
+        try:
+            if with_writes and node.nodespec.cache:  # keep the op's checkpoints, for a resumed run
+                with checkpoint_scope(f"{partial_url(plan.manifest.url, node.key)}/checkpoints"):
+                    value = node.opdef.func(*positional, **node.params)
+            else:
                 value = node.opdef.func(*positional, **node.params)
-        else:
-            value = node.opdef.func(*positional, **node.params)
+        except CvplError:  # the op's own, deliberate message
+            raise
+        except Exception as exc:  # an op (a plugin's above all) that fails while building its graph
+            raise OpFailed(node.name, node.opdef.name, exc) from exc
         out.ops_called.append(node.name)
         if isinstance(value, xr.DataArray):
             value.name = node.name
