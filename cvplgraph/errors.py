@@ -69,3 +69,14 @@ class OpFailed(CvplError):
         self.node, self.op = node, op
         super().__init__(f"node {node!r} (op {op!r}) failed: {one_line(exc)}")
 
+
+class HaloTooLarge(OpError):
+    """A parameter's value needs a halo wider than the volume; ``largest`` is the largest that fits
+    (None if none does)."""
+
+    def __init__(self, param: str, value: float, largest: float | None, axis: int, depth: int, size: int) -> None:
+        self.param, self.value, self.largest = param, value, largest
+        fits = f"expected at most {largest:g} for this volume" if largest else "no value fits a volume this small"
+        super().__init__(
+            f"{value:g} needs a halo of {depth} voxels along {'zyx'[axis]}, more than the volume's {size}; {fits}"
+        )

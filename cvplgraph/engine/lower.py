@@ -13,7 +13,7 @@ from cvplgraph.cache.resume import partial_url
 from cvplgraph.cache.store import CachedWrite, write_cached_value
 from cvplgraph.engine.compile import nodes_in_order
 from cvplgraph.engine.plan import Plan, Status
-from cvplgraph.errors import CvplError, OpFailed
+from cvplgraph.errors import CvplError, HaloTooLarge, OpFailed, SpecError
 from cvplgraph.io.atlas import read_atlas
 from cvplgraph.io.stores import read_input, read_value
 from cvplgraph.spec.model import INPUT
@@ -63,6 +63,8 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
                     value = node.opdef.func(*positional, **node.params)
             else:
                 value = node.opdef.func(*positional, **node.params)
+        except HaloTooLarge as exc:  # a parameter the volume cannot hold: a problem of the spec's field
+            raise SpecError([plan.spec.problem(f"nodes.{node.name}.{exc.param}", str(exc))]) from None
         except CvplError:  # the op's own, deliberate message
             raise
         except Exception as exc:  # an op (a plugin's above all) that fails while building its graph

@@ -220,3 +220,21 @@ def test_a_points_output_that_found_nothing_is_said(tmp_path: Path) -> None:
     out = cvplgraph("run", "cells.toml", "--quiet", "--scheduler", "threads", cwd=tmp_path)
     assert out.returncode == 0 and "found no objects" not in out.stderr, out.stderr
     assert abs(len(pd.read_csv(tmp_path / "results" / "cells.csv")) - len(cells)) <= 0.05 * len(cells)
+
+
+def test_a_halo_wider_than_the_volume_is_a_spec_problem(spec_file: Path) -> None:
+    """``sigma = 1e6`` on a gaussian: one line at the field, with the largest sigma this volume holds, from
+    `plan` and `run` alike, before anything is written."""
+    text = spec_file.read_text().replace(
+        '[nodes.mask]\nop = "threshold"\nimage = "input"',
+        '[nodes.smooth]\nop = "gaussian"\nimage = "input"\nsigma = 1e6\n\n'
+        '[nodes.mask]\nop = "threshold"\nimage = "smooth"',
+    )
+    spec_file.write_text(text)
+    number = text.splitlines().index("sigma = 1e6") + 1
+    for command in (["plan"], ["run", "--scheduler", "threads"]):
+        out = cvplgraph(*command[:1], str(spec_file), *command[1:])
+        assert out.returncode == 1
+        assert out.stderr.startswith(f"cvplgraph: error: {spec_file}:{number}: nodes.smooth.sigma: 1e+06 needs a halo")
+        assert out.stderr.count("\n") == 1 and "expected at most" in out.stderr and "Traceback" not in out.stderr
+    assert not (spec_file.parent / "cache").exists()
