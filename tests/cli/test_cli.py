@@ -238,3 +238,24 @@ def test_a_halo_wider_than_the_volume_is_a_spec_problem(spec_file: Path) -> None
         assert out.stderr.startswith(f"cvplgraph: error: {spec_file}:{number}: nodes.smooth.sigma: 1e+06 needs a halo")
         assert out.stderr.count("\n") == 1 and "expected at most" in out.stderr and "Traceback" not in out.stderr
     assert not (spec_file.parent / "cache").exists()
+
+
+SPEC_GARBAGE = {
+    "random bytes": bytes(__import__("random").Random(5).randrange(256) for _ in range(400)),
+    "UTF-8 text, not TOML": "日本語のテキスト\nκείμενο = = [[\n".encode(),
+    "NUL bytes": b"\x00\x01\x02[input]\x00",
+    "a byte-order mark": b'\xef\xbb\xbf[input]\nurl = "x"\n',
+    "half a table": b'[nodes.a\nop = "threshold"\n',
+}
+
+
+@pytest.mark.parametrize("kind", list(SPEC_GARBAGE))
+def test_a_spec_file_that_is_no_toml_is_one_line(tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "spec.toml"
+    path.write_bytes(SPEC_GARBAGE[kind])
+    for command in ("run", "plan"):
+        assert main([command, str(path), "--scheduler", "threads"] if command == "run" else [command, str(path)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"cvplgraph: error: {path}:") and err.count("\n") == 1, err
+        assert "not valid TOML" in err or "is not UTF-8 text" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["spec.toml"]
