@@ -68,3 +68,30 @@ class DamagedStore(CacheError):
 
 class OpError(CvplError):
     """An op was called with arguments it cannot use."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception on one line (a multi-line message is joined)."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class OpFailed(CvplError):
+    """A node's op raised an exception that is no CvplError, while its graph was built or in one of its
+    tasks: a bug in the op, or an input it cannot handle. Names the node, the op and the exception."""
+
+    def __init__(self, node: str, op: str, exc: BaseException) -> None:
+        self.node, self.op = node, op
+        super().__init__(f"node {node!r} (op {op!r}) failed: {one_line(exc)}")
+
+
+class HaloTooLarge(OpError):
+    """A parameter's value needs a halo wider than the volume; ``largest`` is the largest that fits
+    (None if none does)."""
+
+    def __init__(self, param: str, value: float, largest: float | None, axis: int, depth: int, size: int) -> None:
+        self.param, self.value, self.largest = param, value, largest
+        fits = f"expected at most {largest:g} for this volume" if largest else "no value fits a volume this small"
+        super().__init__(
+            f"{value:g} needs a halo of {depth} voxels along {'zyx'[axis]}, more than the volume's {size}; {fits}"
+        )

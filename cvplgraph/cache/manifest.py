@@ -17,12 +17,15 @@ import json
 import posixpath
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 import fsspec
 
 from cvplgraph.errors import CacheError
+from cvplgraph.types import PortType
+
+_PORT_TYPES = [str(t) for t in PortType]
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,54 @@ class Entry:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+
+#: The JSON types each field of an entry may hold (a float field accepts an integer).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    f.name: {"str": (str,), "int": (int,), "float": (int, float), "dict[str, Any]": (dict,), "dict[str, str]": (dict,),
+             "dict[str, int]": (dict,), "list[int] | None": (list, type(None)),
+             "str | None": (str, type(None))}[str(f.type)]
+    for f in fields(Entry)
+}  # fmt: skip
+_REQUIRED = [f.name for f in fields(Entry) if f.default is MISSING and f.default_factory is MISSING]
+
+
+class BadEntry(CacheError):
+    """A manifest entry file that is no entry: not UTF-8, not JSON, or not an entry's fields and types."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        cache = path.rsplit("/manifest/", 1)[0]
+        super().__init__(
+            f"{path}: unreadable cache entry ({reason}); `cvplgraph cache verify --cache {cache}` moves it to "
+            "invalid/ (or delete the file), then the next run computes that node again"
+        )
+
+
+def parse_entry(data: bytes, path: str) -> Entry:
+    """The entry an entry file's bytes hold; :class:`BadEntry` naming ``path`` and what is wrong."""
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadEntry(path, f"byte {exc.start} is not UTF-8; expected a JSON object") from None
+    except json.JSONDecodeError as exc:
+        raise BadEntry(path, f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(document, dict):
+        raise BadEntry(path, f"expected a JSON object, got a {type(document).__name__}")
+    missing = [name for name in _REQUIRED if name not in document]
+    if missing:
+        raise BadEntry(path, f"missing field(s) {', '.join(missing)}")
+    unknown = sorted(set(document) - set(_FIELD_TYPES))
+    if unknown:
+        raise BadEntry(path, f"unknown field(s) {', '.join(unknown)}")
+    for name, value in document.items():
+        kinds = _FIELD_TYPES[name]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise BadEntry(path, f"field {name}: expected {expected}, got {value!r:.40}")
+    if document["type"] not in _PORT_TYPES:
+        raise BadEntry(path, f"field type: expected one of {', '.join(_PORT_TYPES)}, got {document['type']!r:.40}")
+    return Entry(**document)
 
 
 #: Written at the cache root before a run first writes there (and with every entry): marks a folder as
@@ -96,16 +147,13 @@ class Manifest:
         return f"{self.root}/manifest/{key}.json"
 
     def get(self, key: str) -> Entry | None:
+        """The entry of ``key``, None if there is none; :class:`BadEntry` if its file is no entry."""
         path = self.entry_path(key)
         try:
-            with self.fs.open(path, "r") as f:
-                entry = Entry(**json.load(f))
+            data = self.fs.cat_file(path)
         except FileNotFoundError:
             return None
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise CacheError(
-                f"{self.url}: manifest entry {key} is unreadable ({exc}); remove it to recompute"
-            ) from None
+        entry = parse_entry(data, f"{self.url}/manifest/{key}.json")
         if not confined(entry.store):
             raise CacheError(f"{self.url}/manifest/{key}.json: field store: {entry.store!r} lies outside the cache; "
                              "expected a path inside it (stores/<key>); remove the entry to recompute")  # fmt: skip
@@ -120,20 +168,37 @@ class Manifest:
             self.fs.pipe_file(f"{self.root}/{MARKER}", MARKER_TEXT.encode())
 
     def entries(self) -> list[Entry]:
+        """Every readable entry (see :meth:`scan` for the files that are not)."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[Entry], list[BadEntry]]:
+        """Every readable entry, and why each other entry file is none (an entry naming a store outside
+        the cache is no entry either, and is not listed as unreadable: see :func:`confined`)."""
         try:
             paths = self.fs.glob(f"{self.root}/manifest/*.json")
         except FileNotFoundError:
-            return []
-        out = []
+            return [], []
+        out, bad = [], []
         for path in paths:
+            shown = f"{self.url}/manifest/{posixpath.basename(path)}"
             try:
-                with self.fs.open(path, "r") as f:
-                    entry = Entry(**json.load(f))
-            except (OSError, json.JSONDecodeError, TypeError):
-                continue  # an unreadable entry is no entry; `cache verify` reports it
-            if confined(entry.store):  # one naming a store outside the cache is no entry either
+                entry = parse_entry(self.fs.cat_file(path), shown)
+            except BadEntry as exc:
+                bad.append(exc)
+                continue
+            except OSError as exc:  # removed meanwhile (gc), or the store cannot be read
+                bad.append(BadEntry(shown, f"cannot read it: {exc}"))
+                continue
+            if confined(entry.store):
                 out.append(entry)
-        return out
+        return out, bad
+
+    def set_aside(self, bad: BadEntry) -> str:
+        """Move an unreadable entry file to ``invalid/`` (its bytes as they were); returns where it went."""
+        name = posixpath.basename(bad.path)
+        self.fs.makedirs(f"{self.root}/invalid", exist_ok=True)
+        self.fs.mv(f"{self.root}/manifest/{name}", f"{self.root}/invalid/{name}")
+        return f"{self.url}/invalid/{name}"
 
     def previous(self, node: str, spec: str) -> Entry | None:
         """The newest entry made for node ``node``, preferring ones from the same spec file."""

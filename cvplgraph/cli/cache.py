@@ -60,7 +60,11 @@ def handle(args: argparse.Namespace) -> int:
                         "has run (--spec SPEC or --cache URL)")  # fmt: skip
     if manifest.fs.isfile(manifest.root):
         raise CvplError(f"{url}: is a file; expected a cache folder (--spec SPEC or --cache URL)")
-    entries = sorted(manifest.entries(), key=lambda e: e.created)
+    entries, unreadable = manifest.scan()
+    entries.sort(key=lambda e: e.created)
+    if args.action != "verify":  # verify reports them on stdout, as it does damaged entries
+        for bad in unreadable:
+            print(f"warning: {bad}", file=sys.stderr)
     if args.action == "ls":
         now = time.time()
         rows = [("key", "node", "op", "type", "bytes", "age", "spec")]
@@ -82,11 +86,15 @@ def handle(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=1, sort_keys=True))
         return 0
     if args.action == "verify":
+        for bad in unreadable:  # no entry at all: set aside, so that runs stop tripping over it
+            print(f"invalid {bad.path}: unreadable ({bad.reason}); moved to {manifest.set_aside(bad)}; "
+                  "the next run recomputes that node")  # fmt: skip
         problems = verify(manifest, deep=args.deep)
         for p in problems:
             print(f"invalid {p.entry.key} ({p.entry.node}): {p.reason}; the next run recomputes it")
-        print(f"{len(entries) - len(problems)} of {len(entries)} entries verified{' deeply' if args.deep else ''}")
-        return 1 if problems else 0
+        total = len(entries) + len(unreadable)
+        print(f"{len(entries) - len(problems)} of {total} entries verified{' deeply' if args.deep else ''}")
+        return 1 if problems or unreadable else 0
     return _gc(args, manifest, entries, specs)
 
 

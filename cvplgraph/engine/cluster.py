@@ -16,6 +16,8 @@ before anything runs.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import importlib
 import importlib.metadata
@@ -53,10 +55,12 @@ def connect(spec: Spec, client: Any = None, scheduler: str | None = None) -> Ite
 
     address = scheduler or spec.cluster.address
     if address:
+        timeout = spec.cluster.connect_timeout
+        check_scheduler(address, timeout)
         try:
-            c = Client(address, timeout="10s")
-        except (OSError, TimeoutError) as exc:
-            raise CvplError(f"cannot reach the dask scheduler at {address}: {exc}") from None
+            c = Client(address, timeout=f"{timeout}s")
+        except Exception as exc:  # anything the address answers must end in one line, not a traceback
+            raise CvplError(f"cannot connect to the dask scheduler at {address}: {_reason(exc)}") from None
         with c:
             yield c
         return
@@ -71,6 +75,61 @@ def connect(spec: Spec, client: Any = None, scheduler: str | None = None) -> Ite
         return
     with local_cluster(spec) as c:
         yield c
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _identity(address: str, timeout: float) -> Any:
+    """What the server at ``address`` says it is, asked the way a client asks a scheduler."""
+    from distributed.comm import connect as open_comm
+    from distributed.core import send_recv
+    from distributed.security import Security
+
+    comm = await open_comm(address, timeout=timeout, **Security().get_connection_args("client"))
+    try:
+        return await send_recv(comm, op="identity", reply=True)
+    finally:
+        comm.abort()
+
+
+def check_scheduler(address: str, timeout: float) -> None:
+    """Stop with one line unless a dask scheduler answers at ``address`` within ``timeout`` seconds.
+
+    distributed's own connection waits for the other side's handshake without a time limit, so an
+    address that accepts connections but speaks another protocol (an HTTP server, the dashboard's
+    port) would hang the run; one that closes the connection or answers garbage would raise whatever
+    decoding the garbage raised. The probe runs in a thread of its own, with its own event loop, so
+    it works from inside a running loop (a notebook) as well.
+    """
+    if address.startswith("inproc://"):  # an in-process scheduler: nothing on the network to check
+        return
+
+    def probe() -> Any:  # one second more than the connection's own limit, so "nothing listens" is told apart
+        return asyncio.run(asyncio.wait_for(_identity(address, timeout), timeout + 1))
+
+    from distributed.comm.core import CommClosedError
+
+    expected = f"expected a dask scheduler at {address}"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            identity = pool.submit(probe).result()
+        except TimeoutError:
+            raise CvplError(
+                f"{expected}, but nothing answered as one within {timeout:g} s ([cluster] connect_timeout); "
+                "is it the dashboard's or another service's port?"
+            ) from None
+        except CommClosedError:
+            raise CvplError(f"{expected}, but the server there closed the connection without answering") from None
+        except OSError as exc:  # nothing listens there (distributed retries until the timeout), no route, …
+            raise CvplError(f"cannot reach the dask scheduler at {address}: {exc}") from None
+        except Exception as exc:
+            raise CvplError(f"{expected}, but the server there answered something else ({_reason(exc)})") from None
+    kind = identity.get("type") if isinstance(identity, dict) else None
+    if not (isinstance(kind, str) and kind.endswith("Scheduler")):
+        found = f"a dask {kind}" if isinstance(kind, str) else f"the answer {str(identity)[:80]!r}"
+        raise CvplError(f"{expected}, found {found}")
 
 
 @contextlib.contextmanager
@@ -186,4 +245,4 @@ def ship_plugins(client: Any, modules: Iterable[str]) -> None:
         )
 
 
-__all__ = ["connect", "load_factory", "local_cluster", "ship_plugins"]
+__all__ = ["check_scheduler", "connect", "load_factory", "local_cluster", "ship_plugins"]

@@ -9,13 +9,14 @@ never describes an incomplete store.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +33,12 @@ from cvplgraph.cache.resume import chunk_grid, clear_partial
 from cvplgraph.cache.store import read_cached
 from cvplgraph.engine.cluster import connect, ship_plugins
 from cvplgraph.engine.compile import nodes_in_order
+from cvplgraph.engine.failures import cluster_failed_keys, local_failed_keys
 from cvplgraph.engine.lower import Lowered, lower
 from cvplgraph.engine.plan import Plan, make_plan
 from cvplgraph.engine.progress import Display, as_display, cluster_progress, counting, local_progress
-from cvplgraph.errors import CacheError, CvplError, DamagedStore
+from cvplgraph.engine.status import Status
+from cvplgraph.errors import CacheError, CvplError, DamagedStore, OpFailed, one_line
 from cvplgraph.io.outputs import region_dataset, write_block_counts, write_points, write_regions
 from cvplgraph.io.stores import write_array
 from cvplgraph.spec.targets import PROVENANCE_SUFFIX
@@ -86,6 +89,8 @@ class Targets:
 
     values: dict[str, Any]  # node → the lazy frame or counts of a small result (Table, BlockCounts)
     writes: list[Any]  # lazy writes of cache stores and array outputs, computed for their effect
+    # (keys of the failed task, innermost first; its exception) → the one-line error the run stops with
+    failure: Callable[[list[str], Exception], CvplError] = lambda keys, exc: CvplError(f"the run failed: {exc}")
 
 
 def _targets(plan: Plan, lowered: Lowered) -> Targets:
@@ -103,7 +108,7 @@ def _targets(plan: Plan, lowered: Lowered) -> Targets:
         if isinstance(value, xr.DataArray):
             node = plan.node(name)
             writes += write_array(target, value, node.output, node.nodespec.store, name)
-    return Targets(values, writes)
+    return Targets(values, writes, functools.partial(node_failure, plan, lowered))
 
 
 def _compute(
@@ -119,7 +124,13 @@ def _compute(
                 from dask.diagnostics import Profiler
 
                 profiler = stack.enter_context(Profiler())
-            out = list(dask.compute(*collections))
+            try:
+                with dask.config.set({"admin.traceback.shorten": []}):  # keep the frames naming the failed task
+                    out = list(dask.compute(*collections))
+            except CvplError:
+                raise
+            except Exception as exc:
+                raise targets.failure(local_failed_keys(exc), exc) from exc
             if tasks is not None:
                 tasks += [(str(t.key), t.end_time - t.start_time) for t in profiler.results]
             return dict(zip(targets.values, out))
@@ -136,6 +147,10 @@ def _compute(
             with contextlib.suppress(Exception):
                 client.cancel(futures)
             raise
+        except CvplError:
+            raise
+        except Exception as exc:
+            raise targets.failure(cluster_failed_keys(client, futures), exc) from exc
     if tasks is not None:
         for record in stream.data:
             spans = [s["stop"] - s["start"] for s in record.get("startstops", ()) if s.get("action") == "compute"]
@@ -184,6 +199,24 @@ def task_owners(plan: Plan, lowered: Lowered) -> dict[str, str]:
                 for key in layer:
                     owners.setdefault(str(key), node.name)
     return owners
+
+
+def node_failure(plan: Plan, lowered: Lowered, keys: list[str], exc: Exception) -> CvplError:
+    """The one-line error for a compute whose task raised ``exc``: the node the task belongs to (the
+    first of ``keys``, innermost first, that :func:`task_owners` knows) and what it was doing."""
+    owners = task_owners(plan, lowered)
+    name = next((owners[k] for k in keys if k in owners), None)
+    if name is None:
+        return CvplError(f"a task of the run failed: {one_line(exc)} (--debug shows the traceback)")
+    node = plan.node(name)
+    if node.is_input:
+        return CvplError(f"reading {name!r} failed: {one_line(exc)}")
+    if plan.nodes[name].status is Status.CACHED:
+        return CvplError(
+            f"reading node {name!r} from the cache failed: {one_line(exc)}; `cvplgraph cache verify --deep` checks "
+            "its store and moves a damaged entry away, so that the next run computes it again"
+        )
+    return OpFailed(name, node.opdef.name, exc)
 
 
 def _provenance(plan: Plan, name: str) -> tuple[dict[str, int], dict[str, str]]:

@@ -15,6 +15,7 @@ from cvplgraph.cache.resume import partial_url
 from cvplgraph.cache.store import CachedWrite, read_cached, write_cached_value
 from cvplgraph.engine.compile import nodes_in_order
 from cvplgraph.engine.plan import Plan, Status
+from cvplgraph.errors import CvplError, HaloTooLarge, OpFailed, SpecError
 from cvplgraph.io.atlas import read_atlas, region_ids
 from cvplgraph.io.stores import open_input
 from cvplgraph.spec.model import INPUT
@@ -67,11 +68,18 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
             continue
         by_port = {port: out.values.get(src) for port, src in node.inputs}
         positional = [by_port.get(port.name) for port in node.opdef.inputs]
-        if with_writes and node.nodespec.cache:  # keep the op's checkpoints, for a resumed run
-            with checkpoint_scope(f"{partial_url(plan.manifest.url, node.key)}/checkpoints"):
+        try:
+            if with_writes and node.nodespec.cache:  # keep the op's checkpoints, for a resumed run
+                with checkpoint_scope(f"{partial_url(plan.manifest.url, node.key)}/checkpoints"):
+                    value = node.opdef.func(*positional, **node.params)
+            else:
                 value = node.opdef.func(*positional, **node.params)
-        else:
-            value = node.opdef.func(*positional, **node.params)
+        except HaloTooLarge as exc:  # a parameter the volume cannot hold: a problem of the spec's field
+            raise SpecError([plan.spec.problem(f"nodes.{node.name}.{exc.param}", str(exc))]) from None
+        except CvplError:  # the op's own, deliberate message
+            raise
+        except Exception as exc:  # an op (a plugin's above all) that fails while building its graph
+            raise OpFailed(node.name, node.opdef.name, exc) from exc
         out.ops_called.append(node.name)
         if isinstance(value, xr.DataArray):
             value.name = node.name

@@ -9,6 +9,7 @@ one typical size, as good (see docs/benchmarks.md).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import dask
@@ -18,6 +19,7 @@ import xarray as xr
 from scipy import ndimage
 
 from cvplgraph.ops._blocks import block_cores
+from cvplgraph.ops._halo import check_reach
 from cvplgraph.ops.filters import TRUNCATE
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
@@ -150,6 +152,12 @@ def blobs(
     """
     geometry = Geometry.of(image)
     scale = geometry.scale
+
+    def reach(widest: float) -> list[int]:
+        return [math.ceil(TRUNCATE * widest / a) + 1 for a in scale]
+
+    check_reach("min_sigma", min_sigma, reach, image.shape)
+    check_reach("max_sigma", max_sigma, lambda s: reach(max(s, min_sigma)), image.shape)  # the widest σ sets the halo
     sig_um = np.linspace(min_sigma, max_sigma, num_sigma) if num_sigma > 1 else np.array([min_sigma])
     sigmas = sig_um[:, None] / np.asarray(scale)[None, :]
     halo = np.ceil(TRUNCATE * sigmas.max(axis=0)).astype(int) + 1

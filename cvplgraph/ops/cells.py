@@ -58,6 +58,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from cvplgraph.ops._blocks import block_cores
+from cvplgraph.ops._halo import check_reach
 from cvplgraph.ops._tiles import interpolate, tile_span, tile_stats
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
@@ -471,6 +472,7 @@ def detect_cells(
     """
     geometry = Geometry.of(image)
     lengths = (float(diameter), float(window), float(separation), tuple(geometry.scale))
+    check_reach("diameter", diameter, lambda d: Scales(d, *lengths[1:]).filter_halo, image.shape)
     scales = Scales(*lengths)
     data = image.data
     shape = np.asarray(data.shape)

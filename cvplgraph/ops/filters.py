@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
+from cvplgraph.ops._halo import check_reach
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import Geometry, like, wrap
@@ -69,6 +70,7 @@ def gaussian(image: xr.DataArray, *, sigma: float = 2.0) -> xr.DataArray:
     smoothed : (Z, Y, X) DataArray of float32
         Equal to ``scipy.ndimage.gaussian_filter(image, sigma / voxel_size, mode="reflect")``.
     """
+    check_reach("sigma", sigma, lambda s: gaussian_radius(sigma_voxels(s, image)), image.shape)
     return like(smooth(image.data, sigma_voxels(sigma, image)), image)
 
 
@@ -103,6 +105,7 @@ def background_subtract(image: xr.DataArray, *, radius: float = 15.0) -> xr.Data
         with ``mode="reflect"`` on the whole array.
     """
     scale = Geometry.of(image).scale
+    check_reach("radius", radius, lambda r: [2 * max(1, round(r / s)) for s in scale], image.shape)
     size = tuple(2 * max(1, round(radius / s)) + 1 for s in scale)
     depth = {a: size[a] - 1 for a in range(3)}
     data = image.data.map_overlap(_tophat_block, depth=depth, boundary="reflect", dtype=np.float32, size=size)

@@ -6,7 +6,8 @@ import dask
 import numpy as np
 import xarray as xr
 
-from cvplgraph.ops.filters import histogram, sigma_voxels, smooth
+from cvplgraph.ops._halo import check_reach
+from cvplgraph.ops.filters import gaussian_radius, histogram, sigma_voxels, smooth
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import like
@@ -98,5 +99,6 @@ def local_threshold(image: xr.DataArray, *, sigma: float = 20.0, offset: float =
     mask : (Z, Y, X) DataArray of uint8
         Adapts to slow background gradients that defeat one global level.
     """
+    check_reach("sigma", sigma, lambda s: gaussian_radius(sigma_voxels(s, image)), image.shape)
     local_mean = smooth(image.data, sigma_voxels(sigma, image))
     return like((image.data > local_mean + np.float32(offset)).astype(np.uint8), image)

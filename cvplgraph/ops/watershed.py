@@ -14,12 +14,15 @@ that pass and keeps the position ids.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import xarray as xr
 from dask.graph_manipulation import bind
 from scipy import ndimage
 from skimage.segmentation import watershed as skimage_watershed
 
+from cvplgraph.ops._halo import check_reach
 from cvplgraph.ops.components import LABEL_DTYPE
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
@@ -194,6 +197,13 @@ def watershed(
 
     geometry = Geometry.of(mask)
     scale = geometry.scale
+
+    def reach(radius: float, distance: float) -> list[int]:
+        return [math.ceil((2 * radius + distance) / s) for s in scale]
+
+    if all(r <= n for r, n in zip(reach(max_radius, 0.0), mask.shape)):  # the radius fits: the rest is the distance's
+        check_reach("min_distance", min_distance, lambda d: reach(max_radius, d), mask.shape)
+    check_reach("max_radius", max_radius, lambda r: reach(r, min_distance), mask.shape)
     depth = tuple(int(np.ceil((2 * max_radius + min_distance) / s)) for s in scale)
     data = mask.data
     data = data.rechunk(tuple(at_least(c, d) for c, d in zip(data.chunks, depth)))

@@ -8,6 +8,9 @@ from typing import Any
 
 from cvplgraph.spec.fields import Collector
 
+#: Seconds a scheduler address (``--scheduler`` or ``[cluster] address``) has to answer as a dask scheduler.
+CONNECT_TIMEOUT = 20.0
+
 
 @dataclass(frozen=True)
 class ClusterSpec:
@@ -19,13 +22,18 @@ class ClusterSpec:
     memory_limit: str = "auto"
     factory: str = ""  # "module:function" returning a distributed Client or Cluster
     options: tuple[tuple[str, Any], ...] = ()  # keyword arguments of the factory
+    connect_timeout: float = CONNECT_TIMEOUT  # seconds for a scheduler address to answer as a dask scheduler
 
 
 def parse_cluster(raw: Any, c: Collector) -> ClusterSpec:
     if not isinstance(raw, dict):
         c.add("cluster", f"expected a table, got {raw!r}")
         return ClusterSpec()
-    c.unknown_keys(raw, ["address", "n_workers", "threads_per_worker", "memory_limit", "factory", "options"], "cluster")
+    c.unknown_keys(
+        raw,
+        ["address", "n_workers", "threads_per_worker", "memory_limit", "factory", "options", "connect_timeout"],
+        "cluster",
+    )
     address = c.typed(
         raw, "address", "cluster", str, '"" or a scheduler address such as "tcp://127.0.0.1:8786"', default=""
     )
@@ -48,4 +56,10 @@ def parse_cluster(raw: Any, c: Collector) -> ClusterSpec:
         options = {}
     elif options and not factory:
         c.add("cluster.options", "expected a factory to pass these options to; set cluster.factory")
-    return ClusterSpec(address, max(workers, 0), max(threads, 0), memory, factory, tuple(options.items()))
+    timeout = c.typed(raw, "connect_timeout", "cluster", (int, float), "a number of seconds > 0", CONNECT_TIMEOUT)
+    if not 0 < timeout < float("inf"):
+        c.add("cluster.connect_timeout", f"expected a number of seconds > 0, got {timeout!r}")
+        timeout = CONNECT_TIMEOUT
+    return ClusterSpec(
+        address, max(workers, 0), max(threads, 0), memory, factory, tuple(options.items()), float(timeout)
+    )

@@ -218,3 +218,51 @@ def test_a_cache_url_with_nothing_there_or_a_file_is_one_line(tmp_path: Path, ac
         assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert words in out.stderr and str(url) in out.stderr and "Traceback" not in out.stderr
     assert afile.read_text() == "not a cache" and not (tmp_path / "nowhere").exists()
+
+
+GARBAGE = {
+    "random bytes": bytes(np.random.default_rng(4).integers(0, 256, 300, dtype=np.uint8)),
+    "not JSON": b'{"key": ',
+    "a JSON list": b"[1, 2]",
+    "missing fields": b'{"key": "abc"}',
+    "an extra field": None,  # the real entry with one field more
+    "a wrong type": None,  # the real entry with created = "yesterday"
+}
+
+
+@pytest.mark.parametrize("kind", list(GARBAGE))
+def test_a_garbage_entry_file_is_one_line_listed_and_set_aside(spec_file: Path, kind: str) -> None:
+    """run: one line naming the file and the fix; ls: the good entries, the bad file on stderr; verify: the
+    file reported and moved to invalid/, exit 1; then the run recomputes that node only."""
+    spec, manifest = cached(spec_file)
+    counts = entry_of(manifest, "counts")
+    path = Path(manifest.root) / "manifest" / f"{counts.key}.json"
+    document = json.loads(path.read_text())
+    if kind == "an extra field":
+        path.write_text(json.dumps({**document, "colour": "blue"}))
+    elif kind == "a wrong type":
+        path.write_text(json.dumps({**document, "created": "yesterday"}))
+    else:
+        path.write_bytes(GARBAGE[kind])
+    garbage = path.read_bytes()
+    shown = f"{spec.cache_url}/manifest/{counts.key}.json: unreadable cache entry ("
+
+    done = cli("run", str(spec_file), "--quiet", "--scheduler", "threads")
+    assert done.returncode == 1 and done.stderr.startswith(f"cvplgraph: error: {shown}"), done.stderr
+    assert done.stderr.count("\n") == 1 and f"`cvplgraph cache verify --cache {spec.cache_url}`" in done.stderr
+
+    listing = cli("cache", "ls", "--spec", str(spec_file))
+    assert listing.returncode == 0, listing.stderr
+    assert all(node in listing.stdout for node in ("mask", "cells", "centroids")) and "counts" not in listing.stdout
+    assert listing.stderr.startswith(f"warning: {shown}") and listing.stderr.count("\n") == 1
+
+    checked = cli("cache", "verify", "--spec", str(spec_file))
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr, checked.stderr
+    assert f"invalid {spec.cache_url}/manifest/{counts.key}.json: unreadable (" in checked.stdout
+    assert "3 of 4 entries verified" in checked.stdout
+    assert (Path(manifest.root) / "invalid" / f"{counts.key}.json").read_bytes() == garbage
+    assert not path.exists()
+
+    again = cli("run", str(spec_file), "--quiet", "--scheduler", "threads")
+    assert again.returncode == 0, again.stderr
+    assert entry_of(manifest, "counts").key == counts.key

@@ -281,7 +281,7 @@ def test_nan_voxels_stop_the_run_in_one_line_or_are_read_as_0_and_counted(tmp_pa
     (tmp_path / "spec.toml").write_text(DAMAGED_SPEC.format(extra='nonfinite = "zero"\n'))
     out = cvplgraph("run", "spec.toml", "--quiet", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert f'warning: input: 3 non-finite voxel(s) (NaN or ±Inf) of {store} were read as 0' in out.stderr
+    assert f"warning: input: 3 non-finite voxel(s) (NaN or ±Inf) of {store} were read as 0" in out.stderr
     record = json.loads(next((tmp_path / "cache" / "runs").glob("*.json")).read_text())
     assert record["tallies"] == {"input.nonfinite": 3} and len(record["warnings"]) == 1
     _, expected = ndimage.label(np.where(np.isfinite(raw), raw, 0) > 0.3, structure=np.ones((3, 3, 3)))
@@ -301,3 +301,42 @@ def test_a_chunk_of_garbage_bytes_is_one_line_naming_its_file(tmp_path: Path) ->
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith(f"cvplgraph: error: {chunk}: chunk (0, 1, 1) of level 0 of {tmp_path / 'scan.ome.zarr'}"
                                " cannot be read (RuntimeError: error during blosc decompression")  # fmt: skip
+
+
+def test_a_halo_wider_than_the_volume_is_a_spec_problem(spec_file: Path) -> None:
+    """``sigma = 1e6`` on a gaussian: one line at the field, with the largest sigma this volume holds, from
+    `plan` and `run` alike, before anything is written."""
+    text = spec_file.read_text().replace(
+        '[nodes.mask]\nop = "threshold"\nimage = "input"',
+        '[nodes.smooth]\nop = "gaussian"\nimage = "input"\nsigma = 1e6\n\n'
+        '[nodes.mask]\nop = "threshold"\nimage = "smooth"',
+    )
+    spec_file.write_text(text)
+    number = text.splitlines().index("sigma = 1e6") + 1
+    for command in (["plan"], ["run", "--scheduler", "threads"]):
+        out = cvplgraph(*command[:1], str(spec_file), *command[1:])
+        assert out.returncode == 1
+        assert out.stderr.startswith(f"cvplgraph: error: {spec_file}:{number}: nodes.smooth.sigma: 1e+06 needs a halo")
+        assert out.stderr.count("\n") == 1 and "expected at most" in out.stderr and "Traceback" not in out.stderr
+    assert not (spec_file.parent / "cache").exists()
+
+
+SPEC_GARBAGE = {
+    "random bytes": bytes(__import__("random").Random(5).randrange(256) for _ in range(400)),
+    "UTF-8 text, not TOML": "日本語のテキスト\nκείμενο = = [[\n".encode(),
+    "NUL bytes": b"\x00\x01\x02[input]\x00",
+    "a byte-order mark": b'\xef\xbb\xbf[input]\nurl = "x"\n',
+    "half a table": b'[nodes.a\nop = "threshold"\n',
+}
+
+
+@pytest.mark.parametrize("kind", list(SPEC_GARBAGE))
+def test_a_spec_file_that_is_no_toml_is_one_line(tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "spec.toml"
+    path.write_bytes(SPEC_GARBAGE[kind])
+    for command in ("run", "plan"):
+        assert main([command, str(path), "--scheduler", "threads"] if command == "run" else [command, str(path)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"cvplgraph: error: {path}:") and err.count("\n") == 1, err
+        assert "not valid TOML" in err or "is not UTF-8 text" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["spec.toml"]

@@ -78,3 +78,35 @@ def test_local_threshold(volume: np.ndarray, chunks: tuple[int, int, int]) -> No
     out = ops.local_threshold(chunked(volume, chunks), sigma=6.0, offset=0.02).values
     mean = ndimage.gaussian_filter(volume, (6.0 / 4, 6.0 / 1.5, 6.0), mode="reflect", truncate=4.0)
     np.testing.assert_array_equal(out, (volume > mean + np.float32(0.02)).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("op", "port", "params", "param"),
+    [
+        ("gaussian", "image", {"sigma": 1e6}, "sigma"),
+        ("local_threshold", "image", {"sigma": 1e6}, "sigma"),
+        ("background_subtract", "image", {"radius": 1e6}, "radius"),
+        ("blobs", "image", {"max_sigma": 1e6}, "max_sigma"),
+        ("blobs", "image", {"min_sigma": 1e6, "max_sigma": 2e6}, "min_sigma"),
+        ("detect_cells", "image", {"diameter": 1e6}, "diameter"),
+        ("watershed", "mask", {"max_radius": 1e6}, "max_radius"),
+        ("watershed", "mask", {"min_distance": 1e6}, "min_distance"),
+    ],
+)
+def test_a_halo_wider_than_the_volume_names_the_parameter_and_what_fits(
+    volume: np.ndarray, op: str, port: str, params: dict, param: str
+) -> None:
+    """``sigma = 1e6`` used to end in dask's overlap error (or kernels no block can hold); the op now says
+    which parameter, and the largest value that fits builds."""
+    from cvplgraph.errors import HaloTooLarge
+    from cvplgraph.registry import get_op
+
+    value = chunked(volume if port == "image" else (volume > 0.5).astype(np.uint8), (24, 40, 48))
+    func = get_op(op).func
+    with pytest.raises(HaloTooLarge) as info:
+        func(value, **params)
+    assert info.value.param == param and info.value.largest is not None
+    assert str(info.value).startswith(f"{params[param]:g} needs a halo of ")
+    fits = f"more than the volume's 24; expected at most {info.value.largest:g} for this volume"
+    assert str(info.value).endswith(fits)
+    func(value, **{name: info.value.largest for name in params})  # the largest value that fits builds its graph

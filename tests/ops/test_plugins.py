@@ -70,6 +70,75 @@ def test_plugin_import_failure_is_a_spec_problem(spec_file: Path) -> None:
     assert "cannot import plugin module 'no_such_lab_module': ModuleNotFoundError" in problem.message
 
 
+FAILING = '''
+import numpy as np
+from cvplgraph.registry import op
+from cvplgraph.types import PortType
+from cvplgraph.values import like
+
+
+def _block(b):
+    if b.shape[0] == 24:  # every block of the test volume, on whichever worker it runs
+        raise ValueError("no threshold for a block of shape " + str(b.shape))
+    return (b > 0.3).astype(np.uint8)
+
+
+@op("my_threshold", version=1, inputs={"image": PortType.Image}, output=PortType.Mask)
+def my_threshold(image, *, when: str = "compute"):
+    """Raises in its block function, or while its graph is built (``when = "lowering"``)."""
+    if when == "lowering":
+        raise ValueError("cannot build a graph")
+    return like(image.data.map_blocks(_block, dtype=np.uint8), image)
+'''
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("threads", "ValueError: no threshold for a block of shape (24, 96, 96)"),
+        ("cluster", "ValueError: no threshold for a block of shape (24, 96, 96)"),
+        ("lowering", "ValueError: cannot build a graph"),
+    ],
+)
+def test_a_plugin_op_that_raises_is_one_line_naming_node_and_op(spec_file: Path, where: str, message: str) -> None:
+    """An op raising in a dask task (local threads or a LocalCluster's worker process) or while its graph is
+    built: one line with the node, the op and the exception, exit 1, and nothing committed to the cache."""
+    import subprocess
+    import sys
+
+    (spec_file.parent / "my_ops.py").write_text(FAILING)
+    text = 'plugins = ["my_ops"]\n\n' + spec_file.read_text().replace('op = "threshold"', 'op = "my_threshold"')
+    text = text.replace("level = 0.3", 'when = "lowering"' if where == "lowering" else "")
+    if where == "cluster":  # the spec's LocalCluster: one worker process, the plugin uploaded to it
+        text += "\n[cluster]\nn_workers = 1\n"
+    spec_file.write_text(text)
+    flag = [] if where == "cluster" else ["--scheduler", "threads"]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cvplgraph", "run", str(spec_file), *flag, "--quiet", *extra],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    out = run()
+    assert out.returncode == 1, out.stderr
+    assert out.stderr == f"cvplgraph: error: node 'mask' (op 'my_threshold') failed: {message}\n"
+    manifest = spec_file.parent / "cache" / "manifest"
+    assert not manifest.exists() or not any(manifest.iterdir())
+    debug = run("--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and message in debug.stderr
+
+
+def test_an_op_failure_in_python_names_node_and_op(spec_file: Path) -> None:
+    from cvplgraph.errors import OpFailed
+
+    (spec_file.parent / "my_ops.py").write_text(FAILING)
+    text = 'plugins = ["my_ops"]\n\n' + spec_file.read_text().replace('op = "threshold"', 'op = "my_threshold"')
+    spec_file.write_text(text.replace("level = 0.3", ""))
+    with pytest.raises(OpFailed) as info:
+        cvplgraph.run(cvplgraph.load_spec(spec_file), scheduler="sync")
+    assert (info.value.node, info.value.op) == ("mask", "my_threshold")
+    assert isinstance(info.value.__cause__, ValueError)
+
+
 def test_conformance_catches_a_chunk_dependent_op(plugin_spec: Path) -> None:
     cvplgraph.load_spec(plugin_spec)  # imports lab_ops
     import lab_ops  # type: ignore[import-not-found]
