@@ -167,6 +167,19 @@ class Manifest:
             self.fs.makedirs(self.root, exist_ok=True)
             self.fs.pipe_file(f"{self.root}/{MARKER}", MARKER_TEXT.encode())
 
+    def remove_if_unused(self) -> None:
+        """Remove the cache folder again when it holds nothing but its marker and an empty ``leases``
+        folder: what a run that stopped before writing anything leaves in a cache it created."""
+        try:
+            names = {p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)}
+            if not names <= {MARKER, "leases"} or ("leases" in names and self.fs.ls(f"{self.root}/leases")):
+                return
+            for name in names:
+                self.fs.rm(f"{self.root}/{name}", recursive=name == "leases")
+            self.fs.rmdir(self.root)
+        except OSError:
+            pass  # something else is being written there (a concurrent run): it stays
+
     def entries(self) -> list[Entry]:
         """Every readable entry (see :meth:`scan` for the files that are not)."""
         return self.scan()[0]

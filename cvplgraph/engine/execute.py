@@ -388,6 +388,7 @@ def _execute(
                 display.message(f"dask dashboard: {report.dashboard}")
                 display.event("dashboard", url=report.dashboard)
             ship_plugins(cl, modules)
+        fresh = not plan.manifest.fs.exists(plan.manifest.root)
         plan = _claim(plan, holder)  # the keys it reads and writes are leased; its entries are still there
         report.computed, report.cached = plan.to_compute(), plan.cached()
         stored = [n for n in report.computed if plan.nodes[n].cache]
@@ -400,8 +401,14 @@ def _execute(
             ship_plugins(cl, more)
         if report.computed:  # the cache folder is marked before anything is written into it (see docs/cache.md)
             plan.manifest.write_marker()
-        lowered = lower(plan)
-        targets = _targets(plan, lowered)
+        try:
+            lowered = lower(plan)
+            targets = _targets(plan, lowered)
+        except BaseException:  # a problem found while building the graph: a cache made for this run goes again
+            holder.release()
+            if fresh:
+                plan.manifest.remove_if_unused()
+            raise
         report.blocks = {name: (w.blocks, w.blocks_done) for name, w in lowered.cached.items()}
         tasks: list[tuple[str, float]] | None = [] if profile else None
         computed = _compute(targets, cl, display, tasks)

@@ -8,6 +8,10 @@
 | disk full while writing      | exit 1, one line naming the store; nothing committed       | here               |
 | `cache gc` during a run      | leased keys kept; else the read notices and recomputes     | test_leases        |
 | a read-only cache            | cached specs served; the rest one line                     | test_readonly      |
+| a garbage manifest entry     | run: one line; ls lists the rest; verify sets it aside     | test_cache_tool    |
+| an entry's store outside     | no entry: gc deletes nothing outside the cache             | test_cache_tool    |
+| an undecodable input chunk   | one line naming the chunk's file                           | io/test_storage    |
+| an input chunk absent        | counted and said by plan and run; refused on request       | io/test_missing_chunks |
 """
 
 from __future__ import annotations
