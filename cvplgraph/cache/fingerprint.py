@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ class Survey:
     total: int  # chunk objects the selection reads
     examples: tuple[str, ...]  # the first few absent chunks' keys
     fill_value: Any = 0
+    nbytes: int = 0  # bytes of the selection as stored (voxels × the dtype's size)
 
     def note(self) -> str | None:
         """One line for ``plan`` and the run record, when chunks are absent."""
@@ -90,7 +92,22 @@ def survey_input(spec: InputSpec) -> Survey:
     wanted = _selected_chunks(array, axis_names(ms, array.ndim), spec)
     present = {p for p, _, _ in listing}
     absent = [k for k in wanted if k not in present]
-    return Survey(key, level_url, len(absent), len(wanted), tuple(absent[:3]), array.fill_value)
+    voxels = math.prod(_selected_shape(array.shape, axis_names(ms, array.ndim), spec))
+    return Survey(key, level_url, len(absent), len(wanted), tuple(absent[:3]), array.fill_value,
+                  voxels * array.dtype.itemsize)  # fmt: skip
+
+
+def _selected_shape(shape: tuple[int, ...], names: list[str], spec: InputSpec) -> list[int]:
+    """The z, y, x extent a run reads (one channel, one time point, the crop)."""
+    crop = dict(zip("zyx", spec.crop)) if spec.crop else {}
+    out = []
+    for axis, size in zip(names, shape):
+        if axis in crop:
+            start, stop = crop[axis]
+            out.append(max(0, (size if stop < 0 else min(stop, size)) - start))
+        elif axis in ("z", "y", "x"):
+            out.append(size)
+    return out
 
 
 def _selected_chunks(array: Any, names: list[str], spec: InputSpec) -> list[str]:
@@ -104,7 +121,7 @@ def _selected_chunks(array: Any, names: list[str], spec: InputSpec) -> list[str]
             start, stop = crop[axis]
             stop = size if stop < 0 else min(stop, size)
             ranges.append(range(start // step, max(start // step, -(-stop // step))))
-        elif axis in "zyx":
+        elif axis in ("z", "y", "x"):
             ranges.append(range(-(-size // step)))
         else:
             pick = {"c": spec.channel, "t": spec.timepoint}.get(axis, 0)

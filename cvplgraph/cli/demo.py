@@ -116,7 +116,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="FOLDER",
         help="the Allen CCFv3 atlas of ../shared/data when found (default), 'procedural', or an atlas folder",
     )
-    p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address, or 'threads' / 'sync'")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address, 'threads' / 'sync', or 'cluster' "
+                   "(a LocalCluster; default: threads, the demo is small)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common(p)
     return p

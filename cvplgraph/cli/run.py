@@ -24,8 +24,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--scheduler",
         metavar="ADDRESS",
-        help="dask scheduler address (overrides [cluster] address and factory), or 'threads' / 'sync' "
-        "for dask's local schedulers; default: the spec's [cluster], else a LocalCluster on this machine",
+        help="dask scheduler address (overrides [cluster] address and factory), 'threads' / 'sync' for dask's "
+        "local schedulers, or 'cluster' for the spec's [cluster] (else a LocalCluster) whatever the size; "
+        "default ('auto'): the spec's [cluster] if it has one, threads in this process for an input under "
+        "2 GiB, else a LocalCluster on this machine",
     )
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--quiet", action="store_true", help="no progress bar, no summary")

@@ -41,6 +41,7 @@ from cvplgraph.engine.status import Status
 from cvplgraph.errors import CacheError, CvplError, DamagedStore, OpFailed, one_line
 from cvplgraph.io.outputs import region_dataset, write_block_counts, write_points, write_regions
 from cvplgraph.io.stores import write_array
+from cvplgraph.spec.cluster import ClusterSpec
 from cvplgraph.spec.targets import PROVENANCE_SUFFIX
 from cvplgraph.types import PortType
 from cvplgraph.values import BlockCounts, Table
@@ -156,6 +157,38 @@ def _compute(
             spans = [s["stop"] - s["start"] for s in record.get("startstops", ()) if s.get("action") == "compute"]
             tasks.append((str(record["key"]), sum(spans)))
     return dict(zip(targets.values, out))
+
+
+#: Inputs smaller than this (as stored) run in this process on dask's threads when nothing says otherwise:
+#: starting a LocalCluster costs seconds, more than such a run computes (docs/cluster.md).
+SMALL_INPUT_BYTES = 2 * 2**30
+
+
+def choose_scheduler(plan: Plan, client: Any, scheduler: str | None) -> tuple[str | None, str]:
+    """The scheduler a run uses when the caller chose none (``None`` or ``"auto"``), and why.
+
+    A client, an address, ``"threads"``/``"sync"`` and ``"cluster"`` (the spec's ``[cluster]``, else a
+    LocalCluster, whatever the size) are kept. Otherwise: everything cached and no image-sized output
+    → threads; a spec with ``[cluster]`` settings → its cluster; an input under
+    :data:`SMALL_INPUT_BYTES` → threads; else a LocalCluster.
+    """
+    if client is not None:
+        return scheduler, "the caller's client"
+    if scheduler == "cluster":
+        return None, "asked for a cluster (--scheduler cluster)"
+    if scheduler not in (None, "auto"):
+        return scheduler, f"asked for --scheduler {scheduler}"
+    spec = plan.spec
+    # image-sized outputs (not densities: they are atlas-sized) are worth a cluster even when cached
+    kinds = {plan.node(n).output for n, _ in spec.outputs}
+    if not plan.to_compute() and not any(k.is_array and k is not PortType.Density for k in kinds):
+        return "threads", "everything cached: reading a few small tables needs no cluster"
+    if spec.cluster != ClusterSpec(connect_timeout=spec.cluster.connect_timeout):
+        return None, "the spec's [cluster]"
+    size = plan.input_bytes
+    if size is not None and size < SMALL_INPUT_BYTES:
+        return "threads", f"input {size / 2**20:,.0f} MiB < {SMALL_INPUT_BYTES / 2**30:g} GiB: threads in this process"
+    return None, "input ≥ 2 GiB: a LocalCluster" if size is not None else "a LocalCluster"
 
 
 def _cluster_info(client: Any, scheduler: str | None) -> dict[str, Any]:
@@ -374,10 +407,7 @@ def _execute(
     spec = plan.spec
     todo = plan.to_compute()
     report = RunReport(computed=todo, cached=plan.cached())
-    # image-sized outputs (not densities: they are atlas-sized) are worth a cluster even when cached
-    kinds = {plan.node(n).output for n, _ in spec.outputs}
-    if client is None and not todo and not any(k.is_array and k is not PortType.Density for k in kinds):
-        scheduler = "threads"  # everything cached: reading a few small tables needs no cluster
+    scheduler, why = choose_scheduler(plan, client, scheduler)
     start, started = time.perf_counter(), time.time()
     # connect before lowering: a cluster that cannot start leaves the cache untouched
     with connect(spec, client, scheduler) as cl:
@@ -413,7 +443,7 @@ def _execute(
         tasks: list[tuple[str, float]] | None = [] if profile else None
         computed = _compute(targets, cl, display, tasks)
         report.tallies = {name: int(computed.pop(name)) for name in lowered.tallies}
-        report.cluster = _cluster_info(cl, scheduler)
+        report.cluster = {**_cluster_info(cl, scheduler), "why": why}
         if display.last is not None:
             last = display.last
             report.io = {"tasks": last.total, "read_bytes": last.read_bytes, "written_bytes": last.written_bytes}

@@ -50,6 +50,7 @@ class Plan:
     nodes: dict[str, NodePlan] = field(default_factory=dict)
     entries: dict[str, Entry] = field(default_factory=dict)  # node → cached entry
     warnings: list[str] = field(default_factory=list)  # what a user must know before trusting the results
+    input_bytes: int | None = None  # the input selection's bytes as stored (None: not surveyed)
 
     def node(self, name: str) -> Node:
         """The compiled node ``name`` (its op, parameters, input keys and key).
@@ -149,6 +150,7 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
     atlases = dict(spec.atlases)
     manifest = Manifest(spec.cache_url)
     plan = Plan(spec, graph, manifest)
+    plan.input_bytes = survey.nbytes if survey is not None else None
     note = survey.note() if survey is not None else None
     if note:
         plan.warnings.append(note)

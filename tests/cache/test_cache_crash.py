@@ -101,7 +101,7 @@ def project(folder: Path, volume: Path, seconds: float = 0.05, cache: str | None
 
 def command(spec: Path, scheduler: str | None) -> list[str]:
     """`cvplgraph run SPEC` on ``scheduler`` (None: the spec's cluster, a LocalCluster here)."""
-    where = ["--scheduler", scheduler] if scheduler else []
+    where = ["--scheduler", scheduler or "cluster"]
     return [sys.executable, "-m", "cvplgraph.cli", "run", str(spec), *where, "--quiet"]
 
 

@@ -29,7 +29,8 @@ def cvplgraph(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 
 def test_demo_counts_within_two_percent_and_second_run_is_cached(tmp_path: Path) -> None:
     """The demo with its real LocalCluster; the counts must match the synthetic truth, in all and per region."""
-    out = cvplgraph("demo", "--dir", str(tmp_path / "demo"), "--atlas", "procedural", "--quiet")
+    out = cvplgraph("demo", "--dir", str(tmp_path / "demo"), "--atlas", "procedural", "--quiet", "--scheduler",
+                    "cluster")
     assert out.returncode == 0, out.stderr
     found = int(out.stdout.split("cells found: ")[1].split(",")[0])
     truth = pd.read_csv(tmp_path / "demo" / "cells.csv")
@@ -279,7 +280,7 @@ def test_nan_voxels_stop_the_run_in_one_line_or_are_read_as_0_and_counted(tmp_pa
     assert not (tmp_path / "cache" / "manifest").exists() and not (tmp_path / "centres.csv").exists()
 
     (tmp_path / "spec.toml").write_text(DAMAGED_SPEC.format(extra='nonfinite = "zero"\n'))
-    out = cvplgraph("run", "spec.toml", "--quiet", cwd=tmp_path)
+    out = cvplgraph("run", "spec.toml", "--quiet", "--scheduler", "cluster", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert f"warning: input: 3 non-finite voxel(s) (NaN or ±Inf) of {store} were read as 0" in out.stderr
     record = json.loads(next((tmp_path / "cache" / "runs").glob("*.json")).read_text())
@@ -295,7 +296,7 @@ def test_a_chunk_of_garbage_bytes_is_one_line_naming_its_file(tmp_path: Path) ->
     chunk = tmp_path / "scan.ome.zarr" / "0" / "c" / "0" / "1" / "1"
     chunk.write_bytes(np.random.default_rng(3).bytes(chunk.stat().st_size))
     (tmp_path / "spec.toml").write_text(DAMAGED_SPEC.format(extra='nonfinite = "zero"\n'))
-    out = cvplgraph("run", "spec.toml", "--quiet", cwd=tmp_path)
+    out = cvplgraph("run", "spec.toml", "--quiet", "--scheduler", "cluster", cwd=tmp_path)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
