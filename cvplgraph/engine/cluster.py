@@ -48,7 +48,9 @@ def connect(spec: Spec, client: Any = None, scheduler: str | None = None) -> Ite
         yield client
         return
     if scheduler in LOCAL_SCHEDULERS:
-        with dask.config.set(scheduler=scheduler):
+        # the scheduler function itself, not its name: for a name, dask imports distributed (≈ 0.1 s) to
+        # look for a client first, which a small run on threads pays on every start
+        with dask.config.set(scheduler=_local_scheduler(scheduler)):
             yield None
         return
     from distributed import Client
@@ -75,6 +77,21 @@ def connect(spec: Spec, client: Any = None, scheduler: str | None = None) -> Ite
         return
     with local_cluster(spec) as c:
         yield c
+
+
+def _local_scheduler(name: str) -> Callable[..., Any]:
+    """dask's local scheduler ``name`` as its ``get`` function."""
+    if name == "threads":
+        import dask.threaded
+
+        return dask.threaded.get
+    if name == "processes":
+        import dask.multiprocessing
+
+        return dask.multiprocessing.get
+    import dask.local
+
+    return dask.local.get_sync
 
 
 def _reason(exc: BaseException) -> str:

@@ -55,7 +55,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy import ndimage
-from scipy.spatial import cKDTree
 
 from cvplgraph.ops._blocks import block_cores
 from cvplgraph.ops._halo import check_reach
@@ -338,6 +337,8 @@ def _resolve(mains: np.ndarray, splits: np.ndarray, unit: np.ndarray) -> tuple[n
     neighbours one more: the caller passes split maxima two boxes around the core.)"""
     if len(mains) == 0 or len(splits) == 0:
         return mains, splits
+    from scipy.spatial import cKDTree  # here, not at import: every spec loads this module, few run it
+
     near_split = cKDTree(splits * unit).query_ball_point(mains * unit, r=1.0 + 1e-9)
     merged = np.array([len(n) >= 2 for n in near_split], dtype=bool)
     near_main = cKDTree(mains * unit).query_ball_point(splits * unit, r=1.0 + 1e-9)

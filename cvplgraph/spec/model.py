@@ -37,6 +37,11 @@ class InputSpec:
     nonfinite: str = "error"  # NaN/±Inf voxels of a float image: "error" stops the run, "zero" reads them as 0
 
 
+#: The compressor of masks and labels when a node names none: blosc lz4 writes a 16 MiB block of labels
+#: in 17 ms against 25 ms for zstd level 3 and still compresses them about 100× (docs/benchmarks.md).
+SPARSE_COMPRESSOR: tuple[tuple[str, Any], ...] = (("clevel", 5), ("cname", "lz4"), ("id", "blosc"))
+
+
 @dataclass(frozen=True)
 class StoreSpec:
     """How a cached node is stored. None of these change values, so none enter keys."""

@@ -13,6 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from cvplgraph.spec.model import (
     COMPRESSORS,
     INPUT,
     NONFINITE,
+    SPARSE_COMPRESSOR,
     AtlasSpec,
     InputSpec,
     NodeSpec,
@@ -37,6 +39,7 @@ from cvplgraph.spec.model import (
 )
 from cvplgraph.spec.params import check_param
 from cvplgraph.spec.targets import protected, target_problems
+from cvplgraph.types import PortType
 
 
 def _parse_input(raw: Any, c: Collector, base: Path) -> InputSpec | None:
@@ -319,6 +322,9 @@ def _parse_node(name: str, raw: Any, c: Collector, base: Path) -> NodeSpec | Non
         given.append((p.name, resolve_path(value, base) if p.name in opdef.paths else value))
     cache = c.typed(raw, "cache", path, bool, "true or false", default=True)
     store = _parse_store(raw["store"], c, f"{path}.store") if "store" in raw else StoreSpec()
+    given_compressor = isinstance(raw.get("store"), dict) and "compressor" in raw["store"]
+    if not given_compressor and opdef.output in (PortType.Mask, PortType.Labels):
+        store = replace(store, compressor=SPARSE_COMPRESSOR)  # mostly zeros: a fast codec loses little
     view = raw.get("view", {})
     if not isinstance(view, dict):
         c.add(f"{path}.view", f"expected a table of display options, got {view!r}")

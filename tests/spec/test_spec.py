@@ -20,7 +20,7 @@ import pytest
 
 from cvplgraph.errors import Problem, SpecError
 from cvplgraph.spec.fields import line_of
-from cvplgraph.spec.model import NodeSpec, Params, Spec
+from cvplgraph.spec.model import NodeSpec, Params, Spec, StoreSpec
 from cvplgraph.spec.parse import load_spec, parse_spec
 
 FILE = "spec.toml"
@@ -772,3 +772,18 @@ def test_a_spec_file_of_random_bytes_is_one_problem_naming_the_byte(tmp_path: Pa
         load_spec(path)
     (problem,) = exc.value.problems
     assert problem.line == 3 and "byte 18 (0x8d) is not UTF-8 text" in problem.message and problem.file == str(path)
+
+
+def test_masks_and_labels_default_to_a_fast_codec_and_a_given_one_wins() -> None:
+    """A mask or labels node without a compressor is stored with blosc lz4; images keep zstd; a node's
+    own compressor is kept whatever its type."""
+    text = VALID_SPEC.replace('compressor = { id = "zstd", level = 5 }\n', "")
+    text += '\n[nodes.smooth]\nop = "gaussian"\nimage = "input"\nsigma = 2.0\n'
+    spec = parse_spec(text, FILE)
+    nodes = {n.name: n for n in spec.nodes}
+    assert dict(nodes["mask"].store.compressor) == {"id": "blosc", "cname": "lz4", "clevel": 5}
+    assert dict(nodes["cells"].store.compressor) == {"id": "blosc", "cname": "lz4", "clevel": 5}
+    assert dict(nodes["smooth"].store.compressor) == dict(StoreSpec().compressor) == {
+        "id": "blosc", "cname": "zstd", "clevel": 3
+    }  # fmt: skip
+    assert dict(parse_spec(VALID_SPEC, FILE).nodes[1].store.compressor) == {"id": "zstd", "level": 5}
