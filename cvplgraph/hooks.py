@@ -30,6 +30,11 @@ class Checkpointer(Protocol):
         """Per-block results (Delayed tuples of numpy arrays), each saved or loaded the same way."""
         ...
 
+    def spill(self, name: str, blocks: Any, after: Any) -> Any:
+        """``blocks`` (a dask array) saved block by block as computed, and the same array read back from
+        the saved blocks once ``after`` (a Delayed) exists."""
+        ...
+
 
 _ACTIVE: ContextVar[Checkpointer | None] = ContextVar("cvplgraph_checkpointer", default=None)
 
@@ -48,6 +53,16 @@ def checkpoint(name: str, value: Any) -> Any:
     """``value`` kept by the active checkpointer, or unchanged outside a cached node's build."""
     active = _ACTIVE.get()
     return value if active is None else active.value(name, value)
+
+
+def spill(name: str, blocks: Any, after: Any) -> Any:
+    """``blocks`` (a dask array an op needs again after a global step ``after``) saved by the active
+    checkpointer as each block is computed and read back from there once ``after`` exists, instead of
+    being computed a second time (with everything upstream); None outside a cached node's build,
+    where the op recomputes them. Memory stays bounded by the block: no block waits in memory for
+    ``after``."""
+    active = _ACTIVE.get()
+    return None if active is None else active.spill(name, blocks, after)
 
 
 def checkpoint_blocks(name: str, values: list[Any]) -> list[Any]:

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import math
 from typing import Any
 
 import dask
+import dask.array as da
 import fsspec
 import numpy as np
 from dask.base import tokenize
@@ -75,6 +77,39 @@ class FolderCheckpointer:
                 needed.append(value)
         graph = HighLevelGraph.from_collections(layer_name, layer, dependencies=needed)  # type: ignore[arg-type]
         return [Delayed(key, graph, layer=layer_name) for key in layer]
+
+
+    def spill(self, name: str, blocks: da.Array, after: Delayed) -> da.Array:
+        """``blocks`` saved to ``<name>/<i>`` as each is computed (a task that keeps nothing in memory) and
+        read back from there once ``after`` is computed; blocks an earlier run saved are only read."""
+        url = f"{self.folder}/{name}"
+        fs, path = fsspec.core.url_to_fs(url)
+        try:
+            saved = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+        except FileNotFoundError:
+            saved = set()
+        token = tokenize(url, sorted(saved), blocks.name, after.key)
+        save, load = f"spill-save-{token}", f"spill-load-{token}"
+        layer: dict[Any, Any] = {}
+        for i, index in enumerate(itertools.product(*map(range, blocks.numblocks))):
+            file = f"{url}/{i}"
+            if str(i) in saved:
+                layer[(load, *index)] = (_unspill, file, None, after.key)
+            else:
+                layer[(save, i)] = (_spill, (blocks.name, *index), file)
+                layer[(load, *index)] = (_unspill, file, (save, i), after.key)
+        graph = HighLevelGraph.from_collections(load, layer, dependencies=[blocks, after])  # type: ignore[list-item]
+        return da.Array(graph, load, blocks.chunks, dtype=blocks.dtype, meta=blocks._meta)
+
+
+def _spill(block: np.ndarray, url: str) -> int:
+    write_atomically(url, pack((block,)))
+    return int(block.size)  # small: the block itself is not kept
+
+
+def _unspill(url: str, saved: int | None, after: Any) -> np.ndarray:
+    (block,) = unpack(_read(url))
+    return block
 
 
 def scope(folder: str) -> contextlib.AbstractContextManager[None]:

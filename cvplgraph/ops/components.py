@@ -12,10 +12,12 @@ Chunked labelling in two passes, with memory bounded by the block size:
    (offset id → final id, consecutive from 1).
 
 The relabelled volume is computed only when something consumes it (a stored
-copy, a pixel op). It is rebuilt from a re-keyed copy of the upstream graph
-that waits for the lookup table, so that no block labels stay in memory
-while the union is computed. Centroids and counts never need it: they merge
-per-block partial sums through the lookup table (see ``measure``).
+copy, a pixel op). While a cached node is built, each block's labels are kept
+(compressed, ~500× on sparse masks) as pass 1 computes them and read back once
+the lookup table exists (:func:`cvplgraph.hooks.spill`); elsewhere they are
+rebuilt from a re-keyed copy of the upstream graph that waits for the lookup
+table. Either way no block labels stay in memory while the union is computed.
+Centroids and counts never need it: they merge per-block partial sums through the lookup table (see ``measure``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
 from cvplgraph.errors import OpError
-from cvplgraph.hooks import checkpoint, checkpoint_blocks
+from cvplgraph.hooks import checkpoint, checkpoint_blocks, spill
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import like
@@ -229,12 +231,16 @@ def _relabel(
     offset = int(offsets[np.ravel_multi_index(block_id, numblocks)])
     block_lut = lut[offset : offset + int(local.max(initial=0)) + 1].copy()
     block_lut[0] = 0  # local id 0 is background; ids 1..n sit at offset + 1..n
-    return block_lut[local]
+    return np.take(block_lut, local)
 
 
 def relabelled(parts: BlockLabels) -> da.Array:
     """The volume with final ids, recomputed from the upstream graph after the union."""
-    local = bind(parts.local, parts.lut)  # re-keyed copy that starts only once the lut exists
+    return relabelled_from(bind(parts.local, parts.lut), parts)  # a re-keyed copy that starts once the lut exists
+
+
+def relabelled_from(local: da.Array, parts: BlockLabels) -> da.Array:
+    """The volume with final ids from block labels read back after the union (see :func:`cvplgraph.hooks.spill`)."""
     return da.map_blocks(
         _relabel,
         local,
@@ -269,6 +275,9 @@ def connected_components(mask: xr.DataArray, *, connectivity: Literal[6, 26] = 6
     parts = replace(
         parts, offsets=checkpoint(f"offsets-{grid}", parts.offsets), lut=checkpoint(f"lut-{grid}", parts.lut)
     )
-    out = like(relabelled(parts), mask)
+    # stored labels need final ids per block: read back the block labels kept in the first pass (within a
+    # cached node's build) rather than computing the whole upstream chain a second time
+    kept = spill(f"labels-{grid}", parts.local, parts.lut)
+    out = like(relabelled(parts) if kept is None else relabelled_from(kept, parts), mask)
     out.attrs[BLOCK_LABELS_ATTR] = parts
     return out

@@ -49,13 +49,13 @@ def stored_level_bytes(store: Path) -> int:
     return sum(array.nbytes for _, array in group.arrays())
 
 
-@pytest.mark.parametrize("scheduler", ["threads", None], ids=["threads", "local-cluster"])
+@pytest.mark.parametrize("scheduler", ["threads", "cluster"], ids=["threads", "local-cluster"])
 def test_json_progress_counts_every_task_and_the_bytes_the_stores_hold(
-    scheduler: str | None, synthetic: tuple[Path, pd.DataFrame], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    scheduler: str, synthetic: tuple[Path, pd.DataFrame], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec = tmp_path / "spec.toml"
     spec.write_text(ONE_NODE.format(url=synthetic[0]))
-    args = ["run", str(spec), "--json"] + (["--scheduler", scheduler] if scheduler else [])
+    args = ["run", str(spec), "--json", "--scheduler", scheduler]
     assert main(args) == 0
     out = events(capsys.readouterr().out)
     assert [e["event"] for e in out][0] == "start" and out[-1]["event"] == "done"
@@ -69,7 +69,7 @@ def test_json_progress_counts_every_task_and_the_bytes_the_stores_hold(
     record = json.loads(Path(out[-1]["record"]).read_text())
     assert record["io"] == {"tasks": last["total"], "read_bytes": last["read_bytes"],
                             "written_bytes": last["written_bytes"]}  # fmt: skip
-    if scheduler is None:
+    if scheduler == "cluster":
         assert any(e["event"] == "dashboard" and e["url"].startswith("http://127.0.0.1:") for e in out)
         assert record["environment"]["cluster"]["workers"] >= 1
 

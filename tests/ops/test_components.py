@@ -163,3 +163,31 @@ def test_threshold_matches_numpy() -> None:
     out = ops.threshold(da.from_array(image, chunks=4), level=0.25).compute()
     np.testing.assert_array_equal(out, (image > 0.25).astype(np.uint8))
     assert out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+def test_labels_kept_from_pass_one_equal_the_recomputed_ones(chunks: tuple[int, int, int], tmp_path) -> None:  # noqa: ANN001
+    """Inside a cached node's build the block labels are kept as pass 1 computes them and read back
+    after the union: the same ids, voxel for voxel, as recomputing them (outside a build), and the
+    same partition as scipy; the mask's blocks are computed once, not twice."""
+    from cvplgraph.cache.checkpoint import scope
+
+    mask = blobby_mask(7)
+    calls: list[int] = []
+
+    def counted(block: np.ndarray) -> np.ndarray:
+        if block.size:  # not dask's look at an empty block for the output's type
+            calls.append(1)
+        return block
+
+    lazy = da.from_array(mask, chunks=chunks).map_blocks(counted, dtype=mask.dtype)
+    recomputed = ops.connected_components(lazy, connectivity=26).compute(scheduler="threads")
+    assert len(calls) == 2 * lazy.npartitions  # once for the faces, once more for the final ids
+    calls.clear()
+    with scope(str(tmp_path / "checkpoints")):
+        kept = ops.connected_components(lazy, connectivity=26)
+    np.testing.assert_array_equal(kept.compute(scheduler="threads"), recomputed)
+    assert len(calls) == lazy.npartitions
+    assert len(list((tmp_path / "checkpoints").rglob("labels-*/*"))) == lazy.npartitions
+    reference, _ = ndimage.label(mask, ndimage.generate_binary_structure(3, 3))
+    assert_same_partition(recomputed, reference)
