@@ -23,6 +23,7 @@ import io
 import itertools
 import json
 import math
+import uuid
 from typing import Any
 
 import dask
@@ -88,7 +89,7 @@ class FolderCheckpointer:
             saved = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
         except FileNotFoundError:
             saved = set()
-        token = tokenize(url, sorted(saved), blocks.name, after.key)
+        token = tokenize(url, sorted(saved), blocks.name, after.key, uuid.uuid4())  # effects: fresh keys per run
         save, load = f"spill-save-{token}", f"spill-load-{token}"
         layer: dict[Any, Any] = {}
         for i, index in enumerate(itertools.product(*map(range, blocks.numblocks))):

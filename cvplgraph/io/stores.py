@@ -9,6 +9,7 @@ task per block) so they join the run's single graph.
 
 from __future__ import annotations
 
+import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -355,7 +356,9 @@ def block_writes(
     layer built here (a ``dask.delayed`` call per block tokenizes its
     arguments, which costs more than the layer for thousands of blocks).
     """
-    name = "write_block-" + tokenize(aligned.name, str(array.store_path), sorted(done), marker is None)
+    # a fresh name per call: writes are effects, and a scheduler that still holds a finished task of the
+    # same key (a client reused across runs) would hand back its result instead of writing again
+    name = "write_block-" + tokenize(aligned.name, str(array.store_path), sorted(done), marker is None, uuid.uuid4())
     layer: dict[Any, Any] = {}
     for index, region, ranges in block_regions(aligned.chunks, chunks):
         if done and all(chunk in done for chunk in expand(ranges)):

@@ -114,3 +114,17 @@ def test_a_full_disk_is_one_line_and_commits_nothing(
     out = run_to_end(spec)
     assert out.returncode == 0, out.stderr
     assert_same(stored(spec), reference[0])
+
+
+
+def test_every_lowering_writes_under_keys_of_its_own(spec_file: Path) -> None:
+    """Writes are effects: two lowerings of the same plan must not share a write task's key, or a
+    distributed scheduler that still holds the first run's finished task hands its result back and
+    nothing is written (seen in the pipeline benchmark: a client reused after the cache was deleted
+    committed a mask store with none of its chunks — now refused as not whole)."""
+    import cvplgraph
+    from cvplgraph.engine.lower import lower
+
+    plan = cvplgraph.plan(cvplgraph.load_spec(spec_file))
+    keys = [{str(w.key) for ws in lower(plan).writes.values() for w in ws} for _ in range(2)]
+    assert keys[0] and keys[1] and not keys[0] & keys[1]
