@@ -12,6 +12,9 @@ from collections.abc import Iterable
 
 import fsspec
 
+#: How often a write whose folder vanished under it is tried again.
+RETRIES = 5
+
 #: Half-open chunk-index ranges, one per axis.
 Ranges = tuple[tuple[int, int], ...]
 
@@ -37,12 +40,17 @@ def write_atomically(url: str, body: bytes) -> None:
         path = url.removeprefix("file://")
     folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")  # not a marker name: ignored if left by a kill
-    try:
-        _write_file(tmp, body)
-    except FileNotFoundError:  # a concurrent run that committed this key may have cleared the records
-        os.makedirs(folder, exist_ok=True)
-        _write_file(tmp, body)
-    os.replace(tmp, path)
+    for attempt in range(RETRIES):
+        try:
+            _write_file(tmp, body)
+            os.replace(tmp, path)
+            return
+        except FileNotFoundError:
+            # a concurrent run that committed this key cleared the records folder (with our temporary file in
+            # it, perhaps between the write and the rename): make it again and write again
+            if attempt == RETRIES - 1:
+                raise
+            os.makedirs(folder, exist_ok=True)
 
 
 def _write_file(path: str, body: bytes) -> None:
