@@ -232,15 +232,17 @@ block = [{", ".join(map(str, chunks))}]
 """
 
 
-def pipeline(client: Client, spec_path: Path) -> tuple[Callable[[], tuple[int, float]], Callable[[], None]]:
-    """The timed cvplgraph run of ``spec_path`` and the cache clearing that precedes it."""
+def pipeline(
+    client: Client, spec_path: Path, fuse: bool = True
+) -> tuple[Callable[[], tuple[int, float]], Callable[[], None]]:
+    """The timed cvplgraph run of ``spec_path`` (fused or op by op) and the cache clearing that precedes it."""
     spec = cvplgraph.load_spec(spec_path)
 
     def clear() -> None:
         shutil.rmtree(spec.cache_url, ignore_errors=True)
 
     def work() -> tuple[int, float]:
-        results = cvplgraph.run(spec, client=client)
+        results = cvplgraph.run(spec, client=client, fuse=fuse)
         if results.report.computed != ["mask", "cells", "centroids", "counts"]:
             raise RuntimeError(f"expected every node to be computed, got {results.report.computed}")
         return int(results["counts"].attrs["total"]), results.report.seconds
@@ -346,6 +348,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="environment of the worker processes, set before they start (e.g. MALLOC_MMAP_THRESHOLD_=33554432)",
     )
     parser.add_argument("--no-dask-image", action="store_true", help="skip the dask-image reference")
+    parser.add_argument("--no-fuse", action="store_true", help="lower op by op (cvplgraph.run(..., fuse=False))")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
 
@@ -382,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for variant, cache_arrays in (("(i) small results cached", False), ("(ii) every node cached", True)):
             spec_path = workdir / f"bench-{'all' if cache_arrays else 'small'}.toml"
             spec_path.write_text(spec_text(url, spec_path.with_suffix(".cache"), chunks, cache_arrays))
-            work, clear = pipeline(client, spec_path)
+            work, clear = pipeline(client, spec_path, fuse=not args.no_fuse)
             pipelines.append(Workload(f"cvplgraph {variant}", work, clear))
         for round_ in range(ROUNDS):
             run_once(client, raw, round_)

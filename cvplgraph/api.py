@@ -11,7 +11,13 @@ from cvplgraph.spec.model import Spec
 
 
 def run(
-    spec: Spec, *, client: Any = None, scheduler: str | None = None, viewer: Any = None, progress: bool = False
+    spec: Spec,
+    *,
+    client: Any = None,
+    scheduler: str | None = None,
+    viewer: Any = None,
+    progress: bool = False,
+    fuse: bool = True,
 ) -> Results:
     """Compute what is not cached, write the declared outputs, return every node's value.
 
@@ -26,8 +32,11 @@ def run(
     viewer : napari viewer, optional
         After the run, add the input, the atlases and every cached node as layers
         (see :mod:`cvplgraph.inspect.view`); a ``napari.components.ViewerModel`` works too.
+    fuse : bool
+        Run chains of ops (e.g. threshold → connected_components → centroids) as one task per block
+        (the default); ``False`` lowers op by op. The results are the same bytes either way.
     """
-    results = execute(make_plan(spec), client=client, scheduler=scheduler, progress=progress)
+    results = execute(make_plan(spec), client=client, scheduler=scheduler, progress=progress, fuse=fuse)
     if viewer is not None:
         show(viewer, spec)
     return results

@@ -8,6 +8,7 @@ traceback).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class CvplError(Exception):
@@ -83,6 +84,16 @@ class OpFailed(CvplError):
     def __init__(self, node: str, op: str, exc: BaseException) -> None:
         self.node, self.op = node, op
         super().__init__(f"node {node!r} (op {op!r}) failed: {one_line(exc)}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # raised in a worker's task, it travels pickled
+        return _op_failed, (self.node, self.op, str(self))
+
+
+def _op_failed(node: str, op: str, message: str) -> OpFailed:
+    out = OpFailed.__new__(OpFailed)
+    CvplError.__init__(out, message)
+    out.node, out.op = node, op
+    return out
 
 
 class HaloTooLarge(OpError):

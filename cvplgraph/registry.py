@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cvplgraph.errors import CvplError
+from cvplgraph.kernels import Kernel
 from cvplgraph.plugins import load_entry_points
 from cvplgraph.types import PortType
 from cvplgraph.values import adapt_call
@@ -78,6 +79,7 @@ class OpDef:
     halo: str = "none"  # how far a block reads into its neighbours, for the docs
     cost: str = ""  # what dominates its run time, for the docs
     paths: tuple[str, ...] = ()  # string parameters that name files, resolved against the spec's folder
+    kernel: Kernel | None = field(default=None, repr=False)  # its per-block form, for fused lowering
 
     def port(self, name: str) -> Port | None:
         return next((p for p in self.inputs if p.name == name), None)
@@ -141,6 +143,7 @@ def op(
     halo: str = "none",
     cost: str = "",
     paths: tuple[str, ...] = (),
+    kernel: Kernel | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``func`` as the op ``name``.
 
@@ -167,6 +170,9 @@ def op(
     paths : tuple of str
         String parameters that name files; a spec's relative paths are
         resolved against the spec's folder.
+    kernel : Pointwise, LocalPass or Reduce, optional
+        The op's computation for one block (:mod:`cvplgraph.kernels`), so that the lowering can run a
+        chain of ops in one task per block. Without one the op is never fused.
     """
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         ports = _normalise_ports(inputs, optional)
@@ -176,7 +182,9 @@ def op(
         if unknown:
             raise TypeError(f"op {name}: checks name unknown parameters {sorted(unknown)}")
         summary = doc.split("\n\n")[0].replace("\n", " ")
-        opdef = OpDef(name, version, ports, output, params, func, summary, dict(checks or {}), halo, cost, paths)
+        opdef = OpDef(
+            name, version, ports, output, params, func, summary, dict(checks or {}), halo, cost, paths, kernel
+        )
         previous = REGISTRY.get(name)
         where = (func.__module__, func.__qualname__)
         # the same function registering again is its module imported again (importlib.reload, as a

@@ -113,6 +113,16 @@ def _unspill(url: str, saved: int | None, after: Any) -> np.ndarray:
     return block
 
 
+def keep_block(block: np.ndarray, url: str) -> None:
+    """Keep a block computed inside a fused task (see :mod:`cvplgraph.engine.fuse`) for :func:`read_kept`."""
+    _spill(block, url)
+
+
+def read_kept(url: str, after: Any) -> np.ndarray:
+    """A block :func:`keep_block` kept, read once ``after`` (the end of the pass that kept it) exists."""
+    return _unspill(url, None, after)
+
+
 def scope(folder: str) -> contextlib.AbstractContextManager[None]:
     """Checkpoints of ops built inside go to ``folder``."""
     return checkpointing(FolderCheckpointer(folder))

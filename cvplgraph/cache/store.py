@@ -29,6 +29,7 @@ from cvplgraph.errors import CacheError, DamagedStore, InputError
 from cvplgraph.io.records import expand
 from cvplgraph.io.stores import (
     TABLE_TYPES,
+    align,
     block_regions,
     block_writes,
     create_array,
@@ -42,6 +43,10 @@ from cvplgraph.io.stores import (
 )
 from cvplgraph.spec.model import StoreSpec
 from cvplgraph.types import PortType
+
+
+class NotFusable(Exception):
+    """A store a fused task cannot write block by block; the lowering lowers that chain op by op."""
 
 
 @dataclass
@@ -108,6 +113,29 @@ def write_cached_array(
             pyramid[1:] = levels(spliced, kind, store)[1:]
             out.resumed = value.copy(data=spliced)  # ops' hints stay: they describe the same values
     return out
+
+
+def fused_array_targets(
+    cache_url: str, key: str, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str
+) -> tuple[CachedWrite, list[tuple[zarr.Array, tuple[slice, ...], str]]]:
+    """The store of a node whose blocks a fused task writes (one level, stored in its blocks: see
+    :mod:`cvplgraph.engine.fuse`), created now like :func:`write_cached_array`'s, and per block (C order)
+    the array, region and record that :func:`cvplgraph.io.stores.write_block` takes."""
+    codec = dict(store.compressor)
+    dtype = str(value.data.dtype)
+    aligned, chunks = align(value.data, None)
+    if aligned is not value.data:
+        raise NotFusable(f"{name}: blocks of unequal sizes")
+    layout = layout_name([(tuple(value.shape), chunks)], dtype, codec)
+    rel = f"stores/{key}/{layout}.ome.zarr"
+    records = Records.of(cache_url, key, layout, [(tuple(value.shape), chunks)])
+    records.prepare(dtype, codec)
+    group = _open_or_create_group(f"{cache_url.rstrip('/')}/{rel}")
+    describe(group, value, kind, store, name)
+    array = _open_or_create_array(group, "0", value.data, chunks, codec)
+    regions = block_regions(value.data.chunks, chunks)
+    targets = [(array, region, records.marker_url(0, ranges)) for _, region, ranges in regions]
+    return CachedWrite(rel, [], records), targets
 
 
 def read_cached(cache_url: str, store: str, kind: PortType) -> Any:

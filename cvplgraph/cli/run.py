@@ -34,6 +34,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     shown.add_argument("--json", action="store_true",
                        help="JSON lines on stdout: start, progress (tasks, ETA, bytes) every second, done")  # fmt: skip
     p.add_argument("--report", metavar="HTML", help="also write the run's report page (see `cvplgraph report`)")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false",
+                   help="lower op by op instead of running chains of ops (threshold → connected_components → "
+                   "centroids) as one task per block; the same results, slower (to compare, to debug)")  # fmt: skip
     add_common(p)
     return p
 
@@ -62,7 +65,7 @@ def handle(args: argparse.Namespace) -> int:
             print(f"warning: {line}", file=sys.stderr)
     try:
         run = run_and_record(plan, scheduler=args.scheduler, progress=display, run_id=run_id, started=started,
-                             report=args.report)  # fmt: skip
+                             report=args.report, fuse=args.fuse)  # fmt: skip
     except RunInterrupted as stop:
         display.event("interrupted", run=run_id, record=stop.record_url)
         raise KeyboardInterrupt(_interrupted(plan, args.spec)) from None

@@ -64,6 +64,7 @@ class RunReport:
     node_seconds: dict[str, float] = field(default_factory=dict)  # with profile=True: task seconds per node
     cluster: dict[str, Any] = field(default_factory=dict)  # where it ran: kind, workers, threads, memory
     io: dict[str, int] = field(default_factory=dict)  # tasks, read_bytes, written_bytes of the compute
+    fused: list[list[str]] = field(default_factory=list)  # nodes computed by one task per block, per group
 
 
 class Results(Mapping[str, Any]):
@@ -348,12 +349,15 @@ def execute(
     scheduler: str | None = None,
     progress: bool | str | Display = False,
     profile: bool = False,
+    fuse: bool = True,
 ) -> Results:
     """Run everything the plan marks to compute, write outputs, commit the cache.
 
     ``progress``: True for a bar on stderr, ``"json"`` for JSON lines on stdout,
     or a :class:`~cvplgraph.engine.progress.Display`. With ``profile``, the report's
-    ``node_seconds`` holds the task seconds spent on each node.
+    ``node_seconds`` holds the task seconds spent on each node. With ``fuse`` (the default), chains of
+    block kernels run as one task per block (:mod:`cvplgraph.engine.fuse`); ``fuse=False`` lowers op by
+    op, with the same results.
 
     The run holds a lease on the cache keys it reads and writes (``cache gc`` leaves those alone, see
     :mod:`cvplgraph.cache.lease`) and plans again when an entry it planned to read is gone. When a
@@ -361,10 +365,11 @@ def execute(
     graph was built to load; when a cached store turns out damaged while read (a chunk it recorded
     is absent), its entry is invalidated. Either way the run is planned again and carried out once
     more (at most :data:`ATTEMPTS` times)."""
+    how = dict(client=client, scheduler=scheduler, progress=progress, profile=profile, fuse=fuse)
     with Holder(plan.manifest, plan.spec.source) as holder:
         for _ in range(ATTEMPTS - 1):
             try:
-                return _execute(plan, holder, client=client, scheduler=scheduler, progress=progress, profile=profile)
+                return _execute(plan, holder, **how)  # type: ignore[arg-type]
             except CheckpointGone:
                 log.info("a concurrent run committed a node this run was computing; planning again")
             except DamagedStore as exc:
@@ -374,7 +379,7 @@ def execute(
                 plan.manifest.invalidate(entry.key, str(exc))
                 log.warning("%s; entry %s (%s) is invalidated and computed again", exc, entry.key, entry.node)
             plan = make_plan(plan.spec)
-        return _execute(plan, holder, client=client, scheduler=scheduler, progress=progress, profile=profile)
+        return _execute(plan, holder, **how)  # type: ignore[arg-type]
 
 
 #: How many times a run is planned and carried out before a concurrent change of the cache stops it.
@@ -398,7 +403,14 @@ def _claim(plan: Plan, holder: Holder) -> Plan:
 
 
 def _execute(
-    plan: Plan, holder: Holder, *, client: Any, scheduler: str | None, progress: bool | str | Display, profile: bool
+    plan: Plan,
+    holder: Holder,
+    *,
+    client: Any,
+    scheduler: str | None,
+    progress: bool | str | Display,
+    profile: bool,
+    fuse: bool,
 ) -> Results:
     """One run of ``plan``, in named steps: :func:`_targets` (what to compute, after connecting and
     lowering), :func:`_compute` (one graph), :func:`_commit` (the cache entries), :func:`_collect`
@@ -432,7 +444,7 @@ def _execute(
         if report.computed:  # the cache folder is marked before anything is written into it (see docs/cache.md)
             plan.manifest.write_marker()
         try:
-            lowered = lower(plan)
+            lowered = lower(plan, fuse=fuse)
             targets = _targets(plan, lowered)
         except BaseException:  # a problem found while building the graph: a cache made for this run goes again
             holder.release()
@@ -440,6 +452,7 @@ def _execute(
                 plan.manifest.remove_if_unused()
             raise
         report.blocks = {name: (w.blocks, w.blocks_done) for name, w in lowered.cached.items()}
+        report.fused = lowered.fused
         tasks: list[tuple[str, float]] | None = [] if profile else None
         computed = _compute(targets, cl, display, tasks)
         report.tallies = {name: int(computed.pop(name)) for name in lowered.tallies}

@@ -3,6 +3,7 @@ expression, plus lazy writes for nodes to cache and for declared outputs."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -12,8 +13,9 @@ import xarray as xr
 from cvplgraph.cache.atlas_ids import atlas_ids
 from cvplgraph.cache.checkpoint import scope as checkpoint_scope
 from cvplgraph.cache.resume import partial_url
-from cvplgraph.cache.store import CachedWrite, read_cached, write_cached_value
+from cvplgraph.cache.store import CachedWrite, NotFusable, fused_array_targets, read_cached, write_cached_value
 from cvplgraph.engine.compile import nodes_in_order
+from cvplgraph.engine.fuse import Group, build_group, find_groups, sources
 from cvplgraph.engine.plan import Plan, Status
 from cvplgraph.errors import CvplError, HaloTooLarge, OpFailed, SpecError
 from cvplgraph.io.atlas import read_atlas, region_ids
@@ -30,6 +32,8 @@ class Lowered:
     ops_called: list[str] = field(default_factory=list)
     #: small figures the run computes beside the values, e.g. ``"input.nonfinite"``: NaN/±Inf voxels read as 0
     tallies: dict[str, Any] = field(default_factory=dict)
+    #: nodes computed by fused tasks, one list per group (see :mod:`cvplgraph.engine.fuse`)
+    fused: list[list[str]] = field(default_factory=list)
 
     @property
     def writes(self) -> dict[str, list[Any]]:
@@ -41,11 +45,17 @@ class Lowered:
         return {name: w.store for name, w in self.cached.items()}
 
 
-def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
+def lower(plan: Plan, *, with_writes: bool = True, fuse: bool = True) -> Lowered:
     """Build every needed node's lazy value; with ``with_writes``, also create the
-    stores of nodes to cache and collect their lazy writes."""
+    stores of nodes to cache and collect their lazy writes. With ``fuse`` (and ``with_writes``),
+    chains of block kernels run as one task per block (:mod:`cvplgraph.engine.fuse`); the values
+    and stores are the same bytes either way."""
     out = Lowered()
+    groups = find_groups(plan) if fuse and with_writes else []
+    group_of = {name: group for group in groups for name in group.nodes}
     for node in nodes_in_order(plan.graph):
+        if node.name in out.values:  # built with its fused group
+            continue
         status = plan.nodes[node.name].status
         if node.is_input:
             spec = plan.spec
@@ -66,32 +76,87 @@ def lower(plan: Plan, *, with_writes: bool = True) -> Lowered:
             continue
         if status is not Status.COMPUTE:
             continue
+        group = group_of.get(node.name)
+        if group is not None and _lower_fused(plan, group, out):
+            continue
         by_port = {port: out.values.get(src) for port, src in node.inputs}
         positional = [by_port.get(port.name) for port in node.opdef.inputs]
-        try:
-            if with_writes and node.nodespec.cache:  # keep the op's checkpoints, for a resumed run
-                with checkpoint_scope(f"{partial_url(plan.manifest.url, node.key)}/checkpoints"):
-                    value = node.opdef.func(*positional, **node.params)
-            else:
-                value = node.opdef.func(*positional, **node.params)
-        except HaloTooLarge as exc:  # a parameter the volume cannot hold: a problem of the spec's field
-            raise SpecError([plan.spec.problem(f"nodes.{node.name}.{exc.param}", str(exc))]) from None
-        except CvplError:  # the op's own, deliberate message
-            raise
-        except Exception as exc:  # an op (a plugin's above all) that fails while building its graph
-            raise OpFailed(node.name, node.opdef.name, exc) from exc
-        out.ops_called.append(node.name)
-        if isinstance(value, xr.DataArray):
-            value.name = node.name
-        out.values[node.name] = value
-        if with_writes and node.nodespec.cache:
-            written = write_cached_value(
-                plan.manifest.url, node.key, value, node.output, node.nodespec.store, node.name
-            )
-            out.cached[node.name] = written
-            if written.resumed is not None:  # an interrupted run wrote part of it: consumers read that part
-                out.values[node.name] = written.resumed
+        _keep(plan, out, node.name, _call(plan, node.name, positional, with_writes), with_writes)
     return out
+
+
+def _call(plan: Plan, name: str, positional: list[Any], with_writes: bool) -> Any:
+    """The op of node ``name`` called on its input values: its lazy value."""
+    node = plan.node(name)
+    try:
+        if with_writes and node.nodespec.cache:  # keep the op's checkpoints, for a resumed run
+            with checkpoint_scope(f"{partial_url(plan.manifest.url, node.key)}/checkpoints"):
+                return node.opdef.func(*positional, **node.params)
+        return node.opdef.func(*positional, **node.params)
+    except HaloTooLarge as exc:  # a parameter the volume cannot hold: a problem of the spec's field
+        raise SpecError([plan.spec.problem(f"nodes.{node.name}.{exc.param}", str(exc))]) from None
+    except CvplError:  # the op's own, deliberate message
+        raise
+    except Exception as exc:  # an op (a plugin's above all) that fails while building its graph
+        raise OpFailed(node.name, node.opdef.name, exc) from exc
+
+
+def _keep(plan: Plan, out: Lowered, name: str, value: Any, with_writes: bool) -> None:
+    """Record a computed node's value and, when it is cached, its store and lazy writes."""
+    node = plan.node(name)
+    out.ops_called.append(name)
+    if isinstance(value, xr.DataArray):
+        value.name = name
+    out.values[name] = value
+    if with_writes and node.nodespec.cache and name not in out.cached:
+        written = write_cached_value(plan.manifest.url, node.key, value, node.output, node.nodespec.store, name)
+        out.cached[name] = written
+        if written.resumed is not None:  # an interrupted run wrote part of it: consumers read that part
+            out.values[name] = written.resumed
+
+
+def _lower_fused(plan: Plan, group: Group, out: Lowered) -> bool:
+    """Build every node of ``group`` as fused tasks; False (nothing recorded) when its inputs are not all
+    built yet or a store cannot be written block by block: the group's nodes are then lowered op by op."""
+    head = out.values.get(group.head)
+    others = {src: out.values.get(src) for chain in group.chains for r in chain.reduces
+              for src in sources(plan, r)[1:]}  # fmt: skip
+    arrays = [head, *others.values()]
+    if not all(isinstance(v, xr.DataArray) and v.shape == head.shape for v in arrays):  # type: ignore[union-attr]
+        return False
+    cached: dict[str, CachedWrite] = {}
+
+    def pointwise_value(name: str, x: xr.DataArray) -> Any:
+        return _call(plan, name, [x], with_writes=False)
+
+    def store_targets(name: str, value: xr.DataArray) -> list[Any]:
+        node = plan.node(name)
+        written, targets = fused_array_targets(
+            plan.manifest.url, node.key, value, node.output, node.nodespec.store, name
+        )
+        cached[name] = written
+        return targets
+
+    def keep_url(name: str) -> Any:
+        folder = f"{partial_url(plan.manifest.url, plan.nodes[name].key)}/checkpoints/fused-values"
+        return lambda i: f"{folder}/{i}"
+
+    def scope(name: str) -> Any:
+        node = plan.nodes[name]
+        folder = f"{partial_url(plan.manifest.url, node.key)}/checkpoints"
+        return checkpoint_scope(folder) if node.cache else contextlib.nullcontext()
+
+    try:
+        built = build_group(plan, group, head, others, pointwise_value, store_targets, keep_url, scope)  # type: ignore[arg-type]
+    except NotFusable:
+        return False
+    for name, written in cached.items():
+        written.writes = built.writes[name]
+        out.cached[name] = written
+    for name in group.nodes:
+        _keep(plan, out, name, built.values[name], with_writes=True)
+    out.fused.append(group.nodes)
+    return True
 
 
 def _read_by_compute(plan: Plan, source: str) -> bool:

@@ -157,6 +157,7 @@ def make_record(
         "points": points,
         "input": _input(plan, values),
         "io": dict(report.io),
+        "fused": [list(group) for group in getattr(report, "fused", [])],
         "tallies": dict(getattr(report, "tallies", {})),
         "warnings": [*plan.warnings, *run_warnings(plan, report, values)],
         "dashboard": report.dashboard,
@@ -242,6 +243,7 @@ def run_and_record(
     run_id: str | None = None,
     started: float | None = None,
     report: str | None = None,
+    fuse: bool = True,
 ) -> RecordedRun:
     """Execute ``plan``, save its run record beside the cache and, if asked, write its report page.
 
@@ -263,6 +265,8 @@ def run_and_record(
         When the run started, seconds since the epoch (default: now).
     report : str, optional
         Also write the run's report page to this path.
+    fuse : bool
+        As for :func:`~cvplgraph.engine.execute.execute`.
 
     Returns
     -------
@@ -282,7 +286,7 @@ def run_and_record(
     run_id = run_id or new_run_id(started)
     todo = plan.to_compute()
     try:
-        results = execute(plan, scheduler=scheduler, progress=progress, profile=True)
+        results = execute(plan, scheduler=scheduler, progress=progress, profile=True, fuse=fuse)
     except KeyboardInterrupt as exc:
         if isinstance(progress, Display):
             progress.close()

@@ -394,6 +394,10 @@ def _write_block(block: np.ndarray, array: zarr.Array, region: tuple[slice, ...]
     return 1
 
 
+#: The write of one block's chunks and its record, for tasks that compute the block themselves (fused tasks).
+write_block = _write_block
+
+
 def chunk_checksum(values: np.ndarray) -> str:
     """CRC-32 of a chunk's values (C order), independent of how the chunk is compressed."""
     return f"{zlib.crc32(np.ascontiguousarray(values).tobytes()):08x}"

@@ -39,6 +39,7 @@ from scipy.sparse import csgraph
 
 from cvplgraph.errors import OpError
 from cvplgraph.hooks import checkpoint, checkpoint_blocks, spill
+from cvplgraph.kernels import LocalPass
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import like
@@ -166,19 +167,27 @@ def label_blocks(mask: da.Array, *, connectivity: Literal[6, 26] = 6) -> BlockLa
     that caches the node, a resumed run loads the summaries an interrupted one
     saved instead of labelling those blocks again.
     """
-    structure = structure_for(connectivity)
     local = da.map_blocks(_label_block, mask, connectivity, dtype=np.uint32)
-    grid = local.numblocks
-    token = tokenize(local.name, connectivity)
-    faces, offsets, total, lut, count = (f"{n}-{token}" for n in ("faces", "offsets", "total", "lut", "count"))
-    indices = list(itertools.product(*map(range, grid)))
-    flat_index = {idx: i for i, idx in enumerate(indices)}
+    faces = f"faces-{tokenize(local.name, connectivity)}"
+    indices = list(itertools.product(*map(range, local.numblocks)))
     summaries = {(faces, i): (_faces, (local.name, *idx)) for i, idx in enumerate(indices)}
     summary_graph = HighLevelGraph.from_collections(faces, summaries, dependencies=[local])  # type: ignore[arg-type]
     kept = checkpoint_blocks(
         f"faces-{tokenize(mask.chunks)}", [Delayed(k, summary_graph, layer=faces) for k in summaries]
     )
-    face_keys = [value.key for value in kept]
+    return union_of(kept, local, connectivity)
+
+
+def union_of(summaries: list[Delayed], local: da.Array, connectivity: Literal[6, 26]) -> BlockLabels:
+    """Steps 2–4 after pass 1: offsets, face pairs and the lookup table, from every block's summary
+    (``_faces`` results, C order of ``local``'s blocks)."""
+    structure = structure_for(connectivity)
+    grid = local.numblocks
+    token = tokenize(local.name, connectivity, [s.key for s in summaries])
+    offsets, total, lut, count = (f"{n}-{token}" for n in ("offsets", "total", "lut", "count"))
+    indices = list(itertools.product(*map(range, grid)))
+    flat_index = {idx: i for i, idx in enumerate(indices)}
+    face_keys = [value.key for value in summaries]
     dsk: dict = {offsets: (_offsets, face_keys), total: (_total, offsets, face_keys[-1])}
 
     def side(block_idx: tuple[int, ...], axis: int) -> np.ndarray:
@@ -217,7 +226,7 @@ def label_blocks(mask: da.Array, *, connectivity: Literal[6, 26] = 6) -> BlockLa
             pair_keys.append(key)
     dsk[lut] = (_union, total, *pair_keys)
     dsk[count] = (_count, lut)
-    graph = HighLevelGraph.from_collections(token, dsk, dependencies=kept)  # type: ignore[arg-type]
+    graph = HighLevelGraph.from_collections(token, dsk, dependencies=summaries)  # type: ignore[arg-type]
     return BlockLabels(local, *(Delayed(k, graph, layer=token) for k in (offsets, lut, count)))
 
 
@@ -252,7 +261,39 @@ def relabelled_from(local: da.Array, parts: BlockLabels) -> da.Array:
     )
 
 
-@op("connected_components", version=1, inputs={"mask": PortType.Mask}, output=PortType.Labels)
+def _kept_for_resume(parts: BlockLabels, chunks: tuple[tuple[int, ...], ...], connectivity: int) -> BlockLabels:
+    """The first pass's small results, kept for a resumed run (named by the block grid they depend on)."""
+    grid = tokenize(chunks, connectivity)
+    return replace(
+        parts, offsets=checkpoint(f"offsets-{grid}", parts.offsets), lut=checkpoint(f"lut-{grid}", parts.lut)
+    )
+
+
+def _pass_block(mask: np.ndarray, *, connectivity: Literal[6, 26] = 6) -> tuple[np.ndarray, Summary]:
+    """Pass 1 on one block, fused: its labels (numbered within the block) and its summary."""
+    local = _label_block(mask, connectivity)
+    return local, _faces(local)
+
+
+def _finish(
+    summaries: list[Delayed], provisional: da.Array, like_: xr.DataArray, kept: da.Array | None,
+    *, connectivity: Literal[6, 26] = 6,
+) -> xr.DataArray:  # fmt: skip
+    """The labels from fused pass-1 summaries: the union, then final ids from the kept block labels (or,
+    when nothing kept them, from ``provisional``, recomputed only if a consumer asks)."""
+    parts = _kept_for_resume(union_of(summaries, provisional, connectivity), like_.data.chunks, connectivity)
+    out = like(relabelled(parts) if kept is None else relabelled_from(kept, parts), like_)
+    out.attrs[BLOCK_LABELS_ATTR] = parts
+    return out
+
+
+@op(
+    "connected_components",
+    version=1,
+    inputs={"mask": PortType.Mask},
+    output=PortType.Labels,
+    kernel=LocalPass(_pass_block, _finish),
+)
 def connected_components(mask: xr.DataArray, *, connectivity: Literal[6, 26] = 6) -> xr.DataArray:
     """Label connected foreground regions; ids are unique across the whole volume.
 
@@ -269,12 +310,8 @@ def connected_components(mask: xr.DataArray, *, connectivity: Literal[6, 26] = 6
         0 for background, objects numbered 1..N. Equal to ``scipy.ndimage.label``
         on the whole array up to a permutation of ids, on any chunking.
     """
-    parts = label_blocks(mask.data, connectivity=connectivity)
-    # the first pass's small results, kept for a resumed run (they depend on the block grid too)
+    parts = _kept_for_resume(label_blocks(mask.data, connectivity=connectivity), mask.data.chunks, connectivity)
     grid = tokenize(mask.data.chunks, connectivity)
-    parts = replace(
-        parts, offsets=checkpoint(f"offsets-{grid}", parts.offsets), lut=checkpoint(f"lut-{grid}", parts.lut)
-    )
     # stored labels need final ids per block: read back the block labels kept in the first pass (within a
     # cached node's build) rather than computing the whole upstream chain a second time
     kept = spill(f"labels-{grid}", parts.local, parts.lut)

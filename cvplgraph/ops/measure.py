@@ -11,6 +11,8 @@ the relabelled volume is never built.
 
 from __future__ import annotations
 
+from typing import Any
+
 import dask
 import numpy as np
 import pandas as pd
@@ -18,6 +20,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from cvplgraph.hooks import checkpoint_blocks
+from cvplgraph.kernels import Reduce
 from cvplgraph.ops.components import BLOCK_LABELS_ATTR, BlockLabels
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
@@ -33,16 +36,17 @@ PARTS = {
 }  # fmt: skip
 
 
-def _partial_stats(labels: np.ndarray, image: np.ndarray | None, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ids present in the block and one row of :data:`PARTS` statistics per id (global coordinates)."""
+def _partial_stats(
+    labels: np.ndarray, image: np.ndarray | None, starts: np.ndarray, foreground: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ids present in the block and one row of :data:`PARTS` statistics per id (global coordinates).
+
+    ``foreground``: the flat indices of the block's non-zero labels, ascending, when the caller has them
+    (a fused chain takes them from the mask, 4× fewer bytes to scan than int32 labels)."""
     flat = labels.ravel()
-    # foreground is sparse: find the rows holding any before listing voxels (≈ 2× faster than flatnonzero)
-    table = flat.reshape(-1, labels.shape[-1])
-    rows = np.flatnonzero(table.any(axis=1))
-    if rows.size == 0:
+    idx = np.flatnonzero(labels != 0) if foreground is None else foreground
+    if idx.size == 0:
         return np.empty(0, dtype=np.int64), np.empty((0, len(PARTS)))
-    r, x = np.nonzero(table[rows])
-    idx = rows[r] * labels.shape[-1] + x  # ascending, like np.flatnonzero(flat)
     order = np.argsort(flat[idx], kind="stable")
     idx = idx[order]
     sorted_ids = flat[idx]
@@ -59,6 +63,20 @@ def _partial_stats(labels: np.ndarray, image: np.ndarray | None, starts: np.ndar
     stats[:, 4] = np.add.reduceat(values, first)
     stats[:, 11] = np.maximum.reduceat(values, first)
     return sorted_ids[first].astype(np.int64), stats
+
+
+def _stats_block(
+    labels: np.ndarray, foreground: np.ndarray, image: np.ndarray | None = None, *, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The fused form of the per-block statistics (the :class:`~cvplgraph.kernels.Reduce` block)."""
+    return _partial_stats(labels, image, starts, foreground)
+
+
+def _stats_finish(partial: list[Any], labels: xr.DataArray, image: xr.DataArray | None = None) -> Table:
+    """The Points table from fused per-block statistics, merged through the pass's lookup table."""
+    parts: BlockLabels = labels.attrs[BLOCK_LABELS_ATTR]
+    frame = dask.delayed(_merge, pure=True)(Geometry.of(labels), image is not None, parts.offsets, parts.lut, *partial)
+    return Table(frame, Geometry.of(labels))
 
 
 def _block_starts(chunks: tuple[tuple[int, ...], ...], block_id: tuple[int, ...]) -> np.ndarray:
@@ -135,6 +153,7 @@ def object_table(labels: xr.DataArray, image: xr.DataArray | None = None) -> Tab
     inputs={"labels": PortType.Labels, "image": PortType.Image},
     optional=("image",),
     output=PortType.Points,
+    kernel=Reduce(_stats_block, _stats_finish),
 )
 def centroids(labels: xr.DataArray, image: xr.DataArray | None = None) -> Table:
     """Centre of mass, size, bounding box and (with ``image``) mean and max intensity of every object.

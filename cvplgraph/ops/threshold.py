@@ -6,6 +6,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from cvplgraph.kernels import Pointwise
 from cvplgraph.ops._halo import check_reach
 from cvplgraph.ops.filters import gaussian_radius, histogram, sigma_voxels, smooth
 from cvplgraph.registry import op
@@ -13,7 +14,12 @@ from cvplgraph.types import PortType
 from cvplgraph.values import like
 
 
-@op("threshold", version=1, inputs={"image": PortType.Image}, output=PortType.Mask)
+def _threshold_block(block: np.ndarray, *, level: float) -> np.ndarray:
+    return (block > np.float32(level)).astype(np.uint8)
+
+
+@op("threshold", version=1, inputs={"image": PortType.Image}, output=PortType.Mask,
+    kernel=Pointwise(_threshold_block))  # fmt: skip
 def threshold(image: xr.DataArray, *, level: float = 0.5) -> xr.DataArray:
     """Voxels brighter than ``level`` are foreground.
 

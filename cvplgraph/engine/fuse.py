@@ -1,0 +1,364 @@
+"""Fusion at lowering: chains of block kernels run as one task per block.
+
+Ops stay separate, typed and testable on their own; what the lowering fuses is their per-block
+kernels (:mod:`cvplgraph.kernels`). A **chain** is
+
+    head → pointwise … → local pass → reduce …
+
+for example ``input → threshold → connected_components → centroids``: for every block, one task takes
+the head's block, applies each pointwise kernel, runs the pass (labels and faces), lists the block's
+foreground once and runs every reduce on it (partial statistics). It returns only the small results
+(faces, partial statistics); no image, mask or label block outlives it. A cached pointwise node's
+chunks are written by that task from memory; a cached pass node keeps its provisional block values
+(compressed) so its final values are written after the global step without recomputing the chain.
+The global steps (union of faces, merge of statistics) are the ops' own small tasks.
+
+Chains that read the same head form a **group** and share their tasks: a sweep of five thresholds
+over one input reads and hands on each block once, then runs the five chains' block work in the
+same task.
+
+A node joins a chain only where fusing cannot change what is computed or stored:
+
+* it is computed in this run and, when cached, nothing of it was written before (a resumed node
+  keeps the unfused graph, which reads back what was written);
+* a pointwise node has one input and feeds only the next stage, is not a declared output, and its
+  store (when cached) has one level chunked like its blocks;
+* a reduce reads the pass's values as its first input, and its other inputs are arrays of the same
+  shape built before the chain.
+
+Everything else is lowered op by op, as without fusion (``fuse = False`` in :func:`lower`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+from cvplgraph.engine.plan import Plan, Status
+from cvplgraph.errors import CvplError, OpFailed
+from cvplgraph.kernels import LocalPass, Pointwise, Reduce
+
+#: The name fused tasks carry, with a token: one task per block of a group.
+FUSED = "fused"
+
+
+@dataclass
+class Chain:
+    """Nodes of one chain, upstream first."""
+
+    pointwise: list[str]
+    local: str
+    reduces: list[str]
+
+    @property
+    def nodes(self) -> list[str]:
+        return [*self.pointwise, self.local, *self.reduces]
+
+
+@dataclass
+class Group:
+    """Chains that read the same head node, fused into one task per block."""
+
+    head: str
+    chains: list[Chain] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> list[str]:
+        return [n for chain in self.chains for n in chain.nodes]
+
+
+def _fresh(plan: Plan, name: str) -> bool:
+    """Computed in this run with nothing of it written before."""
+    p = plan.nodes[name]
+    return p.status is Status.COMPUTE and not (p.cache and p.done)
+
+
+def _kernel(plan: Plan, name: str) -> Any:
+    node = plan.node(name)
+    return None if node.is_input else node.opdef.kernel
+
+
+def sources(plan: Plan, name: str) -> list[str]:
+    """The nodes feeding ``name``, in the order of its op's ports (ports left unconnected are left out)."""
+    node = plan.node(name)
+    by_port = dict(node.inputs)
+    return [by_port[p.name] for p in node.opdef.inputs if by_port.get(p.name) is not None]
+
+
+def find_groups(plan: Plan) -> list[Group]:
+    """The chains of ``plan`` that can be fused, grouped by head (see the module's rules)."""
+    outputs = {name for name, _ in plan.spec.outputs}
+    groups: dict[str, Group] = {}
+    taken: set[str] = set()
+    for name in sorted(plan.nodes):
+        if not isinstance(_kernel(plan, name), LocalPass) or not _fresh(plan, name):
+            continue
+        feeds = sources(plan, name)
+        if len(feeds) != 1:
+            continue
+        pointwise: list[str] = []
+        after, current = name, feeds[0]
+        while (
+            isinstance(_kernel(plan, current), Pointwise)
+            and _fresh(plan, current)
+            and current not in outputs
+            and current not in taken
+            and set(plan.graph.successors(current)) == {after}
+            and len(sources(plan, current)) == 1
+            and _fusable_store(plan, current)
+        ):
+            pointwise.insert(0, current)
+            after, current = current, sources(plan, current)[0]
+        chain_nodes = {*pointwise, name}
+        reduces = [
+            r
+            for r in sorted(plan.graph.successors(name))
+            if isinstance(_kernel(plan, r), Reduce)
+            and _fresh(plan, r)
+            and r not in taken
+            and sources(plan, r)[0] == name
+            and sources(plan, r).count(name) == 1
+            and not chain_nodes.intersection(sources(plan, r)[1:])
+        ]
+        chain = Chain(pointwise, name, reduces)
+        taken.update(chain.nodes)
+        groups.setdefault(current, Group(current)).chains.append(chain)
+    return list(groups.values())
+
+
+def _fusable_store(plan: Plan, name: str) -> bool:
+    """A cached pointwise node's chunks can be written by the fused task: one level, stored in its blocks."""
+    node = plan.node(name)
+    return not node.nodespec.cache or (node.nodespec.store.multiscale == 1 and node.nodespec.store.chunks is None)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One kernel call of a fused task: its node and op (named in a failure), function and parameters."""
+
+    node: str
+    op: str
+    block: Any
+    params: dict[str, Any]
+
+    def __call__(self, *args: Any, **extra: Any) -> Any:
+        try:
+            return self.block(*args, **self.params, **extra)
+        except CvplError:
+            raise
+        except Exception as exc:
+            raise OpFailed(self.node, self.op, exc) from exc
+
+
+@dataclass(frozen=True)
+class ChainProgram:
+    """What a fused task runs for one chain: pointwise stages (each with the index of its store target, or
+    None), the pass (and whether its values are kept), and each reduce with the positions of its other inputs."""
+
+    pointwise: tuple[tuple[Stage, int | None], ...]
+    local: Stage
+    keep: int | None
+    reduces: tuple[tuple[Stage, tuple[int, ...]], ...]
+
+
+def run_block(
+    programs: tuple[ChainProgram, ...],
+    starts: np.ndarray,
+    writes: tuple[Any, ...],
+    keeps: tuple[str, ...],
+    head: np.ndarray,
+    *others: np.ndarray,
+) -> tuple[Any, ...]:
+    """One block of a group: every chain's stages in memory; the small results, per chain
+    ``(summary, partial, …)``, and the number of store blocks written last."""
+    from cvplgraph.cache.checkpoint import keep_block  # the cache layer, loaded where a task runs
+    from cvplgraph.io.stores import write_block
+
+    results: list[Any] = []
+    written = 0
+    for program in programs:
+        x = head
+        for stage, target in program.pointwise:
+            x = stage(x)
+            if target is not None:
+                written += write_block(x, *writes[target])
+        values, summary = program.local(x)
+        if program.keep is not None:
+            keep_block(values, keeps[program.keep])
+        foreground = np.flatnonzero(x) if program.reduces else None
+        partials = [stage(values, foreground, *(others[i] for i in where), starts=starts)
+                    for stage, where in program.reduces]  # fmt: skip
+        results.append((summary, *partials))
+    return (*results, written)
+
+
+def _stage(plan: Plan, name: str) -> Stage:
+    node = plan.node(name)
+    kernel: Any = node.opdef.kernel
+    return Stage(name, node.opdef.name, kernel.block, dict(node.params))
+
+
+def _first(block_fn: Any, params: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """The provisional values of a pass, alone (the unfused form, for consumers of the provisional array)."""
+    return block_fn(x, **params)[0]
+
+
+@dataclass
+class Built:
+    """What building a group gives the lowering: per node its value and, for cached nodes written by the
+    fused tasks, those tasks' write results."""
+
+    values: dict[str, Any]
+    writes: dict[str, list[Delayed]]
+
+
+def build_group(
+    plan: Plan,
+    group: Group,
+    head: xr.DataArray,
+    others: dict[str, xr.DataArray],
+    pointwise_value: Any,
+    store_targets: Any,
+    keep_url: Any,
+    scope: Any,
+) -> Built:
+    """The values of every node of ``group`` and the fused tasks behind them.
+
+    ``pointwise_value(name, x)``: the node's unfused value from its input value (what the op returns);
+    ``store_targets(name, value)``: for a cached pointwise node, its store's per-block write arguments
+    (C order); ``keep_url(name)``: where a cached pass node keeps block ``i`` (a function of ``i``);
+    ``scope(name)``: the context a node's finish is built in (a cached node's checkpoints).
+    """
+    chunks = head.data.chunks
+    indices = list(itertools.product(*map(range, head.data.numblocks)))
+    extra_names: list[str] = []
+    extras: list[da.Array] = []
+    targets: list[list[Any]] = []
+    keeps: list[Any] = []
+    programs: list[ChainProgram] = []
+    values: dict[str, Any] = {}
+    stored_by_fused: list[str] = []
+    for chain in group.chains:
+        x = head
+        stages: list[tuple[Stage, int | None]] = []
+        for name in chain.pointwise:
+            node = plan.node(name)
+            x = pointwise_value(name, x)
+            values[name] = x
+            target = None
+            if node.nodespec.cache:
+                target = len(targets)
+                targets.append(store_targets(name, x))
+                stored_by_fused.append(name)
+            stages.append((_stage(plan, name), target))
+        local = plan.node(chain.local)
+        keep = None
+        if local.nodespec.cache:
+            keep = len(keeps)
+            keeps.append(keep_url(chain.local))
+        reduces = []
+        for name in chain.reduces:
+            node = plan.node(name)
+            where = []
+            for src in sources(plan, name)[1:]:
+                if src not in extra_names:
+                    extra_names.append(src)
+                    extras.append(others[src].data.rechunk(chunks))
+                where.append(extra_names.index(src))
+            reduces.append((_stage(plan, name), tuple(where)))
+        programs.append(ChainProgram(tuple(stages), _stage(plan, chain.local), keep, tuple(reduces)))
+    # effects (store writes, kept blocks): fresh keys per lowering, like every write (see io.stores.block_writes)
+    name = f"{FUSED}-" + tokenize(head.data.name, [e.name for e in extras], group.nodes, uuid.uuid4())
+    layer: dict[Any, Any] = {}
+    for i, idx in enumerate(indices):
+        starts = np.array([sum(chunks[a][: idx[a]]) for a in range(3)])
+        block_writes = tuple(tuple(t[i]) for t in targets)
+        block_keeps = tuple(k(i) for k in keeps)
+        layer[(name, i)] = (run_block, tuple(programs), starts, block_writes, block_keeps, (head.data.name, *idx),
+                            *[(e.name, *idx) for e in extras])  # fmt: skip
+    fused = HighLevelGraph.from_collections(name, layer, dependencies=[head.data, *extras])  # type: ignore[list-item]
+    blocks = [Delayed((name, i), fused, layer=name) for i in range(len(indices))]
+    writes: dict[str, list[Delayed]] = {}
+    if stored_by_fused:  # the tasks write every such node's block at once: each node's writes are theirs
+        done = _layer(f"{name}-written", {i: (operator.getitem, (name, i), -1) for i in range(len(indices))}, blocks)
+        writes = {n: list(done.values()) for n in stored_by_fused}
+    barrier = _layer(f"{name}-all", {0: (_all_done, [b.key for b in blocks])}, blocks)[0]
+    for c, (chain, program) in enumerate(zip(group.chains, programs)):
+        mask = values[chain.pointwise[-1]] if chain.pointwise else head
+        width = 1 + len(chain.reduces)
+        picked = _layer(f"{name}-{c}", {(i, k): (_pick, (name, i), c, k) for i in range(len(indices))
+                                        for k in range(width)}, blocks)  # fmt: skip
+        part = [[picked[(i, k)] for i in range(len(indices))] for k in range(width)]
+        local = plan.node(chain.local)
+        kernel: Any = local.opdef.kernel  # a LocalPass (find_groups)
+        params = dict(local.params)
+        dtype = np.asarray(kernel.block(np.zeros((1, 1, 1), mask.dtype), **params)[0]).dtype
+        provisional = da.map_blocks(_first, kernel.block, params, mask.data, dtype=dtype,
+                                    meta=np.empty((0, 0, 0), dtype))  # fmt: skip
+        kept: da.Array | None = None
+        if program.keep is not None:
+            kept = _read_back([keeps[program.keep](i) for i in range(len(indices))], provisional, barrier)
+        with scope(chain.local):
+            values[chain.local] = _finish(local, kernel.finish, (part[0], provisional, mask, kept), params)
+        for k, rname in enumerate(chain.reduces, start=1):
+            node = plan.node(rname)
+            rvalues = [others[s] for s in sources(plan, rname)[1:]]
+            reduce: Any = node.opdef.kernel  # a Reduce (find_groups)
+            with scope(rname):
+                args = (part[k], values[chain.local], *rvalues)
+                values[rname] = _finish(node, reduce.finish, args, dict(node.params))
+    return Built(values, writes)
+
+
+def _layer(name: str, tasks: dict[Any, Any], dependencies: list[Delayed]) -> dict[Any, Delayed]:
+    """A graph layer ``name`` of ``tasks`` (suffix → task), as one Delayed per suffix."""
+    keys = {suffix: (name, *suffix) if isinstance(suffix, tuple) else (name, suffix) for suffix in tasks}
+    graph = HighLevelGraph.from_collections(
+        name, {keys[s]: task for s, task in tasks.items()}, dependencies=dependencies  # type: ignore[arg-type]
+    )
+    return {s: Delayed(keys[s], graph, layer=name) for s in tasks}
+
+
+def _finish(node: Any, finish: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """An op's finish, failures named like the op's own (see :func:`cvplgraph.engine.lower.lower`)."""
+    try:
+        value = finish(*args, **params)
+    except CvplError:
+        raise
+    except Exception as exc:
+        raise OpFailed(node.name, node.opdef.name, exc) from exc
+    if isinstance(value, xr.DataArray):
+        value.name = node.name
+    return value
+
+
+def _pick(result: tuple[Any, ...], chain: int, k: int) -> Any:
+    return result[chain][k]
+
+
+def _all_done(blocks: list[Any]) -> int:
+    return len(blocks)
+
+
+def _read_back(urls: list[str], like: da.Array, after: Delayed) -> da.Array:
+    """The kept blocks (``urls``, C order) as an array shaped like ``like``, read once ``after`` exists."""
+    from cvplgraph.cache.checkpoint import read_kept
+
+    name = "kept-" + tokenize(urls, after.key)
+    indices = itertools.product(*map(range, like.numblocks))
+    layer = {(name, *idx): (read_kept, url, after.key) for url, idx in zip(urls, indices)}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[after])  # type: ignore[arg-type, list-item]
+    return da.Array(graph, name, like.chunks, dtype=like.dtype, meta=like._meta)
+
+
+__all__ = ["Chain", "Group", "build_group", "find_groups", "run_block", "sources"]

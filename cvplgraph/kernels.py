@@ -1,0 +1,73 @@
+"""Per-block kernels: what an op does to one block, declared beside the op so the lowering can fuse.
+
+An op's dask expression is its meaning: ops run alone, in tests and in plugins, and every op works
+without a kernel. A kernel states the same computation for one block of numpy, so that the lowering
+(:mod:`cvplgraph.engine.fuse`) can run a chain of ops in **one task per block** — read → threshold →
+label → faces → partial statistics — instead of one task per op and block, with the block's
+intermediate arrays passed in memory and never kept. The global steps of a chain (the union of faces,
+the merge of partial statistics) stay the op's own small tasks, built by its ``finish``.
+
+Three kinds, by what a block's result depends on:
+
+:class:`Pointwise`
+    a block of the output from the same block of the input, voxel for voxel (``threshold``);
+:class:`LocalPass`
+    the block-local first pass of a global algorithm: the block's provisional result and a small
+    summary, finished by global steps over all summaries (``connected_components``);
+:class:`Reduce`
+    small per-block partial results of a table, merged by one global step (``centroids``).
+
+A fused chain gives the same bytes as the ops run one by one (tests/engine/test_fuse.py proves it
+over several chunkings); the lowering falls back to the ops' own graphs wherever a chain cannot be
+fused (see docs/design.md, "Fusion").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Pointwise:
+    """``block(x, **params) -> y``: ``y`` has ``x``'s shape; each voxel of ``y`` from the same voxel of ``x``."""
+
+    block: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class LocalPass:
+    """The first pass of a global algorithm over one block, and the global steps after it.
+
+    ``block(x, **params) -> (values, summary)``: the block's provisional values (an array of ``x``'s
+    shape, e.g. labels numbered within the block) and a small summary (tuple of arrays).
+
+    ``finish(summaries, provisional, like, kept, **params) -> value``: the node's value from the per-block
+    summaries (a list of Delayed, C order of blocks); ``provisional`` is a dask array equal to the
+    provisional values (computed only if a consumer needs it); ``kept`` is the same array read back
+    from where the fused tasks saved it (None when they saved nothing); ``like`` is the op's input
+    (for its geometry).
+    """
+
+    block: Callable[..., Any]
+    finish: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """A table built from small per-block partial results.
+
+    ``block(values, foreground, *others, starts) -> partial``: from the provisional values of the pass
+    that feeds it, the flat indices of the block's foreground (ascending), the blocks of its other
+    array inputs, and the block's first voxel in the volume.
+
+    ``finish(partials, source, *others, **params) -> value``: the node's value from the per-block
+    partials (Delayed, C order) and the pass's value ``source``.
+    """
+
+    block: Callable[..., Any]
+    finish: Callable[..., Any]
+
+
+Kernel = Pointwise | LocalPass | Reduce
