@@ -40,6 +40,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask._task_spec import Task, TaskRef, convert_legacy_graph
 from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
@@ -202,6 +203,32 @@ def run_block(
     return (*results, written)
 
 
+def _block_tasks(array: da.Array) -> dict[tuple[int, ...], list[Any]] | None:
+    """Per block of ``array``, the tasks that compute it alone (its chunk read and the checks on it: the
+    chain of tasks down to one that others share, like the zarr array), upstream first; None when the
+    graph is not in dask's task form."""
+    graph = convert_legacy_graph(dict(array.__dask_graph__()))
+    dependents: dict[Any, int] = {}
+    for task in graph.values():
+        for dep in task.dependencies:
+            dependents[dep] = dependents.get(dep, 0) + 1
+    out = {}
+    for idx in itertools.product(*map(range, array.numblocks)):
+        key = (array.name, *idx)
+        task = graph.get(key)
+        if not isinstance(task, Task):
+            return None
+        chain = [task]
+        while len(task.dependencies) == 1:
+            (dep,) = task.dependencies
+            task = graph.get(dep)
+            if not isinstance(task, Task) or dependents.get(dep) != 1:
+                break
+            chain.insert(0, task)
+        out[idx] = chain
+    return out
+
+
 def _stage(plan: Plan, name: str) -> Stage:
     node = plan.node(name)
     kernel: Any = node.opdef.kernel
@@ -231,13 +258,16 @@ def build_group(
     store_targets: Any,
     keep_url: Any,
     scope: Any,
+    inline_head: bool = False,
 ) -> Built:
     """The values of every node of ``group`` and the fused tasks behind them.
 
     ``pointwise_value(name, x)``: the node's unfused value from its input value (what the op returns);
     ``store_targets(name, value)``: for a cached pointwise node, its store's per-block write arguments
     (C order); ``keep_url(name)``: where a cached pass node keeps block ``i`` (a function of ``i``);
-    ``scope(name)``: the context a node's finish is built in (a cached node's checkpoints).
+    ``scope(name)``: the context a node's finish is built in (a cached node's checkpoints). With
+    ``inline_head`` (nothing else reads the head), each block's own tasks of the head (the chunk read,
+    its checks) run inside the fused task too, so that a block costs one task.
     """
     chunks = head.data.chunks
     indices = list(itertools.product(*map(range, head.data.numblocks)))
@@ -280,12 +310,14 @@ def build_group(
     # effects (store writes, kept blocks): fresh keys per lowering, like every write (see io.stores.block_writes)
     name = f"{FUSED}-" + tokenize(head.data.name, [e.name for e in extras], group.nodes, uuid.uuid4())
     layer: dict[Any, Any] = {}
+    inlined = _block_tasks(head.data) if inline_head else None
     for i, idx in enumerate(indices):
         starts = np.array([sum(chunks[a][: idx[a]]) for a in range(3)])
         block_writes = tuple(tuple(t[i]) for t in targets)
         block_keeps = tuple(k(i) for k in keeps)
-        layer[(name, i)] = (run_block, tuple(programs), starts, block_writes, block_keeps, (head.data.name, *idx),
-                            *[(e.name, *idx) for e in extras])  # fmt: skip
+        task = Task((name, i), run_block, tuple(programs), starts, block_writes, block_keeps,
+                    TaskRef((head.data.name, *idx)), *[TaskRef((e.name, *idx)) for e in extras])  # fmt: skip
+        layer[(name, i)] = Task.fuse(*inlined[idx], task, key=(name, i)) if inlined else task
     fused = HighLevelGraph.from_collections(name, layer, dependencies=[head.data, *extras])  # type: ignore[list-item]
     blocks = [Delayed((name, i), fused, layer=name) for i in range(len(indices))]
     writes: dict[str, list[Delayed]] = {}

@@ -147,7 +147,12 @@ def _lower_fused(plan: Plan, group: Group, out: Lowered) -> bool:
         return checkpoint_scope(folder) if node.cache else contextlib.nullcontext()
 
     try:
-        built = build_group(plan, group, head, others, pointwise_value, store_targets, keep_url, scope)  # type: ignore[arg-type]
+        # the head's block tasks run inside the fused tasks when nothing else in this run reads the head
+        alone = group.head not in dict(plan.spec.outputs) and all(
+            n in group.nodes or plan.nodes[n].status is not Status.COMPUTE for n in plan.graph.successors(group.head)
+        )
+        built = build_group(plan, group, head, others, pointwise_value, store_targets, keep_url, scope,  # type: ignore[arg-type]
+                            inline_head=alone)  # fmt: skip
     except NotFusable:
         return False
     for name, written in cached.items():

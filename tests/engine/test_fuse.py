@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -146,6 +148,10 @@ def test_a_fused_chain_is_one_task_per_block(spec_file: Path) -> None:
         assert not any(p.startswith(alone) for p in prefixes), alone
     writes = lowered.writes["mask"]
     assert len(writes) == blocks and all("fused" in str(w.key[0]) for w in writes)
+    # nothing else reads the input: its chunk reads and checks run inside the fused tasks (one task a block)
+    run = {k for c in dask.optimize(frame, *writes) for k in dict(c.__dask_graph__())}
+    per_block = [k for k in run if isinstance(k, tuple) and str(k[0]).startswith(("from-zarr", "_finite"))]
+    assert per_block == [] and sum(re.fullmatch("fused-[0-9a-f]+", str(k[0])) is not None for k in run) == blocks
 
 
 def test_five_thresholds_share_one_task_per_block(spec_file: Path, tmp_path: Path) -> None:
