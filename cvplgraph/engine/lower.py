@@ -147,8 +147,10 @@ def _lower_fused(plan: Plan, group: Group, out: Lowered) -> bool:
         return checkpoint_scope(folder) if node.cache else contextlib.nullcontext()
 
     try:
-        # the head's block tasks run inside the fused tasks when nothing else in this run reads the head
-        alone = group.head not in dict(plan.spec.outputs) and all(
+        # the head's block tasks (a read: the input or a cached node, never an op, whose failure must name its
+        # node) run inside the fused tasks when nothing else in this run reads the head
+        read = plan.nodes[group.head].status is not Status.COMPUTE and group.head not in dict(plan.spec.outputs)
+        alone = read and all(
             n in group.nodes or plan.nodes[n].status is not Status.COMPUTE for n in plan.graph.successors(group.head)
         )
         built = build_group(plan, group, head, others, pointwise_value, store_targets, keep_url, scope,  # type: ignore[arg-type]

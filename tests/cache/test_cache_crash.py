@@ -290,7 +290,10 @@ def test_no_entry_points_at_a_store_being_written(volume: Path, tmp_path: Path) 
 
 def test_plan_reads_partial_progress_from_records(volume: Path, tmp_path: Path) -> None:
     spec = project(tmp_path, volume)
-    kill_after(start(spec), tmp_path / "cache", BLOCKS // 2)
+    key = cvplgraph.plan(cvplgraph.load_spec(spec)).nodes["slow"].key
+    # slow's own records (the fused mask → labels → centroids tasks record the mask's blocks too)
+    partial = tmp_path / "cache" / "partial" / key
+    kill_after(start(spec), tmp_path / "cache", BLOCKS // 2, counter=lambda: records_in(partial))
     slow = cvplgraph.plan(cvplgraph.load_spec(spec)).nodes["slow"]
     per_level = [len(_chunks(tmp_path / "cache", level, slow.key)) for level in (0, 1)]
     # level 0: 4 × 4 × 4 chunks; level 1 (32, 64, 64) in (8, 16, 16) chunks: 4 × 4 × 4 too
