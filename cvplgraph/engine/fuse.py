@@ -196,7 +196,7 @@ def run_block(
         values, summary = program.local(x)
         if program.keep is not None:
             keep_block(values, keeps[program.keep])
-        foreground = np.flatnonzero(x) if program.reduces else None
+        foreground = _foreground(x) if program.reduces else None
         partials = [stage(values, foreground, *(others[i] for i in where), starts=starts)
                     for stage, where in program.reduces]  # fmt: skip
         results.append((summary, *partials))
@@ -233,6 +233,11 @@ def _stage(plan: Plan, name: str) -> Stage:
     node = plan.node(name)
     kernel: Any = node.opdef.kernel
     return Stage(name, node.opdef.name, kernel.block, dict(node.params))
+
+
+def _foreground(x: np.ndarray) -> np.ndarray:
+    """Flat indices of ``x``'s non-zero voxels, ascending (numpy lists a bool array's ~8× faster than a uint8 one's)."""
+    return np.flatnonzero(x if x.dtype == bool else x != 0)
 
 
 def _first(block_fn: Any, params: dict[str, Any], x: np.ndarray) -> np.ndarray:

@@ -178,9 +178,9 @@ def _finite(
     block: np.ndarray, where: str, origin: tuple[int, ...], mode: str, fill: float, block_info: Any = None
 ) -> np.ndarray:
     """``block`` with its non-finite values replaced by ``fill`` (``mode`` "zero"), or an InputError naming it."""
-    bad = ~np.isfinite(block)
-    if not bad.any():
+    if np.isfinite(block).all():  # the common case, in one pass
         return block
+    bad = ~np.isfinite(block)
     if mode != "error":
         return np.where(bad, block.dtype.type(fill), block)
     info = (block_info or {}).get(0, {})

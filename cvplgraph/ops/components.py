@@ -102,15 +102,20 @@ def _rim_piece(face: np.ndarray, pos: tuple[int, int]) -> np.ndarray:
     return face[sl]
 
 
+#: Pairs name a block's id as ``flat block index << BLOCK_SHIFT | local id``, so that a plane's pairs need
+#: only its blocks' faces (not every block's label count): they are computed as soon as those blocks are.
+BLOCK_SHIFT = 32
+
+
 def _plane_pairs(
     axis: int,
     structure: np.ndarray,
-    offsets: np.ndarray,
     lower: np.ndarray,
     upper: np.ndarray,
     *summaries: Summary,
 ) -> np.ndarray:
-    """Equivalent id pairs across one tile of a plane between two block rows.
+    """Equivalent id pairs across one tile of a plane between two block rows, as (block, local id)
+    codes (:data:`BLOCK_SHIFT`).
 
     ``lower``/``upper`` hold one row per block whose face takes part, per side
     of the plane: its in-plane neighbour position (-1..1, -1..1; (0, 0) is the
@@ -123,7 +128,7 @@ def _plane_pairs(
     entries += [(1, (int(r[0]), int(r[1])), int(r[2]), False) for r in upper]
     for (layer, pos, flat, last), summary in zip(entries, summaries):
         piece = _rim_piece(_face(summary, axis, last), pos).astype(np.int64)
-        piece[piece > 0] += offsets[flat]
+        piece[piece > 0] += flat << BLOCK_SHIFT
         r0 = {-1: 0, 0: 1, 1: shape0[0] + 1}[pos[0]]
         c0 = {-1: 0, 0: 1, 1: shape0[1] + 1}[pos[1]]
         slab[layer, r0 : r0 + piece.shape[0], c0 : c0 + piece.shape[1]] = piece
@@ -139,10 +144,11 @@ def _plane_pairs(
     return links[links[:, 0] != links[:, 1]]
 
 
-def _union(total: np.ndarray | int, *pair_arrays: np.ndarray) -> np.ndarray:
+def _union(offsets: np.ndarray, total: np.ndarray | int, *pair_arrays: np.ndarray) -> np.ndarray:
     """Lookup table offset id → final id (consecutive from 1) from all pairs."""
     n = int(total) + 1
-    pairs = np.concatenate([np.empty((0, 2), dtype=np.int64), *pair_arrays]) if pair_arrays else np.empty((0, 2))
+    codes = np.concatenate([np.empty((0, 2), dtype=np.int64), *pair_arrays])
+    pairs = offsets[codes >> BLOCK_SHIFT] + (codes & ((1 << BLOCK_SHIFT) - 1))  # (block, local id) → offset id
     graph = sparse.coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, comp = csgraph.connected_components(graph, directed=False)
     # number components in order of their smallest id; id 0 (background) is its own component
@@ -217,14 +223,13 @@ def union_of(summaries: list[Delayed], local: da.Array, connectivity: Literal[6,
                 _plane_pairs,
                 axis,
                 structure,
-                offsets,
                 lower,
                 upper,
                 *[face_keys[int(i)] for i in lower[:, 2]],
                 *[face_keys[int(i)] for i in upper[:, 2]],
             )
             pair_keys.append(key)
-    dsk[lut] = (_union, total, *pair_keys)
+    dsk[lut] = (_union, offsets, total, *pair_keys)
     dsk[count] = (_count, lut)
     graph = HighLevelGraph.from_collections(token, dsk, dependencies=summaries)  # type: ignore[arg-type]
     return BlockLabels(local, *(Delayed(k, graph, layer=token) for k in (offsets, lut, count)))
