@@ -80,10 +80,11 @@ def _label_block(block: np.ndarray, connectivity: Literal[6, 26]) -> np.ndarray:
 Summary = tuple[np.ndarray, ...]
 
 
-def _faces(labels: np.ndarray) -> Summary:
-    """A block's label count and its (first, last) layer along each axis."""
+def _faces(labels: np.ndarray, count: int | None = None) -> Summary:
+    """A block's label count (``count`` when the labelling said it) and its (first, last) layer along each axis."""
     faces = [np.take(labels, i, axis=a).copy() for a in range(3) for i in (0, labels.shape[a] - 1)]
-    return (np.asarray(labels.max(initial=0), dtype=np.int64), *faces)
+    n = labels.max(initial=0) if count is None else count
+    return (np.asarray(n, dtype=np.int64), *faces)
 
 
 def _face(summary: Summary, axis: int, last: bool) -> np.ndarray:
@@ -276,8 +277,9 @@ def _kept_for_resume(parts: BlockLabels, chunks: tuple[tuple[int, ...], ...], co
 
 def _pass_block(mask: np.ndarray, *, connectivity: Literal[6, 26] = 6) -> tuple[np.ndarray, Summary]:
     """Pass 1 on one block, fused: its labels (numbered within the block) and its summary."""
-    local = _label_block(mask, connectivity)
-    return local, _faces(local)
+    local, count = cc3d.connected_components(mask, connectivity=connectivity, binary_image=True,
+                                             out_dtype=np.uint32, return_N=True)  # fmt: skip
+    return local, _faces(local, int(count))
 
 
 def _finish(
