@@ -43,11 +43,13 @@ class LocalPass:
     ``block(x, **params) -> (values, summary)``: the block's provisional values (an array of ``x``'s
     shape, e.g. labels numbered within the block) and a small summary (tuple of arrays).
 
-    ``finish(summaries, provisional, like, kept, **params) -> value``: the node's value from the per-block
-    summaries (a list of Delayed, C order of blocks); ``provisional`` is a dask array equal to the
-    provisional values (computed only if a consumer needs it); ``kept`` is the same array read back
-    from where the fused tasks saved it (None when they saved nothing); ``like`` is the op's input
-    (for its geometry).
+    ``finish(summaries, provisional, like, kept, refs, **params) -> value``: the node's value from the
+    per-block summaries: ``summaries`` are the Delayed tasks that hold them (C order of blocks) and
+    ``refs`` how a task names each one (a small task, run inline, that picks it out of its fused task's
+    result); ``provisional`` is a dask array equal to the provisional values (computed only if a consumer
+    needs it); ``kept`` is the same array read back from where the fused tasks saved it (None when they
+    saved nothing); ``like`` is the op's input (for its geometry). The fused task hands every reduce the
+    flat indices of ``x``'s non-zero voxels, so a pass's values must be non-zero exactly where ``x`` is.
     """
 
     block: Callable[..., Any]

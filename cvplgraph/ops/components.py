@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import cc3d
 import dask.array as da
@@ -145,6 +145,18 @@ def _plane_pairs(
     return links[links[:, 0] != links[:, 1]]
 
 
+def _block_pairs(structure: np.ndarray, planes: tuple[tuple[int, np.ndarray, np.ndarray], ...],
+                 *summaries: Summary) -> np.ndarray:  # fmt: skip
+    """:func:`_plane_pairs` of every ``(axis, lower, upper)`` plane tile of one block, the summaries of each
+    plane's blocks given one plane after the other."""
+    out, start = [np.empty((0, 2), dtype=np.int64)], 0
+    for axis, lower, upper in planes:
+        end = start + len(lower) + len(upper)
+        out.append(_plane_pairs(axis, structure, lower, upper, *summaries[start:end]))
+        start = end
+    return np.concatenate(out)
+
+
 def _union(offsets: np.ndarray, total: np.ndarray | int, *pair_arrays: np.ndarray) -> np.ndarray:
     """Lookup table offset id → final id (consecutive from 1) from all pairs."""
     n = int(total) + 1
@@ -185,16 +197,19 @@ def label_blocks(mask: da.Array, *, connectivity: Literal[6, 26] = 6) -> BlockLa
     return union_of(kept, local, connectivity)
 
 
-def union_of(summaries: list[Delayed], local: da.Array, connectivity: Literal[6, 26]) -> BlockLabels:
+def union_of(
+    summaries: list[Delayed], local: da.Array, connectivity: Literal[6, 26], refs: list[Any] | None = None
+) -> BlockLabels:
     """Steps 2–4 after pass 1: offsets, face pairs and the lookup table, from every block's summary
-    (``_faces`` results, C order of ``local``'s blocks)."""
+    (``_faces`` results, C order of ``local``'s blocks). ``refs``: what the tasks name each summary by, when
+    not its Delayed's key (e.g. a small task picking it out of a fused task's result, run where it is used)."""
     structure = structure_for(connectivity)
     grid = local.numblocks
-    token = tokenize(local.name, connectivity, [s.key for s in summaries])
+    token = tokenize(local.name, connectivity, [s.key for s in summaries], refs)
     offsets, total, lut, count = (f"{n}-{token}" for n in ("offsets", "total", "lut", "count"))
     indices = list(itertools.product(*map(range, grid)))
     flat_index = {idx: i for i, idx in enumerate(indices)}
-    face_keys = [value.key for value in summaries]
+    face_keys = refs if refs is not None else [value.key for value in summaries]
     dsk: dict = {offsets: (_offsets, face_keys), total: (_total, offsets, face_keys[-1])}
 
     def side(block_idx: tuple[int, ...], axis: int) -> np.ndarray:
@@ -213,22 +228,18 @@ def union_of(summaries: list[Delayed], local: da.Array, connectivity: Literal[6,
 
     pairs = f"pairs-{token}"
     pair_keys: list[tuple[str, int]] = []
-    for axis in range(3):
-        for idx in indices:
+    for idx in indices:  # one task per block: the planes between it and its upper neighbours
+        planes, faces = [], []
+        for axis in range(3):
             if idx[axis] + 1 >= grid[axis]:
                 continue
             upper_idx = tuple(i + (a == axis) for a, i in enumerate(idx))
             lower, upper = side(idx, axis), side(upper_idx, axis)
+            planes.append((axis, lower, upper))
+            faces += [face_keys[int(i)] for i in (*lower[:, 2], *upper[:, 2])]
+        if planes:
             key = (pairs, len(pair_keys))
-            dsk[key] = (
-                _plane_pairs,
-                axis,
-                structure,
-                lower,
-                upper,
-                *[face_keys[int(i)] for i in lower[:, 2]],
-                *[face_keys[int(i)] for i in upper[:, 2]],
-            )
+            dsk[key] = (_block_pairs, structure, tuple(planes), *faces)
             pair_keys.append(key)
     dsk[lut] = (_union, offsets, total, *pair_keys)
     dsk[count] = (_count, lut)
@@ -284,11 +295,12 @@ def _pass_block(mask: np.ndarray, *, connectivity: Literal[6, 26] = 6) -> tuple[
 
 def _finish(
     summaries: list[Delayed], provisional: da.Array, like_: xr.DataArray, kept: da.Array | None,
-    *, connectivity: Literal[6, 26] = 6,
+    refs: list[Any] | None = None, *, connectivity: Literal[6, 26] = 6,
 ) -> xr.DataArray:  # fmt: skip
     """The labels from fused pass-1 summaries: the union, then final ids from the kept block labels (or,
     when nothing kept them, from ``provisional``, recomputed only if a consumer asks)."""
-    parts = _kept_for_resume(union_of(summaries, provisional, connectivity), like_.data.chunks, connectivity)
+    parts = union_of(summaries, provisional, connectivity, refs)
+    parts = _kept_for_resume(parts, like_.data.chunks, connectivity)
     out = like(relabelled(parts) if kept is None else relabelled_from(kept, parts), like_)
     out.attrs[BLOCK_LABELS_ATTR] = parts
     return out
