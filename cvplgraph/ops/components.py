@@ -4,12 +4,17 @@ Chunked labelling in two passes, with memory bounded by the block size:
 
 1. every block is labelled on its own (cc3d); the task keeps
    only the block's label count and its six boundary faces;
-2. block ids are made unique with an offset (a cumulative sum of the counts);
-3. for every plane between two rows of blocks, the faces on both sides (plus a
+2. for every plane between two rows of blocks, the faces on both sides (plus a
    one-voxel rim from the diagonal neighbours, for 26-connectivity) are labelled
-   together; ids that fall in one component there belong to one object;
+   together; ids that fall in one component there belong to one object. Ids are
+   named (block, local id), so a block's planes (one task) run as soon as it and
+   its upper neighbours are labelled, while other blocks still are;
+3. block ids are made unique with an offset (a cumulative sum of the counts);
 4. the pairs from all planes are unioned globally into a lookup table
    (offset id → final id, consecutive from 1).
+
+Run fused (:mod:`cvplgraph.engine.fuse`), step 1 is part of one task per block
+with the threshold before it and the per-object sums after it.
 
 The relabelled volume is computed only when something consumes it (a stored
 copy, a pixel op). While a cached node is built, each block's labels are kept
