@@ -20,7 +20,6 @@ import numpy as np
 import xarray as xr
 from dask.graph_manipulation import bind
 from scipy import ndimage
-from skimage.segmentation import watershed as skimage_watershed
 
 from cvplgraph.ops._halo import check_reach
 from cvplgraph.ops.components import LABEL_DTYPE
@@ -108,8 +107,10 @@ def seeds_and_flood(
     _, first = np.unique(regions.ravel()[candidates], return_index=True)  # candidates ascend: first voxels
     local = np.array(np.unravel_index(candidates[first], mask.shape))
     ids = np.concatenate([[0], np.ravel_multi_index(tuple(local + np.asarray(origin)[:, None]), shape) + 1])
+    from skimage.segmentation import watershed as flood  # loaded where a block is flooded (0.05 s of start-up)
+
     distance.ravel()[inside] += tie_break(at, origin, shape)  # the flood reads foreground voxels only
-    return ids[skimage_watershed(-distance, regions, mask=fg)]
+    return ids[flood(-distance, regions, mask=fg)]
 
 
 def _block(
