@@ -64,8 +64,9 @@ class Reduce:
     that feeds it, the flat indices of the block's foreground (ascending), the blocks of its other
     array inputs, and the block's first voxel in the volume.
 
-    ``finish(partials, source, *others, **params) -> value``: the node's value from the per-block
-    partials (Delayed, C order) and the pass's value ``source``.
+    ``finish(blocks, refs, source, *others, **params) -> value``: the node's value from the per-block
+    partials: ``blocks`` are the Delayed tasks that hold them (C order) and ``refs`` how a task names each
+    one (a small task, run inline, that picks it out of its block's result); ``source`` is the pass's value.
     """
 
     block: Callable[..., Any]

@@ -332,12 +332,9 @@ def build_group(
     barrier = _layer(f"{name}-all", {0: (_all_done, [b.key for b in blocks])}, blocks)[0]
     for c, (chain, program) in enumerate(zip(group.chains, programs)):
         mask = values[chain.pointwise[-1]] if chain.pointwise else head
-        # each reduce's partial results: a task per block (their merge is a delayed call); the summaries are
-        # picked out where they are used (the union's tasks), which spares a task per block
-        picked = _layer(f"{name}-{c}", {(i, k): (_pick, (name, i), c, k) for i in range(len(indices))
-                                        for k in range(1, 1 + len(chain.reduces))}, blocks)  # fmt: skip
-        part = [[picked[(i, k)] for i in range(len(indices))] for k in range(1, 1 + len(chain.reduces))]
-        refs = [(_pick, (name, i), c, 0) for i in range(len(indices))]
+        # every result is picked out of its block's fused task where it is used (the union's tasks, a reduce's
+        # merge), by a small task run inline there: no task per block and result
+        refs = [[(_pick, (name, i), c, k) for i in range(len(indices))] for k in range(1 + len(chain.reduces))]
         local = plan.node(chain.local)
         kernel: Any = local.opdef.kernel  # a LocalPass (find_groups)
         params = dict(local.params)
@@ -348,13 +345,13 @@ def build_group(
         if program.keep is not None:
             kept = _read_back([keeps[program.keep](i) for i in range(len(indices))], provisional, barrier)
         with scope(chain.local):
-            values[chain.local] = _finish(local, kernel.finish, (blocks, provisional, mask, kept, refs), params)
-        for k, rname in enumerate(chain.reduces):
+            values[chain.local] = _finish(local, kernel.finish, (blocks, provisional, mask, kept, refs[0]), params)
+        for k, rname in enumerate(chain.reduces, start=1):
             node = plan.node(rname)
             rvalues = [others[s] for s in sources(plan, rname)[1:]]
             reduce: Any = node.opdef.kernel  # a Reduce (find_groups)
             with scope(rname):
-                args = (part[k], values[chain.local], *rvalues)
+                args = (blocks, refs[k], values[chain.local], *rvalues)
                 values[rname] = _finish(node, reduce.finish, args, dict(node.params))
     return Built(values, writes)
 

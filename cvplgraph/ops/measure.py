@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from cvplgraph.hooks import checkpoint_blocks
 from cvplgraph.kernels import Reduce
@@ -72,11 +74,18 @@ def _stats_block(
     return _partial_stats(labels, image, starts, foreground)
 
 
-def _stats_finish(partial: list[Any], labels: xr.DataArray, image: xr.DataArray | None = None) -> Table:
-    """The Points table from fused per-block statistics, merged through the pass's lookup table."""
+def _stats_finish(
+    blocks: list[Delayed], refs: list[Any], labels: xr.DataArray, image: xr.DataArray | None = None
+) -> Table:
+    """The Points table from fused per-block statistics (``refs`` pick each out of ``blocks``), merged through
+    the pass's lookup table."""
     parts: BlockLabels = labels.attrs[BLOCK_LABELS_ATTR]
-    frame = dask.delayed(_merge, pure=True)(Geometry.of(labels), image is not None, parts.offsets, parts.lut, *partial)
-    return Table(frame, Geometry.of(labels))
+    geometry = Geometry.of(labels)
+    name = "merge-" + tokenize(refs, parts.lut.key, image is not None)
+    task = (_merge, geometry, image is not None, parts.offsets.key, parts.lut.key, *refs)
+    deps = [*blocks, parts.offsets, parts.lut]
+    graph = HighLevelGraph.from_collections(name, {name: task}, dependencies=deps)  # type: ignore[arg-type]
+    return Table(Delayed(name, graph), geometry)
 
 
 def _block_starts(chunks: tuple[tuple[int, ...], ...], block_id: tuple[int, ...]) -> np.ndarray:
