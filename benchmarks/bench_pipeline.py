@@ -53,7 +53,6 @@ from distributed.utils import key_split
 from machine_info import machine
 
 import cvplgraph
-from cvplgraph.engine.cluster import worker_environment
 from cvplgraph.synth.volume import SynthParams, write_synthetic
 
 #: Threshold of the mask, as in ``specs/demo.toml``.
@@ -362,8 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shape, chunks = volume_shape(args.size_gib), (args.chunks[0], args.chunks[1], args.chunks[2])
     input_bytes = int(np.prod(shape)) * 4
     worker_env = dict(item.split("=", 1) for item in args.worker_env)
-    # the workers start as those of the LocalCluster `cvplgraph run` starts (engine/cluster.py), unless told
-    pre_spawn = {**worker_environment(args.workers, "auto"), **worker_env}
+    pre_spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **worker_env}
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}),
         LocalCluster(

@@ -149,41 +149,15 @@ def check_scheduler(address: str, timeout: float) -> None:
         raise CvplError(f"{expected}, found {found}")
 
 
-#: glibc settings for the workers of the LocalCluster a run starts. distributed starts workers with
-#: ``MALLOC_TRIM_THRESHOLD_=65536``, which also fixes glibc's mmap threshold at 128 KiB: every block-sized
-#: array is then a fresh ``mmap``, page-faulted in 4 KiB at a time, and a 16 MiB block's labels cost ~10 ms
-#: of faults alone. Arrays under 32 MiB come from the heap instead, and up to 128 MiB of freed memory is kept
-#: for the next block: the 1 GiB pipeline runs 1.35× faster for ~0.2 GiB more per worker
-#: (docs/benchmarks.md). Only where each worker has at least :data:`ALLOCATOR_MIN_MEMORY` to spare.
-WORKER_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": 32 * 2**20, "MALLOC_TRIM_THRESHOLD_": 128 * 2**20}
-ALLOCATOR_MIN_MEMORY = 2 * 2**30
-
-
-def worker_environment(n_workers: int, memory_limit: str) -> dict[str, Any]:
-    """The environment the LocalCluster's worker processes start with (distributed's, plus
-    :data:`WORKER_ALLOCATOR` when each worker may use at least :data:`ALLOCATOR_MIN_MEMORY`)."""
-    from dask.utils import parse_bytes
-    from distributed.system import MEMORY_LIMIT
-
-    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    per_worker = MEMORY_LIMIT / max(1, n_workers) if memory_limit == "auto" else parse_bytes(memory_limit)
-    if per_worker >= ALLOCATOR_MIN_MEMORY:
-        env.update(WORKER_ALLOCATOR)
-    return env
-
-
 @contextlib.contextmanager
 def local_cluster(spec: Spec) -> Iterator[Any]:
     """A LocalCluster sized to the machine (or to ``[cluster]``) and a client on it."""
     from distributed import Client, LocalCluster
 
     cfg = spec.cluster
-    n_workers = cfg.n_workers or max(1, os.cpu_count() or 1)
-    environment = worker_environment(n_workers, cfg.memory_limit)
     with (
-        dask.config.set({"distributed.nanny.pre-spawn-environ": environment}),
         LocalCluster(
-            n_workers=n_workers,
+            n_workers=cfg.n_workers or max(1, os.cpu_count() or 1),
             threads_per_worker=cfg.threads_per_worker or 1,
             memory_limit=cfg.memory_limit,  # "auto": the machine's memory shared between the workers
             processes=True,

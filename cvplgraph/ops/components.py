@@ -80,20 +80,32 @@ def _label_block(block: np.ndarray, connectivity: Literal[6, 26]) -> np.ndarray:
     return cc3d.connected_components(block, connectivity=connectivity, binary_image=True, out_dtype=np.uint32)
 
 
-#: A block's summary: its label count (a 0-d array), then its first and last layer along z, y and x
-#: (plain arrays, so that a checkpoint can save it).
+#: A block's summary: its label count (a 0-d array), the shapes of its six faces (a 6 × 2 array), then for
+#: its first and last layer along z, y and x the flat indices of the labelled voxels and their labels: faces
+#: are mostly background, and every block's summary is held until the union (plain arrays, so that a
+#: checkpoint can save it).
 Summary = tuple[np.ndarray, ...]
 
 
 def _faces(labels: np.ndarray, count: int | None = None) -> Summary:
     """A block's label count (``count`` when the labelling said it) and its (first, last) layer along each axis."""
-    faces = [np.take(labels, i, axis=a).copy() for a in range(3) for i in (0, labels.shape[a] - 1)]
+    faces = [np.take(labels, i, axis=a) for a in range(3) for i in (0, labels.shape[a] - 1)]
     n = labels.max(initial=0) if count is None else count
-    return (np.asarray(n, dtype=np.int64), *faces)
+    sparse: list[np.ndarray] = []
+    for face in faces:
+        flat = face.ravel()
+        where = np.flatnonzero(flat)
+        sparse += [where.astype(np.int32), flat[where]]
+    shapes = np.array([face.shape for face in faces], dtype=np.int64)
+    return (np.asarray(n, dtype=np.int64), shapes, *sparse)
 
 
 def _face(summary: Summary, axis: int, last: bool) -> np.ndarray:
-    return summary[1 + 2 * axis + int(last)]
+    """One face of a block, dense again."""
+    k = 2 * axis + int(last)
+    out = np.zeros(tuple(summary[1][k]), dtype=summary[3 + 2 * k].dtype)
+    out.ravel()[summary[2 + 2 * k]] = summary[3 + 2 * k]
+    return out
 
 
 def _offsets(summaries: list[Summary]) -> np.ndarray:
@@ -128,7 +140,7 @@ def _plane_pairs(
     tile itself) and its flat block index (plain arrays keep the task small); ``summaries`` holds those blocks'
     ``_faces`` results in the same order (lower first, then upper).
     """
-    shape0 = _face(summaries[0], axis, True).shape
+    shape0 = tuple(summaries[0][1][2 * axis + 1])  # the shape of the first face of this axis (a tile)
     slab = np.zeros((2, shape0[0] + 2, shape0[1] + 2), dtype=np.int64)
     entries = [(0, (int(r[0]), int(r[1])), int(r[2]), True) for r in lower]
     entries += [(1, (int(r[0]), int(r[1])), int(r[2]), False) for r in upper]
@@ -197,7 +209,7 @@ def label_blocks(mask: da.Array, *, connectivity: Literal[6, 26] = 6) -> BlockLa
     summaries = {(faces, i): (_faces, (local.name, *idx)) for i, idx in enumerate(indices)}
     summary_graph = HighLevelGraph.from_collections(faces, summaries, dependencies=[local])  # type: ignore[arg-type]
     kept = checkpoint_blocks(
-        f"faces-{tokenize(mask.chunks)}", [Delayed(k, summary_graph, layer=faces) for k in summaries]
+        f"faces-sparse-{tokenize(mask.chunks)}", [Delayed(k, summary_graph, layer=faces) for k in summaries]
     )
     return union_of(kept, local, connectivity)
 

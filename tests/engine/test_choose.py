@@ -50,19 +50,3 @@ def test_the_run_record_says_where_and_why(spec_file: Path) -> None:
     assert cluster["kind"] == "dask threads scheduler"
     size = cvplgraph.plan(cvplgraph.load_spec(spec_file)).input_bytes
     assert cluster["why"] == f"input {size / 2**20:.0f} MiB < 2 GiB: threads in this process"
-
-
-def test_the_local_clusters_workers_get_the_block_friendly_allocator(spec_file: Path) -> None:
-    """Workers with memory to spare keep block-sized arrays on the heap (no fresh mmap per block); workers with
-    a small limit keep distributed's settings, which return memory at once."""
-    import os
-
-    from cvplgraph.engine.cluster import WORKER_ALLOCATOR, local_cluster, worker_environment
-
-    assert worker_environment(2, "8GiB").items() >= WORKER_ALLOCATOR.items()
-    small = worker_environment(2, "1GiB")
-    assert "MALLOC_MMAP_THRESHOLD_" not in small and small.get("MALLOC_TRIM_THRESHOLD_") == 65536
-    spec_file.write_text(spec_file.read_text() + '\n[cluster]\nn_workers = 1\nmemory_limit = "3GiB"\n')
-    with local_cluster(cvplgraph.load_spec(spec_file)) as client:
-        seen = client.run(lambda: {k: os.environ.get(k) for k in WORKER_ALLOCATOR})
-    assert list(seen.values()) == [{k: str(v) for k, v in WORKER_ALLOCATOR.items()}]
