@@ -7,8 +7,8 @@ Chunked labelling in two passes, with memory bounded by the block size:
 2. for every plane between two rows of blocks, the faces on both sides (plus a
    one-voxel rim from the diagonal neighbours, for 26-connectivity) are labelled
    together; ids that fall in one component there belong to one object. Ids are
-   named (block, local id), so a block's planes (one task) run as soon as it and
-   its upper neighbours are labelled, while other blocks still are;
+   named (block, local id), so a row of blocks' planes (one task) run as soon as
+   those blocks and their upper neighbours are labelled, while others still are;
 3. block ids are made unique with an offset (a cumulative sum of the counts);
 4. the pairs from all planes are unioned globally into a lookup table
    (offset id → final id, consecutive from 1).
@@ -164,8 +164,8 @@ def _plane_pairs(
 
 def _block_pairs(structure: np.ndarray, planes: tuple[tuple[int, np.ndarray, np.ndarray], ...],
                  *summaries: Summary) -> np.ndarray:  # fmt: skip
-    """:func:`_plane_pairs` of every ``(axis, lower, upper)`` plane tile of one block, the summaries of each
-    plane's blocks given one plane after the other."""
+    """:func:`_plane_pairs` of every ``(axis, lower, upper)`` plane tile of a row of blocks, the summaries of
+    each plane's blocks given one plane after the other."""
     out, start = [np.empty((0, 2), dtype=np.int64)], 0
     for axis, lower, upper in planes:
         end = start + len(lower) + len(upper)
@@ -245,15 +245,19 @@ def union_of(
 
     pairs = f"pairs-{token}"
     pair_keys: list[tuple[str, int]] = []
-    for idx in indices:  # one task per block: the planes between it and its upper neighbours
+    # one task per row of blocks along x: the planes between each block of the row and its upper neighbours
+    # (a task per block cost more in scheduling than the pairs themselves with small blocks)
+    for row in itertools.product(*map(range, grid[:2])):
         planes, faces = [], []
-        for axis in range(3):
-            if idx[axis] + 1 >= grid[axis]:
-                continue
-            upper_idx = tuple(i + (a == axis) for a, i in enumerate(idx))
-            lower, upper = side(idx, axis), side(upper_idx, axis)
-            planes.append((axis, lower, upper))
-            faces += [face_keys[int(i)] for i in (*lower[:, 2], *upper[:, 2])]
+        for x in range(grid[2]):
+            idx = (*row, x)
+            for axis in range(3):
+                if idx[axis] + 1 >= grid[axis]:
+                    continue
+                upper_idx = tuple(i + (a == axis) for a, i in enumerate(idx))
+                lower, upper = side(idx, axis), side(upper_idx, axis)
+                planes.append((axis, lower, upper))
+                faces += [face_keys[int(i)] for i in (*lower[:, 2], *upper[:, 2])]
         if planes:
             key = (pairs, len(pair_keys))
             dsk[key] = (_block_pairs, structure, tuple(planes), *faces)
