@@ -28,7 +28,6 @@ from cvplgraph.cache.resume import Records, layout_name
 from cvplgraph.errors import CacheError, DamagedStore, InputError
 from cvplgraph.io.records import expand
 from cvplgraph.io.stores import (
-    TABLE_TYPES,
     align,
     block_regions,
     block_writes,
@@ -36,11 +35,9 @@ from cvplgraph.io.stores import (
     describe,
     levels,
     read_array,
-    read_value,
-    write_counts,
-    write_table,
     zarr_location,
 )
+from cvplgraph.io.tables import TABLE_TYPES, read_value, write_counts, write_table
 from cvplgraph.spec.model import StoreSpec
 from cvplgraph.types import PortType
 

@@ -12,9 +12,7 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,23 +20,19 @@ from typing import Any
 
 import dask
 import fsspec
-import networkx as nx
 import xarray as xr
 
 from cvplgraph._version import __version__
 from cvplgraph.cache.checkpoint import CheckpointGone
 from cvplgraph.cache.lease import Holder
-from cvplgraph.cache.manifest import Entry
-from cvplgraph.cache.resume import chunk_grid, clear_partial
 from cvplgraph.cache.store import read_cached
 from cvplgraph.engine.cluster import connect, ship_plugins
-from cvplgraph.engine.compile import nodes_in_order
-from cvplgraph.engine.failures import cluster_failed_keys, local_failed_keys
+from cvplgraph.engine.commit import commit, provenance
+from cvplgraph.engine.failures import cluster_failed_keys, local_failed_keys, node_failure, task_owners
 from cvplgraph.engine.lower import Lowered, lower
 from cvplgraph.engine.plan import Plan, make_plan
 from cvplgraph.engine.progress import Display, as_display, cluster_progress, counting, local_progress
-from cvplgraph.engine.status import Status
-from cvplgraph.errors import CacheError, CvplError, DamagedStore, OpFailed, one_line
+from cvplgraph.errors import CacheError, CvplError, DamagedStore
 from cvplgraph.io.outputs import region_dataset, write_block_counts, write_points, write_regions
 from cvplgraph.io.stores import write_array
 from cvplgraph.spec.cluster import ClusterSpec
@@ -207,141 +201,6 @@ def _cluster_info(client: Any, scheduler: str | None) -> dict[str, Any]:
     }
 
 
-def task_owners(plan: Plan, lowered: Lowered) -> dict[str, str]:
-    """Task key (as a string) → the node whose value or cache writes introduced it.
-
-    Nodes are visited upstream first, so a task belongs to the first node whose
-    graph holds it (a node's graph includes everything upstream of it). Each
-    graph layer is walked once: every block's write shares the whole graph.
-    """
-    owners: dict[str, str] = {}
-    seen: set[str] = set()
-    for node in nodes_in_order(plan.graph):
-        value = lowered.values.get(node.name)
-        if value is None:
-            continue
-        parts: list[Any] = [value.data if isinstance(value, xr.DataArray) else getattr(value, "frame", None)]
-        parts += [getattr(value, "counts", None), *lowered.writes.get(node.name, [])]
-        for part in parts:
-            if not dask.is_dask_collection(part):
-                continue
-            graph = part.__dask_graph__()
-            for name, layer in getattr(graph, "layers", {"": graph}).items():
-                if name and name in seen:
-                    continue
-                seen.add(name)
-                for key in layer:
-                    owners.setdefault(str(key), node.name)
-    return owners
-
-
-def node_failure(plan: Plan, lowered: Lowered, keys: list[str], exc: Exception) -> CvplError:
-    """The one-line error for a compute whose task raised ``exc``: the node the task belongs to (the
-    first of ``keys``, innermost first, that :func:`task_owners` knows) and what it was doing."""
-    owners = task_owners(plan, lowered)
-    name = next((owners[k] for k in keys if k in owners), None)
-    if name is None:
-        return CvplError(f"a task of the run failed: {one_line(exc)} (--debug shows the traceback)")
-    node = plan.node(name)
-    if node.is_input:
-        return CvplError(f"reading {name!r} failed: {one_line(exc)}")
-    if plan.nodes[name].status is Status.CACHED:
-        return CvplError(
-            f"reading node {name!r} from the cache failed: {one_line(exc)}; `cvplgraph cache verify --deep` checks "
-            "its store and moves a damaged entry away, so that the next run computes it again"
-        )
-    return OpFailed(name, node.opdef.name, exc)
-
-
-def _provenance(plan: Plan, name: str) -> tuple[dict[str, int], dict[str, str]]:
-    """Op versions of ``name`` and everything upstream, and the keys of the raw inputs it comes from."""
-    ops: dict[str, int] = {}
-    inputs: dict[str, str] = {}
-    for upstream in [*nx.ancestors(plan.graph, name), name]:
-        node = plan.node(upstream)
-        if node.is_input:
-            inputs[upstream] = node.key
-        else:
-            ops[node.opdef.name] = node.opdef.version
-    return dict(sorted(ops.items())), dict(sorted(inputs.items()))
-
-
-def _commit(plan: Plan, lowered: Lowered, started: float, finished: float) -> list[str]:
-    """Commit an entry for every store this run completed, then drop its chunk records."""
-    committed = []
-    host = socket.gethostname()
-    for name, written in lowered.cached.items():
-        node = plan.node(name)
-        value = lowered.values[name]
-        array = value.data if isinstance(value, xr.DataArray) else None
-        op_versions, input_keys = _provenance(plan, name)
-        entry = Entry(
-            key=node.key,
-            node=name,
-            op=node.opdef.name,
-            version=node.opdef.version,
-            params=dict(node.params),
-            inputs=dict(node.input_keys),
-            type=str(node.output),
-            store=written.store,
-            store_options=node.nodespec.store.to_dict(),
-            shape=list(array.shape) if array is not None else None,
-            dtype=str(array.dtype) if array is not None else None,
-            chunks=[c[0] for c in array.chunks] if array is not None else None,
-            bytes=plan.manifest.bytes_under(written.store),
-            seconds=round(finished - started, 3),
-            created=time.time(),
-            spec=plan.spec.source,
-            cvplgraph_version=__version__,
-            op_versions=op_versions,
-            input_fingerprints=input_keys,
-            started=started,
-            finished=finished,
-            host=host,
-        )
-        existing = plan.manifest.get(node.key)
-        if existing is None or existing.store != written.store:  # same store: a concurrent run committed it
-            _commit_whole(plan, name, written, entry)
-        clear_partial(plan.manifest.url, node.key)  # records and the op's checkpoints
-        committed.append(name)
-    return committed
-
-
-def _commit_whole(plan: Plan, name: str, written: Any, entry: Entry) -> None:
-    """Commit ``entry`` with its store's chunk checksums, if the store is whole; a store that is not is never
-    committed (:class:`CacheError`), unless a concurrent run committed the key meanwhile (its entry stands)."""
-    try:
-        sums = _whole(plan, name, written)
-    except CacheError:
-        if plan.manifest.get(entry.key) is None:
-            raise
-        return  # committed by a concurrent run just now, which also cleared the records we counted
-    if sums is not None:  # the chunk checksums stay beside the store, for `cache verify` and reads
-        checksums = json.dumps({"levels": sums}).encode()
-        plan.manifest.fs.pipe_file(f"{plan.manifest.root}/{written.store}.chunks.json", checksums)
-    plan.manifest.commit(entry)
-
-
-def _whole(plan: Plan, name: str, written: Any) -> list[dict[str, str | None]] | None:
-    """The chunk checksums of a store this run wrote (None for a table), after checking the store is whole:
-    its metadata there and every chunk of every level recorded. Anything less (a ``cache gc`` that
-    removed it meanwhile) is never committed."""
-    fs, root = plan.manifest.fs, plan.manifest.root
-    where = f"{plan.manifest.url}/{written.store}"
-    if not fs.exists(f"{root}/{written.store}/zarr.json"):
-        raise CacheError(f"{where}: the store of node {name!r} was removed while this run wrote it (a cache gc?); "
-                         "nothing committed for it; expected it whole; run again")  # fmt: skip
-    if written.records is None:
-        return None
-    sums = written.records.checksums()
-    for level, (recorded, grid) in enumerate(zip(sums, map(chunk_grid, written.records.levels))):
-        if len(recorded) != math.prod(grid):
-            raise CacheError(f"{where}: level {level} of node {name!r} has {len(recorded)} of {math.prod(grid)} "
-                             "chunks recorded (records removed while this run wrote them: a cache gc?); nothing "
-                             "committed for it; run again")  # fmt: skip
-    return sums
-
-
 def execute(
     plan: Plan,
     *,
@@ -466,7 +325,7 @@ def _execute(
         for key, seconds in tasks:
             if key in owners:
                 report.node_seconds[owners[key]] = report.node_seconds.get(owners[key], 0.0) + seconds
-    report.committed = _commit(plan, lowered, started, time.time())
+    report.committed = commit(plan, lowered, started, time.time())
     results = _collect(plan, lowered, computed)
     report.outputs = _write_outputs(plan, computed, results)
     return Results(results, report, plan)
@@ -512,7 +371,7 @@ def _write_outputs(plan: Plan, computed: dict[str, Any], results: dict[str, Any]
 def _write_provenance(plan: Plan, name: str, target: str) -> None:
     """``<target>.cvplgraph.json`` beside an output: the node and cache keys it came from."""
     node = plan.node(name)
-    op_versions, input_keys = _provenance(plan, name)
+    op_versions, input_keys = provenance(plan, name)
     document = {
         "node": name,
         "key": node.key,

@@ -1,5 +1,5 @@
-"""Which task of a failed compute raised: its key, which :func:`cvplgraph.engine.execute.task_owners`
-maps to the node it belongs to.
+"""Which task of a failed compute raised: its key, which :func:`task_owners` maps to the node it belongs
+to, and the one-line error that names that node (:func:`node_failure`).
 
 dask reports a failed task by re-raising its exception, without the task's key. On dask's local
 schedulers the key is read from the traceback: the frames of the task objects being called (a fused
@@ -10,6 +10,15 @@ distributed cluster the scheduler knows which task a failed result is to blame o
 from __future__ import annotations
 
 from typing import Any
+
+import dask
+import xarray as xr
+
+from cvplgraph.engine.compile import nodes_in_order
+from cvplgraph.engine.lower import Lowered
+from cvplgraph.engine.plan import Plan
+from cvplgraph.engine.status import Status
+from cvplgraph.errors import CvplError, OpFailed, one_line
 
 
 def _key(key: Any) -> str:
@@ -50,4 +59,50 @@ def cluster_failed_keys(client: Any, futures: list[Any]) -> list[str]:
     return [] if key is None else [_key(key)]
 
 
-__all__ = ["cluster_failed_keys", "local_failed_keys"]
+def task_owners(plan: Plan, lowered: Lowered) -> dict[str, str]:
+    """Task key (as a string) → the node whose value or cache writes introduced it.
+
+    Nodes are visited upstream first, so a task belongs to the first node whose
+    graph holds it (a node's graph includes everything upstream of it). Each
+    graph layer is walked once: every block's write shares the whole graph.
+    """
+    owners: dict[str, str] = {}
+    seen: set[str] = set()
+    for node in nodes_in_order(plan.graph):
+        value = lowered.values.get(node.name)
+        if value is None:
+            continue
+        parts: list[Any] = [value.data if isinstance(value, xr.DataArray) else getattr(value, "frame", None)]
+        parts += [getattr(value, "counts", None), *lowered.writes.get(node.name, [])]
+        for part in parts:
+            if not dask.is_dask_collection(part):
+                continue
+            graph = part.__dask_graph__()
+            for name, layer in getattr(graph, "layers", {"": graph}).items():
+                if name and name in seen:
+                    continue
+                seen.add(name)
+                for key in layer:
+                    owners.setdefault(str(key), node.name)
+    return owners
+
+
+def node_failure(plan: Plan, lowered: Lowered, keys: list[str], exc: Exception) -> CvplError:
+    """The one-line error for a compute whose task raised ``exc``: the node the task belongs to (the
+    first of ``keys``, innermost first, that :func:`task_owners` knows) and what it was doing."""
+    owners = task_owners(plan, lowered)
+    name = next((owners[k] for k in keys if k in owners), None)
+    if name is None:
+        return CvplError(f"a task of the run failed: {one_line(exc)} (--debug shows the traceback)")
+    node = plan.node(name)
+    if node.is_input:
+        return CvplError(f"reading {name!r} failed: {one_line(exc)}")
+    if plan.nodes[name].status is Status.CACHED:
+        return CvplError(
+            f"reading node {name!r} from the cache failed: {one_line(exc)}; `cvplgraph cache verify --deep` checks "
+            "its store and moves a damaged entry away, so that the next run computes it again"
+        )
+    return OpFailed(name, node.opdef.name, exc)
+
+
+__all__ = ["cluster_failed_keys", "local_failed_keys", "node_failure", "task_owners"]

@@ -26,7 +26,8 @@ import pandas as pd
 from cvplgraph.engine.plan import Plan, Status, make_plan
 from cvplgraph.errors import CvplError
 from cvplgraph.io.atlas import read_atlas
-from cvplgraph.io.stores import multiscales, open_group, read_array, read_input, read_value
+from cvplgraph.io.stores import multiscales, open_group, read_array, read_input
+from cvplgraph.io.tables import read_value
 from cvplgraph.spec.model import INPUT, Spec
 from cvplgraph.types import PortType
 from cvplgraph.values import Atlas, BlockCounts, Geometry, Table

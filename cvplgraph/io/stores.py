@@ -1,10 +1,9 @@
-"""OME-Zarr and table stores: reading the raw input, writing and reading cached values.
+"""OME-Zarr stores: reading the raw input, writing and reading arrays block by block.
 
 Images, masks and labels are written as OME-NGFF 0.5 multiscale groups (zarr
 v3), labels with ``image-label`` metadata; inputs are read in NGFF 0.4 (zarr
-v2) or 0.5 (zarr v3). Points and BlockCounts are zarr groups with one array per
-column and their geometry in the group attributes. Writes are lazy (one dask
-task per block) so they join the run's single graph.
+v2) or 0.5 (zarr v3). Writes are lazy (one dask task per block) so they join the
+run's single graph. Tables and block counts are in :mod:`cvplgraph.io.tables`.
 """
 
 from __future__ import annotations
@@ -14,11 +13,9 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import dask
 import dask.array as da
 import fsspec
 import numpy as np
-import pandas as pd
 import xarray as xr
 import zarr
 from dask.base import tokenize
@@ -27,11 +24,11 @@ from dask.highlevelgraph import HighLevelGraph
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from cvplgraph.errors import CacheError, DamagedStore, InputError
-from cvplgraph.io.meter import READ, WRITTEN, Metered, count, read_zarr
+from cvplgraph.io.meter import WRITTEN, Metered, count, read_zarr
 from cvplgraph.io.records import Ranges, expand, mark
 from cvplgraph.spec.model import InputSpec, StoreSpec
 from cvplgraph.types import PortType
-from cvplgraph.values import DIMS, BlockCounts, Geometry, Table, wrap
+from cvplgraph.values import DIMS, Geometry, wrap
 
 NGFF_VERSION = "0.5"
 
@@ -446,118 +443,3 @@ def read_array(
     if chunks and [sum(c) for c in chunks] == list(data.shape) and tuple(map(tuple, chunks)) != data.chunks:
         data = data.rechunk(tuple(tuple(c) for c in chunks))
     return wrap(data, Geometry(tuple(data.shape), tuple(scale.tolist()), tuple(translation.tolist())))  # type: ignore[arg-type]
-
-
-# --- tables (Points) and block counts -----------------------------------------------------------
-
-
-def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
-    try:
-        return _write_columns(url, frame, geometry)
-    except OSError as exc:  # a full disk, a quota, a lost mount: named, never a traceback
-        raise CacheError(f"{url}: writing the table failed ({exc.strerror or exc}); expected room to write "
-                         "(disk full?); nothing was committed for it") from None  # fmt: skip
-
-
-def _write_columns(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
-    import warnings
-
-    group = create_group(url)
-    for column in frame.columns:
-        values = frame[column].to_numpy()
-        if values.dtype == object:  # text columns (region names): fixed-width unicode, which zarr stores
-            values = values.astype(str)
-        with warnings.catch_warnings():  # zarr flags fixed-width unicode as not yet in the v3 spec
-            warnings.simplefilter("ignore")
-            group.create_array(column, data=values, chunks=(max(1, min(len(values), 1 << 20)),), config=EVERY_CHUNK)
-    group.attrs["cvplgraph"] = {
-        "type": "Points",
-        "columns": list(frame.columns),
-        "rows": len(frame),
-        "geometry": geometry.to_dict(),
-        "every_chunk": True,
-    }
-    count(WRITTEN, int(frame.memory_usage(deep=False).sum()))
-    return len(frame)
-
-
-def write_table(url: str, table: Table) -> Delayed:
-    return dask.delayed(_write_table, pure=False)(url, table.frame, table.geometry)
-
-
-#: Tables and block counts store every chunk, fill values too, so that an absent chunk is damage, never zeros
-#: (their stores say so with ``every_chunk``; older ones are read unchecked).
-EVERY_CHUNK: Any = {"write_empty_chunks": True}  # zarr ArrayConfigParams
-
-
-def _column(group: zarr.Group, name: str, url: str) -> np.ndarray:
-    """A column (every chunk read); with ``every_chunk`` set, a chunk absent after the read raises
-    :class:`DamagedStore` instead of passing for fill values."""
-    array = child_array(group, name, url)
-    values = np.asarray(array[:])
-    if cvplgraph_attrs(group).get("every_chunk"):
-        fs, root = fsspec.core.url_to_fs(url)
-        for at in np.ndindex(*(-(-s // c) for s, c in zip(array.shape, array.chunks))):
-            path = f"{array.store_path.path}/{array.metadata.encode_chunk_key(at)}"
-            if not fs.exists(f"{root.rstrip('/')}/{path}"):
-                raise DamagedStore(f"{url}: chunk {path} is missing (deleted while the run read it?)", url)
-    return values
-
-
-def _read_frame(url: str, columns: list[str]) -> pd.DataFrame:
-    group = open_group(url)
-    frame = pd.DataFrame({c: _column(group, c, url) for c in columns})
-    count(READ, int(frame.memory_usage(deep=False).sum()))
-    return frame
-
-
-def read_table(url: str) -> Table:
-    """A stored Points table; the rows are read lazily, when the run needs them."""
-    meta = cvplgraph_attrs(open_group(url))
-    frame = dask.delayed(_read_frame, pure=True)(url, list(meta["columns"]))
-    return Table(frame, Geometry.from_dict(meta["geometry"]))
-
-
-def _write_counts(url: str, counts: np.ndarray, block: tuple[int, int, int], geometry: Geometry) -> int:
-    group = create_group(url)
-    group.create_array("counts", data=counts, config=EVERY_CHUNK)
-    count(WRITTEN, counts.nbytes)
-    group.attrs["cvplgraph"] = {
-        "type": "BlockCounts",
-        "block": list(block),
-        "total": int(counts.sum()),
-        "geometry": geometry.to_dict(),
-        "every_chunk": True,
-    }
-    return int(counts.sum())
-
-
-def write_counts(url: str, value: BlockCounts) -> Delayed:
-    return dask.delayed(_write_counts, pure=False)(url, value.counts, value.block, value.geometry)
-
-
-def read_counts(url: str) -> BlockCounts:
-    meta = cvplgraph_attrs(open_group(url))
-    counts = dask.delayed(_read_counts, pure=True)(url)
-    block = (int(meta["block"][0]), int(meta["block"][1]), int(meta["block"][2]))
-    return BlockCounts(counts, block, Geometry.from_dict(meta["geometry"]))
-
-
-def _read_counts(url: str) -> np.ndarray:
-    counts = _column(open_group(url), "counts", url)
-    count(READ, counts.nbytes)
-    return counts
-
-
-#: Types carried as a :class:`~cvplgraph.values.Table` and stored as a zarr group of columns.
-TABLE_TYPES = (PortType.Points, PortType.RegionTable)
-
-
-def read_value(url: str, kind: PortType) -> Any:
-    if kind.is_array:
-        return read_array(url)
-    if kind in TABLE_TYPES:
-        return read_table(url)
-    if kind is PortType.BlockCounts:
-        return read_counts(url)
-    raise InputError(f"no storage for values of type {kind}")
