@@ -38,6 +38,11 @@ def partial_url(cache_url: str, key: str) -> str:
     return f"{cache_url.rstrip('/')}/partial/{key}"
 
 
+def checkpoints_url(cache_url: str, key: str) -> str:
+    """Where the ops building ``key`` keep their checkpoints (see :mod:`cvplgraph.cache.checkpoint`)."""
+    return f"{partial_url(cache_url, key)}/checkpoints"
+
+
 def layout_name(levels: Sequence[Level], dtype: str, compressor: dict[str, Any]) -> str:
     """A short name for a store layout (what a chunk index means)."""
     return digest({"levels": [[list(s), list(c)] for s, c in levels], "dtype": dtype, "compressor": compressor})[:12]

@@ -31,6 +31,7 @@ Everything else is lowered op by op, as without fusion (``fuse = False`` in :fun
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 import uuid
@@ -45,6 +46,9 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
+from cvplgraph.cache.checkpoint import scope as checkpoint_scope
+from cvplgraph.cache.resume import checkpoints_url
+from cvplgraph.cache.store import CachedWrite, fused_array_targets
 from cvplgraph.engine.plan import Plan, Status
 from cvplgraph.errors import CvplError, OpFailed
 from cvplgraph.kernels import LocalPass, Pointwise, Reduce
@@ -247,33 +251,39 @@ def _first(block_fn: Any, params: dict[str, Any], x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Built:
-    """What building a group gives the lowering: per node its value and, for cached nodes written by the
-    fused tasks, those tasks' write results."""
+    """What building a group gives the lowering: per node its value, and the stores of the cached nodes the
+    fused tasks write (their writes are those tasks)."""
 
     values: dict[str, Any]
-    writes: dict[str, list[Delayed]]
+    cached: dict[str, CachedWrite]
 
 
-def build_group(
-    plan: Plan,
-    group: Group,
-    head: xr.DataArray,
-    others: dict[str, xr.DataArray],
-    pointwise_value: Any,
-    store_targets: Any,
-    keep_url: Any,
-    scope: Any,
-    inline_head: bool = False,
-) -> Built:
-    """The values of every node of ``group`` and the fused tasks behind them.
+def _read_alone(plan: Plan, group: Group) -> bool:
+    """Whether the head is read (the input or a cached node, never an op, whose failure must name its node)
+    and nothing else in this run reads it: then its block tasks can run inside the fused tasks."""
+    read = plan.nodes[group.head].status is not Status.COMPUTE and group.head not in dict(plan.spec.outputs)
+    return read and all(
+        n in group.nodes or plan.nodes[n].status is not Status.COMPUTE for n in plan.graph.successors(group.head)
+    )
 
-    ``pointwise_value(name, x)``: the node's unfused value from its input value (what the op returns);
-    ``store_targets(name, value)``: for a cached pointwise node, its store's per-block write arguments
-    (C order); ``keep_url(name)``: where a cached pass node keeps block ``i`` (a function of ``i``);
-    ``scope(name)``: the context a node's finish is built in (a cached node's checkpoints). With
-    ``inline_head`` (nothing else reads the head), each block's own tasks of the head (the chunk read,
-    its checks) run inside the fused task too, so that a block costs one task.
+
+def _scope(plan: Plan, name: str) -> contextlib.AbstractContextManager[Any]:
+    """Where a node's finish keeps its checkpoints: a cached node's partial folder (for a resumed run)."""
+    node = plan.nodes[name]
+    if not node.cache:
+        return contextlib.nullcontext()
+    return checkpoint_scope(checkpoints_url(plan.manifest.url, node.key))
+
+
+def build_group(plan: Plan, group: Group, head: xr.DataArray, others: dict[str, xr.DataArray], call: Any) -> Built:
+    """The values of every node of ``group``, the fused tasks behind them and the stores those tasks write.
+
+    ``call(name, x)``: a pointwise node's unfused value from its input value (its op, called as the lowering
+    calls ops). Raises :class:`~cvplgraph.cache.store.NotFusable` (before any task exists) when a store
+    cannot be written block by block. The head's own block tasks (the chunk read and the input checks) run
+    inside the fused tasks when the head is read, not computed, and nothing else in this run reads it.
     """
+    url = plan.manifest.url
     chunks = head.data.chunks
     indices = list(itertools.product(*map(range, head.data.numblocks)))
     extra_names: list[str] = []
@@ -282,25 +292,25 @@ def build_group(
     keeps: list[Any] = []
     programs: list[ChainProgram] = []
     values: dict[str, Any] = {}
-    stored_by_fused: list[str] = []
+    cached: dict[str, CachedWrite] = {}
     for chain in group.chains:
         x = head
         stages: list[tuple[Stage, int | None]] = []
         for name in chain.pointwise:
             node = plan.node(name)
-            x = pointwise_value(name, x)
+            x = call(name, x)
             values[name] = x
             target = None
             if node.nodespec.cache:
                 target = len(targets)
-                targets.append(store_targets(name, x))
-                stored_by_fused.append(name)
+                cached[name], store = fused_array_targets(url, node.key, x, node.output, node.nodespec.store, name)
+                targets.append(store)
             stages.append((_stage(plan, name), target))
         local = plan.node(chain.local)
         keep = None
         if local.nodespec.cache:
             keep = len(keeps)
-            keeps.append(keep_url(chain.local))
+            keeps.append(f"{checkpoints_url(url, local.key)}/fused-values")
         reduces = []
         for name in chain.reduces:
             node = plan.node(name)
@@ -315,20 +325,20 @@ def build_group(
     # effects (store writes, kept blocks): fresh keys per lowering, like every write (see io.stores.block_writes)
     name = f"{FUSED}-" + tokenize(head.data.name, [e.name for e in extras], group.nodes, uuid.uuid4())
     layer: dict[Any, Any] = {}
-    inlined = _block_tasks(head.data) if inline_head else None
+    inlined = _block_tasks(head.data) if _read_alone(plan, group) else None
     for i, idx in enumerate(indices):
         starts = np.array([sum(chunks[a][: idx[a]]) for a in range(3)])
         block_writes = tuple(tuple(t[i]) for t in targets)
-        block_keeps = tuple(k(i) for k in keeps)
+        block_keeps = tuple(f"{folder}/{i}" for folder in keeps)
         task = Task((name, i), run_block, tuple(programs), starts, block_writes, block_keeps,
                     TaskRef((head.data.name, *idx)), *[TaskRef((e.name, *idx)) for e in extras])  # fmt: skip
         layer[(name, i)] = Task.fuse(*inlined[idx], task, key=(name, i)) if inlined else task
     fused = HighLevelGraph.from_collections(name, layer, dependencies=[head.data, *extras])  # type: ignore[list-item]
     blocks = [Delayed((name, i), fused, layer=name) for i in range(len(indices))]
-    writes: dict[str, list[Delayed]] = {}
-    if stored_by_fused:  # the tasks write every such node's block at once: each node's writes are theirs
+    if cached:  # the tasks write every such node's block at once: each node's writes are theirs
         done = _layer(f"{name}-written", {i: (operator.getitem, (name, i), -1) for i in range(len(indices))}, blocks)
-        writes = {n: list(done.values()) for n in stored_by_fused}
+        for written in cached.values():
+            written.writes = list(done.values())
     barrier = _layer(f"{name}-all", {0: (_all_done, [b.key for b in blocks])}, blocks)[0]
     for c, (chain, program) in enumerate(zip(group.chains, programs)):
         mask = values[chain.pointwise[-1]] if chain.pointwise else head
@@ -343,17 +353,17 @@ def build_group(
                                     meta=np.empty((0, 0, 0), dtype))  # fmt: skip
         kept: da.Array | None = None
         if program.keep is not None:
-            kept = _read_back([keeps[program.keep](i) for i in range(len(indices))], provisional, barrier)
-        with scope(chain.local):
+            kept = _read_back([f"{keeps[program.keep]}/{i}" for i in range(len(indices))], provisional, barrier)
+        with _scope(plan, chain.local):
             values[chain.local] = _finish(local, kernel.finish, (blocks, provisional, mask, kept, refs[0]), params)
         for k, rname in enumerate(chain.reduces, start=1):
             node = plan.node(rname)
             rvalues = [others[s] for s in sources(plan, rname)[1:]]
             reduce: Any = node.opdef.kernel  # a Reduce (find_groups)
-            with scope(rname):
+            with _scope(plan, rname):
                 args = (blocks, refs[k], values[chain.local], *rvalues)
                 values[rname] = _finish(node, reduce.finish, args, dict(node.params))
-    return Built(values, writes)
+    return Built(values, cached)
 
 
 def _layer(name: str, tasks: dict[Any, Any], dependencies: list[Delayed]) -> dict[Any, Delayed]:

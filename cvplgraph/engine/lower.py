@@ -3,7 +3,6 @@ expression, plus lazy writes for nodes to cache and for declared outputs."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -12,8 +11,8 @@ import xarray as xr
 
 from cvplgraph.cache.atlas_ids import atlas_ids
 from cvplgraph.cache.checkpoint import scope as checkpoint_scope
-from cvplgraph.cache.resume import partial_url
-from cvplgraph.cache.store import CachedWrite, NotFusable, fused_array_targets, read_cached, write_cached_value
+from cvplgraph.cache.resume import checkpoints_url
+from cvplgraph.cache.store import CachedWrite, NotFusable, read_cached, write_cached_value
 from cvplgraph.engine.compile import nodes_in_order
 from cvplgraph.engine.fuse import Group, build_group, find_groups, sources
 from cvplgraph.engine.plan import Plan, Status
@@ -90,7 +89,7 @@ def _call(plan: Plan, name: str, positional: list[Any], with_writes: bool) -> An
     node = plan.node(name)
     try:
         if with_writes and node.nodespec.cache:  # keep the op's checkpoints, for a resumed run
-            with checkpoint_scope(f"{partial_url(plan.manifest.url, node.key)}/checkpoints"):
+            with checkpoint_scope(checkpoints_url(plan.manifest.url, node.key)):
                 return node.opdef.func(*positional, **node.params)
         return node.opdef.func(*positional, **node.params)
     except HaloTooLarge as exc:  # a parameter the volume cannot hold: a problem of the spec's field
@@ -124,42 +123,12 @@ def _lower_fused(plan: Plan, group: Group, out: Lowered) -> bool:
     arrays = [head, *others.values()]
     if not all(isinstance(v, xr.DataArray) and v.shape == head.shape for v in arrays):  # type: ignore[union-attr]
         return False
-    cached: dict[str, CachedWrite] = {}
-
-    def pointwise_value(name: str, x: xr.DataArray) -> Any:
-        return _call(plan, name, [x], with_writes=False)
-
-    def store_targets(name: str, value: xr.DataArray) -> list[Any]:
-        node = plan.node(name)
-        written, targets = fused_array_targets(
-            plan.manifest.url, node.key, value, node.output, node.nodespec.store, name
-        )
-        cached[name] = written
-        return targets
-
-    def keep_url(name: str) -> Any:
-        folder = f"{partial_url(plan.manifest.url, plan.nodes[name].key)}/checkpoints/fused-values"
-        return lambda i: f"{folder}/{i}"
-
-    def scope(name: str) -> Any:
-        node = plan.nodes[name]
-        folder = f"{partial_url(plan.manifest.url, node.key)}/checkpoints"
-        return checkpoint_scope(folder) if node.cache else contextlib.nullcontext()
-
     try:
-        # the head's block tasks (a read: the input or a cached node, never an op, whose failure must name its
-        # node) run inside the fused tasks when nothing else in this run reads the head
-        read = plan.nodes[group.head].status is not Status.COMPUTE and group.head not in dict(plan.spec.outputs)
-        alone = read and all(
-            n in group.nodes or plan.nodes[n].status is not Status.COMPUTE for n in plan.graph.successors(group.head)
-        )
-        built = build_group(plan, group, head, others, pointwise_value, store_targets, keep_url, scope,  # type: ignore[arg-type]
-                            inline_head=alone)  # fmt: skip
+        built = build_group(plan, group, head, others,  # type: ignore[arg-type]
+                            lambda name, x: _call(plan, name, [x], with_writes=False))  # fmt: skip
     except NotFusable:
         return False
-    for name, written in cached.items():
-        written.writes = built.writes[name]
-        out.cached[name] = written
+    out.cached.update(built.cached)
     for name in group.nodes:
         _keep(plan, out, name, built.values[name], with_writes=True)
     out.fused.append(group.nodes)
