@@ -72,6 +72,7 @@ def test_plugin_import_failure_is_a_spec_problem(spec_file: Path) -> None:
 
 FAILING = '''
 import numpy as np
+from cvplgraph.kernels import Pointwise
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import like
@@ -89,6 +90,17 @@ def my_threshold(image, *, when: str = "compute"):
     if when == "lowering":
         raise ValueError("cannot build a graph")
     return like(image.data.map_blocks(_block, dtype=np.uint8), image)
+
+
+def _kernel(b, *, when="compute"):
+    return _block(b)
+
+
+@op("my_fused_threshold", version=1, inputs={"image": PortType.Image}, output=PortType.Mask,
+    kernel=Pointwise(_kernel))
+def my_fused_threshold(image, *, when: str = "compute"):
+    """The same, with a kernel: fused into one task per block with the labelling after it."""
+    return like(image.data.map_blocks(_kernel, dtype=np.uint8), image)
 '''
 
 
@@ -98,20 +110,30 @@ def my_threshold(image, *, when: str = "compute"):
         ("threads", "ValueError: no threshold for a block of shape (24, 96, 96)"),
         ("cluster", "ValueError: no threshold for a block of shape (24, 96, 96)"),
         ("lowering", "ValueError: cannot build a graph"),
+        ("fused-threads", "ValueError: no threshold for a block of shape (24, 96, 96)"),
+        ("fused-cluster", "ValueError: no threshold for a block of shape (24, 96, 96)"),
     ],
 )
 def test_a_plugin_op_that_raises_is_one_line_naming_node_and_op(spec_file: Path, where: str, message: str) -> None:
-    """An op raising in a dask task (local threads or a LocalCluster's worker process) or while its graph is
-    built: one line with the node, the op and the exception, exit 1, and nothing committed to the cache."""
+    """An op raising in a dask task (local threads or a LocalCluster's worker process), also inside a fused
+    task, or while its graph is built: one line with the node, the op and the exception, exit 1, and nothing
+    committed to the cache."""
     import subprocess
     import sys
 
     (spec_file.parent / "my_ops.py").write_text(FAILING)
-    text = 'plugins = ["my_ops"]\n\n' + spec_file.read_text().replace('op = "threshold"', 'op = "my_threshold"')
+    name = "my_fused_threshold" if where.startswith("fused") else "my_threshold"
+    where = where.removeprefix("fused-")
+    text = 'plugins = ["my_ops"]\n\n' + spec_file.read_text().replace('op = "threshold"', f'op = "{name}"')
     text = text.replace("level = 0.3", 'when = "lowering"' if where == "lowering" else "")
     if where == "cluster":  # the spec's LocalCluster: one worker process, the plugin uploaded to it
         text += "\n[cluster]\nn_workers = 1\n"
     spec_file.write_text(text)
+    if name == "my_fused_threshold":  # the op really runs inside the fused tasks
+        from cvplgraph.engine.fuse import find_groups
+
+        groups = find_groups(cvplgraph.plan(cvplgraph.load_spec(spec_file)))
+        assert [c.nodes for g in groups for c in g.chains] == [["mask", "cells", "centroids"]]
     flag = [] if where == "cluster" else ["--scheduler", "threads"]
 
     def run(*extra: str) -> subprocess.CompletedProcess[str]:
@@ -120,7 +142,7 @@ def test_a_plugin_op_that_raises_is_one_line_naming_node_and_op(spec_file: Path,
 
     out = run()
     assert out.returncode == 1, out.stderr
-    assert out.stderr == f"cvplgraph: error: node 'mask' (op 'my_threshold') failed: {message}\n"
+    assert out.stderr == f"cvplgraph: error: node 'mask' (op '{name}') failed: {message}\n"
     manifest = spec_file.parent / "cache" / "manifest"
     assert not manifest.exists() or not any(manifest.iterdir())
     debug = run("--debug")
