@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 import xarray as xr
 from dask.delayed import Delayed
 
@@ -43,8 +44,12 @@ class Geometry:
         translation = array.attrs.get("translation", (0.0, 0.0, 0.0))
         return cls(tuple(int(s) for s in array.shape), tuple(map(float, scale)), tuple(map(float, translation)))  # type: ignore[arg-type]
 
-    def coords(self) -> dict[str, np.ndarray]:
-        return {d: self.translation[i] + self.scale[i] * np.arange(self.shape[i]) for i, d in enumerate(DIMS)}
+    def coords(self) -> dict[str, pd.Index]:
+        """The µm position of every voxel centre, per axis, as the index xarray keeps (given as an index,
+        xarray does not look for unit-aware arrays among them: that lookup imports pint where it is
+        installed, a tenth of a second of every run)."""
+        return {d: pd.Index(self.translation[i] + self.scale[i] * np.arange(self.shape[i]), name=d)
+                for i, d in enumerate(DIMS)}  # fmt: skip
 
     def to_um(self, voxels: np.ndarray) -> np.ndarray:
         """(N, 3) voxel coordinates → (N, 3) µm."""
@@ -149,7 +154,7 @@ class BlockCounts:
         for i, d in enumerate(DIMS):
             starts = np.arange(self.grid_shape[i]) * self.block[i]
             ends = np.minimum(starts + self.block[i], g.shape[i])
-            coords[d] = g.translation[i] + g.scale[i] * ((starts + ends - 1) / 2)
+            coords[d] = pd.Index(g.translation[i] + g.scale[i] * ((starts + ends - 1) / 2), name=d)  # see coords()
         out = xr.DataArray(counts, dims=DIMS, coords=coords, name="count")
         out.attrs.update({"total": int(counts.sum()), "block": list(self.block), **g.to_dict()})
         return out

@@ -43,13 +43,20 @@ class Metered:
     """
 
     def __init__(self, array: Any, label: str = "") -> None:
+        from cvplgraph.io.chunks import ChunkReader
+
         self.array = array
         self.label = label
         self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+        self.chunk_reader = ChunkReader.of(array)  # whole chunks without zarr's copies, where it applies
 
     def __getitem__(self, index: Any) -> Any:
         try:
-            values = self.array[index]
+            values = None
+            if self.chunk_reader is not None:
+                values = self.chunk_reader.read(index if isinstance(index, tuple) else (index,))
+            if values is None:
+                values = self.array[index]
         except CvplError:
             raise
         except Exception as exc:  # noqa: BLE001 - codecs and stores raise many types; each is named below

@@ -175,9 +175,11 @@ def _finite(
     block: np.ndarray, where: str, origin: tuple[int, ...], mode: str, fill: float, block_info: Any = None
 ) -> np.ndarray:
     """``block`` with its non-finite values replaced by ``fill`` (``mode`` "zero"), or an InputError naming it."""
-    if np.isfinite(block).all():  # the common case, in one pass
+    if _sum_is_finite(block):  # the common case
         return block
     bad = ~np.isfinite(block)
+    if not bad.any():
+        return block
     if mode != "error":
         return np.where(bad, block.dtype.type(fill), block)
     info = (block_info or {}).get(0, {})
@@ -193,7 +195,15 @@ def _finite(
 
 def _count_nonfinite(block: np.ndarray) -> np.ndarray:
     """The number of non-finite values of a raw block, as a (1, 1, 1) array."""
-    return np.full((1, 1, 1), np.count_nonzero(~np.isfinite(block)), dtype=np.int64)
+    n = 0 if _sum_is_finite(block) else np.count_nonzero(~np.isfinite(block))
+    return np.full((1, 1, 1), n, dtype=np.int64)
+
+
+def _sum_is_finite(block: np.ndarray) -> bool:
+    """True when ``block``'s sum is finite, which proves every value finite (a NaN or ±Inf makes it NaN or
+    ±Inf) in one pass with no mask; False may also be an overflow, so callers check the values then."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.add.reduce(block, axis=None)))
 
 
 def to_unit_float(data: da.Array, intensity_range: tuple[float, float] | None) -> da.Array:

@@ -15,7 +15,7 @@ from dask.delayed import Delayed
 
 from cvplgraph.errors import CacheError, DamagedStore, InputError
 from cvplgraph.io.meter import READ, WRITTEN, count
-from cvplgraph.io.stores import child_array, create_group, cvplgraph_attrs, open_group, read_array
+from cvplgraph.io.stores import child_array, create_group, cvplgraph_attrs, open_group, read_array, zarr_location
 from cvplgraph.types import PortType
 from cvplgraph.values import BlockCounts, Geometry, Table
 
@@ -29,16 +29,30 @@ def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
 
 
 def _write_columns(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
+    import asyncio
     import warnings
 
-    group = create_group(url)
+    import zarr.api.asynchronous
+    from zarr.core.sync import sync
+
+    columns = {}
     for column in frame.columns:
         values = frame[column].to_numpy()
         if values.dtype == object:  # text columns (region names): fixed-width unicode, which zarr stores
             values = values.astype(str)
-        with warnings.catch_warnings():  # zarr flags fixed-width unicode as not yet in the v3 spec
-            warnings.simplefilter("ignore")
+        columns[column] = values
+
+    async def write_all() -> zarr.Group:  # every column at once: zarr's file writes wait on threads, mostly
+        group = await zarr.api.asynchronous.open_group(store=zarr_location(url), mode="w")
+        await asyncio.gather(*(
             group.create_array(column, data=values, chunks=(max(1, min(len(values), 1 << 20)),), config=EVERY_CHUNK)
+            for column, values in columns.items()
+        ))  # fmt: skip
+        return zarr.Group(group)
+
+    with warnings.catch_warnings():  # zarr flags fixed-width unicode as not yet in the v3 spec
+        warnings.simplefilter("ignore")
+        group = sync(write_all())
     group.attrs["cvplgraph"] = {
         "type": "Points",
         "columns": list(frame.columns),

@@ -301,7 +301,8 @@ def test_a_chunk_of_garbage_bytes_is_one_line_naming_its_file(tmp_path: Path) ->
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith(f"cvplgraph: error: {chunk}: chunk (0, 1, 1) of level 0 of {tmp_path / 'scan.ome.zarr'}"
-                               " cannot be read (RuntimeError: error during blosc decompression")  # fmt: skip
+                               " cannot be read (")  # fmt: skip
+    assert "blosc" in lines[0]  # the decoder's complaint, or the frame's header that does not fit the chunk
 
 
 def test_a_halo_wider_than_the_volume_is_a_spec_problem(spec_file: Path) -> None:

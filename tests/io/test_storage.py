@@ -216,6 +216,27 @@ def test_nonfinite_zero_reads_them_as_0_and_counts_them(damaged: tuple[Path, np.
     np.testing.assert_allclose(ranged.values, expected, atol=1e-6)
 
 
+def test_huge_finite_voxels_are_not_taken_for_nonfinite_ones(tmp_path: Path) -> None:
+    """Each block is checked by its sum first (one pass, no mask): finite values whose sum overflows must still
+    pass, and a single NaN or ±Inf among them must still be found and counted."""
+    from cvplgraph.io.stores import open_input
+    from cvplgraph.synth.volume import SynthParams, write_synthetic
+
+    url = tmp_path / "bright.ome.zarr"
+    write_synthetic(str(url), SynthParams(shape=(4, 8, 8), chunks=(4, 8, 8), seed=1))
+    zarr.open_group(str(url), mode="r+")["0"][...] = np.float32(3e38)  # 256 of them sum to +Inf in float32
+    image, replaced = open_input(InputSpec(str(url), nonfinite="zero", intensity_range=(0.0, 3.4e38)))
+    values, count = dask.compute(image.data, replaced, scheduler="sync")
+    assert int(count) == 0 and np.isfinite(values).all()
+    read_input(InputSpec(str(url), intensity_range=(0.0, 3.4e38))).compute(scheduler="sync")  # "error": no error
+    array = zarr.open_group(str(url), mode="r+")["0"]
+    array[1, 2, 3] = -np.inf
+    _, replaced = open_input(InputSpec(str(url), nonfinite="zero", intensity_range=(0.0, 3.4e38)))
+    assert int(replaced.compute(scheduler="sync")) == 1
+    with pytest.raises(InputError, match=r"holds 1 non-finite value\(s\) \(0 NaN, 1 ±Inf\)"):
+        read_input(InputSpec(str(url), intensity_range=(0.0, 3.4e38))).compute(scheduler="sync")
+
+
 def test_integer_inputs_are_not_checked(ngff04: tuple[Path, np.ndarray]) -> None:
     """An integer image cannot hold NaN: no task is added to its graph and nothing is counted."""
     from cvplgraph.io.stores import open_input
