@@ -113,14 +113,28 @@ def _unspill(url: str, saved: int | None, after: Any) -> np.ndarray:
     return block
 
 
-def keep_block(block: np.ndarray, url: str) -> None:
-    """Keep a block computed inside a fused task (see :mod:`cvplgraph.engine.fuse`) for :func:`read_kept`."""
+def keep_block(block: np.ndarray, url: str, nonzero: np.ndarray | None = None) -> None:
+    """Keep a block computed inside a fused task (see :mod:`cvplgraph.engine.fuse`) for :func:`read_kept`.
+
+    ``nonzero``: the flat indices of the block's non-zero values, ascending, when the caller has them; the
+    block is then kept as those indices and values (a mask's labels are mostly 0: a 16 MiB block of labels
+    is a few hundred KiB to write and read back), provided they are all of its non-zero values."""
+    if nonzero is not None and nonzero.size == np.count_nonzero(block):
+        flat = block.reshape(-1)
+        write_atomically(url, pack((np.asarray(block.shape, dtype=np.int64), nonzero, flat[nonzero], flat[:0])))
+        return
     _spill(block, url)
 
 
 def read_kept(url: str, after: Any) -> np.ndarray:
     """A block :func:`keep_block` kept, read once ``after`` (the end of the pass that kept it) exists."""
-    return _unspill(url, None, after)
+    parts = unpack(_read(url))
+    if len(parts) == 1:  # kept whole
+        return parts[0]
+    shape, nonzero, values, empty = parts  # kept sparse: its shape, where it is non-zero, what, its dtype
+    block = np.zeros(tuple(int(n) for n in shape), dtype=empty.dtype)
+    block.reshape(-1)[nonzero] = values
+    return block
 
 
 def scope(folder: str) -> contextlib.AbstractContextManager[None]:

@@ -198,9 +198,9 @@ def run_block(
             if target is not None:
                 written += write_block(x, *writes[target])
         values, summary = program.local(x)
-        if program.keep is not None:
-            keep_block(values, keeps[program.keep])
-        foreground = _foreground(x) if program.reduces else None
+        foreground = _foreground(x) if program.reduces or program.keep is not None else None
+        if program.keep is not None:  # a pass's values are non-zero where its input is (checked when kept)
+            keep_block(values, keeps[program.keep], foreground)
         partials = [stage(values, foreground, *(others[i] for i in where), starts=starts)
                     for stage, where in program.reduces]  # fmt: skip
         results.append((summary, *partials))

@@ -278,7 +278,13 @@ def _relabel(
     offset = int(offsets[np.ravel_multi_index(block_id, numblocks)])
     block_lut = lut[offset : offset + int(local.max(initial=0)) + 1].copy()
     block_lut[0] = 0  # local id 0 is background; ids 1..n sit at offset + 1..n
-    return np.take(block_lut, local)
+    if np.count_nonzero(local) > local.size // 8:  # dense labels (watershed): look every voxel up
+        return np.take(block_lut, local)
+    # mostly background: look up the labelled voxels only (np.take casts every index to int64 first)
+    where = np.flatnonzero(local.reshape(-1) != 0)  # numpy lists a bool array's non-zeros ~8× faster
+    out = np.zeros(local.shape, dtype=block_lut.dtype)
+    out.reshape(-1)[where] = block_lut[local.reshape(-1)[where]]
+    return out
 
 
 def relabelled(parts: BlockLabels) -> da.Array:

@@ -92,6 +92,28 @@ def _block_starts(chunks: tuple[tuple[int, ...], ...], block_id: tuple[int, ...]
     return np.array([sum(chunks[a][: block_id[a]]) for a in range(3)])
 
 
+def _combine(ids: np.ndarray, stats: np.ndarray) -> dict[str, np.ndarray]:
+    """The pieces of each id combined as :data:`PARTS` says, by ascending id (and ``label``: the ids).
+
+    Sums of voxel counts and coordinates are sums of integers, exact in any order, and minima and maxima
+    are exact: numpy's ``reduceat`` does them. The intensity sum is a float sum whose last bit depends on
+    the order and the algorithm; it stays pandas' grouped sum (compensated, pieces in block order), the
+    same figures as before, for a tenth of the time of grouping every column with pandas."""
+    order = np.argsort(ids, kind="stable")
+    sorted_ids, sorted_stats = ids[order], stats[order]
+    starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]]) if len(ids) else np.empty(0, np.int64)
+    out: dict[str, np.ndarray] = {"label": sorted_ids[starts].astype(np.int64)}
+    reduce = {"sum": np.add, "min": np.minimum, "max": np.maximum}
+    for k, (part, how) in enumerate(PARTS.items()):
+        if not len(ids):
+            out[part] = stats[:0, k]
+        elif part == "si":  # given in block order, as pandas always summed it (its result depends on the order)
+            out[part] = pd.Series(stats[:, k]).groupby(ids, sort=True).sum().to_numpy()
+        else:
+            out[part] = reduce[how].reduceat(sorted_stats[:, k], starts)
+    return out
+
+
 def _merge(
     geometry: Geometry,
     with_intensity: bool,
@@ -105,15 +127,13 @@ def _merge(
     if lut is not None and offsets is not None:
         block_of = np.repeat(np.arange(len(parts)), [len(p[0]) for p in parts])
         ids = lut[ids + offsets[block_of]]
-    pieces = pd.DataFrame(stats, columns=list(PARTS))
-    pieces["label"] = ids
-    total = pieces.groupby("label", sort=True).agg(PARTS)
-    n = total["n"].to_numpy()
-    centre = total[["sz", "sy", "sx"]].to_numpy() / n[:, None] if len(total) else np.empty((0, 3))
+    total = _combine(ids, stats)
+    n = total["n"]
+    centre = np.stack([total["sz"], total["sy"], total["sx"]], axis=1) / n[:, None] if len(n) else np.empty((0, 3))
     um = geometry.to_um(centre)
     frame = pd.DataFrame(
         {
-            "label": total.index.to_numpy().astype(np.int64),
+            "label": total["label"],
             "z": centre[:, 0],
             "y": centre[:, 1],
             "x": centre[:, 2],
@@ -125,11 +145,11 @@ def _merge(
         }
     )
     for axis in "zyx":
-        frame[f"bbox_{axis}_min"] = total[f"{axis}_min"].to_numpy().astype(np.int64)
-        frame[f"bbox_{axis}_max"] = total[f"{axis}_max"].to_numpy().astype(np.int64)
+        frame[f"bbox_{axis}_min"] = total[f"{axis}_min"].astype(np.int64)
+        frame[f"bbox_{axis}_max"] = total[f"{axis}_max"].astype(np.int64)
     if with_intensity:
-        frame["mean_intensity"] = total["si"].to_numpy() / np.maximum(n, 1)
-        frame["max_intensity"] = total["i_max"].to_numpy()
+        frame["mean_intensity"] = total["si"] / np.maximum(n, 1)
+        frame["max_intensity"] = total["i_max"]
     return frame
 
 

@@ -193,3 +193,20 @@ def test_what_cannot_be_fused_is_lowered_op_by_op(spec_file: Path) -> None:
     assert run.results.report.fused == [["cells", "centroids"]]
     assert run.record["fused"] == [["cells", "centroids"]]
     assert json.loads(Path(run.record_url.removeprefix("file://")).read_text())["fused"] == [["cells", "centroids"]]
+
+
+def test_kept_blocks_come_back_exactly_sparse_or_whole(tmp_path: Path) -> None:
+    """A fused task keeps a pass's labels as their non-zero voxels (given the mask's foreground), or whole when
+    the foreground it is given is not all of them (a plugin pass breaking its contract): both read back equal."""
+    from cvplgraph.cache.checkpoint import keep_block, read_kept, unpack
+
+    rng = np.random.default_rng(4)
+    labels = ((rng.random((6, 7, 9)) < 0.1) * rng.integers(1, 50, (6, 7, 9))).astype(np.uint32)
+    foreground = np.flatnonzero(labels)
+    for name, given in (("sparse", foreground), ("short", foreground[1:]), ("none", None)):
+        keep_block(labels, str(tmp_path / name), given)
+        back = read_kept(str(tmp_path / name), None)
+        assert back.dtype == labels.dtype and back.shape == labels.shape
+        np.testing.assert_array_equal(back, labels)
+    kept_as = {name: len(unpack((tmp_path / name).read_bytes())) for name in ("sparse", "short", "none")}
+    assert kept_as == {"sparse": 4, "short": 1, "none": 1}  # (shape, where, values, dtype) or the block

@@ -168,3 +168,75 @@ def test_blocks_are_new_arrays_each_read(tmp_path: Path) -> None:
     assert not np.shares_memory(first, second)
     np.testing.assert_array_equal(first, kept)
     np.testing.assert_array_equal(second, values[5:10, 8:16, 0:6])
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@pytest.mark.parametrize(
+    ("dtype", "compressor"),
+    [
+        ("int32", BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")),
+        ("uint8", BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")),
+        ("float32", BloscCodec(cname="blosclz", clevel=9, shuffle="noshuffle")),
+        ("uint16", None),
+    ],
+)
+def test_written_chunks_are_zarrs_own_files(tmp_path: Path, dtype: str, compressor: Any) -> None:
+    """Every chunk written here is byte for byte the file zarr writes for the same values (edge chunks
+    padded with the fill value, chunks of fill values not stored), and zarr reads the values back."""
+    from cvplgraph.io.chunks import ChunkWriter
+
+    values = volume(dtype, seed=11)
+    values[5:10, 8:16, 6:12] = 0  # a second chunk of fill values, inside
+    ours = zarr.create_array(str(tmp_path / "ours.zarr"), shape=SHAPE, chunks=CHUNKS, dtype=dtype,
+                             compressors=compressor, fill_value=0)  # fmt: skip
+    theirs = zarr.create_array(str(tmp_path / "theirs.zarr"), shape=SHAPE, chunks=CHUNKS, dtype=dtype,
+                               compressors=compressor, fill_value=0)  # fmt: skip
+    theirs[...] = values
+    writer = ChunkWriter.of(ours)
+    assert writer is not None
+    ours[5:10, 8:16, 6:12] = np.ones((5, 8, 6), dtype=dtype)  # an earlier chunk, to be removed as zarr would
+    for selection in chunk_selections(SHAPE, CHUNKS):
+        assert writer.write(selection, values[selection])
+    files = {p.relative_to(tmp_path / "ours.zarr"): p.read_bytes() for p in (tmp_path / "ours.zarr").rglob("c/**/*")
+             if p.is_file()}  # fmt: skip
+    expected = {p.relative_to(tmp_path / "theirs.zarr"): p.read_bytes()
+                for p in (tmp_path / "theirs.zarr").rglob("c/**/*") if p.is_file()}  # fmt: skip
+    assert files.keys() == expected.keys() and len(files) == len(chunk_selections(SHAPE, CHUNKS)) - 2
+    assert all(files[k] == expected[k] for k in files)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "ours.zarr"), mode="r")[...], values)
+    assert not list((tmp_path / "ours.zarr").rglob("*.partial"))
+
+
+def test_the_writer_refuses_what_is_not_one_whole_chunk(tmp_path: Path) -> None:
+    from cvplgraph.io.chunks import ChunkWriter
+
+    array = zarr.create_array(str(tmp_path / "h.zarr"), shape=SHAPE, chunks=CHUNKS, dtype="int32",
+                              compressors=BloscCodec(cname="lz4"))  # fmt: skip
+    writer = ChunkWriter.of(array)
+    assert writer is not None
+    block = np.ones((5, 8, 6), dtype=np.int32)
+    assert not writer.write((slice(1, 6), slice(0, 8), slice(0, 6)), block)  # not aligned
+    assert not writer.write((slice(0, 10), slice(0, 8), slice(0, 6)), np.ones((10, 8, 6), np.int32))  # two chunks
+    assert not writer.write((slice(0, 5), slice(0, 8), slice(0, 6)), block.astype(np.int64))  # another dtype
+    assert not writer.write((slice(10, 13), slice(16, 20), slice(12, 17)), block)  # the edge chunk is smaller
+    assert not list((tmp_path / "h.zarr").rglob("c/**/*"))
+    for codecs in ({"compressors": ZstdCodec()}, {"shards": (10, 16, 12)}):
+        other = zarr.create_array(str(tmp_path / f"o{len(codecs)}{next(iter(codecs))}.zarr"), shape=SHAPE,
+                                  chunks=CHUNKS, dtype="int32", **codecs)  # fmt: skip
+        assert ChunkWriter.of(other) is None
+
+
+def test_every_chunk_is_written_where_the_array_asks_for_it(tmp_path: Path) -> None:
+    """Arrays created with ``write_empty_chunks`` (tables, block counts) keep chunks of fill values."""
+    from cvplgraph.io.chunks import ChunkWriter
+
+    array = zarr.create_array(str(tmp_path / "k.zarr"), shape=(10,), chunks=(4,), dtype="int64",
+                              compressors=BloscCodec(cname="lz4"), config={"write_empty_chunks": True})  # fmt: skip
+    writer = ChunkWriter.of(array)
+    assert writer is not None
+    for start in (0, 4, 8):
+        assert writer.write((slice(start, min(start + 4, 10)),), np.zeros(min(4, 10 - start), np.int64))
+    assert sorted(p.name for p in (tmp_path / "k.zarr" / "c").iterdir()) == ["0", "1", "2"]
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "k.zarr"), mode="r")[...], np.zeros(10))
