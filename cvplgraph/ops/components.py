@@ -140,6 +140,8 @@ def _plane_pairs(
     tile itself) and its flat block index (plain arrays keep the task small); ``summaries`` holds those blocks'
     ``_faces`` results in the same order (lower first, then upper).
     """
+    if int(structure.sum()) == 7 and len(lower) == len(upper) == 1:  # 6-connectivity: only voxels face to face
+        return _facing_pairs(axis, int(lower[0][2]), int(upper[0][2]), summaries[0], summaries[1])
     shape0 = tuple(summaries[0][1][2 * axis + 1])  # the shape of the first face of this axis (a tile)
     slab = np.zeros((2, shape0[0] + 2, shape0[1] + 2), dtype=np.int64)
     entries = [(0, (int(r[0]), int(r[1])), int(r[2]), True) for r in lower]
@@ -160,6 +162,21 @@ def _plane_pairs(
     first[pairs[starts, 0]] = pairs[starts, 1]  # each component's smallest id
     links = np.stack([first[pairs[:, 0]], pairs[:, 1]], axis=1)
     return links[links[:, 0] != links[:, 1]]
+
+
+def _facing_pairs(axis: int, lower: int, upper: int, below: Summary, above: Summary) -> np.ndarray:
+    """6-connected pairs across one plane tile: the labelled voxels of the lower block's last face that
+    touch labelled voxels of the upper block's first face, straight from the sparse faces (the same
+    components as labelling the two layers, without building them)."""
+    last, first = 2 * axis + 1, 2 * axis
+    where_low, labels_low = below[2 + 2 * last], below[3 + 2 * last]
+    where_up, labels_up = above[2 + 2 * first], above[3 + 2 * first]
+    _, at_low, at_up = np.intersect1d(where_low, where_up, assume_unique=True, return_indices=True)
+    if at_low.size == 0:
+        return np.empty((0, 2), dtype=np.int64)
+    codes = np.stack([labels_low[at_low].astype(np.int64) + (lower << BLOCK_SHIFT),
+                      labels_up[at_up].astype(np.int64) + (upper << BLOCK_SHIFT)], axis=1)  # fmt: skip
+    return np.unique(codes, axis=0)
 
 
 def _block_pairs(structure: np.ndarray, planes: tuple[tuple[int, np.ndarray, np.ndarray], ...],
