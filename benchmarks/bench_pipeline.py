@@ -74,7 +74,7 @@ PACKAGES = (
 )
 #: Rounds of measurements; the raw read runs in every round, each other workload in the first few.
 ROUNDS = 3
-PIPELINE_ROUNDS = 2
+PIPELINE_ROUNDS = 3  # the targets are paired medians of 3 rounds
 
 
 @dataclass
@@ -406,9 +406,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_table(rows, truth)
     for row in rows:
         print_breakdown(row, args.workers * args.threads)
-    best, paired = rows[1]["ratio_to_raw"], rows[1]["paired_ratio_median"]
-    verdict = "met" if min(best, paired) >= 0.6 else "not met"  # met only by both ratios
-    print(f"\npipeline (i) / raw read = {best:.2f}, paired {paired:.2f} (target ≥ 0.60: {verdict})")
+    for row, target in ((rows[1], 0.6), (rows[2], 0.3)):  # the targets: the paired median of the rounds
+        best, paired = row["ratio_to_raw"], row["paired_ratio_median"]
+        verdict = "met" if paired >= target else "not met"
+        print(f"{row['name']} / raw read = {best:.2f}, paired {paired:.2f} (target ≥ {target:.2f}: {verdict})")
     report = {
         "shape": list(shape),
         "chunks": list(chunks),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,7 @@ def pipeline_sizes(sizes: list[float], dask_image_size: float, workdir: Path) ->
         rows = {row["name"]: row for row in report["measurements"]}
         raw = rows["raw read + decompress"]
         small = rows["cvplgraph (i) small results cached"]
+        stored = rows["cvplgraph (ii) every node cached"]
         image = rows.get("dask-image label")
         out.append({
             "size_gib": report["input_bytes"] / 2**30,
@@ -58,6 +60,8 @@ def pipeline_sizes(sizes: list[float], dask_image_size: float, workdir: Path) ->
             "pipeline_s": small["seconds"],
             "ratio_to_raw": small["ratio_to_raw"],
             "paired_ratio": small["paired_ratio_median"],
+            "stored_ratio": stored["ratio_to_raw"],
+            "stored_paired_ratio": stored["paired_ratio_median"],
             "s_per_gb": small["seconds"] / (report["input_bytes"] / 1e9),
             "peak_rss_bytes": sum(small["peak_rss_bytes"].values()),
             "cells": small["cells"],
@@ -76,18 +80,24 @@ def sweep(workdir: Path, size: float) -> dict[str, Any]:
     spec = workdir / "sweep.toml"
     spec.write_text(bench_pipeline.spec_text(url, workdir / "unused-cache", chunks, False))
     dataset = Dataset("sweep", {"url": str(url)}, truth=str(truth))
-    seconds = {}
-    for name, levels in (("one", [0.3]), ("five", LEVELS)):
-        variants = tuple(Variant(f"level={v}", spec, (("mask", "level", v),), "centroids") for v in levels)
-        cache = workdir / f"sweep-cache-{name}"
-        shutil.rmtree(cache, ignore_errors=True)
-        suite = Suite(str(spec), (dataset,), variants, workdir / f"sweep-{name}", str(cache), 2.0)
-        start = time.perf_counter()
-        scores, _ = run_suite(suite, scheduler="threads")
-        seconds[name] = time.perf_counter() - start
-        print(f"  {name}: {seconds[name]:.1f} s; F1 {[round(s.f1 or 0, 3) for s in scores]}", flush=True)
-    return {"levels": LEVELS, "one_s": seconds["one"], "five_s": seconds["five"],
-            "ratio": seconds["five"] / seconds["one"]}  # fmt: skip
+    runs: dict[str, list[float]] = {"one": [], "five": []}
+    for _ in range(SWEEP_ROUNDS):  # one then five, in rounds: each ratio from two runs a few seconds apart
+        for name, levels in (("one", [0.3]), ("five", LEVELS)):
+            variants = tuple(Variant(f"level={v}", spec, (("mask", "level", v),), "centroids") for v in levels)
+            cache = workdir / f"sweep-cache-{name}"
+            shutil.rmtree(cache, ignore_errors=True)
+            suite = Suite(str(spec), (dataset,), variants, workdir / f"sweep-{name}", str(cache), 2.0)
+            start = time.perf_counter()
+            scores, _ = run_suite(suite, scheduler="threads", log=lambda *_: None)
+            runs[name].append(time.perf_counter() - start)
+            print(f"  {name}: {runs[name][-1]:.1f} s; F1 {[round(s.f1 or 0, 3) for s in scores]}", flush=True)
+    ratios = [five / one for one, five in zip(runs["one"], runs["five"])]
+    return {"levels": LEVELS, "one_s": statistics.median(runs["one"]), "five_s": statistics.median(runs["five"]),
+            "ratio": statistics.median(ratios), "ratios": ratios}  # fmt: skip
+
+
+#: Rounds of the sweep (one run, then the five-value sweep); the figure is the median of their ratios.
+SWEEP_ROUNDS = 3
 
 
 def ops(workdir: Path, shape: list[int]) -> list[dict[str, Any]]:
@@ -125,11 +135,16 @@ def markdown(figures: dict[str, Any]) -> str:
         _row("figure", "measured", "target"),
         _row("---", "---", "---"),
         _row(
-            f"pipeline / raw read at {at1['size_gib']:.3g} GiB",
-            f"{at1['ratio_to_raw']:.2f} (paired {at1['paired_ratio']:.2f})",
-            f"≥ 0.6 {_verdict(at1['ratio_to_raw'] >= 0.6)}",
-        ),  # fmt: skip
-    ]
+            f"pipeline / raw read at {at1['size_gib']:.3g} GiB (paired median of 3 rounds; best)",
+            f"{at1['paired_ratio']:.2f} (best {at1['ratio_to_raw']:.2f})",
+            f"≥ 0.6 {_verdict(at1['paired_ratio'] >= 0.6)}",
+        ),
+        _row(
+            "the same with the mask and labels stored too",
+            f"{at1['stored_paired_ratio']:.2f} (best {at1['stored_ratio']:.2f})",
+            f"≥ 0.3 {_verdict(at1['stored_paired_ratio'] >= 0.3)}",
+        ),
+    ]  # fmt: skip
     for r in (r for r in sizes if r["dask_image_s"]):
         ratio = r["dask_image_s"] / r["pipeline_s"]
         lines.append(_row(f"dask-image label / cvplgraph at {r['size_gib']:.3g} GiB",
@@ -147,7 +162,7 @@ def markdown(figures: dict[str, Any]) -> str:
             lines.append(_row(f"workers' peak RSS, {base['size_gib']:.3g} → {four['size_gib']:.3g} GiB volume",
                               f"{growth:.2f}× ({gib})", f"≤ 1.25× {_verdict(growth <= 1.25)}"))  # fmt: skip
     sw = figures["sweep"]
-    lines.append(_row(f"{len(sw['levels'])}-value threshold sweep / one run",
+    lines.append(_row(f"{len(sw['levels'])}-value threshold sweep / one run (median of {len(sw['ratios'])} rounds)",
                       f"{sw['ratio']:.2f}× ({sw['five_s']:.1f} s / {sw['one_s']:.1f} s)",
                       f"≤ 2.5× {_verdict(sw['ratio'] <= 2.5)}"))  # fmt: skip
     heads = ("size GiB", "raw read s", "pipeline s", "pipeline / raw", "s per GB", "workers' peak RSS GiB",

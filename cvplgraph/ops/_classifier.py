@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from cvplgraph.errors import CvplError
 from cvplgraph.ops._forest import ModelError, forest_arrays, forest_from_arrays, read_model, write_model
@@ -36,6 +35,8 @@ TRUNCATE = 4.0
 
 def features(block: np.ndarray, sigmas: list[tuple[float, float, float]]) -> np.ndarray:
     """(n_features, Z, Y, X) float32 features of a block (sigmas in voxels per axis)."""
+    from scipy import ndimage
+
     block = block.astype(np.float32, copy=False)
     out = [block]
     for sigma in sigmas:

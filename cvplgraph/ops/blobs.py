@@ -16,7 +16,6 @@ import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy import ndimage
 
 from cvplgraph.ops._blocks import block_cores
 from cvplgraph.ops._halo import check_reach
@@ -39,6 +38,8 @@ def detect(
 
     ``sigmas`` is (num_sigma, 3) in voxels per axis, the first row the smallest.
     """
+    from scipy import ndimage
+
     if method == "peaks":
         sigma = sigmas[0]
         response = ndimage.gaussian_filter(block, sigma, mode="reflect", truncate=TRUNCATE)

@@ -54,7 +54,6 @@ import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy import ndimage
 
 from cvplgraph.ops._blocks import block_cores
 from cvplgraph.ops._halo import check_reach
@@ -144,6 +143,8 @@ def _responses(
     k = scales.kernels
 
     def smooth(a: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        from scipy import ndimage
+
         return ndimage.gaussian_filter(a, sigma, mode="reflect", truncate=KERNEL_TRUNCATE)
 
     small_centre = smooth(image, k["small"])
@@ -166,6 +167,8 @@ def _decimated_gaussian(a: np.ndarray, sigma: np.ndarray, step: np.ndarray, orig
     σ divided by it), then linearly interpolated back to every voxel (the nearest coarse voxel beyond
     the first or last). ``a`` starts at global ``origin``; the result depends only on global positions,
     so blocks agree with the whole array."""
+    from scipy import ndimage
+
     first = [int(-o % f) for o, f in zip(origin, step)]  # local index of the first multiple of step
     take = tuple(slice(b, None, int(f)) for b, f in zip(first, step))
     coarse = ndimage.gaussian_filter(a[take], sigma / step, mode="reflect", truncate=SURROUND_TRUNCATE)
@@ -208,6 +211,8 @@ def _maxima(response: np.ndarray, centres: list[np.ndarray], median: np.ndarray,
     """Global voxels in [start, stop) where ``response`` is the maximum of its ellipsoid of semi-axes
     ``footprint`` and its contrast (response − median) / noise, interpolated between tile centres,
     reaches ``threshold``. ``response`` starts at global voxel ``origin``."""
+    from scipy import ndimage
+
     # first where the response can reach the threshold at all: the smallest threshold of the tiles a
     # voxel is interpolated from, a scalar for the whole box, then per voxel for the few left
     floor = ndimage.minimum_filter(median + threshold * noise, size=2, mode="nearest", origin=-1)

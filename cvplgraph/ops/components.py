@@ -39,7 +39,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.graph_manipulation import bind
 from dask.highlevelgraph import HighLevelGraph
-from scipy import ndimage, sparse
+from scipy import sparse
 from scipy.sparse import csgraph
 
 from cvplgraph.errors import OpError
@@ -54,10 +54,13 @@ BLOCK_LABELS_ATTR = "_cvplgraph_block_labels"
 
 
 def structure_for(connectivity: int) -> np.ndarray:
-    """The 3-D structuring element for 6- or 26-connectivity."""
+    """The 3-D structuring element for 6- or 26-connectivity (``scipy.ndimage.generate_binary_structure(3, 1)``
+    and ``(3, 3)``)."""
     if connectivity not in (6, 26):
         raise OpError(f"connectivity must be 6 or 26, got {connectivity!r}")
-    return ndimage.generate_binary_structure(3, 1 if connectivity == 6 else 3)
+    if connectivity == 26:
+        return np.ones((3, 3, 3), dtype=bool)
+    return np.abs(np.indices((3, 3, 3)) - 1).sum(axis=0) <= 1
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,8 @@ def _plane_pairs(
     """
     if int(structure.sum()) == 7 and len(lower) == len(upper) == 1:  # 6-connectivity: only voxels face to face
         return _facing_pairs(axis, int(lower[0][2]), int(upper[0][2]), summaries[0], summaries[1])
+    from scipy import ndimage
+
     shape0 = tuple(summaries[0][1][2 * axis + 1])  # the shape of the first face of this axis (a tile)
     slab = np.zeros((2, shape0[0] + 2, shape0[1] + 2), dtype=np.int64)
     entries = [(0, (int(r[0]), int(r[1])), int(r[2]), True) for r in lower]

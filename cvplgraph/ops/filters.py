@@ -11,7 +11,6 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from scipy import ndimage
 
 from cvplgraph.ops._halo import check_reach
 from cvplgraph.registry import op
@@ -37,6 +36,8 @@ def _positive(value: float) -> str | None:
 
 
 def _gaussian_block(block: np.ndarray, sigma: tuple[float, ...]) -> np.ndarray:
+    from scipy import ndimage
+
     return ndimage.gaussian_filter(block, sigma, mode="reflect", truncate=TRUNCATE)
 
 
@@ -75,6 +76,8 @@ def gaussian(image: xr.DataArray, *, sigma: float = 2.0) -> xr.DataArray:
 
 
 def _tophat_block(block: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    from scipy import ndimage
+
     return np.maximum(block - ndimage.grey_opening(block, size=size, mode="reflect"), 0).astype(np.float32)
 
 

@@ -19,7 +19,6 @@ import math
 import numpy as np
 import xarray as xr
 from dask.graph_manipulation import bind
-from scipy import ndimage
 
 from cvplgraph.ops._halo import check_reach
 from cvplgraph.ops.components import LABEL_DTYPE
@@ -72,6 +71,8 @@ def seeds_and_flood(
         Seeds closer than this (µm) to a higher one are dropped.
     origin, shape : the region's first voxel in the whole volume, and the whole volume's shape
     """
+    from scipy import ndimage
+
     fg = mask > 0
     if not fg.any():
         return np.zeros(mask.shape, dtype=np.int64)
