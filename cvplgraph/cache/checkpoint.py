@@ -119,9 +119,10 @@ def keep_block(block: np.ndarray, url: str, nonzero: np.ndarray | None = None) -
     ``nonzero``: the flat indices of the block's non-zero values, ascending, when the caller has them; the
     block is then kept as those indices and values (a mask's labels are mostly 0: a 16 MiB block of labels
     is a few hundred KiB to write and read back), provided they are all of its non-zero values."""
-    if nonzero is not None and nonzero.size == np.count_nonzero(block):
-        flat = block.reshape(-1)
-        write_atomically(url, pack((np.asarray(block.shape, dtype=np.int64), nonzero, flat[nonzero], flat[:0])))
+    flat = block.reshape(-1)
+    if nonzero is not None and nonzero.size == np.count_nonzero(block) and np.all(values := flat[nonzero]):
+        # as many non-zero values as listed, and none of those listed is 0: the listed are all of them
+        write_atomically(url, pack((np.asarray(block.shape, dtype=np.int64), nonzero, values, flat[:0])))
         return
     _spill(block, url)
 

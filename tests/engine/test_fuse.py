@@ -203,10 +203,11 @@ def test_kept_blocks_come_back_exactly_sparse_or_whole(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     labels = ((rng.random((6, 7, 9)) < 0.1) * rng.integers(1, 50, (6, 7, 9))).astype(np.uint32)
     foreground = np.flatnonzero(labels)
-    for name, given in (("sparse", foreground), ("short", foreground[1:]), ("none", None)):
+    elsewhere = np.flatnonzero(labels == 0)[: foreground.size]  # as many voxels, but the wrong ones
+    for name, given in (("sparse", foreground), ("short", foreground[1:]), ("wrong", elsewhere), ("none", None)):
         keep_block(labels, str(tmp_path / name), given)
         back = read_kept(str(tmp_path / name), None)
         assert back.dtype == labels.dtype and back.shape == labels.shape
         np.testing.assert_array_equal(back, labels)
-    kept_as = {name: len(unpack((tmp_path / name).read_bytes())) for name in ("sparse", "short", "none")}
-    assert kept_as == {"sparse": 4, "short": 1, "none": 1}  # (shape, where, values, dtype) or the block
+    kept_as = {name: len(unpack((tmp_path / name).read_bytes())) for name in ("sparse", "short", "wrong", "none")}
+    assert kept_as == {"sparse": 4, "short": 1, "wrong": 1, "none": 1}  # (shape, where, values, dtype) or whole
