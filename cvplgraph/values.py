@@ -76,15 +76,39 @@ class Geometry:
         return cls(tuple(d["shape"]), tuple(d["scale"]), tuple(d["translation"]))  # type: ignore[arg-type]
 
 
+#: Units of the columns of cvplgraph's tables, by name (CF-style strings that pint also reads); a column
+#: not named here has none (counts, ids, names, intensities scaled to [0, 1]).
+COLUMN_UNITS = {
+    "z_um": "micrometer", "y_um": "micrometer", "x_um": "micrometer",
+    "volume_um3": "micrometer ** 3",
+    "z": "voxel", "y": "voxel", "x": "voxel", "volume_voxels": "voxel",
+    "volume_mm3": "millimeter ** 3", "volume_mm3_inclusive": "millimeter ** 3",
+    "density_per_mm3": "1 / millimeter ** 3", "density_inclusive_per_mm3": "1 / millimeter ** 3",
+    **{f"bbox_{axis}_{end}": "voxel" for axis in DIMS for end in ("min", "max")},
+}  # fmt: skip
+
+
+def with_units(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with a ``units`` attribute on every variable and coordinate :data:`COLUMN_UNITS` names."""
+    for name in list(ds.variables):
+        unit = COLUMN_UNITS.get(str(name))
+        if unit is not None:
+            ds[name].attrs["units"] = unit
+    return ds
+
+
 def wrap(data: da.Array, geometry: Geometry, *, name: str | None = None) -> xr.DataArray:
     """A dask array placed in physical space as a DataArray."""
-    return xr.DataArray(
+    out = xr.DataArray(
         data,
         dims=DIMS,
         coords=geometry.coords(),
         name=name,
         attrs={"scale": list(geometry.scale), "translation": list(geometry.translation), "units": "micrometer"},
-    )
+    )  # "units" here: of the scale and translation, as in earlier versions
+    for d in DIMS:
+        out[d].attrs["units"] = "micrometer"
+    return out
 
 
 def like(data: da.Array, template: xr.DataArray) -> xr.DataArray:
@@ -123,7 +147,7 @@ class Table:
         return self.frame.compute(**kwargs)
 
     def to_xarray(self, frame: pd.DataFrame) -> xr.Dataset:
-        ds = xr.Dataset.from_dataframe(frame.reset_index(drop=True).rename_axis("cell"))
+        ds = with_units(xr.Dataset.from_dataframe(frame.reset_index(drop=True).rename_axis("cell")))
         ds.attrs.update(self.geometry.to_dict())
         return ds
 
@@ -156,6 +180,8 @@ class BlockCounts:
             ends = np.minimum(starts + self.block[i], g.shape[i])
             coords[d] = pd.Index(g.translation[i] + g.scale[i] * ((starts + ends - 1) / 2), name=d)  # see coords()
         out = xr.DataArray(counts, dims=DIMS, coords=coords, name="count")
+        for d in DIMS:
+            out[d].attrs["units"] = "micrometer"  # block centres
         out.attrs.update({"total": int(counts.sum()), "block": list(self.block), **g.to_dict()})
         return out
 

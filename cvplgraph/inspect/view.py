@@ -44,8 +44,12 @@ class Layers:
     missing: dict[str, str] = field(default_factory=dict)
 
 
+#: Every layer's axes: z, y, x in micrometres (napari shows pixels when a layer names no unit).
+AXES: dict[str, Any] = {"units": ("micrometer",) * 3, "axis_labels": ("z", "y", "x")}
+
+
 def _placement(geometry: Geometry) -> dict[str, Any]:
-    return {"scale": tuple(geometry.scale), "translate": tuple(geometry.translation)}
+    return {"scale": tuple(geometry.scale), "translate": tuple(geometry.translation), **AXES}
 
 
 def _pyramid(url: str) -> tuple[list[da.Array], Geometry]:
@@ -129,7 +133,7 @@ def _counts_layer(name: str, value: BlockCounts, options: dict[str, Any]) -> Lay
     scale = tuple(s * b for s, b in zip(g.scale, value.block))
     translate = tuple(t + s * (b - 1) / 2 for t, s, b in zip(g.translation, g.scale, value.block))
     counts = np.asarray(value.compute(scheduler="sync"), dtype=np.float32)
-    kwargs = {"name": name, "scale": scale, "translate": translate, "colormap": "viridis", "opacity": 0.5,
+    kwargs = {"name": name, "scale": scale, "translate": translate, **AXES, "colormap": "viridis", "opacity": 0.5,
               **dict(options.get("layer", {}))}  # fmt: skip
     return (counts, kwargs, "image")
 

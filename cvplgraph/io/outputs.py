@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from cvplgraph.values import with_units
+
 #: BrainGlobe's per-region summary columns, in the order its ``summary.csv`` has them.
 BRAINGLOBE_COLUMNS = [
     "left_cell_count", "structure_name", "right_cell_count", "total_cells", "left_volume_mm3", "right_volume_mm3",
@@ -61,7 +63,7 @@ def region_dataset(frame: pd.DataFrame) -> xr.Dataset:
         values_ = info[column].to_numpy()
         ds = ds.assign_coords({column: ("region", values_.astype(str) if values_.dtype == object else values_)})
     ds.attrs["description"] = "cells, volume and density per atlas region and hemisphere (cvplgraph region_counts)"
-    return ds
+    return with_units(ds)
 
 
 def write_regions(path: str, frame: pd.DataFrame, fmt: str = "") -> None:

@@ -17,7 +17,7 @@ from cvplgraph.errors import CacheError, DamagedStore, InputError
 from cvplgraph.io.meter import READ, WRITTEN, count
 from cvplgraph.io.stores import child_array, create_group, cvplgraph_attrs, open_group, read_array, zarr_location
 from cvplgraph.types import PortType
-from cvplgraph.values import BlockCounts, Geometry, Table
+from cvplgraph.values import COLUMN_UNITS, DIMS, BlockCounts, Geometry, Table
 
 
 def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
@@ -26,6 +26,16 @@ def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
     except OSError as exc:  # a full disk, a quota, a lost mount: named, never a traceback
         raise CacheError(f"{url}: writing the table failed ({exc.strerror or exc}); expected room to write "
                          "(disk full?); nothing was committed for it") from None  # fmt: skip
+
+
+#: The dimension of every column of a table store (named so that ``xarray.open_zarr`` opens the store as a
+#: Dataset, the cell or row index as its dimension, as :meth:`~cvplgraph.values.Table.to_xarray` names it).
+TABLE_DIM = "cell"
+
+
+def _unit(column: str) -> dict[str, Any]:
+    unit = COLUMN_UNITS.get(column)
+    return {} if unit is None else {"units": unit}
 
 
 def _write_columns(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
@@ -45,7 +55,8 @@ def _write_columns(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
     async def write_all() -> zarr.Group:  # every column at once: zarr's file writes wait on threads, mostly
         group = await zarr.api.asynchronous.open_group(store=zarr_location(url), mode="w")
         await asyncio.gather(*(
-            group.create_array(column, data=values, chunks=(max(1, min(len(values), 1 << 20)),), config=EVERY_CHUNK)
+            group.create_array(column, data=values, chunks=(max(1, min(len(values), 1 << 20)),), config=EVERY_CHUNK,
+                               dimension_names=[TABLE_DIM], attributes=_unit(column))
             for column, values in columns.items()
         ))  # fmt: skip
         return zarr.Group(group)
@@ -103,7 +114,7 @@ def read_table(url: str) -> Table:
 
 def _write_counts(url: str, counts: np.ndarray, block: tuple[int, int, int], geometry: Geometry) -> int:
     group = create_group(url)
-    group.create_array("counts", data=counts, config=EVERY_CHUNK)
+    group.create_array("counts", data=counts, config=EVERY_CHUNK, dimension_names=list(DIMS))  # blocks along z, y, x
     count(WRITTEN, counts.nbytes)
     group.attrs["cvplgraph"] = {
         "type": "BlockCounts",

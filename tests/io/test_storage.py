@@ -267,3 +267,74 @@ def test_a_chunk_of_garbage_bytes_is_one_error_naming_its_file(damaged: tuple[Pa
     message = str(info.value)
     assert message.startswith(f"{chunk}: chunk (0, 1, 0) of level 0 of {url} cannot be read (")
     assert "blosc" in message and "\n" not in message
+
+
+def test_cached_tables_open_with_xarray_and_carry_units(spec_file: Path) -> None:
+    """A run's cached Points table and block counts open with ``xarray.open_zarr`` (their arrays name their
+    dimensions) with the same values the run handed out, and every column and coordinate with a physical
+    unit says it."""
+    import xarray as xr
+
+    import cvplgraph
+    from cvplgraph.cache.manifest import Manifest
+
+    spec = cvplgraph.load_spec(spec_file)
+    results = cvplgraph.run(spec, scheduler="threads")
+    manifest = Manifest(spec.cache_url)
+    stores = {e.node: manifest.store_url(e.store) for e in manifest.entries()}
+    table = xr.open_zarr(stores["centroids"], consolidated=False).compute()
+    expected = results["centroids"]
+    assert set(table.data_vars) == set(expected.data_vars) and table.sizes["cell"] == expected.sizes["cell"]
+    for name in expected.data_vars:
+        np.testing.assert_array_equal(table[name].values, expected[name].values)
+    assert table["z_um"].attrs["units"] == expected["z_um"].attrs["units"] == "micrometer"
+    assert table["volume_um3"].attrs["units"] == "micrometer ** 3" and table["z"].attrs["units"] == "voxel"
+    assert "units" not in table["label"].attrs
+    counts = xr.open_zarr(stores["counts"], consolidated=False)["counts"].compute()
+    assert counts.dims == ("z", "y", "x")
+    np.testing.assert_array_equal(counts.values, results["counts"].values)
+    assert all(results["counts"][d].attrs["units"] == "micrometer" for d in "zyx")
+    assert all(results["mask"][d].attrs["units"] == "micrometer" for d in "zyx")
+
+
+def test_every_store_written_validates_as_ome_ngff(tmp_path: Path) -> None:
+    """Images, masks, labels (cached and as outputs) and synthetic inputs pass ome-zarr-models' own
+    validation of OME-NGFF 0.5: images as images, masks and labels as image-labels."""
+    from ome_zarr_models import open_ome_zarr
+    from ome_zarr_models.v05.image import Image
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    import cvplgraph
+    from cvplgraph.cache.manifest import Manifest
+    from cvplgraph.synth.volume import SynthParams, write_synthetic
+
+    write_synthetic(str(tmp_path / "v.ome.zarr"), SynthParams(shape=(32, 64, 64), chunks=(16, 32, 32), seed=1))
+    (tmp_path / "spec.toml").write_text(f"""\
+[input]
+url = "{tmp_path / 'v.ome.zarr'}"
+[cache]
+url = "{tmp_path / 'cache'}"
+[nodes.smooth]
+op = "gaussian"
+image = "input"
+sigma = 1.0
+[nodes.mask]
+op = "threshold"
+image = "smooth"
+level = 0.3
+[nodes.cells]
+op = "connected_components"
+mask = "mask"
+[outputs]
+cells = "{tmp_path / 'cells.ome.zarr'}"
+smooth = "{tmp_path / 'smooth.ome.zarr'}"
+""")
+    spec = cvplgraph.load_spec(tmp_path / "spec.toml")
+    cvplgraph.run(spec, scheduler="threads")
+    manifest = Manifest(spec.cache_url)
+    kinds = {e.node: manifest.store_url(e.store) for e in manifest.entries()}
+    expected = {kinds["smooth"]: Image, kinds["mask"]: ImageLabel, kinds["cells"]: ImageLabel,
+                str(tmp_path / "cells.ome.zarr"): ImageLabel, str(tmp_path / "smooth.ome.zarr"): Image,
+                str(tmp_path / "v.ome.zarr"): Image}  # fmt: skip
+    for url, kind in expected.items():
+        assert isinstance(open_ome_zarr(zarr.open_group(url, mode="r")), kind), url
