@@ -10,34 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SPEC as CONFTEST_SPEC
 from napari.components import ViewerModel
 
 from cvplgraph.synth.volume import SynthParams, write_synthetic
 
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or napari; see pyproject.toml's markers
 
-SPEC = """\
-[input]
-url = "image.ome.zarr"
-crop = { z = [8, 40], y = [16, 64], x = [0, 48] }
-
-[cache]
-url = "cache"
-
-[nodes.mask]
-op = "threshold"
-image = "input"
-level = 0.3
-
-[nodes.cells]
-op = "connected_components"
-mask = "mask"
-
-[nodes.centroids]
-op = "centroids"
-labels = "cells"
-image = "input"
-"""
+#: The shared spec (threshold → components → centroids → count, with outputs) over a crop of the volume.
+SPEC = CONFTEST_SPEC.format(url="image.ome.zarr", level=0.3).replace(
+    'url = "image.ome.zarr"\n', 'url = "image.ome.zarr"\ncrop = { z = [8, 40], y = [16, 64], x = [0, 48] }\n', 1
+)
 #: A node added to the spec after the run: not cached, so not shown.
 LATER = """
 [nodes.later]
@@ -84,7 +67,8 @@ def test_a_spec_or_its_cache_opens_as_placed_layers(project: Path, plugins: None
     viewer = ViewerModel()
     viewer.open(str(project / target), plugin="cvplgraph")
     layers = {layer.name: layer for layer in viewer.layers}
-    assert list(layers) == ["input", "mask", "cells", "centroids"]  # `later` is not cached: not shown
+    assert list(layers) == ["input", "mask", "cells", "centroids", "counts"]  # `later` is not cached: not shown
+    assert "crop" in (project / "spec.toml").read_text()
     origin = np.array([8, 16, 0]) * np.array(SCALE)  # the crop's first voxel, in µm
     for name in ("input", "mask", "cells"):
         np.testing.assert_allclose(layers[name].scale, SCALE)
