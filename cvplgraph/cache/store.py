@@ -87,16 +87,9 @@ def write_cached_array(
     consumers and the next pyramid levels read them from the store.
     """
     pyramid = levels(value.data, kind, store)
-    codec = dict(store.compressor)
-    dtype = str(value.data.dtype)
     shapes = [(tuple(a.shape), c) for a, c in pyramid]
-    layout = layout_name(shapes, dtype, codec)
-    rel = f"stores/{key}/{layout}.ome.zarr"
-    records = Records.of(cache_url, key, layout, shapes)
-    records.prepare(dtype, codec)
-    group = _open_or_create_group(f"{cache_url.rstrip('/')}/{rel}")
-    describe(group, value, kind, store, name)
-    out = CachedWrite(rel, [], records)
+    out, group, records = _new_store(cache_url, key, value, kind, store, name, shapes)
+    codec = dict(store.compressor)
     for level in range(len(pyramid)):
         aligned, chunks = pyramid[level]
         array = _open_or_create_array(group, str(level), aligned, chunks, codec)
@@ -118,21 +111,29 @@ def fused_array_targets(
     """The store of a node whose blocks a fused task writes (one level, stored in its blocks: see
     :mod:`cvplgraph.engine.fuse`), created now like :func:`write_cached_array`'s, and per block (C order)
     the array, region and record that :func:`cvplgraph.io.stores.write_block` takes."""
-    codec = dict(store.compressor)
-    dtype = str(value.data.dtype)
     aligned, chunks = align(value.data, None)
     if aligned is not value.data:
         raise NotFusable(f"{name}: blocks of unequal sizes")
-    layout = layout_name([(tuple(value.shape), chunks)], dtype, codec)
+    out, group, records = _new_store(cache_url, key, value, kind, store, name, [(tuple(value.shape), chunks)])
+    array = _open_or_create_array(group, "0", value.data, chunks, dict(store.compressor))
+    regions = block_regions(value.data.chunks, chunks)
+    return out, [(array, region, records.marker_url(0, ranges)) for _, region, ranges in regions]
+
+
+def _new_store(
+    cache_url: str, key: str, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str, shapes: list[Any]
+) -> tuple[CachedWrite, zarr.Group, Records]:
+    """The store of ``value`` with levels of ``shapes`` ((shape, chunks) each): named by its layout, its
+    records prepared, its group created (or opened: an earlier run with the same layout) and described."""
+    codec = dict(store.compressor)
+    dtype = str(value.data.dtype)
+    layout = layout_name(shapes, dtype, codec)
     rel = f"stores/{key}/{layout}.ome.zarr"
-    records = Records.of(cache_url, key, layout, [(tuple(value.shape), chunks)])
+    records = Records.of(cache_url, key, layout, shapes)
     records.prepare(dtype, codec)
     group = _open_or_create_group(f"{cache_url.rstrip('/')}/{rel}")
     describe(group, value, kind, store, name)
-    array = _open_or_create_array(group, "0", value.data, chunks, codec)
-    regions = block_regions(value.data.chunks, chunks)
-    targets = [(array, region, records.marker_url(0, ranges)) for _, region, ranges in regions]
-    return CachedWrite(rel, [], records), targets
+    return CachedWrite(rel, [], records), group, records
 
 
 def read_cached(cache_url: str, store: str, kind: PortType) -> Any:

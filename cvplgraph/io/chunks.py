@@ -82,17 +82,33 @@ def _plain(array: Any, formats: tuple[int, ...]) -> tuple[Path, dict[str, Any]] 
     return None if blosc is None else (Path(store.root) / array.store_path.path, blosc)
 
 
-def _whole_chunk(index: tuple[Any, ...], shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...] | None:
-    """The chunk a selection of slices covers exactly (an edge chunk: up to the array's end), or None."""
-    coords = []
+def _in_one_chunk(
+    index: tuple[Any, ...], shape: tuple[int, ...], chunks: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[Any, ...], bool] | None:
+    """For a selection (slices with step 1, integers; one per axis) that lies inside one chunk: the chunk's
+    coordinates, the selection within the chunk, and whether it is the whole chunk (an edge chunk: up to
+    the array's end). None for any other selection."""
+    if len(index) != len(chunks):
+        return None
+    coords, local, whole = [], [], True
     for sel, size, chunk in zip(index, shape, chunks):
-        if not isinstance(sel, slice):
+        if isinstance(sel, slice):
+            start, stop, step = sel.indices(size)
+            if step != 1 or stop <= start:
+                return None
+        elif isinstance(sel, (int, np.integer)):
+            start = int(sel) + size if int(sel) < 0 else int(sel)
+            stop = start + 1
+        else:
             return None
-        start, stop, step = sel.indices(size)
-        if step != 1 or start % chunk or stop != min(start + chunk, size):
+        at = start // chunk
+        if (stop - 1) // chunk != at:
             return None
-        coords.append(start // chunk)
-    return tuple(coords)
+        offset = at * chunk
+        coords.append(at)
+        local.append(slice(start - offset, stop - offset) if isinstance(sel, slice) else start - offset)
+        whole = whole and isinstance(sel, slice) and start == offset and stop == min(offset + chunk, size)
+    return tuple(coords), tuple(local), whole
 
 
 _local = threading.local()
@@ -129,27 +145,11 @@ class ChunkReader:
     def read(self, index: tuple[Any, ...]) -> np.ndarray | None:
         """The values of ``index`` (slices and integers, one per axis), or None when zarr must read them:
         a selection across chunks, a step, or a chunk not on disk."""
-        if len(index) != len(self.chunks):
+        where = _in_one_chunk(index, tuple(self.array.shape), self.chunks)
+        if where is None:
             return None
-        coords, local, full = [], [], True
-        for sel, size, chunk in zip(index, self.array.shape, self.chunks):
-            if isinstance(sel, slice):
-                start, stop, step = sel.indices(size)
-                if step != 1 or stop <= start:
-                    return None
-            elif isinstance(sel, (int, np.integer)):
-                start = int(sel) + size if int(sel) < 0 else int(sel)
-                stop = start + 1
-            else:
-                return None
-            at = start // chunk
-            if (stop - 1) // chunk != at:
-                return None
-            coords.append(at)
-            offset = at * chunk
-            local.append(slice(start - offset, stop - offset) if isinstance(sel, slice) else start - offset)
-            full = full and isinstance(sel, slice) and start == offset and stop - offset == chunk
-        path = self.root / self.array.metadata.encode_chunk_key(tuple(coords))
+        coords, local, _ = where
+        path = self.root / self.array.metadata.encode_chunk_key(coords)
         values = np.empty(self.chunks, dtype=self.dtype)
         try:
             with open(path, "rb", buffering=0) as file:
@@ -170,7 +170,8 @@ class ChunkReader:
                 raise ValueError(f"not a blosc frame of this chunk: its header says {decoded} bytes encoded in "
                                  f"{encoded}, the file holds {nbytes}, a chunk is {values.nbytes}")  # fmt: skip
             self.decoder.decode(raw, out=values.reshape(-1).view(np.uint8))
-        return values if full else np.ascontiguousarray(values[tuple(local)])
+        part = values[local]
+        return values if part.shape == values.shape else np.ascontiguousarray(part)  # the whole chunk, or a copy
 
 
 class ChunkWriter:
@@ -194,21 +195,25 @@ class ChunkWriter:
     def of(cls, array: Any) -> ChunkWriter | None:
         """A writer for ``array``, or None when zarr must write it."""
         plain = _plain(array, (3,))
-        if plain is None or plain[1] and not {"cname", "clevel", "shuffle", "typesize"} <= set(plain[1]):
+        if plain is None:
             return None
         try:
             return cls(array, *plain)
-        except Exception:  # noqa: BLE001 - settings this writer does not know: zarr writes
+        except Exception:  # noqa: BLE001 - settings this writer does not know (or lacks): zarr writes
             return None
 
-    def write(self, region: tuple[slice, ...], values: np.ndarray, empty: bool | None = None) -> bool:
+    def write(self, region: tuple[slice, ...], values: np.ndarray, nonzero: bool | None = None) -> bool:
         """Write ``values`` as the chunk ``region`` covers exactly; False (nothing written) when ``region`` is
-        not one whole chunk. ``empty``: whether every value is the fill value, when the caller knows."""
-        at = _whole_chunk(region, tuple(self.array.shape), self.chunks)
-        if at is None or values.shape != tuple(r.stop - r.start for r in region) or values.dtype != self.dtype:
+        not one whole chunk. ``nonzero``: whether any value is not 0, when the caller knows."""
+        where = _in_one_chunk(region, tuple(self.array.shape), self.chunks)
+        if where is None or not where[2] or values.shape != tuple(r.stop - r.start for r in region):
             return False
-        path = self.root / self.array.metadata.encode_chunk_key(at)
-        if empty is None:
+        if values.dtype != self.dtype:
+            return False
+        path = self.root / self.array.metadata.encode_chunk_key(where[0])
+        if nonzero is not None and not self.fill.any():  # a fill value of 0: what the caller knows says it
+            empty = not nonzero
+        else:
             empty = bool((values == self.fill).all())
         if empty and not self.keep_empty:  # zarr stores no chunk of fill values, and removes an earlier one
             path.unlink(missing_ok=True)

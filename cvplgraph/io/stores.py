@@ -371,12 +371,12 @@ def block_writes(
         if done and all(chunk in done for chunk in expand(ranges)):
             continue
         url = marker(ranges) if marker is not None else None
-        layer[(name, *index)] = (_write_block, (aligned.name, *index), array, region, url)
+        layer[(name, *index)] = (write_block, (aligned.name, *index), array, region, url)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[aligned])  # type: ignore[list-item]
     return [Delayed(key, graph, layer=name) for key in layer]
 
 
-def _write_block(block: np.ndarray, array: zarr.Array, region: tuple[slice, ...], marker: str | None) -> int:
+def write_block(block: np.ndarray, array: zarr.Array, region: tuple[slice, ...], marker: str | None) -> int:
     """Write one block's chunks, then record them as done (in this order: a kill in between rewrites them).
 
     The record holds a checksum of every chunk's values (None for a chunk of
@@ -399,7 +399,7 @@ def _write_block(block: np.ndarray, array: zarr.Array, region: tuple[slice, ...]
             empty = not part.any()
             if writer is not None:
                 target = tuple(slice(s + p.start, s + p.stop) for s, p in zip(origin, local))
-                if not writer.write(target, part, empty if array.metadata.fill_value == 0 else None):
+                if not writer.write(target, part, nonzero=not empty):
                     array[target] = part
             if marker is not None:
                 index = ".".join(str(s // c + o) for s, c, o in zip(origin, chunks, offset))
@@ -412,10 +412,6 @@ def _write_block(block: np.ndarray, array: zarr.Array, region: tuple[slice, ...]
         raise CacheError(f"{array.store_path}: writing the block {where} failed ({exc.strerror or exc}); "
                          "expected room to write (disk full?); nothing was committed for it") from None  # fmt: skip
     return 1
-
-
-#: The write of one block's chunks and its record, for tasks that compute the block themselves (fused tasks).
-write_block = _write_block
 
 
 def chunk_checksum(values: np.ndarray) -> str:
