@@ -88,12 +88,16 @@ COLUMN_UNITS = {
 }  # fmt: skip
 
 
+def unit_attrs(column: str) -> dict[str, Any]:
+    """``{"units": …}`` for a column :data:`COLUMN_UNITS` names, else ``{}``."""
+    unit = COLUMN_UNITS.get(column)
+    return {} if unit is None else {"units": unit}
+
+
 def with_units(ds: xr.Dataset) -> xr.Dataset:
     """``ds`` with a ``units`` attribute on every variable and coordinate :data:`COLUMN_UNITS` names."""
     for name in list(ds.variables):
-        unit = COLUMN_UNITS.get(str(name))
-        if unit is not None:
-            ds[name].attrs["units"] = unit
+        ds[name].attrs.update(unit_attrs(str(name)))
     return ds
 
 
@@ -184,6 +188,11 @@ class BlockCounts:
             out[d].attrs["units"] = "micrometer"  # block centres
         out.attrs.update({"total": int(counts.sum()), "block": list(self.block), **g.to_dict()})
         return out
+
+
+def block_start(chunks: Sequence[Sequence[int]], block_id: Sequence[int]) -> np.ndarray:
+    """The first voxel of block ``block_id`` of a dask chunking, in the whole array."""
+    return np.array([sum(chunks[a][: block_id[a]]) for a in range(len(block_id))])
 
 
 def grid_shape(shape: Sequence[int], block: Sequence[int]) -> tuple[int, int, int]:

@@ -82,7 +82,8 @@ def task_owners(plan: Plan, lowered: Lowered) -> dict[str, str]:
                 if name and name in seen:
                     continue
                 seen.add(name)
-                for key in layer:
+                # a layer lists its keys without building its tasks (iterating a Blockwise layer builds them)
+                for key in layer.get_output_keys() if hasattr(layer, "get_output_keys") else layer:
                     owners.setdefault(str(key), node.name)
     return owners
 

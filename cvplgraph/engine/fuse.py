@@ -52,6 +52,7 @@ from cvplgraph.cache.store import CachedWrite, fused_array_targets
 from cvplgraph.engine.plan import Plan, Status
 from cvplgraph.errors import CvplError, OpFailed
 from cvplgraph.kernels import LocalPass, Pointwise, Reduce
+from cvplgraph.values import block_start
 
 #: The name fused tasks carry, with a token: one task per block of a group.
 FUSED = "fused"
@@ -327,7 +328,7 @@ def build_group(plan: Plan, group: Group, head: xr.DataArray, others: dict[str, 
     layer: dict[Any, Any] = {}
     inlined = _block_tasks(head.data) if _read_alone(plan, group) else None
     for i, idx in enumerate(indices):
-        starts = np.array([sum(chunks[a][: idx[a]]) for a in range(3)])
+        starts = block_start(chunks, idx)
         block_writes = tuple(tuple(t[i]) for t in targets)
         block_keeps = tuple(f"{folder}/{i}" for folder in keeps)
         task = Task((name, i), run_block, tuple(programs), starts, block_writes, block_keeps,

@@ -18,12 +18,12 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the view module loads the engine: napari asks every reader at start-up, so not at import
+    from cvplgraph.inspect.view import LayerData
 
 log = logging.getLogger(__name__)
-
-#: napari's (data, kwargs, layer type) triple.
-LayerData = tuple[Any, dict[str, Any], str]
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:

@@ -17,7 +17,7 @@ from cvplgraph.errors import CacheError, DamagedStore, InputError
 from cvplgraph.io.meter import READ, WRITTEN, count
 from cvplgraph.io.stores import child_array, create_group, cvplgraph_attrs, open_group, read_array, zarr_location
 from cvplgraph.types import PortType
-from cvplgraph.values import COLUMN_UNITS, DIMS, BlockCounts, Geometry, Table
+from cvplgraph.values import DIMS, BlockCounts, Geometry, Table, unit_attrs
 
 
 def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
@@ -31,11 +31,6 @@ def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
 #: The dimension of every column of a table store (named so that ``xarray.open_zarr`` opens the store as a
 #: Dataset, the cell or row index as its dimension, as :meth:`~cvplgraph.values.Table.to_xarray` names it).
 TABLE_DIM = "cell"
-
-
-def _unit(column: str) -> dict[str, Any]:
-    unit = COLUMN_UNITS.get(column)
-    return {} if unit is None else {"units": unit}
 
 
 def _write_columns(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
@@ -56,7 +51,7 @@ def _write_columns(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
         group = await zarr.api.asynchronous.open_group(store=zarr_location(url), mode="w")
         await asyncio.gather(*(
             group.create_array(column, data=values, chunks=(max(1, min(len(values), 1 << 20)),), config=EVERY_CHUNK,
-                               dimension_names=[TABLE_DIM], attributes=_unit(column))
+                               dimension_names=[TABLE_DIM], attributes=unit_attrs(column))
             for column, values in columns.items()
         ))  # fmt: skip
         return zarr.Group(group)

@@ -78,9 +78,15 @@ class BlockLabels:
     count: Delayed  # number of objects
 
 
+def _labels_and_count(block: np.ndarray, connectivity: Literal[6, 26]) -> tuple[np.ndarray, int]:
+    """Ids 1..n of one block's components, in raster order (cc3d: ~5× scipy.ndimage.label), and n."""
+    labels, n = cc3d.connected_components(block, connectivity=connectivity, binary_image=True,
+                                          out_dtype=np.uint32, return_N=True)  # fmt: skip
+    return labels, int(n)
+
+
 def _label_block(block: np.ndarray, connectivity: Literal[6, 26]) -> np.ndarray:
-    """Ids 1..n of one block's components, in raster order (cc3d: ~5× scipy.ndimage.label)."""
-    return cc3d.connected_components(block, connectivity=connectivity, binary_image=True, out_dtype=np.uint32)
+    return _labels_and_count(block, connectivity)[0]
 
 
 #: A block's summary: its label count (a 0-d array), the shapes of its six faces (a 6 × 2 array), then for
@@ -337,9 +343,8 @@ def _kept_for_resume(parts: BlockLabels, chunks: tuple[tuple[int, ...], ...], co
 
 def _pass_block(mask: np.ndarray, *, connectivity: Literal[6, 26] = 6) -> tuple[np.ndarray, Summary]:
     """Pass 1 on one block, fused: its labels (numbered within the block) and its summary."""
-    local, count = cc3d.connected_components(mask, connectivity=connectivity, binary_image=True,
-                                             out_dtype=np.uint32, return_N=True)  # fmt: skip
-    return local, _faces(local, int(count))
+    local, count = _labels_and_count(mask, connectivity)
+    return local, _faces(local, count)
 
 
 def _finish(

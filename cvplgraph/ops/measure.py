@@ -26,7 +26,7 @@ from cvplgraph.kernels import Reduce
 from cvplgraph.ops.components import BLOCK_LABELS_ATTR, BlockLabels
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
-from cvplgraph.values import Geometry, Table
+from cvplgraph.values import Geometry, Table, block_start
 
 #: Columns of every Points table, in order; features follow.
 POINT_COLUMNS = ["label", "z", "y", "x", "z_um", "y_um", "x_um", "volume_voxels", "volume_um3"]
@@ -86,10 +86,6 @@ def _stats_finish(
     deps = [*blocks, parts.offsets, parts.lut]
     graph = HighLevelGraph.from_collections(name, {name: task}, dependencies=deps)  # type: ignore[arg-type]
     return Table(Delayed(name, graph), geometry)
-
-
-def _block_starts(chunks: tuple[tuple[int, ...], ...], block_id: tuple[int, ...]) -> np.ndarray:
-    return np.array([sum(chunks[a][: block_id[a]]) for a in range(3)])
 
 
 def _combine(ids: np.ndarray, stats: np.ndarray) -> dict[str, np.ndarray]:
@@ -163,7 +159,7 @@ def object_table(labels: xr.DataArray, image: xr.DataArray | None = None) -> Tab
     img_blocks = img.to_delayed(optimize_graph=False).ravel() if img is not None else [None] * len(blocks)
     block_ids = list(np.ndindex(*source.numblocks))
     partial = [
-        dask.delayed(_partial_stats, pure=True)(b, i, _block_starts(source.chunks, bid))
+        dask.delayed(_partial_stats, pure=True)(b, i, block_start(source.chunks, bid))
         for b, i, bid in zip(blocks, img_blocks, block_ids)
     ]
     # each block's statistics are kept as computed: a resumed run redoes only the blocks it lacks
