@@ -278,7 +278,19 @@ class Atlas:
     source: str
     structures_file: str = ""
     ids: np.ndarray | None = None
+    axes: tuple[int, int, int] = (0, 1, 2)  # the file axis of each sample axis (z, y, x)
+    flips: tuple[bool, bool, bool] = (False, False, False)  # sample axes that run against their file axis
 
     @property
     def geometry(self) -> Geometry:
         return Geometry.of(self.annotation)
+
+    def file_voxels(self, um: np.ndarray) -> np.ndarray:
+        """(N, 3) µm → (N, 3) float voxel coordinates along the atlas file's own axes (BrainGlobe's atlas
+        space for a BrainGlobe atlas): voxel centres at integers, as brainmapper's atlas coordinates."""
+        g = self.geometry
+        index = (np.asarray(um, dtype=np.float64).reshape(-1, 3) - np.asarray(g.translation)) / np.asarray(g.scale)
+        index = np.where(self.flips, np.asarray(g.shape) - 1 - index, index)
+        out = np.empty_like(index)
+        out[:, list(self.axes)] = index
+        return out

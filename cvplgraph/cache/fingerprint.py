@@ -140,12 +140,14 @@ def fingerprint_atlas(spec: AtlasSpec) -> str:
     listing = {
         role: _listing(path) for role, path in sorted(files.items()) if path and (role != "metadata" or _exists(path))
     }
-    options = {
+    options: dict[str, object] = {
         "hemisphere_values": list(spec.hemisphere_values),
         "scale": list(spec.scale) if spec.scale else None,
         "translation": list(spec.translation) if spec.translation else None,
         "transpose": list(spec.transpose),
     }
+    if spec.orientation:  # only when set: the keys of atlases placed by transpose stay what they were
+        options["orientation"] = spec.orientation
     return digest({"atlas": listing, "options": options})
 
 

@@ -7,7 +7,11 @@ An atlas is read lazily, block by block, from one of three layouts:
 - a TIFF stack (voxel size from the spec's ``scale``), read a few pages at a time;
 - a BrainGlobe atlas folder (``annotation.tiff``, ``hemispheres.tiff``,
   ``structures.csv`` or ``structures.json``, ``metadata.json`` whose
-  ``resolution`` gives the voxel size).
+  ``resolution`` gives the voxel size);
+
+or, by ``name``, from the local BrainGlobe folder (:mod:`cvplgraph.io.brainglobe`). An atlas that
+declares its orientation (BrainGlobe's) is turned to the image's ``orientation``: axes permuted and
+flipped where a letter of the same pair differs (``asr`` → ``psl`` flips all three).
 
 Region ids stay integers end to end (ids above 2**24 exist; a float would merge
 them), so an atlas stored as float is rejected. Hemisphere volumes are recoded
@@ -17,6 +21,7 @@ to 1 = left, 2 = right, 0 = neither, from the spec's ``hemisphere_values``.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from cvplgraph.errors import InputError
+from cvplgraph.io.brainglobe import LocalAtlas, find_atlas, symmetric_hemispheres
 from cvplgraph.io.stores import read_array
 from cvplgraph.spec.model import AtlasSpec
 from cvplgraph.values import LEFT, RIGHT, Atlas, Geometry, wrap
@@ -43,6 +49,11 @@ def _is_brainglobe(url: str) -> bool:
 
 def files_of(spec: AtlasSpec) -> dict[str, str]:
     """The annotation, structure table and hemisphere files the spec points to (resolved defaults)."""
+    if spec.name:
+        local = find_atlas(spec.name, spec.version)
+        files = local.files
+        return {**files, "structures": spec.structures or files["structures"],
+                "hemispheres": spec.hemispheres or files["hemispheres"]}  # fmt: skip
     if _is_brainglobe(spec.url):
         folder = Path(spec.url)
         table = next((folder / n for n in ("structures.csv", "structures.json") if (folder / n).exists()), None)
@@ -102,50 +113,102 @@ def _lazy_zarr(url: str) -> tuple[da.Array, tuple[float, ...], tuple[float, ...]
     return array.data, g.scale, g.translation
 
 
-def _to_sample(data: da.Array, spec: AtlasSpec, path: str, chunks: tuple[int, int, int]) -> da.Array:
+@dataclass(frozen=True)
+class Orientation:
+    """How a file's axes become the sample's (z, y, x): ``axes[k]`` is the file axis of sample axis ``k``,
+    ``flips[k]`` whether it runs the other way."""
+
+    axes: tuple[int, int, int] = (0, 1, 2)
+    flips: tuple[bool, bool, bool] = (False, False, False)
+
+
+def orientation_of(spec: AtlasSpec, declared: str, source: str) -> Orientation:
+    """The spec's ``transpose``, or the turn from the atlas's ``declared`` orientation to the spec's."""
     if sorted(spec.transpose) != [0, 1, 2]:
-        raise InputError(f"{path}: transpose must be a permutation of [0, 1, 2], got {list(spec.transpose)}")
+        raise InputError(f"{source}: transpose must be a permutation of [0, 1, 2], got {list(spec.transpose)}")
+    if not spec.orientation or spec.orientation == declared:
+        return Orientation(tuple(spec.transpose))  # type: ignore[arg-type]
+    if not declared:
+        raise InputError(f"{source}: the atlas declares no orientation (only BrainGlobe atlases do), so "
+                         f"orientation = {spec.orientation!r} cannot be applied; expected transpose = [z, y, x file "
+                         "axes] instead")  # fmt: skip
+    axes, flips = [], []
+    for letter in spec.orientation:
+        pair = next(p for p in ("ap", "si", "lr") if letter in p)
+        axis = next(i for i, c in enumerate(declared) if c in pair)
+        axes.append(axis)
+        flips.append(declared[axis] != letter)
+    return Orientation(tuple(axes), tuple(flips))  # type: ignore[arg-type]
+
+
+def _to_sample(data: da.Array, turn: Orientation, path: str, chunks: tuple[int, int, int]) -> da.Array:
     if data.ndim != 3:
         raise InputError(f"{path}: expected a 3-D label volume, got shape {data.shape}")
-    if tuple(spec.transpose) != (0, 1, 2):
-        data = data.transpose(spec.transpose)
+    if turn.axes != (0, 1, 2):
+        data = data.transpose(turn.axes)
+    if any(turn.flips):
+        data = data[tuple(slice(None, None, -1) if f else slice(None) for f in turn.flips)]
     return data.rechunk(tuple(min(c, s) for c, s in zip(chunks, data.shape)))
 
 
-def _open_volume(path: str, spec: AtlasSpec) -> tuple[da.Array, tuple[float, ...] | None, tuple[float, ...] | None]:
+def _file_chunks(turn: Orientation, chunks: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The spec's sample-space chunks along the file's axes (how many TIFF pages or zarr planes to read)."""
+    out = [64, 64, 64]
+    for k, axis in enumerate(turn.axes):
+        out[axis] = chunks[k]
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _open_volume(
+    path: str, spec: AtlasSpec, turn: Orientation
+) -> tuple[da.Array, tuple[float, ...] | None, tuple[float, ...] | None]:
     """A label volume in sample orientation, with the voxel size and offset its file declares."""
     if path.lower().endswith(TIFF_SUFFIXES):
-        data = _lazy_tiff(path, pages_per_chunk=max(1, spec.chunks[spec.transpose.index(0)]))
-        return _to_sample(data, spec, path, spec.chunks), None, None
+        data = _lazy_tiff(path, pages_per_chunk=max(1, _file_chunks(turn, spec.chunks)[0]))
+        return _to_sample(data, turn, path, spec.chunks), None, None
+    if spec.name:  # a level of a BrainGlobe pyramid: its voxel size is the atlas's resolution, set by the caller
+        return _to_sample(_lazy_level(path, _file_chunks(turn, spec.chunks)), turn, path, spec.chunks), None, None
     data, scale, translation = _lazy_zarr(path)
-    return _to_sample(data, spec, path, spec.chunks), scale, translation
+    return _to_sample(data, turn, path, spec.chunks), scale, translation
 
 
-def _brainglobe_resolution(metadata: str) -> tuple[float, ...] | None:
+def _lazy_level(path: str, chunks: tuple[int, int, int]) -> da.Array:
+    import zarr
+
+    try:
+        array = zarr.open_array(path, mode="r")
+    except Exception as exc:  # noqa: BLE001 - zarr raises several kinds for a damaged store
+        raise InputError(f"{path}: not a readable zarr array ({exc})") from None
+    return da.from_zarr(array, chunks=tuple(max(c, s) for c, s in zip(chunks, array.chunks)))
+
+
+def _brainglobe_metadata(metadata: str) -> dict[str, Any]:
     try:
         meta = json.loads(Path(metadata).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return None
+        return {}
     except (OSError, ValueError) as exc:
         raise InputError(f"{metadata}: not readable JSON ({exc})") from None
     resolution = meta.get("resolution")
-    if not (isinstance(resolution, list) and len(resolution) == 3):
+    if resolution is not None and not (isinstance(resolution, list) and len(resolution) == 3):
         raise InputError(f"{metadata}: expected resolution = [z, y, x] µm, got {resolution!r}")
-    return tuple(float(r) for r in resolution)
+    return dict(meta)
 
 
 def read_atlas(spec: AtlasSpec) -> Atlas:
     """The atlas of ``spec`` as lazy arrays in sample space plus its structure table."""
     files = files_of(spec)
-    annotation, scale, translation = _open_volume(files["annotation"], spec)
+    local = find_atlas(spec.name, spec.version) if spec.name else None
+    meta = local_metadata(local) if local else _brainglobe_metadata(files["metadata"]) if "metadata" in files else {}
+    turn = orientation_of(spec, str(meta.get("orientation", "")).lower(), files["annotation"])
+    annotation, scale, translation = _open_volume(files["annotation"], spec, turn)
     if not np.issubdtype(annotation.dtype, np.integer):
         raise InputError(
             f"{files['annotation']}: region ids are stored as {annotation.dtype}; expected an integer "
             "label volume (uint32: ids above 2**24 do not survive float32)"
         )
-    if "metadata" in files and spec.scale is None:
-        found = _brainglobe_resolution(files["metadata"])
-        scale = tuple(found[a] for a in spec.transpose) if found else None
+    if meta.get("resolution") and spec.scale is None:
+        scale = tuple(float(meta["resolution"][a]) for a in turn.axes)
     scale = spec.scale or scale
     if scale is None:
         raise InputError(f"{files['annotation']}: the voxel size is unknown; set scale = [z, y, x] in µm")
@@ -153,7 +216,12 @@ def read_atlas(spec: AtlasSpec) -> Atlas:
     geometry = Geometry(tuple(int(s) for s in annotation.shape), tuple(scale), tuple(translation))  # type: ignore[arg-type]
     hemispheres = None
     if files["hemispheres"]:
-        hemi, _, _ = _open_volume(files["hemispheres"], spec)
+        hemi, _, _ = _open_volume(files["hemispheres"], spec, turn)
+    elif local is not None and local.symmetric:
+        file_shape = local.shape
+        hemi = _to_sample(symmetric_hemispheres(file_shape, local.orientation, _file_chunks(turn, spec.chunks)),
+                          turn, files["annotation"], spec.chunks)  # fmt: skip
+    if files["hemispheres"] or (local is not None and local.symmetric):
         if hemi.shape != annotation.shape:
             raise InputError(
                 f"{files['hemispheres']}: hemisphere volume has shape {tuple(hemi.shape)} (after transpose); "
@@ -164,9 +232,18 @@ def read_atlas(spec: AtlasSpec) -> Atlas:
         left, right = spec.hemisphere_values
         coded = da.map_blocks(_recode, hemi.rechunk(annotation.chunks), left, right, dtype=np.uint8)
         hemispheres = wrap(coded, geometry, name="hemispheres")
-    structures = read_structures(files["structures"])
+    if local is not None and local.frame is not None and not spec.structures:
+        structures = structure_table(local.frame, files["structures"])
+    else:
+        structures = read_structures(files["structures"])
     ids = wrap(annotation.astype(np.uint32) if annotation.dtype != np.uint32 else annotation, geometry, name="atlas")
-    return Atlas(ids, hemispheres, structures, files["annotation"], files["structures"])
+    return Atlas(ids, hemispheres, structures, files["annotation"], files["structures"], axes=turn.axes,
+                 flips=turn.flips)  # fmt: skip
+
+
+def local_metadata(local: LocalAtlas) -> dict[str, Any]:
+    """A named atlas's resolution and orientation, as a BrainGlobe folder's ``metadata.json`` gives them."""
+    return {"resolution": list(local.resolution), "orientation": local.orientation}
 
 
 def region_ids(atlas: Atlas) -> np.ndarray:
@@ -204,6 +281,12 @@ def read_structures(path: str) -> pd.DataFrame:
         raise InputError(f"{path}: structure table does not exist") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable structure table ({exc})") from None
+    return structure_table(frame, path)
+
+
+def structure_table(frame: pd.DataFrame, path: str) -> pd.DataFrame:
+    """Columns ``id, acronym, name`` and a tree (``structure_id_path`` or ``parent_structure_id``) →
+    :data:`STRUCTURE_COLUMNS`; ``path`` names the source in messages."""
     missing = [c for c in ("id", "acronym", "name") if c not in frame.columns]
     has_tree = "structure_id_path" in frame.columns or "parent_structure_id" in frame.columns
     if missing or not has_tree:

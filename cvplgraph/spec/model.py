@@ -170,7 +170,7 @@ class Spec:
 class AtlasSpec:
     """Where an atlas is and how it sits in sample space (see docs/spec.md, ``[inputs.NAME]``)."""
 
-    url: str
+    url: str  # a file or folder; empty when the atlas is named
     structures: str = ""  # CSV or BrainGlobe JSON; default: the BrainGlobe folder's
     hemispheres: str = ""  # label volume of the annotation's shape; default: the folder's, if any
     hemisphere_values: tuple[int, int] = (LEFT, RIGHT)  # the stored values of (left, right)
@@ -178,6 +178,9 @@ class AtlasSpec:
     translation: tuple[float, float, float] | None = None  # µm of the first voxel's centre
     transpose: tuple[int, int, int] = (0, 1, 2)  # file axes that become sample (z, y, x)
     chunks: tuple[int, int, int] = (64, 64, 64)  # working chunks in sample orientation
+    name: str = ""  # a BrainGlobe atlas name (e.g. allen_mouse_25um), found in the local BrainGlobe folder
+    version: str = ""  # of the named atlas; default: the newest installed
+    orientation: str = ""  # the image's axes (z, y, x) as a BrainGlobe code such as "asr"; default: the atlas's
 
 
 #: File suffixes an output of each type may have.

@@ -162,9 +162,20 @@ def _parse_store(raw: Any, c: Collector, path: str) -> StoreSpec:
     return StoreSpec(chunks, levels, compressor)  # type: ignore[arg-type]
 
 
-ATLAS_KEYS = ["kind", "url", "structures", "hemispheres", "hemisphere_values", "scale", "translation", "transpose",
-              "chunks"]  # fmt: skip
-OUTPUT_FORMATS = ("brainglobe",)
+ATLAS_KEYS = ["kind", "url", "name", "version", "orientation", "structures", "hemispheres", "hemisphere_values",
+              "scale", "translation", "transpose", "chunks"]  # fmt: skip
+#: Output formats beside the one a suffix implies: brainmapper's region summary and per-cell table, CellCounter XML.
+OUTPUT_FORMATS = ("brainglobe", "all_points", "cellfinder_xml")
+#: The pairs of a BrainGlobe orientation code: one letter of each names where an axis points.
+ORIENTATION_PAIRS = ("ap", "si", "lr")
+
+
+def orientation_problem(code: str) -> str | None:
+    """Why ``code`` is not a BrainGlobe orientation (three letters, one of each of a/p, s/i, l/r), or None."""
+    pairs = sorted(next((i for i, pair in enumerate(ORIENTATION_PAIRS) if c in pair), 9) for c in code.lower())
+    if pairs == [0, 1, 2]:
+        return None
+    return f'expected three letters, one of each pair a/p, s/i, l/r, for where z, y, x point (e.g. "asr"), got {code!r}'
 
 
 def _float_list(value: Any, full: str, c: Collector, positive: bool) -> tuple[float, ...] | None:
@@ -190,7 +201,19 @@ def _parse_atlas(name: str, raw: Any, c: Collector, base: Path) -> AtlasSpec | N
         c.add(f"{path}.kind", f'expected "atlas" (the image to segment is [input]), got {kind!r}')
         return None
     what = "an atlas: OME-Zarr labels, a TIFF or a BrainGlobe atlas folder"
-    url = c.typed(raw, "url", path, str, what, required=True)
+    url = c.typed(raw, "url", path, str, what, default="")
+    name = c.typed(raw, "name", path, str, 'a BrainGlobe atlas name such as "allen_mouse_25um"', default="")
+    version = c.typed(raw, "version", path, str, 'an atlas version such as "1.2"', default="")
+    orientation = c.typed(raw, "orientation", path, str, 'a BrainGlobe orientation code such as "asr"', default="")
+    if bool(url) == bool(name):
+        c.add(path, f'expected either url = "..." (atlas files) or name = "..." (an installed BrainGlobe atlas), '
+                    f"got {'both' if url else 'neither'}")  # fmt: skip
+    if version and not name:
+        c.add(f"{path}.version", f'version goes with name = "..." (a BrainGlobe atlas), got {version!r} alone')
+    if orientation and orientation_problem(orientation):
+        c.add(f"{path}.orientation", str(orientation_problem(orientation)))
+    if orientation and "transpose" in raw:
+        c.add(f"{path}.transpose", "expected transpose or orientation, not both (orientation sets the axes and flips)")
     structures = c.typed(raw, "structures", path, str, "a structure table (CSV or BrainGlobe JSON)", default="")
     hemispheres = c.typed(raw, "hemispheres", path, str, "a hemisphere label volume", default="")
     values = raw.get("hemisphere_values", {"left": 1, "right": 2})
@@ -217,10 +240,10 @@ def _parse_atlas(name: str, raw: Any, c: Collector, base: Path) -> AtlasSpec | N
         else:
             c.add(f"{path}.transpose", f"expected the file axes that become z, y, x, e.g. [2, 1, 0], got {axes!r}")
     chunks = c.int_list(raw["chunks"], f"{path}.chunks", 3, 1) if "chunks" in raw else None
-    if not url:
+    if bool(url) == bool(name):
         return None
     return AtlasSpec(
-        resolve_path(url, base),
+        resolve_path(url, base) if url else "",
         resolve_path(structures, base) if structures else "",
         resolve_path(hemispheres, base) if hemispheres else "",
         left_right,
@@ -228,6 +251,9 @@ def _parse_atlas(name: str, raw: Any, c: Collector, base: Path) -> AtlasSpec | N
         translation,  # type: ignore[arg-type]
         transpose,  # type: ignore[arg-type]
         chunks or AtlasSpec.chunks,  # type: ignore[arg-type]
+        name,
+        version,
+        orientation.lower(),
     )
 
 

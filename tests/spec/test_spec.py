@@ -247,7 +247,27 @@ CASES: list[Case] = [
     Case(
         "atlas-url-missing",
         append('[inputs.atlas]\nstructures = "s.csv"\n'),
-        (Expect("inputs.atlas.url", at_header("inputs.atlas"), ("missing", "BrainGlobe atlas folder")),),
+        (Expect("inputs.atlas", at_header("inputs.atlas"), ("url =", "name =", "neither")),),
+    ),
+    Case(
+        "atlas-url-and-name",
+        append('[inputs.atlas]\nurl = "atlas"\nname = "allen_mouse_25um"\n'),
+        (Expect("inputs.atlas", at_header("inputs.atlas"), ("url =", "name =", "got both")),),
+    ),
+    Case(
+        "atlas-version-without-name",
+        append('[inputs.atlas]\nurl = "atlas"\nversion = "1.2"\n'),
+        (Expect("inputs.atlas.version", at_key("inputs.atlas", "version"), ("goes with name", "got '1.2'")),),
+    ),
+    Case(
+        "atlas-orientation-not-a-code",
+        append('[inputs.atlas]\nname = "allen_mouse_25um"\norientation = "aas"\n'),
+        (Expect("inputs.atlas.orientation", at_key("inputs.atlas", "orientation"), ("a/p, s/i, l/r", "got 'aas'")),),
+    ),
+    Case(
+        "atlas-orientation-and-transpose",
+        append('[inputs.atlas]\nname = "allen_mouse_25um"\norientation = "psl"\ntranspose = [2, 1, 0]\n'),
+        (Expect("inputs.atlas.transpose", at_key("inputs.atlas", "transpose"), ("not both",)),),
     ),
     Case(
         "atlas-transpose-not-a-permutation",
