@@ -286,11 +286,17 @@ class Atlas:
         return Geometry.of(self.annotation)
 
     def file_voxels(self, um: np.ndarray) -> np.ndarray:
-        """(N, 3) µm → (N, 3) float voxel coordinates along the atlas file's own axes (BrainGlobe's atlas
-        space for a BrainGlobe atlas): voxel centres at integers, as brainmapper's atlas coordinates."""
-        g = self.geometry
-        index = (np.asarray(um, dtype=np.float64).reshape(-1, 3) - np.asarray(g.translation)) / np.asarray(g.scale)
-        index = np.where(self.flips, np.asarray(g.shape) - 1 - index, index)
-        out = np.empty_like(index)
-        out[:, list(self.axes)] = index
-        return out
+        """(N, 3) µm → voxel coordinates along the atlas file's own axes (see :func:`file_voxels`)."""
+        return file_voxels(um, self.geometry, self.axes, self.flips)
+
+
+def file_voxels(um: np.ndarray, geometry: Geometry, axes: Sequence[int], flips: Sequence[bool]) -> np.ndarray:
+    """(N, 3) µm → (N, 3) float voxel coordinates along the axes of the file a grid was read from, when its
+    sample axis ``k`` is file axis ``axes[k]``, reversed where ``flips[k]`` (BrainGlobe's atlas space for a
+    BrainGlobe atlas): voxel centres at integers, what brainmapper calls atlas coordinates."""
+    g = geometry
+    index = (np.asarray(um, dtype=np.float64).reshape(-1, 3) - np.asarray(g.translation)) / np.asarray(g.scale)
+    index = np.where(np.asarray(flips, dtype=bool), np.asarray(g.shape) - 1 - index, index)
+    out = np.empty_like(index)
+    out[:, list(axes)] = index
+    return out

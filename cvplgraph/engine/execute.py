@@ -29,7 +29,7 @@ from cvplgraph.cache.store import read_cached
 from cvplgraph.engine.cluster import connect, ship_plugins
 from cvplgraph.engine.commit import commit, provenance
 from cvplgraph.engine.failures import cluster_failed_keys, local_failed_keys, node_failure, task_owners
-from cvplgraph.engine.lower import Lowered, lower
+from cvplgraph.engine.lower import Lowered, known_ids, lower
 from cvplgraph.engine.plan import Plan, make_plan
 from cvplgraph.engine.progress import Display, as_display, cluster_progress, counting, local_progress
 from cvplgraph.errors import CacheError, CvplError, DamagedStore
@@ -354,12 +354,15 @@ def _write_outputs(plan: Plan, computed: dict[str, Any], results: dict[str, Any]
     for name, target in plan.spec.outputs:
         kind = plan.node(name).output
         try:
+            fmt = plan.spec.format_of(target)
             if kind is PortType.Points:
-                write_points(target, computed[name])
+                origin = tuple(start for start, _ in plan.spec.input.crop) if plan.spec.input.crop else (0, 0, 0)
+                write_points(target, computed[name], fmt, origin)
             elif kind is PortType.BlockCounts:
                 write_block_counts(target, results[name])
             elif kind is PortType.RegionTable:
-                write_regions(target, computed[name], plan.spec.format_of(target))
+                atlas = dict(plan.node(name).inputs).get("atlas") if fmt == "brainglobe" else None
+                write_regions(target, computed[name], fmt, known_ids(plan, atlas) if atlas else None)
             _write_provenance(plan, name, target)
         except OSError as exc:  # the cache holds the results: a rerun with a writable folder only writes files
             raise CvplError(f"{target}: output {name!r} cannot be written ({exc.strerror or exc}); expected a "

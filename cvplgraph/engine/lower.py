@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from cvplgraph.cache.atlas_ids import atlas_ids
@@ -20,6 +21,7 @@ from cvplgraph.errors import CvplError, HaloTooLarge, OpFailed, SpecError
 from cvplgraph.io.atlas import read_atlas, region_ids
 from cvplgraph.io.stores import open_input
 from cvplgraph.spec.model import INPUT
+from cvplgraph.values import Atlas
 
 
 @dataclass
@@ -61,8 +63,7 @@ def lower(plan: Plan, *, with_writes: bool = True, fuse: bool = True) -> Lowered
             if node.name != INPUT:
                 atlas = read_atlas(dict(spec.atlases)[node.name])
                 if _read_by_compute(plan, node.name):  # the region ops check its ids against its table
-                    ids = atlas_ids(plan.manifest.url, node.key, partial(region_ids, atlas), atlas.source)
-                    atlas = replace(atlas, ids=ids)
+                    atlas = replace(atlas, ids=known_ids(plan, node.name, atlas))
                 out.values[node.name] = atlas
                 continue
             out.values[node.name], replaced = open_input(spec.input)
@@ -82,6 +83,12 @@ def lower(plan: Plan, *, with_writes: bool = True, fuse: bool = True) -> Lowered
         positional = [by_port.get(port.name) for port in node.opdef.inputs]
         _keep(plan, out, node.name, _call(plan, node.name, positional, with_writes), with_writes)
     return out
+
+
+def known_ids(plan: Plan, name: str, atlas: Atlas | None = None) -> np.ndarray:
+    """The distinct region ids of atlas input ``name``: remembered by the atlas's key, else counted once."""
+    atlas = atlas or read_atlas(dict(plan.spec.atlases)[name])
+    return atlas_ids(plan.manifest.url, plan.node(name).key, partial(region_ids, atlas), atlas.source)
 
 
 def _call(plan: Plan, name: str, positional: list[Any], with_writes: bool) -> Any:

@@ -1,11 +1,12 @@
 """Declared outputs: files written from node values at the end of a run.
 
-Points → ``.csv``; BlockCounts → ``.csv`` (one row per block) or ``.json``;
-RegionTable → ``.csv`` (the tidy table), ``.zarr`` (an xarray Dataset),
-``.png`` (a bar chart of the densest regions) or, with ``format =
-"brainglobe"``, BrainGlobe's ``summary.csv`` layout; arrays → ``.ome.zarr``
-(written inside the run's graph). Files are written to
-a temporary name and moved into place, so an output is never half-written.
+Points → ``.csv``, or with ``format = "cellfinder_xml"`` CellCounter XML written by brainglobe-utils
+(what cellfinder and brainglobe-napari-io read), or for a ``cell_regions`` table with ``format =
+"all_points"`` brainmapper's ``all_points.csv``; BlockCounts → ``.csv`` (one row per block) or ``.json``;
+RegionTable → ``.csv`` (the tidy table), ``.zarr`` (an xarray Dataset), ``.png`` (a bar chart of the
+densest regions) or, with ``format = "brainglobe"``, brainmapper's ``summary.csv``; arrays →
+``.ome.zarr`` (written inside the run's graph). Files are written to a temporary name and moved into
+place, so an output is never half-written.
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from cvplgraph.errors import CvplError
 from cvplgraph.values import with_units
 
-#: BrainGlobe's per-region summary columns, in the order its ``summary.csv`` has them.
+#: brainmapper's per-region summary columns, in the order brainglobe-utils (0.11, pandas ≥ 2.2) writes them.
 BRAINGLOBE_COLUMNS = [
-    "left_cell_count", "structure_name", "right_cell_count", "total_cells", "left_volume_mm3", "right_volume_mm3",
+    "structure_name", "left_cell_count", "right_cell_count", "total_cells", "left_volume_mm3", "right_volume_mm3",
     "total_volume_mm3", "left_cells_per_mm3", "right_cells_per_mm3",
+]  # fmt: skip
+#: brainmapper's per-cell columns (``all_points.csv``).
+ALL_POINTS_COLUMNS = [
+    "coordinate_raw_axis_0", "coordinate_raw_axis_1", "coordinate_raw_axis_2", "coordinate_atlas_axis_0",
+    "coordinate_atlas_axis_1", "coordinate_atlas_axis_2", "structure_name", "hemisphere",
 ]  # fmt: skip
 
 
@@ -34,8 +41,54 @@ def _atomic_text(path: str, text: str) -> None:
     _atomic_bytes(path, text.encode("utf-8"))
 
 
-def write_points(path: str, frame: pd.DataFrame) -> None:
-    _atomic_text(path, frame.to_csv(index=False))
+def write_points(path: str, frame: pd.DataFrame, fmt: str = "", origin: tuple[int, ...] = (0, 0, 0)) -> None:
+    """A Points output in the layout its format asks for; ``origin`` is the first voxel of the image read
+    (the crop's start), so that raw coordinates in brainmapper's and CellCounter's layouts are the whole
+    image's."""
+    if fmt == "all_points":
+        _atomic_text(path, all_points(frame, origin).to_csv(index=False))
+    elif fmt == "cellfinder_xml":
+        _write_cellcounter(path, frame, origin)
+    else:
+        _atomic_text(path, frame.to_csv(index=False))
+
+
+def all_points(frame: pd.DataFrame, origin: tuple[int, ...] = (0, 0, 0)) -> pd.DataFrame:
+    """brainmapper's ``all_points.csv`` from a ``cell_regions`` table: raw voxel coordinates (z, y, x of the
+    whole image), atlas coordinates (voxels along the atlas file's axes), structure name, hemisphere. Every
+    cell has its row: cells outside the brain or the atlas keep theirs, named so (brainmapper leaves them out)."""
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    for axis, d in enumerate("zyx"):
+        out[f"coordinate_raw_axis_{axis}"] = frame[d].to_numpy(dtype=np.float64) + origin[axis]
+    for axis in range(3):
+        out[f"coordinate_atlas_axis_{axis}"] = frame[f"atlas_axis_{axis}"].to_numpy(dtype=np.float64)
+    out["structure_name"] = frame["structure_name"].to_numpy()
+    out["hemisphere"] = frame["hemisphere"].to_numpy()
+    return out[ALL_POINTS_COLUMNS]
+
+
+def _write_cellcounter(path: str, frame: pd.DataFrame, origin: tuple[int, ...]) -> None:
+    """CellCounter XML written by brainglobe-utils: every row a cell (type 2) at its nearest voxel of the
+    whole image (MarkerX = x, MarkerY = y, MarkerZ = z, as cellfinder writes them)."""
+    try:
+        from brainglobe_utils.cells.cells import Cell
+        from brainglobe_utils.IO.cells import save_cells
+    except ImportError:
+        raise CvplError(f"{path}: format cellfinder_xml is written with brainglobe-utils; expected it installed "
+                        "(pip install 'cvplgraph[brainglobe]')") from None  # fmt: skip
+    zyx = np.rint(frame[["z", "y", "x"]].to_numpy(dtype=np.float64)).astype(np.int64) + np.asarray(origin, np.int64)
+    cells = [Cell([int(x), int(y), int(z)], Cell.CELL) for z, y, x in zyx]
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".xml")
+    os.close(fd)
+    try:
+        save_cells(cells, tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_block_counts(path: str, counts: xr.DataArray) -> None:
@@ -66,10 +119,10 @@ def region_dataset(frame: pd.DataFrame) -> xr.Dataset:
     return with_units(ds)
 
 
-def write_regions(path: str, frame: pd.DataFrame, fmt: str = "") -> None:
+def write_regions(path: str, frame: pd.DataFrame, fmt: str = "", atlas_ids: np.ndarray | None = None) -> None:
     """A RegionTable output, in the layout its format or suffix asks for."""
     if fmt == "brainglobe":
-        _atomic_text(path, brainglobe_summary(frame).to_csv(index=False))
+        _atomic_text(path, brainglobe_summary(frame, atlas_ids).to_csv(index=False))
     elif path.endswith(".png"):
         _atomic_bytes(path, density_chart(frame))
     elif path.endswith(".zarr"):
@@ -78,40 +131,46 @@ def write_regions(path: str, frame: pd.DataFrame, fmt: str = "") -> None:
         _atomic_text(path, frame.to_csv(index=False))
 
 
-def brainglobe_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """BrainGlobe's ``summary.csv``: one row per region that owns imaged voxels or holds cells, exclusive
-    counts. A region whose cells lie in the image but whose voxels (atlas voxels, whose centres decide)
-    fall just outside it keeps its row and its cells, with an empty density: no cell is dropped."""
+def brainglobe_summary(frame: pd.DataFrame, atlas_ids: np.ndarray | None = None) -> pd.DataFrame:
+    """brainmapper's ``summary.csv`` from a region table: exclusive counts per region and hemisphere.
+
+    Rows: every region of the atlas (``atlas_ids``, the annotation's distinct ids; without them, every region
+    owning counted volume) and every region holding a cell, 0-cell rows included, sorted by structure name as
+    brainmapper's outer merges sort them. Cells in atlas id 0 or outside the atlas are not regions and are
+    left out, as brainmapper leaves them out; every other cell is counted: a region whose cells lie in the
+    image but whose volume there is 0 keeps its row and its cells, with an empty density (brainmapper's
+    x / 0). ``total_cells`` counts every cell of the region, also any whose hemisphere value is neither
+    left nor right (for a BrainGlobe atlas there is none: it is then left + right)."""
+    in_brain = frame["id"] > 0
+    both = frame[in_brain & (frame["hemisphere"] == "both")].set_index("id")
+    keep = both["cells"].to_numpy() > 0
+    keep |= both.index.isin(atlas_ids) if atlas_ids is not None else both["volume_mm3"].to_numpy() > 0
+    both = both[keep]
     sides = {}
-    for side in ("left", "right", "both"):
-        part = frame[(frame["hemisphere"] == side) & (frame["id"] > 0)].set_index("id")
-        sides[side] = part
-    both = sides["both"]
-    if sides["left"].empty:  # no hemisphere volume: every cell counts on neither side
-        sides["left"] = sides["right"] = both.assign(cells=0, volume_mm3=0.0)
-    left, right = sides["left"].reindex(both.index), sides["right"].reindex(both.index)
+    for side in ("left", "right"):
+        part = frame[in_brain & (frame["hemisphere"] == side)].set_index("id")
+        sides[side] = part.reindex(both.index).fillna({"cells": 0, "volume_mm3": 0.0})
 
-    def density(part: pd.DataFrame) -> np.ndarray:
-        volume = part["volume_mm3"].to_numpy(dtype=float)
-        cells = part["cells"].to_numpy(dtype=float)
+    def density(cells: pd.Series, volume: pd.Series) -> np.ndarray:
+        v, c = volume.to_numpy(dtype=float), cells.to_numpy(dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(volume > 0, cells / np.where(volume > 0, volume, 1.0), np.nan)
+            return np.where(v > 0, c / np.where(v > 0, v, 1.0), np.nan)
 
+    left, right = sides["left"], sides["right"]
     out = pd.DataFrame(
         {
-            "left_cell_count": left["cells"].astype(float),
-            "structure_name": both["name"],
-            "right_cell_count": right["cells"].astype(float),
-            "total_cells": both["cells"].astype(float),
-            "left_volume_mm3": left["volume_mm3"],
-            "right_volume_mm3": right["volume_mm3"],
-            "total_volume_mm3": both["volume_mm3"],
-            "left_cells_per_mm3": density(left),
-            "right_cells_per_mm3": density(right),
+            "structure_name": both["name"].astype(str).to_numpy(),
+            "left_cell_count": left["cells"].to_numpy(dtype=float),
+            "right_cell_count": right["cells"].to_numpy(dtype=float),
+            "total_cells": both["cells"].to_numpy(dtype=float),
+            "left_volume_mm3": left["volume_mm3"].to_numpy(dtype=float),
+            "right_volume_mm3": right["volume_mm3"].to_numpy(dtype=float),
+            "total_volume_mm3": both["volume_mm3"].to_numpy(dtype=float),
+            "left_cells_per_mm3": density(left["cells"], left["volume_mm3"]),
+            "right_cells_per_mm3": density(right["cells"], right["volume_mm3"]),
         }
     )
-    keep = (both["volume_mm3"].to_numpy() > 0) | (both["cells"].to_numpy() > 0)
-    return out[keep][BRAINGLOBE_COLUMNS].reset_index(drop=True)
+    return out.sort_values("structure_name", kind="stable").reset_index(drop=True)[BRAINGLOBE_COLUMNS]
 
 
 def density_chart(frame: pd.DataFrame, top: int = 25) -> bytes:

@@ -24,7 +24,7 @@ from cvplgraph.errors import InputError
 from cvplgraph.ops._atlas import ancestors, lookup_points, voxel_counts
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
-from cvplgraph.values import LEFT, OUTSIDE_ATLAS, OUTSIDE_BRAIN, RIGHT, Atlas, Geometry, Table, wrap
+from cvplgraph.values import LEFT, OUTSIDE_ATLAS, OUTSIDE_BRAIN, RIGHT, Atlas, Geometry, Table, file_voxels, wrap
 
 log = logging.getLogger(__name__)
 
@@ -220,20 +220,28 @@ def region_counts(points: Table, atlas: Atlas, *, volume: Literal["imaged", "atl
     return Table(frame, geometry)
 
 
-def _with_regions(frame: pd.DataFrame, lookup: tuple[np.ndarray, np.ndarray], structures: pd.DataFrame) -> pd.DataFrame:
+def _with_regions(
+    frame: pd.DataFrame, lookup: tuple[np.ndarray, np.ndarray], structures: pd.DataFrame, atlas_space: np.ndarray
+) -> pd.DataFrame:
     region, hemi = lookup
-    names = dict(zip(structures["id"], structures["acronym"]))
-    names.update({k: v[0] for k, v in SPECIAL_ROWS.items() if k not in names})
+    acronyms = dict(zip(structures["id"], structures["acronym"]))
+    names = dict(zip(structures["id"], structures["name"]))
+    for k, (acronym, name) in SPECIAL_ROWS.items():
+        acronyms.setdefault(k, acronym)
+        names.setdefault(k, name)
     out = frame.copy()
     out["region_id"] = region
-    out["acronym"] = [names.get(int(r), "") for r in region]
+    out["acronym"] = [acronyms.get(int(r), "") for r in region]
+    out["structure_name"] = [names.get(int(r), "") for r in region]
     out["hemisphere"] = np.array(["", "left", "right", ""], dtype=object)[np.minimum(hemi, 3)]
+    for axis in range(3):
+        out[f"atlas_axis_{axis}"] = atlas_space[:, axis]
     return out
 
 
 @op(
     "cell_regions",
-    version=1,
+    version=2,
     inputs={"points": PortType.Points, "atlas": PortType.Atlas},
     output=PortType.Points,
     cost="one lookup task per atlas block holding points",
@@ -245,12 +253,19 @@ def cell_regions(points: Table, atlas: Atlas) -> Table:
     -------
     cells : Points
         The input rows with ``region_id`` (0 = atlas id 0, −1 = outside the atlas
-        volume), ``acronym`` and ``hemisphere`` (``left``, ``right`` or empty).
+        volume), ``acronym``, ``structure_name`` (the region's name in the atlas's
+        structure table), ``hemisphere`` (``left``, ``right`` or empty) and
+        ``atlas_axis_0, atlas_axis_1, atlas_axis_2``: the cell's voxel coordinates
+        along the atlas file's own axes (BrainGlobe's atlas space for a BrainGlobe
+        atlas; voxel centres at integers), what brainmapper calls atlas coordinates.
     """
     check_overlap(points.geometry, atlas)
     check_structures(atlas)
-    lookup = lookup_points(dask.delayed(_um, pure=True)(points.frame), atlas)
-    return Table(dask.delayed(_with_regions, pure=True)(points.frame, lookup, atlas.structures), points.geometry)
+    um = dask.delayed(_um, pure=True)(points.frame)
+    lookup = lookup_points(um, atlas)
+    placed = dask.delayed(file_voxels, pure=True)(um, atlas.geometry, atlas.axes, atlas.flips)
+    frame = dask.delayed(_with_regions, pure=True)(points.frame, lookup, atlas.structures, placed)
+    return Table(frame, points.geometry)
 
 
 def _density_lut(table: pd.DataFrame, lateral: bool) -> tuple[np.ndarray, np.ndarray]:

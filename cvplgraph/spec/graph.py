@@ -53,6 +53,9 @@ def graph_problems(spec: Spec, declared: set[str]) -> list[Problem]:
             problems.append(
                 spec.problem(f"outputs.{name}", f"unknown node {name!r}; known: {', '.join(sorted(declared))}")
             )
-        elif name in nodes and (msg := suffix_problem(get_op(nodes[name].op).output, target)):
+        elif name in nodes and (msg := suffix_problem(get_op(nodes[name].op).output, target, spec.format_of(target))):
             problems.append(spec.problem(f"outputs.{name}", msg))
+        elif name in nodes and spec.format_of(target) == "all_points" and nodes[name].op != "cell_regions":
+            why = f"format all_points needs a cell_regions node (cells with their region), got op {nodes[name].op!r}"
+            problems.append(spec.problem(f"outputs.{name}", why))
     return problems

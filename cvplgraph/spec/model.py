@@ -195,9 +195,24 @@ SUFFIXES: dict[PortType, tuple[str, ...]] = {
 }
 
 
-def suffix_problem(kind: PortType, path: str) -> str | None:
-    """Why ``path`` cannot hold a value of ``kind``, or None."""
+#: Output formats: the node type each takes and the suffix its file needs.
+FORMATS: dict[str, tuple[PortType, str]] = {
+    "brainglobe": (PortType.RegionTable, ".csv"),
+    "all_points": (PortType.Points, ".csv"),
+    "cellfinder_xml": (PortType.Points, ".xml"),
+}
+
+
+def suffix_problem(kind: PortType, path: str, fmt: str = "") -> str | None:
+    """Why ``path`` cannot hold a value of ``kind`` (in format ``fmt``), or None."""
+    if fmt in FORMATS:
+        wanted, suffix = FORMATS[fmt]
+        if kind is not wanted:
+            return f"format {fmt} is for a {wanted} node, got a {kind} node"
+        return None if path.endswith(suffix) else f"format {fmt} needs a file ending in {suffix}, got {path!r}"
     allowed = SUFFIXES.get(kind, ())
     if any(path.endswith(s) for s in allowed):
         return None
     return f"a {kind} output needs a file ending in {' or '.join(allowed) or '(no output format yet)'}, got {path!r}"
+
+

@@ -27,6 +27,7 @@ from cvplgraph.spec.graph import graph_problems
 from cvplgraph.spec.model import (
     AXES,
     COMPRESSORS,
+    FORMATS,
     INPUT,
     NONFINITE,
     SPARSE_COMPRESSOR,
@@ -165,7 +166,7 @@ def _parse_store(raw: Any, c: Collector, path: str) -> StoreSpec:
 ATLAS_KEYS = ["kind", "url", "name", "version", "orientation", "structures", "hemispheres", "hemisphere_values",
               "scale", "translation", "transpose", "chunks"]  # fmt: skip
 #: Output formats beside the one a suffix implies: brainmapper's region summary and per-cell table, CellCounter XML.
-OUTPUT_FORMATS = ("brainglobe", "all_points", "cellfinder_xml")
+OUTPUT_FORMATS = tuple(FORMATS)
 #: The pairs of a BrainGlobe orientation code: one letter of each names where an axis points.
 ORIENTATION_PAIRS = ("ap", "si", "lr")
 

@@ -27,103 +27,17 @@ from cvplgraph.spec.model import AtlasSpec
 
 pytest.importorskip("brainglobe_atlasapi", reason="the [brainglobe] extra is part of [test]")
 
+from brainglobe_atlas import CCF, asr, configure, narrow, package, structures  # noqa: E402
 from brainglobe_atlasapi import BrainGlobeAtlas  # noqa: E402
-from brainglobe_atlasapi.atlas_generation import stacks  # noqa: E402
-from brainglobe_atlasapi.atlas_generation.atlas_packaging_data import (  # noqa: E402
-    AnnotationInfo,
-    CoordinateSpaceInfo,
-    TemplateInfo,
-    TerminologyInfo,
-)
-from brainglobe_atlasapi.atlas_generation.metadata_utils import generate_metadata_dict  # noqa: E402
 
-CCF = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "atlas_ccf2017"
 NAME = "allen_mouse_100um"
-
-
-def _asr(volume: np.ndarray) -> np.ndarray:
-    """The shared files' axes (left→right, anterior→posterior, dorsal→ventral) → BrainGlobe's "asr"
-    (anterior→posterior, superior→inferior, right→left)."""
-    return np.ascontiguousarray(volume.transpose(1, 2, 0)[:, :, ::-1])
-
-
-def _structures(narrow: bool = True) -> list[dict[str, Any]]:
-    """The CCF structures; ``narrow``: without the 62 regions whose parent id exceeds 65535 (brainglobe-atlasapi
-    3.0.2 reads parent ids as 16-bit integers and cannot open them; their voxels go to the parent, see
-    :func:`_narrow`)."""
-    table = pd.read_csv(CCF / "structures.csv")
-    if narrow:
-        table = table[~(table["parent_structure_id"] > 65535)]
-    return [
-        {"id": int(r.id), "acronym": str(r.acronym), "name": str(r.name),
-         "structure_id_path": [int(i) for i in str(r.structure_id_path).strip("/").split("/")],
-         "rgb_triplet": [int(str(r.color_hex_triplet)[i : i + 2], 16) for i in (0, 2, 4)]}
-        for r in table.itertuples()
-    ]  # fmt: skip
-
-
-def package(
-    root: Path, name: str, version: str, annotation: np.ndarray, hemispheres: np.ndarray | None, narrow: bool = True
-) -> Path:
-    """An atlas in brainglobe-atlasapi's layout under ``root`` (the BrainGlobe folder); its manifest."""
-    work = root / "brainglobe-atlasapi"
-    prefix = name.rsplit("_", 1)[0].replace("_", "-")
-    template = TemplateInfo(name=f"{prefix}-template", version=version)
-    terminology = TerminologyInfo(name=f"{prefix}-terminology", version=version)
-    annotation_info = AnnotationInfo(name=f"{prefix}-annotation", version=version, template=template,
-                                     terminology=terminology)  # fmt: skip
-    space = CoordinateSpaceInfo(name=f"{prefix}-space", version=version, template=template)
-    scale = [[{"type": "scale", "scale": [0.1, 0.1, 0.1]}]]  # BrainGlobe stores millimetres
-    stacks.save_template([(annotation > 0).astype(np.uint16) * 300], work / Path(template.stub).parent, scale)
-    annotation_dir = work / Path(annotation_info.stub).parent
-    stacks.save_annotation([annotation], annotation_dir, scale)
-    if hemispheres is not None:
-        stacks.save_hemispheres([hemispheres], annotation_dir, scale)
-    structures = _structures(narrow)
-    terms = pd.DataFrame(
-        {
-            "identifier": [s["id"] for s in structures],
-            "parent_identifier": pd.array(
-                [s["structure_id_path"][-2] if len(s["structure_id_path"]) > 1 else None for s in structures],
-                dtype="UInt32",
-            ),  # fmt: skip
-            "annotation_value": [s["id"] for s in structures],
-            "name": [s["name"] for s in structures],
-            "abbreviation": [s["acronym"] for s in structures],
-            "color_hex_triplet": ["#" + "".join(f"{c:02X}" for c in s["rgb_triplet"]) for s in structures],
-            "root_identifier_path": [s["structure_id_path"] for s in structures],
-        }
-    )
-    (work / terminology.stub).parent.mkdir(parents=True, exist_ok=True)
-    terms.to_csv(work / terminology.stub, index=False)
-    location = f"/atlases/{name}/{version.replace('.', '_')}"
-    meta = generate_metadata_dict(
-        name=name.rsplit("_", 1)[0], location=location, citation="unpublished", atlas_link="http://localhost",
-        species="Mus musculus", symmetric=hemispheres is None, resolution=(100, 100, 100), orientation="asr",
-        version=version, shape=annotation.shape, additional_references=[], atlas_packager="cvplgraph tests",
-        coordinate_space=space, terminology=terminology, annotation_set=annotation_info, template=template,
-    )  # fmt: skip
-    manifest = work / location.lstrip("/") / "manifest.json"
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(meta, indent=1))
-    return manifest
-
-
-def _narrow(annotation: np.ndarray) -> np.ndarray:
-    """Voxels of the regions :func:`_structures` leaves out, given to their parents."""
-    table = pd.read_csv(CCF / "structures.csv")
-    moved = table[table["parent_structure_id"] > 65535]
-    out = annotation.copy()
-    for child, parent in zip(moved["id"], moved["parent_structure_id"].astype(np.int64)):
-        out[annotation == child] = parent
-    return out
 
 
 @pytest.fixture(scope="module")
 def ccf_asr() -> tuple[np.ndarray, np.ndarray]:
-    annotation = _narrow(tifffile.imread(CCF / "annotation_100um.tif").astype(np.uint32))
+    annotation = narrow(tifffile.imread(CCF / "annotation_100um.tif").astype(np.uint32))
     hemispheres = tifffile.imread(CCF / "hemispheres_100um.tif").astype(np.uint8)
-    return _asr(annotation), _asr(hemispheres)
+    return asr(annotation), asr(hemispheres)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +55,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, ccf_asr: tuple[np.ndarray, np
 def configured(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """BrainGlobe's configuration file pointing at ``home``, found through BRAINGLOBE_CONFIG_DIR."""
     config = tmp_path / "config"
-    config.mkdir()
-    (config / "bg_config.conf").write_text(f"[default_dirs]\nbrainglobe_dir = {home}\ninterm_download_dir = {home}\n")
+    configure(config, home)
     monkeypatch.setenv("BRAINGLOBE_CONFIG_DIR", str(config))
     return home
 
@@ -228,7 +141,7 @@ def test_chunks_brainglobe_has_not_fetched_are_an_error_not_a_download(
     package(root, NAME, "1.0", *ccf_asr)
     for level in (root / "brainglobe-atlasapi" / "annotation-sets").glob("*/*/annotations_compressed.ome.zarr/s0"):
         shutil.rmtree(level / "c")
-    (tmp_path / "config" / "bg_config.conf").write_text(f"[default_dirs]\nbrainglobe_dir = {root}\n")
+    configure(tmp_path / "config", root)
     with pytest.raises(InputError, match="not on disk.*`brainglobe install -a allen_mouse_100um"):
         read_atlas(AtlasSpec(url="", name=NAME))
 
@@ -243,13 +156,13 @@ def test_a_folder_of_the_older_layout_is_found_by_name(
     folder.mkdir(parents=True)
     tifffile.imwrite(folder / "annotation.tiff", annotation)
     tifffile.imwrite(folder / "hemispheres.tiff", hemispheres)
-    (folder / "structures.json").write_text(json.dumps(_structures()))
+    (folder / "structures.json").write_text(json.dumps(structures()))
     (folder / "metadata.json").write_text(json.dumps({"name": "allen_mouse", "resolution": [100, 100, 100],
                                                       "orientation": "asr", "symmetric": False,
                                                       "shape": list(annotation.shape), "version": "1.2"}))  # fmt: skip
-    (tmp_path / "config" / "bg_config.conf").write_text(f"[default_dirs]\nbrainglobe_dir = {root}\n")
+    configure(tmp_path / "config", root)
     old = read_atlas(AtlasSpec(url="", name=NAME, orientation="psl"))
-    (tmp_path / "config" / "bg_config.conf").write_text(f"[default_dirs]\nbrainglobe_dir = {configured}\n")
+    configure(tmp_path / "config", configured)
     new = read_atlas(AtlasSpec(url="", name=NAME, orientation="psl"))
     assert old.geometry == new.geometry
     np.testing.assert_array_equal(old.annotation.data.compute(), new.annotation.data.compute())
@@ -265,10 +178,9 @@ def test_allens_full_terminology_reads_here_though_brainglobe_atlasapi_refuses_i
     """Why a named atlas's manifest and terminology are read by cvplgraph: with Allen's whole tree (parents
     such as VISrll, 480149202, above 65535) brainglobe-atlasapi 3.0.2's constructor fails; cvplgraph reads
     every region, and the annotation's ids are all in its table."""
-    annotation = _asr(tifffile.imread(CCF / "annotation_100um.tif").astype(np.uint32))
-    package(tmp_path, NAME, "1.0", annotation, None, narrow=False)
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "bg_config.conf").write_text(f"[default_dirs]\nbrainglobe_dir = {tmp_path}\n")
+    annotation = asr(tifffile.imread(CCF / "annotation_100um.tif").astype(np.uint32))
+    package(tmp_path, NAME, "1.0", annotation, None, narrowed=False)
+    configure(tmp_path / "config", tmp_path)
     monkeypatch.setenv("BRAINGLOBE_CONFIG_DIR", str(tmp_path / "config"))
     with pytest.raises(TypeError, match="uint16"):
         BrainGlobeAtlas(NAME, brainglobe_dir=tmp_path, check_latest=False)
