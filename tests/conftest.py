@@ -1,8 +1,9 @@
-"""Shared fixtures: small synthetic volumes written as real OME-Zarr stores."""
+"""Shared fixtures: small synthetic volumes written as real OME-Zarr stores, an S3 server, a screen for napari."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -131,3 +132,40 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             fsspec.config.conf.pop("s3", None)
         else:
             fsspec.config.conf["s3"] = saved_conf
+
+
+# --- a real napari window (Qt) on a virtual screen: tests/inspect/test_view.py, test_napari_widget.py ---
+
+
+def _display_prefix() -> tuple[list[str], str]:
+    """How to start a Qt program here (a command prefix), or ``([], reason)`` when it cannot start."""
+    import importlib.util
+
+    if importlib.util.find_spec("qtpy") is None or not any(
+        importlib.util.find_spec(b) for b in ("PyQt6", "PySide6", "PyQt5", "PySide2")
+    ):
+        return [], "no Qt binding installed (pip install 'cvplgraph[napari]')"
+    if os.environ.get("DISPLAY"):
+        prefix: list[str] = []
+    elif shutil.which("xvfb-run"):
+        prefix = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24"]
+    else:
+        return [], "no display and no xvfb-run (bash scripts/install-system-packages.sh installs it)"
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", "from qtpy.QtWidgets import QApplication; QApplication([])"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        lines = (probe.stderr or probe.stdout).strip().splitlines()
+        return [], f"Qt cannot start here: {lines[-1] if lines else f'exit code {probe.returncode}'}"
+    return prefix or [""], ""
+
+
+@pytest.fixture(scope="module")
+def display() -> list[str]:
+    """The command prefix that gives a subprocess a screen for a real Qt napari window (xvfb-run on a
+    headless machine); skips with the reason where Qt cannot start."""
+    prefix, reason = _display_prefix()
+    if reason:
+        pytest.skip(reason)
+    return [p for p in prefix if p]

@@ -41,3 +41,22 @@ def test_cluster_recipes_are_valid_python_and_spec_tables() -> None:
         head = '[input]\nurl = "volume.ome.zarr"\n\n[nodes.mask]\nop = "threshold"\nimage = "input"\n\n'
         spec = parse_spec(head + table, "docs/cluster.md")
         assert spec.cluster.address or spec.cluster.factory
+
+
+def test_the_brainglobe_example_is_a_valid_spec() -> None:
+    """docs/brainglobe.md's spec, after the nodes that find the centroids, passes the spec check."""
+    import re
+
+    from cvplgraph.spec.parse import parse_spec
+
+    text = (ROOT / "docs" / "brainglobe.md").read_text(encoding="utf-8")
+    (table,) = re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+    head = (
+        '[input]\nurl = "volume.ome.zarr"\n\n[nodes.mask]\nop = "threshold"\nimage = "input"\n\n'
+        '[nodes.cells]\nop = "connected_components"\nmask = "mask"\n\n'
+        '[nodes.centroids]\nop = "centroids"\nlabels = "cells"\n\n'
+    )
+    spec = parse_spec(head + table, "docs/brainglobe.md")
+    atlas = dict(spec.atlases)["atlas"]
+    assert (atlas.name, atlas.orientation) == ("allen_mouse_25um", "psl")
+    assert {fmt for _, fmt in spec.formats} == {"brainglobe", "all_points", "cellfinder_xml"}

@@ -213,40 +213,7 @@ def test_point_markers_are_as_wide_as_the_cells(project: tuple[Path, Geometry]) 
     np.testing.assert_allclose(layer.size * pixel_um, 1.3 * np.maximum(diameter_um, pixel_um))
 
 
-# --- a real napari window (Qt) on a virtual screen ------------------------------------------------
-
-
-def _display_prefix() -> tuple[list[str], str]:
-    """How to start a Qt program here (a command prefix), or ``([], reason)`` when it cannot start."""
-    import importlib.util
-    import os
-
-    if importlib.util.find_spec("qtpy") is None or not any(
-        importlib.util.find_spec(b) for b in ("PyQt6", "PySide6", "PyQt5", "PySide2")
-    ):
-        return [], "no Qt binding installed (pip install 'cvplgraph[napari]')"
-    if os.environ.get("DISPLAY"):
-        prefix: list[str] = []
-    elif shutil.which("xvfb-run"):
-        prefix = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24"]
-    else:
-        return [], "no display and no xvfb-run (bash scripts/install-system-packages.sh installs it)"
-    probe = subprocess.run(
-        [*prefix, sys.executable, "-c", "from qtpy.QtWidgets import QApplication; QApplication([])"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    if probe.returncode != 0:
-        lines = (probe.stderr or probe.stdout).strip().splitlines()
-        return [], f"Qt cannot start here: {lines[-1] if lines else f'exit code {probe.returncode}'}"
-    return prefix or [""], ""
-
-
-@pytest.fixture(scope="module")
-def display() -> list[str]:
-    prefix, reason = _display_prefix()
-    if reason:
-        pytest.skip(reason)
-    return [p for p in prefix if p]
+# --- a real napari window (Qt) on a virtual screen (the `display` fixture: tests/conftest.py) -----
 
 
 def _colourful(picture: np.ndarray) -> float:

@@ -180,6 +180,7 @@ url = "{image}"
 [inputs.atlas]
 name = "{name}"
 orientation = "{orientation}"
+translation = [-4000.0, -6600.0, -5700.0]  # the image in the middle of the brain
 
 [nodes.mask]
 op = "threshold"
@@ -233,6 +234,17 @@ def test_a_spec_with_a_named_atlas_writes_every_brainglobe_output(
     )
     assert list(summary.columns) == BRAINGLOBE_COLUMNS
     assert summary["structure_name"].tolist() == sorted(summary["structure_name"])
+    both = table[(table["hemisphere"] == "both") & (table["id"] > 0) & (table["cells"] > 0)]
+    per_region = dict(zip(both["name"], both["cells"]))
+    assert per_region  # the image lies in the brain
+    assert (
+        dict(summary[summary["total_cells"] > 0][["structure_name", "total_cells"]].itertuples(index=False))
+        == per_region
+    )
+    assert (
+        points[~points["structure_name"].str.startswith("outside")]["structure_name"].value_counts().to_dict()
+        == per_region
+    )
 
 
 @pytest.mark.parametrize(
