@@ -16,7 +16,7 @@ from cvplgraph.cache.resume import partial_progress
 from cvplgraph.engine.compile import Node, compile_spec, nodes_in_order
 from cvplgraph.engine.status import Status  # defined apart to stay light; a plan's users import it from here
 from cvplgraph.errors import InputError
-from cvplgraph.spec.model import INPUT, Spec
+from cvplgraph.spec.model import INPUT, AtlasSpec, Spec
 from cvplgraph.spec.parse import load_spec
 
 
@@ -138,6 +138,11 @@ def why(node: Node, previous: Entry | None) -> list[str]:
     return [c.reason() for c in changes(node, previous)] or ["not in the cache"]
 
 
+def _named(atlas: AtlasSpec) -> str:
+    """How the plan names an atlas given by name: BrainGlobe's name and version."""
+    return f"BrainGlobe atlas {atlas.name}" + (f" {atlas.version}" if atlas.version else "")
+
+
 def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
     """Compile ``spec`` and compare every node's key with the cache."""
     atlas_keys = {name: fingerprint_atlas(atlas) for name, atlas in spec.atlases}
@@ -157,7 +162,7 @@ def make_plan(spec: Spec, *, fingerprint: str | None = None) -> Plan:
     needed = {name for name, _ in spec.outputs}
     for node in nodes_in_order(graph):
         if node.is_input:
-            url = spec.input.url if node.name == INPUT else atlases[node.name].url
+            url = spec.input.url if node.name == INPUT else atlases[node.name].url or _named(atlases[node.name])
             plan.nodes[node.name] = NodePlan(
                 name=node.name, op="input", type=str(node.output), key=node.key, status=Status.INPUT, reasons=(url,)
             )

@@ -9,10 +9,11 @@ stays responsive; the figures of the compute reach the bar through :func:`forwar
 :class:`~cvplgraph.engine.progress.Display` whose updates the worker yields to the GUI thread.
 
 The engine commits every node of a run once its one compute has returned (``engine/execute.py``: an
-entry never describes an incomplete store), so there is no node to show before the run ends: when it
-ends, the input and every cached node of the region are added one layer at a time, named after their
-nodes (:func:`cvplgraph.inspect.view.layers`, what ``cvplgraph view`` shows), replacing the layers of
-the same names a previous run added.
+entry never describes an incomplete store). A crop preview therefore runs in :func:`steps` (a fused
+chain, then each node after it), and each step's layers are added as soon as it ends; a whole run is one
+fused compute like ``cvplgraph run``, its layers added when it ends. Layers are named after their nodes
+(:func:`cvplgraph.inspect.view.layers`, what ``cvplgraph view`` shows) and replace the layers of the same
+names a previous run added.
 
 The engine, dask and napari's threading are imported inside functions: napari lists the widget at
 start-up and builds it only when asked.
@@ -265,41 +266,103 @@ def forwarding_display(put: Callable[[object], None]) -> Display:
     return _forward_class()(put)
 
 
-def run_region(loaded: Loaded, crop: Box | None) -> Generator[object, None, Finished | Failed]:
-    """Run a region, yielding what the GUI shows: progress snapshots, messages, the new plan, then each layer.
+def steps(plan: Plan) -> list[list[str]]:
+    """The nodes ``plan`` computes, in the steps a crop preview runs them: each fused group whole (its nodes
+    are produced by the same tasks, so they finish together), every other node alone, in graph order."""
+    from cvplgraph.engine.compile import nodes_in_order
+    from cvplgraph.engine.fuse import find_groups
 
-    The engine's compute blocks until it ends and reports progress from its own draw thread, so it runs
-    on a thread of its own while this generator (napari's worker) yields each report as it comes. A
-    whole run is recorded like ``cvplgraph run`` (``<cache>/runs/<id>.json``: ``cvplgraph report``, and
-    the reader's *open the cache folder*, use it); a crop is a preview, not recorded (the record would
-    name a spec file whose text is not what ran).
+    group_of = {name: group.nodes for group in find_groups(plan) for name in group.nodes}
+    out: list[list[str]] = []
+    seen: set[str] = set()
+    for node in nodes_in_order(plan.graph):
+        if node.name in seen or node.name not in plan.to_compute():
+            continue
+        unit = [n for n in group_of.get(node.name, [node.name]) if n not in seen]
+        seen.update(unit)
+        out.append(unit)
+    return out
+
+
+def step_spec(spec: Spec, plan: Plan, step: Sequence[str]) -> Spec:
+    """``spec`` cut down to the nodes of ``step`` and what they read: its nodes keep their keys (a key is
+    the op, its parameters and its inputs' keys), so what it caches is what the whole region reads."""
+    import networkx as nx
+
+    keep = set(step).union(*(nx.ancestors(plan.graph, name) for name in step))
+    return replace(spec, nodes=tuple(n for n in spec.nodes if n.name in keep), outputs=(), formats=())
+
+
+def run_region(loaded: Loaded, crop: Box | None) -> Generator[object, None, Finished | Failed]:
+    """Run a region, yielding what the GUI shows: progress snapshots, messages, new plans, then layers.
+
+    A **crop** is a preview: it runs in :func:`steps` (a fused chain, then each node after it), and the
+    layers of a step are yielded when it finishes, so they appear while the rest computes; it is not
+    recorded (the record would name a spec file whose text is not what ran). The **whole** spec runs as
+    ``cvplgraph run`` does: one fused compute, recorded (``<cache>/runs/<id>.json``: ``cvplgraph report``
+    and the reader's *open the cache folder* use it), its layers yielded when it ends.
+
+    The engine's compute blocks until it ends and reports progress from its own draw thread, so each runs
+    on a thread of its own while this generator (napari's worker) yields each report as it comes.
     """
+    from cvplgraph.engine.plan import make_plan
+
     try:
         spec = region(loaded, crop)
         scheduler = scheduler_of(loaded)
-        reports: queue.SimpleQueue[object] = queue.SimpleQueue()
-        outcome: dict[str, Any] = {}
-        display = forwarding_display(reports.put)
-        thread = threading.Thread(target=_compute, args=(spec, crop is None, scheduler, display, outcome, reports),
-                                  name="cvplgraph-widget-run", daemon=True)  # fmt: skip
-        thread.start()
-        while (report := reports.get()) is not _DONE:
-            yield report
-        thread.join()
-        if "error" in outcome:
-            return _failed(outcome["error"])
-        from cvplgraph.engine.plan import make_plan
-        from cvplgraph.inspect.view import layers
-
+        shown: set[str] = set()
+        started, computed, warnings = time.monotonic(), [], []
+        outputs: dict[str, str] = {}
         plan = make_plan(spec)
-        yield rows(plan)
-        found = layers(spec, plan=plan)
-        yield from found.data  # one at a time: each is added when it comes
-        results = outcome["results"]
-        return Finished(results.report.seconds, list(results.report.computed), dict(results.report.outputs),
-                        len(found.data), outcome["warnings"])  # fmt: skip
+        # a crop in steps (none when all is cached); the whole spec as one run (it may only write outputs)
+        units: list[list[str] | None] = list(steps(plan)) if crop is not None else [None]
+        for number, unit in enumerate(units, start=1):
+            if len(units) > 1:
+                yield f"step {number} of {len(units)}: {', '.join(unit or [])} …"
+            part = spec if unit is None else step_spec(spec, plan, unit)
+            outcome = yield from _compute_in_thread(part, unit is None, scheduler)
+            if "error" in outcome:
+                return _failed(outcome["error"])
+            results = outcome["results"]
+            computed += list(results.report.computed)
+            outputs.update(results.report.outputs)
+            warnings += [w for w in outcome["warnings"] if w not in warnings]
+            yield from _new_layers(spec, unit, shown)
+        if not units:
+            yield from _new_layers(spec, None, shown)
+        return Finished(time.monotonic() - started, computed, outputs, len(shown), warnings)
     except Exception as exc:  # noqa: BLE001 - the status line says it; napari would pop up a traceback
         return _failed(exc)
+
+
+def _new_layers(spec: Spec, unit: Sequence[str] | None, shown: set[str]) -> Generator[object, None, None]:
+    """The new plan's rows, then the layers not shown yet: at first every one of the region (input, atlases,
+    cached nodes), after that the nodes of ``unit`` (None: all)."""
+    from cvplgraph.engine.plan import make_plan
+    from cvplgraph.inspect.view import layers
+
+    plan = make_plan(spec)
+    yield rows(plan)
+    first = not shown
+    for layer in layers(spec, plan=plan).data:
+        name = layer[1]["name"]
+        if name not in shown and (first or unit is None or name in unit):
+            shown.add(name)
+            yield layer  # one at a time: each is added when it comes
+
+
+def _compute_in_thread(spec: Spec, record: bool, scheduler: str | None) -> Generator[object, None, dict[str, Any]]:
+    """Execute ``spec`` on a thread of its own, yielding its progress reports; returns its outcome."""
+    reports: queue.SimpleQueue[object] = queue.SimpleQueue()
+    outcome: dict[str, Any] = {}
+    display = forwarding_display(reports.put)
+    thread = threading.Thread(target=_compute, args=(spec, record, scheduler, display, outcome, reports),
+                              name="cvplgraph-widget-run", daemon=True)  # fmt: skip
+    thread.start()
+    while (report := reports.get()) is not _DONE:
+        yield report
+    thread.join()
+    return outcome
 
 
 def _compute(spec: Spec, record: bool, scheduler: str | None, display: Display, outcome: dict[str, Any],

@@ -324,3 +324,42 @@ def test_the_widget_docked_in_a_napari_window(display: list[str], project: Path,
     assert dock.std() > 10, "the dock region is flat: no widget drawn"
     assert np.abs(dock - there).mean() > 10, "the dock region looks the same without the widget"
     assert np.abs(widget[:, : x // 2] - plain[:, : x // 2]).mean() < np.abs(dock - there).mean()
+
+
+def test_a_crop_runs_in_steps_and_each_steps_layers_come_before_the_next_step(project: Path) -> None:
+    """Layers appear as nodes finish: the crop runs as the fused chain (mask, cells, centroids: one task per
+    block makes them together), then counts; the chain's layers are handed out before counts computes, and
+    every step's nodes are cached, with the same values as a run of the whole crop at once."""
+    from cvplgraph.engine.plan import make_plan
+    from cvplgraph.inspect import napari_widget as w
+
+    loaded = w.load(str(project / "spec.toml"))
+    plan = make_plan(w.region(loaded, CROP))
+    assert w.steps(plan) == [["mask", "cells", "centroids"], ["counts"]]
+    events: list[tuple[str, str]] = []
+    run = w.run_region(loaded, CROP)
+    try:
+        while True:
+            item = next(run)
+            if isinstance(item, str) and item.startswith("step "):
+                events.append(("step", item.split(":")[0]))
+            elif isinstance(item, tuple):
+                events.append(("layer", item[1]["name"]))
+    except StopIteration as end:
+        finished = end.value
+    assert isinstance(finished, w.Finished), finished
+    assert sorted(finished.computed) == sorted(NODES)
+    order = [name for _, name in events]
+    assert order.index("step 1 of 2") < order.index("mask") < order.index("centroids") < order.index("step 2 of 2")
+    assert order.index("step 2 of 2") < order.index("counts")
+    assert order.count("input") == 1  # each layer handed out once
+    # the steps cached what one run of the crop computes: a second spec run finds everything cached
+    again = make_plan(w.region(loaded, CROP))
+    assert again.to_compute() == []
+    from cvplgraph.engine.execute import execute
+
+    stepwise = execute(again, scheduler="sync")
+    whole = execute(make_plan(replace(w.region(loaded, CROP), cache_url=str(project / "other"))), scheduler="sync")
+    assert sorted(whole.report.computed) == sorted(NODES)
+    for name in NODES:
+        assert stepwise[name].equals(whole[name]), name

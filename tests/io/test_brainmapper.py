@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import SPEC as CONFTEST_SPEC
 
 from cvplgraph import ops
 from cvplgraph.bench.truth import read_points
@@ -173,27 +174,13 @@ def test_all_points_adds_the_crops_start_to_raw_coordinates() -> None:
     assert row == [11.5, 22.0, 33.25, 4.0, 5.0, 6.0, "CA1", "left"]
 
 
-SPEC = """\
-[input]
-url = "{image}"
-
-[inputs.atlas]
+#: The shared spec's nodes (threshold → components → centroids → count) with a named atlas and BrainGlobe's files.
+SPEC = (
+    CONFTEST_SPEC.split("[outputs]")[0].format(url="{image}", level=0.3)
+    + """[inputs.atlas]
 name = "{name}"
 orientation = "{orientation}"
 translation = [-4000.0, -6600.0, -5700.0]  # the image in the middle of the brain
-
-[nodes.mask]
-op = "threshold"
-image = "input"
-level = 0.3
-
-[nodes.cells]
-op = "connected_components"
-mask = "mask"
-
-[nodes.centroids]
-op = "centroids"
-labels = "cells"
 
 [nodes.regions]
 op = "region_counts"
@@ -210,6 +197,7 @@ regions = ["results/regions.csv", {{ path = "results/summary.csv", format = "bra
 cell_table = [{{ path = "results/all_points.csv", format = "all_points" }},
               {{ path = "results/cells.xml", format = "cellfinder_xml" }}]
 """
+)  # fmt: skip
 
 
 def test_a_spec_with_a_named_atlas_writes_every_brainglobe_output(
