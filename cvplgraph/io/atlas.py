@@ -217,10 +217,9 @@ def read_atlas(spec: AtlasSpec) -> Atlas:
     hemispheres = None
     if files["hemispheres"]:
         hemi, _, _ = _open_volume(files["hemispheres"], spec, turn)
-    elif local is not None and local.symmetric:
-        file_shape = local.shape
-        hemi = _to_sample(symmetric_hemispheres(file_shape, local.orientation, _file_chunks(turn, spec.chunks)),
-                          turn, files["annotation"], spec.chunks)  # fmt: skip
+    elif local is not None and local.symmetric:  # BrainGlobe ships none: split at the midline, as it does
+        split = symmetric_hemispheres(local.shape, local.orientation, _file_chunks(turn, spec.chunks))
+        hemi = _to_sample(split, turn, files["annotation"], spec.chunks)
     if files["hemispheres"] or (local is not None and local.symmetric):
         if hemi.shape != annotation.shape:
             raise InputError(
