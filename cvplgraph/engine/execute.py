@@ -107,6 +107,16 @@ def _targets(plan: Plan, lowered: Lowered) -> Targets:
     return Targets(values, writes, functools.partial(node_failure, plan, lowered))
 
 
+def _callers_callbacks() -> list[tuple[Any, ...]]:
+    """The dask callbacks the caller registered (``with ProgressBar(): cvplgraph.run(...)``), which a compute
+    given its callbacks explicitly would not run, less dask's opportunistic cache: napari registers one
+    while it slices a layer, and its bookkeeping breaks when a compute in another thread shares it."""
+    from dask.cache import Cache
+    from dask.callbacks import Callback
+
+    return [c for c in list(Callback.active) if not isinstance(getattr(c[0], "__self__", None), Cache)]
+
+
 def _compute(
     targets: Targets, client: Any, display: Display, tasks: list[tuple[str, float]] | None = None
 ) -> dict[str, Any]:
@@ -115,14 +125,18 @@ def _compute(
     collections = [*targets.values.values(), *targets.writes]  # named values first: zip pairs them with names
     with contextlib.ExitStack() as stack:
         if client is None:
-            stack.enter_context(local_progress(display))
+            callbacks = [stack.enter_context(local_progress(display))]
             if tasks is not None:
                 from dask.diagnostics import Profiler
 
                 profiler = stack.enter_context(Profiler())
+                callbacks.append(profiler)
             try:
                 with dask.config.set({"admin.traceback.shorten": []}):  # keep the frames naming the failed task
-                    out = list(dask.compute(*collections))
+                    # this compute's callbacks, given explicitly: see progress.local_progress
+                    given = _callers_callbacks()  # the profiler, entered above, is among them
+                    given += [c._callback for c in callbacks if c._callback not in given]
+                    out = list(dask.compute(*collections, callbacks=given))
             except CvplError:
                 raise
             except Exception as exc:

@@ -130,8 +130,14 @@ def as_display(progress: bool | str | Display) -> Display:
 
 
 @contextlib.contextmanager
-def local_progress(display: Display) -> Iterator[None]:
-    """Count tasks of computes inside the block with a dask callback; draw from a timer thread."""
+def local_progress(display: Display) -> Iterator[Any]:
+    """Count tasks of computes inside the block with a dask callback; draw from a timer thread.
+
+    Yields the callback, for ``dask.compute(..., callbacks=[callback._callback])``: given explicitly, it is
+    not registered in dask's global ``Callback.active``, which a local compute empties and restores around
+    itself. Computes in two threads (a run from napari's dock widget while napari slices a dask-backed
+    layer under its own cache callback) would otherwise each run the other's callbacks, or none: counts
+    go wrong and callbacks fail on tasks they never saw start."""
     from dask.callbacks import Callback
 
     state = {"done": 0, "total": 0}
@@ -158,15 +164,14 @@ def local_progress(display: Display) -> Iterator[None]:
             display.update(snapshot())
 
     thread = threading.Thread(target=draw, name="cvplgraph-progress", daemon=True)
-    with Callback(start_state=start_state, posttask=posttask):
-        if display.mode != "quiet":
-            thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            if thread.is_alive():
-                thread.join()
+    if display.mode != "quiet":
+        thread.start()
+    try:
+        yield Callback(start_state=start_state, posttask=posttask)
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join()
     display.update(snapshot(), final=True)
 
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -159,3 +160,43 @@ def test_ctrl_c_commits_nothing_half_done_and_the_next_run_completes(
     verify = subprocess.run([sys.executable, "-m", "cvplgraph", "cache", "verify", "--spec", str(spec)],
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_run_beside_another_threads_computes_under_a_dask_cache(spec_file: Path) -> None:
+    """napari slices dask-backed layers under dask's opportunistic Cache (a global callback) while the dock
+    widget runs a spec in another thread: neither compute may run the other's callbacks. Before each run's
+    compute took its callbacks explicitly, both failed with KeyErrors from the callbacks' bookkeeping."""
+    import threading
+
+    import dask.array as da
+    from dask.cache import Cache
+
+    import cvplgraph
+
+    reference = cvplgraph.run(cvplgraph.load_spec(spec_file), scheduler="threads")["centroids"]
+    stop, errors, slices = threading.Event(), [], []
+    volume = da.random.default_rng(1).random((64, 256, 256), chunks=(16, 64, 64))
+
+    def slicer() -> None:
+        cache = Cache(2e8)
+        while not stop.is_set():
+            try:
+                with cache:  # registered while a layer is sliced, as napari does
+                    plane = volume[len(slices) % 64]
+                    time.sleep(0.002)
+                    slices.append(float(plane.sum().compute(scheduler="threads")))
+            except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                errors.append(exc)
+
+    thread = threading.Thread(target=slicer)
+    thread.start()
+    try:
+        runs = []
+        for n in range(4):
+            spec = replace(cvplgraph.load_spec(spec_file), cache_url=str(spec_file.parent / f"cache-{n}"))
+            runs.append(cvplgraph.run(spec, scheduler="threads")["centroids"])
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == [] and len(slices) > 3
+    assert all(run.equals(reference) for run in runs)
