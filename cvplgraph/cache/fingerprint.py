@@ -21,6 +21,7 @@ import fsspec
 from cvplgraph.cache.keys import digest
 from cvplgraph.errors import InputError
 from cvplgraph.io.atlas import files_of
+from cvplgraph.io.ngff import virtual_params
 from cvplgraph.io.stores import axis_names, child_array, multiscales, open_group
 from cvplgraph.spec.model import AtlasSpec, InputSpec
 
@@ -87,11 +88,15 @@ def survey_input(spec: InputSpec) -> Survey:
         **({"nonfinite": spec.nonfinite} if spec.nonfinite != "error" else {}),
     }
     level_url = f"{spec.url.rstrip('/')}/{path}"
-    listing = _listing(level_url, content=spec.fingerprint == "content")
-    key = digest({"input": meta, "chunks": listing, "selection": selection})
     wanted = _selected_chunks(array, axis_names(ms, array.ndim), spec)
-    present = {p for p, _, _ in listing}
-    absent = [k for k in wanted if k not in present]
+    if virtual_params(attrs) is not None:  # chunks rendered from the parameters (in attrs, so in the key)
+        key = digest({"input": meta, "virtual": True, "selection": selection})
+        absent: list[str] = []
+    else:
+        listing = _listing(level_url, content=spec.fingerprint == "content")
+        key = digest({"input": meta, "chunks": listing, "selection": selection})
+        present = {p for p, _, _ in listing}
+        absent = [k for k in wanted if k not in present]
     voxels = math.prod(_selected_shape(array.shape, axis_names(ms, array.ndim), spec))
     return Survey(key, level_url, len(absent), len(wanted), tuple(absent[:3]), array.fill_value,
                   voxels * array.dtype.itemsize)  # fmt: skip

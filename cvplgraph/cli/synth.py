@@ -20,7 +20,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "With --atlas, OUT is a folder and the volume images a crop of an atlas: cells are "
         "placed with a density per region, tissue is brighter than the outside, and the atlas "
         "(BrainGlobe folder), the true cells with their region and the true count per region "
-        "are written beside it. Streams block by block; deterministic by seed.",
+        "are written beside it. Streams block by block; deterministic by seed. "
+        "With --virtual, only the store's metadata is written (a few KB): cvplgraph renders each chunk when it "
+        "reads it, so a whole-brain-sized volume (e.g. --shape 2000 8000 11000, 350 GB as uint16) can be "
+        "rehearsed without its disk.",
     )
     p.add_argument("out", help="output store, e.g. synthetic.ome.zarr (a folder with --atlas)")
     p.add_argument("--shape", type=int, nargs=3, default=(64, 256, 256), metavar=("Z", "Y", "X"))
@@ -58,6 +61,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         help="stored type (default float32); uint16 stores round(clip(value, 0, 65535)): "
                         "use --gain to put cells in counts, e.g. --gain 1000 --offset 100")  # fmt: skip
     p.add_argument("--truth", help="CSV of true centres (default: OUT with .csv)")
+    p.add_argument("--virtual", action="store_true",
+                   help="write only the metadata of a uint16 volume whose chunks cvplgraph renders on read "
+                   "(cvplgraph.io.virtual: true cells per block from the seed, no voxel stored); default "
+                   "chunks 64 256 256")  # fmt: skip
     p.add_argument(
         "--atlas",
         metavar="FOLDER",
@@ -81,6 +88,12 @@ def handle(args: argparse.Namespace) -> int:
         for name in _STRESS
         if (value := getattr(args, name)) is not None
     }
+    if args.virtual:
+        if stress or args.atlas or args.truth:
+            given = ", ".join(["--" + name.replace("_", "-") for name in stress] + ["--atlas"] * bool(args.atlas)
+                              + ["--truth"] * bool(args.truth))  # fmt: skip
+            raise CvplError(f"synth: {given}: not with --virtual (its cells come from the seed, see --help)")
+        return _virtual(args)
     if args.atlas:
         if stress:
             given = ", ".join("--" + name.replace("_", "-") for name in stress)
@@ -130,4 +143,28 @@ def _brain(args: argparse.Namespace) -> int:
         raise CvplError(f"synth: {exc}") from None
     print(f"wrote {truth.image} with {len(truth.cells)} cells; atlas {truth.atlas}; truth {truth.cells_csv}, "
           f"{truth.regions_csv}")  # fmt: skip
+    return 0
+
+
+def _virtual(args: argparse.Namespace) -> int:
+    """``synth --virtual``: the metadata of a virtual volume; its chunks are rendered when read."""
+    from cvplgraph.io.virtual import VirtualVolume, write_virtual
+
+    try:
+        volume = VirtualVolume(
+            shape=tuple(args.shape),
+            chunks=tuple(args.chunks or (64, 256, 256)),
+            voxel_size=tuple(args.voxel_size or (4.0, 1.5, 1.5)),
+            spacing_um=args.spacing or 30.0,
+            seed=args.seed,
+        )  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise CvplError(f"synth: {exc}") from None
+    write_virtual(args.out, volume)
+    voxels = volume.shape[0] * volume.shape[1] * volume.shape[2]
+    um3 = voxels * volume.voxel_size[0] * volume.voxel_size[1] * volume.voxel_size[2]
+    expected = um3 / volume.spacing_um**3 * volume.occupancy
+    print(f"wrote {args.out}: a virtual {volume.shape} uint16 volume ({voxels * 2 / 1e9:,.1f} GB when read, "
+          f"nothing stored) in {volume.grid[0] * volume.grid[1] * volume.grid[2]:,} chunks of {volume.chunks}; "
+          f"about {expected:,.0f} cells (exact per block: cvplgraph.io.virtual.block_truth)")  # fmt: skip
     return 0

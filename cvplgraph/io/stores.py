@@ -25,13 +25,12 @@ from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from cvplgraph.errors import CacheError, DamagedStore, InputError
 from cvplgraph.io.meter import WRITTEN, Metered, count, read_zarr
+from cvplgraph.io.ngff import ngff_metadata, virtual_params
 from cvplgraph.io.records import Ranges, expand, mark
+from cvplgraph.io.virtual import virtual_array
 from cvplgraph.spec.model import InputSpec, StoreSpec
 from cvplgraph.types import PortType
 from cvplgraph.values import DIMS, Geometry, wrap
-
-NGFF_VERSION = "0.5"
-
 
 # --- reading OME-Zarr -------------------------------------------------------------------------
 
@@ -121,6 +120,9 @@ def open_input(spec: InputSpec) -> tuple[xr.DataArray, Delayed | None]:
         raise InputError(f"{spec.url}: level {spec.level} requested but the store has {len(datasets)} level(s)")
     ds = datasets[spec.level]
     array = child_array(group, ds["path"], spec.url)
+    params = virtual_params(group.attrs.asdict())
+    if params is not None:  # a virtual volume: its chunks are rendered when read, not stored
+        array = virtual_array(params, spec.url, array)
     names = axis_names(ms, array.ndim)
     if not set(DIMS) <= set(names):
         raise InputError(f"{spec.url}: axes {names} lack one of z, y, x")
@@ -248,36 +250,6 @@ def downsample(data: da.Array, kind: PortType) -> da.Array:
         return data[tuple(slice(None, None, f) for f in factors.values())]
     chunks = tuple(max(f, c - c % f) for c, f in zip((c[0] for c in data.chunks), factors.values()))
     return da.coarsen(np.mean, data.rechunk(chunks), factors, trim_excess=True).astype(data.dtype)
-
-
-def ngff_metadata(geometry: Geometry, levels: int, kind: PortType, name: str) -> dict[str, Any]:
-    datasets = []
-    for level in range(levels):
-        factor = np.array([2.0**level if s > 1 else 1.0 for s in geometry.shape])
-        # a mean over f voxels is centred between them; a nearest (strided) label voxel is the first
-        shift = np.zeros(3) if kind.is_label else (factor - 1) / 2 * np.asarray(geometry.scale)
-        datasets.append(
-            {
-                "path": str(level),
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": (np.asarray(geometry.scale) * factor).tolist()},
-                    {"type": "translation", "translation": (np.asarray(geometry.translation) + shift).tolist()},
-                ],
-            }
-        )
-    ome: dict[str, Any] = {
-        "version": NGFF_VERSION,
-        "multiscales": [
-            {
-                "name": name,
-                "axes": [{"name": d, "type": "space", "unit": "micrometer"} for d in DIMS],
-                "datasets": datasets,
-            }
-        ],
-    }
-    if kind.is_label:
-        ome["image-label"] = {"version": NGFF_VERSION}
-    return {"ome": ome}
 
 
 def align(data: da.Array, store_chunks: tuple[int, ...] | None) -> tuple[da.Array, tuple[int, ...]]:

@@ -7,12 +7,12 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from cvplgraph.blobs import BOX_SIGMAS
+
 __all__ = ["BOX_SIGMAS", "DTYPES", "MAX_JITTER_FRACTION", "ONE_PERCENT_SIGMAS", "SynthParams"]
 
 #: Distance, in sigmas, at which a gaussian falls to 1 % of its peak: sqrt(2 ln 100).
 ONE_PERCENT_SIGMAS: float = math.sqrt(2.0 * math.log(100.0))
-#: Half-width, in sigmas, of the box on which each blob is evaluated.
-BOX_SIGMAS: float = 4.0
 #: Largest jitter, as a fraction of the grid spacing, even when blobs are tiny.
 MAX_JITTER_FRACTION: float = 0.25
 #: Stored value types of a synthetic volume.
