@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import zarr
+from conftest import SPEC as CONFTEST_SPEC
 
 from cvplgraph.io.virtual import VirtualVolume, block_truth, truth_count
 
@@ -107,33 +108,10 @@ def test_zarr_reads_the_virtual_store_as_the_rendered_blocks() -> None:
     np.testing.assert_array_equal(array[3:20, 70:90, 100:130], _whole(SMALL)[3:20, 70:90, 100:130])
 
 
-SPEC = """\
-[input]
-url = "virtual.ome.zarr"
-intensity_range = [0, 4095]
-{chunks}
-
-[nodes.mask]
-op = "threshold"
-image = "input"
-level = 0.3
-
-[nodes.cells]
-op = "connected_components"
-mask = "mask"
-
-[nodes.centroids]
-op = "centroids"
-labels = "cells"
-
-[nodes.counts]
-op = "count"
-objects = "centroids"
-block = [64, 256, 256]
-
-[outputs]
-centroids = "results/centroids.csv"
-"""
+#: The shared spec (threshold → components → centroids → count per 32 × 128 × 128 block) over a virtual input.
+SPEC = CONFTEST_SPEC.format(url="virtual.ome.zarr", level=0.3).replace(
+    'url = "virtual.ome.zarr"\n', 'url = "virtual.ome.zarr"\nintensity_range = [0, 4095]\n{chunks}\n'
+)
 
 
 def test_synth_virtual_writes_metadata_only_and_a_run_finds_exactly_the_truth(tmp_path: Path) -> None:
@@ -152,8 +130,8 @@ def test_synth_virtual_writes_metadata_only_and_a_run_finds_exactly_the_truth(tm
 
     cli = [sys.executable, "-m", "cvplgraph.cli"]
     store = tmp_path / "virtual.ome.zarr"
-    made = subprocess.run([*cli, "synth", "--virtual", str(store), "--shape", "96", "300", "260", "--seed", "4"],
-                          capture_output=True, text=True)  # fmt: skip
+    command = [*cli, "synth", "--virtual", str(store), "--shape", "96", "300", "260", "--chunks", "32", "128", "128"]
+    made = subprocess.run([*command, "--seed", "4"], capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
     files = [p for p in store.rglob("*") if p.is_file()]
     assert {p.name for p in files} == {"zarr.json"} and sum(p.stat().st_size for p in files) < 16_000
