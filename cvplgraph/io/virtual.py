@@ -138,7 +138,7 @@ class VirtualVolume:
     def _cells_by_tile(self, low_um: Sequence[float], high_um: Sequence[float]) -> Iterator[np.ndarray]:
         """The cells of :meth:`cells_in`, one tile at a time."""
         low, high = np.asarray(low_um, dtype=np.float64), np.asarray(high_um, dtype=np.float64)
-        extent_low, extent_high = self._extent()
+        extent_low, extent_high = self.extent_um()
         low, high = np.maximum(low, extent_low), np.minimum(high, extent_high)
         reach = self.jitter * self.spacing_um
         first = np.maximum(np.floor((low - reach) / self.spacing_um - 0.5), 0).astype(np.int64) // TILE
@@ -147,7 +147,8 @@ class VirtualVolume:
             cells = self._tile(tile)  # type: ignore[arg-type]
             yield cells[np.all((cells[:, :3] >= low) & (cells[:, :3] < high), axis=1)]
 
-    def _extent(self) -> tuple[np.ndarray, np.ndarray]:
+    def extent_um(self) -> tuple[np.ndarray, np.ndarray]:
+        """The µm box the voxels cover: from the first voxel's low face to the last voxel's high face."""
         voxel = np.asarray(self.voxel_size)
         return -voxel / 2, (np.asarray(self.shape) - 0.5) * voxel
 
@@ -226,7 +227,7 @@ def block_truth(volume: VirtualVolume) -> np.ndarray:
 
 def truth_count(volume: VirtualVolume) -> int:
     """The number of cells in the whole volume, drawn tile by tile (memory: one tile)."""
-    low, high = volume._extent()
+    low, high = volume.extent_um()
     return int(sum(len(cells) for cells in volume._cells_by_tile(low.tolist(), high.tolist())))
 
 

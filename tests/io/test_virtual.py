@@ -77,7 +77,7 @@ def test_cells_are_where_the_image_is_bright_and_the_truth_counts_them() -> None
     volume = VirtualVolume(**{**SMALL.__dict__, "noise": 0.0})
     image = _whole(volume).astype(np.float32) / 4095
     labels, n = ndi.label(image > 0.3)
-    cells = volume.cells_in(*volume._extent())
+    cells = volume.cells_in(*volume.extent_um())
     centre = np.floor(cells[:, :3] / np.asarray(volume.voxel_size) + 0.5).astype(int)
     under = labels[tuple(centre.T)]
     assert (under > 0).all()
@@ -151,7 +151,7 @@ def test_synth_virtual_writes_metadata_only_and_a_run_finds_exactly_the_truth(tm
         # face may be counted on either side; every other cell is counted in its own block
         counts = results["counts"].values
         assert counts.shape == truth.shape
-        centre = volume.cells_in(*volume._extent())[:, :3] / np.asarray(volume.voxel_size)
+        centre = volume.cells_in(*volume.extent_um())[:, :3] / np.asarray(volume.voxel_size)
         for block in volume.blocks():
             low = np.array([a for a, _ in volume.block_location(block)]) - 0.5
             high = np.array([b for _, b in volume.block_location(block)]) - 0.5
