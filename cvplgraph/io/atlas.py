@@ -47,11 +47,11 @@ def _is_brainglobe(url: str) -> bool:
     return Path(url).is_dir() and (Path(url) / "annotation.tiff").exists()
 
 
-def files_of(spec: AtlasSpec) -> dict[str, str]:
-    """The annotation, structure table and hemisphere files the spec points to (resolved defaults)."""
+def files_of(spec: AtlasSpec, local: LocalAtlas | None = None) -> dict[str, str]:
+    """The annotation, structure table and hemisphere files the spec points to (resolved defaults);
+    ``local``: the named atlas, when the caller has found it already."""
     if spec.name:
-        local = find_atlas(spec.name, spec.version)
-        files = local.files
+        files = (local or find_atlas(spec.name, spec.version)).files
         return {**files, "structures": spec.structures or files["structures"],
                 "hemispheres": spec.hemispheres or files["hemispheres"]}  # fmt: skip
     if _is_brainglobe(spec.url):
@@ -197,8 +197,8 @@ def _brainglobe_metadata(metadata: str) -> dict[str, Any]:
 
 def read_atlas(spec: AtlasSpec) -> Atlas:
     """The atlas of ``spec`` as lazy arrays in sample space plus its structure table."""
-    files = files_of(spec)
     local = find_atlas(spec.name, spec.version) if spec.name else None
+    files = files_of(spec, local)
     meta = local_metadata(local) if local else _brainglobe_metadata(files["metadata"]) if "metadata" in files else {}
     turn = orientation_of(spec, str(meta.get("orientation", "")).lower(), files["annotation"])
     annotation, scale, translation = _open_volume(files["annotation"], spec, turn)

@@ -140,8 +140,8 @@ def test_importing_the_widget_loads_neither_the_engine_nor_dask_nor_napari() -> 
 def test_the_plan_says_what_will_run_and_why(qt: Any, project: Path) -> None:
     from cvplgraph.engine.plan import make_plan
     from cvplgraph.inspect.explain import explain
-    from cvplgraph.inspect.napari_widget import CROP as DEFAULT
-    from cvplgraph.inspect.napari_widget import region
+    from cvplgraph.inspect.widget_runs import CROP as DEFAULT
+    from cvplgraph.inspect.widget_runs import region
     from cvplgraph.spec.parse import load_spec
 
     widget = _widget(ViewerModel(), project / "spec.toml")
@@ -331,7 +331,7 @@ def test_a_crop_runs_in_steps_and_each_steps_layers_come_before_the_next_step(pr
     block makes them together), then counts; the chain's layers are handed out before counts computes, and
     every step's nodes are cached, with the same values as a run of the whole crop at once."""
     from cvplgraph.engine.plan import make_plan
-    from cvplgraph.inspect import napari_widget as w
+    from cvplgraph.inspect import widget_runs as w
 
     loaded = w.load(str(project / "spec.toml"))
     plan = make_plan(w.region(loaded, CROP))
