@@ -33,7 +33,7 @@ import pandas as pd
 from cvplgraph.errors import InputError
 from cvplgraph.io.brainglobe import LocalAtlas, find_atlas, symmetric_hemispheres
 from cvplgraph.io.stores import read_array
-from cvplgraph.spec.model import AtlasSpec
+from cvplgraph.spec.model import ORIENTATION_PAIRS, AtlasSpec
 from cvplgraph.values import LEFT, RIGHT, Atlas, Geometry, wrap
 
 STRUCTURE_COLUMNS = ["id", "acronym", "name", "parent_id", "depth", "path"]
@@ -134,7 +134,7 @@ def orientation_of(spec: AtlasSpec, declared: str, source: str) -> Orientation:
                          "axes] instead")  # fmt: skip
     axes, flips = [], []
     for letter in spec.orientation:
-        pair = next(p for p in ("ap", "si", "lr") if letter in p)
+        pair = next(p for p in ORIENTATION_PAIRS if letter in p)
         axis = next(i for i, c in enumerate(declared) if c in pair)
         axes.append(axis)
         flips.append(declared[axis] != letter)

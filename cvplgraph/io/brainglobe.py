@@ -58,7 +58,7 @@ class LocalAtlas:
     shape: tuple[int, int, int]
     orientation: str  # BrainGlobe code of the atlas's axes, e.g. "asr"
     symmetric: bool
-    frame: pd.DataFrame | None = None  # v3: the structures as brainglobe-atlasapi read them
+    frame: pd.DataFrame | None = None  # v3: the terminology in the structure reader's columns
 
     @property
     def files(self) -> dict[str, str]:

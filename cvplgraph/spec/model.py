@@ -195,6 +195,8 @@ SUFFIXES: dict[PortType, tuple[str, ...]] = {
 }
 
 
+#: The pairs of a BrainGlobe orientation code: one letter of each names where an axis points.
+ORIENTATION_PAIRS = ("ap", "si", "lr")
 #: Output formats: the node type each takes and the suffix its file needs.
 FORMATS: dict[str, tuple[PortType, str]] = {
     "brainglobe": (PortType.RegionTable, ".csv"),

@@ -30,6 +30,7 @@ from cvplgraph.spec.model import (
     FORMATS,
     INPUT,
     NONFINITE,
+    ORIENTATION_PAIRS,
     SPARSE_COMPRESSOR,
     AtlasSpec,
     InputSpec,
@@ -167,8 +168,6 @@ ATLAS_KEYS = ["kind", "url", "name", "version", "orientation", "structures", "he
               "scale", "translation", "transpose", "chunks"]  # fmt: skip
 #: Output formats beside the one a suffix implies: brainmapper's region summary and per-cell table, CellCounter XML.
 OUTPUT_FORMATS = tuple(FORMATS)
-#: The pairs of a BrainGlobe orientation code: one letter of each names where an axis points.
-ORIENTATION_PAIRS = ("ap", "si", "lr")
 
 
 def orientation_problem(code: str) -> str | None:
