@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -137,15 +138,34 @@ def to_dataarray(value: Any, port: str) -> xr.DataArray:
 
 @dataclass(frozen=True)
 class Table:
-    """A lazy table of objects (the Points type).
+    """A lazy table of objects (the Points type), in partitions.
 
-    ``frame`` is a dask Delayed that yields a pandas DataFrame with columns
-    ``z, y, x`` (voxels), ``z_um, y_um, x_um`` and features; ``geometry`` is the
-    voxel grid the coordinates refer to.
+    ``parts`` are dask Delayed objects, each yielding a pandas DataFrame with the same columns
+    ``z, y, x`` (voxels), ``z_um, y_um, x_um`` and features (one Delayed is one partition); ``geometry`` is
+    the voxel grid the coordinates refer to. A whole brain's table is too large for one process: the table
+    ops work partition by partition (:func:`map_parts`, :func:`tree_sum`) and only what must be whole is
+    gathered (``frame``: the partitions concatenated, in order).
     """
 
-    frame: Delayed
+    parts: tuple[Delayed, ...]
     geometry: Geometry
+
+    def __post_init__(self) -> None:
+        if isinstance(self.parts, Delayed):  # one frame: a table of one partition
+            object.__setattr__(self, "parts", (self.parts,))
+        elif not self.parts:
+            raise ValueError("a Table needs at least one partition")
+
+    @property
+    def frame(self) -> Delayed:
+        """The whole table as one lazy DataFrame (the partitions concatenated, in order)."""
+        if len(self.parts) == 1:
+            return self.parts[0]
+        return dask.delayed(_concat, pure=True)(*self.parts)
+
+    def map_parts(self, func: Callable[..., Any], *args: Any) -> Table:
+        """A table of the same geometry whose partition ``k`` is ``func(part_k, *args)``."""
+        return Table(tuple(dask.delayed(func, pure=True)(part, *args) for part in self.parts), self.geometry)
 
     def compute(self, **kwargs: Any) -> pd.DataFrame:
         return self.frame.compute(**kwargs)
@@ -154,6 +174,23 @@ class Table:
         ds = with_units(xr.Dataset.from_dataframe(frame.reset_index(drop=True).rename_axis("cell")))
         ds.attrs.update(self.geometry.to_dict())
         return ds
+
+
+def _concat(*parts: pd.DataFrame) -> pd.DataFrame:
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
+#: How many partial results one task of a :func:`tree_sum` adds up.
+TREE_FANIN = 8
+
+
+def tree_sum(parts: Sequence[Any], add: Callable[..., Any]) -> Any:
+    """``add(*parts)`` as a tree of tasks adding :data:`TREE_FANIN` at a time: no task holds more than that many
+    partial results (per-partition counts of a whole brain), and the sums run as the partitions come."""
+    level = list(parts)
+    while len(level) > 1:
+        level = [dask.delayed(add, pure=True)(*level[i : i + TREE_FANIN]) for i in range(0, len(level), TREE_FANIN)]
+    return level[0]
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from numcodecs import Zstd
 from cvplgraph.errors import CvplError
 from cvplgraph.hooks import checkpointing
 from cvplgraph.io.records import write_atomically
+from cvplgraph.kernels import graph_sources, keys_token
 
 #: Fast and, on mostly-background faces, ~300× smaller than the raw bytes.
 _CODEC = Zstd(level=1)
@@ -66,7 +67,7 @@ class FolderCheckpointer:
             saved = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
         except FileNotFoundError:
             saved = set()
-        layer_name = f"checkpoint-block-{tokenize(url, sorted(saved), [v.key for v in values])}"
+        layer_name = f"checkpoint-block-{tokenize(url, keys_token(sorted(saved)), keys_token([v.key for v in values]))}"
         layer: dict[Any, Any] = {}
         needed = []
         for i, value in enumerate(values):
@@ -76,7 +77,7 @@ class FolderCheckpointer:
             else:
                 layer[(layer_name, i)] = (_save_parts, value.key, f"{url}/{file}")
                 needed.append(value)
-        graph = HighLevelGraph.from_collections(layer_name, layer, dependencies=needed)  # type: ignore[arg-type]
+        graph = HighLevelGraph.from_collections(layer_name, layer, dependencies=graph_sources(needed))
         return [Delayed(key, graph, layer=layer_name) for key in layer]
 
 
@@ -89,7 +90,8 @@ class FolderCheckpointer:
             saved = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
         except FileNotFoundError:
             saved = set()
-        token = tokenize(url, sorted(saved), blocks.name, after.key, uuid.uuid4())  # effects: fresh keys per run
+        # effects: fresh keys per run
+        token = tokenize(url, keys_token(sorted(saved)), blocks.name, after.key, uuid.uuid4())
         save, load = f"spill-save-{token}", f"spill-load-{token}"
         layer: dict[Any, Any] = {}
         for i, index in enumerate(itertools.product(*map(range, blocks.numblocks))):

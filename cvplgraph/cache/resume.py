@@ -54,6 +54,9 @@ def chunk_grid(level: Level) -> tuple[int, ...]:
 
 
 def marker_name(ranges: Ranges) -> str:
+    if len(ranges) == 3:  # the common case, written out: a whole brain names 10⁵ of them while its graph is built
+        (a, b), (c, d), (e, f) = ranges
+        return f"{a}-{b}.{c}-{d}.{e}-{f}"
     return ".".join(f"{a}-{b}" for a, b in ranges)
 
 

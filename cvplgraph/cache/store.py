@@ -35,6 +35,7 @@ from cvplgraph.io.stores import (
     describe,
     levels,
     read_array,
+    write_block,
     zarr_location,
 )
 from cvplgraph.io.tables import TABLE_TYPES, read_value, write_counts, write_table
@@ -68,10 +69,11 @@ def write_cached_value(
     """Lazy writes that store ``value`` of type ``kind`` in the cache under ``key``."""
     if kind.is_array:
         return write_cached_array(cache_url, key, value, kind, store, name)
-    rel = f"stores/{key}/{uuid.uuid4().hex[:12]}.zarr"
+    suffix = ".parquet" if kind is PortType.Points else ".zarr"  # a Points table: a Parquet dataset (io/tables.py)
+    rel = f"stores/{key}/{uuid.uuid4().hex[:12]}{suffix}"
     url = f"{cache_url.rstrip('/')}/{rel}"
     if kind in TABLE_TYPES:
-        return CachedWrite(rel, [write_table(url, value)], None)
+        return CachedWrite(rel, [write_table(url, value, kind)], None)
     if kind is PortType.BlockCounts:
         return CachedWrite(rel, [write_counts(url, value)], None)
     raise InputError(f"no storage for values of type {kind}")
@@ -105,19 +107,34 @@ def write_cached_array(
     return out
 
 
+@dataclass(frozen=True)
+class BlockTarget:
+    """Where a fused task writes its block of a cached array: the level's array and the records of its chunks.
+    The block's region and record are worked out where the block is written, from its first voxel: a whole
+    brain's graph is built without 10⁵ regions and record names."""
+
+    array: zarr.Array
+    records: Records
+
+    def write(self, block: np.ndarray, starts: np.ndarray) -> int:
+        """:func:`cvplgraph.io.stores.write_block` of ``block``, whose first voxel is ``starts``."""
+        chunks = tuple(int(c) for c in self.array.chunks)
+        region = tuple(slice(int(s), int(s) + n) for s, n in zip(starts, block.shape))
+        ranges = tuple((r.start // c, -(-r.stop // c)) for r, c in zip(region, chunks))
+        return write_block(block, self.array, region, self.records.marker_url(0, ranges))
+
+
 def fused_array_targets(
     cache_url: str, key: str, value: xr.DataArray, kind: PortType, store: StoreSpec, name: str
-) -> tuple[CachedWrite, list[tuple[zarr.Array, tuple[slice, ...], str]]]:
+) -> tuple[CachedWrite, BlockTarget]:
     """The store of a node whose blocks a fused task writes (one level, stored in its blocks: see
-    :mod:`cvplgraph.engine.fuse`), created now like :func:`write_cached_array`'s, and per block (C order)
-    the array, region and record that :func:`cvplgraph.io.stores.write_block` takes."""
+    :mod:`cvplgraph.engine.fuse`), created now like :func:`write_cached_array`'s, and where each block goes."""
     aligned, chunks = align(value.data, None)
     if aligned is not value.data:
         raise NotFusable(f"{name}: blocks of unequal sizes")
     out, group, records = _new_store(cache_url, key, value, kind, store, name, [(tuple(value.shape), chunks)])
     array = _open_or_create_array(group, "0", value.data, chunks, dict(store.compressor))
-    regions = block_regions(value.data.chunks, chunks)
-    return out, [(array, region, records.marker_url(0, ranges)) for _, region, ranges in regions]
+    return out, BlockTarget(array, records)
 
 
 def _new_store(

@@ -33,8 +33,9 @@ from cvplgraph.engine.lower import Lowered, known_ids, lower
 from cvplgraph.engine.plan import Plan, make_plan
 from cvplgraph.engine.progress import Display, as_display, cluster_progress, counting, local_progress
 from cvplgraph.errors import CacheError, CvplError, DamagedStore
-from cvplgraph.io.outputs import region_dataset, write_block_counts, write_points, write_regions
+from cvplgraph.io.outputs import PointsOutput, region_dataset, write_block_counts, write_regions
 from cvplgraph.io.stores import write_array
+from cvplgraph.io.tables import points_dataset
 from cvplgraph.spec.cluster import ClusterSpec
 from cvplgraph.spec.targets import PROVENANCE_SUFFIX
 from cvplgraph.types import PortType
@@ -85,26 +86,46 @@ class Targets:
 
     values: dict[str, Any]  # node → the lazy frame or counts of a small result (Table, BlockCounts)
     writes: list[Any]  # lazy writes of cache stores and array outputs, computed for their effect
+    points: list[tuple[str, str, PointsOutput]] = field(default_factory=list)  # (node, target, its writer)
     # (keys of the failed task, innermost first; its exception) → the one-line error the run stops with
     failure: Callable[[list[str], Exception], CvplError] = lambda keys, exc: CvplError(f"the run failed: {exc}")
 
 
+def points_store(plan: Plan, lowered: Lowered, name: str) -> str | None:
+    """Where a Points node's table is stored in partitions (stored by this run, or cached earlier), or None."""
+    if plan.node(name).output is not PortType.Points:
+        return None
+    store = lowered.stores.get(name) or (plan.entries[name].store if name in plan.entries else None)
+    return plan.manifest.store_url(store) if store is not None and store.endswith(".parquet") else None
+
+
 def _targets(plan: Plan, lowered: Lowered) -> Targets:
-    """The small results to compute and every write: the cache's, and the array outputs' (whose stores
-    are created here)."""
+    """The small results to compute and every write: the cache's, the array outputs' (whose stores are created
+    here) and the Points outputs' (written partition by partition). A Points table stored in partitions is not
+    brought into this process: the results read it lazily from its store."""
     values = {
         name: value.frame if isinstance(value, Table) else value.counts
         for name, value in lowered.values.items()
-        if isinstance(value, (Table, BlockCounts))
+        if isinstance(value, (Table, BlockCounts)) and points_store(plan, lowered, name) is None
     }
     values.update(lowered.tallies)  # small figures computed beside the values, reported by name
     writes = [w for ws in lowered.writes.values() for w in ws]
+    points = []
     for name, target in plan.spec.outputs:
         value = lowered.values[name]
+        node = plan.node(name)
         if isinstance(value, xr.DataArray):
-            node = plan.node(name)
             writes += write_array(target, value, node.output, node.nodespec.store, name)
-    return Targets(values, writes, functools.partial(node_failure, plan, lowered))
+        elif node.output is PortType.Points:
+            crop = plan.spec.input.crop
+            writer = PointsOutput(target, plan.spec.format_of(target), tuple(s for s, _ in crop) if crop else (0, 0, 0))
+            try:
+                writes += writer.tasks(value)
+            except OSError as exc:  # before anything is computed: nothing to redo but this
+                raise CvplError(f"{target}: output {name!r} cannot be written ({exc.strerror or exc}); expected a "
+                                "writable folder; nothing was computed") from None  # fmt: skip
+            points.append((name, target, writer))
+    return Targets(values, writes, points, functools.partial(node_failure, plan, lowered))
 
 
 def _callers_callbacks() -> list[tuple[Any, ...]]:
@@ -327,7 +348,12 @@ def _execute(
         report.blocks = {name: (w.blocks, w.blocks_done) for name, w in lowered.cached.items()}
         report.fused = lowered.fused
         tasks: list[tuple[str, float]] | None = [] if profile else None
-        computed = _compute(targets, cl, display, tasks)
+        try:
+            computed = _compute(targets, cl, display, tasks)
+        except BaseException:  # the outputs stay as they were
+            for _, _, writer in targets.points:
+                writer.discard()
+            raise
         report.tallies = {name: int(computed.pop(name)) for name in lowered.tallies}
         report.cluster = {**_cluster_info(cl, scheduler), "why": why}
         if display.last is not None:
@@ -341,7 +367,7 @@ def _execute(
                 report.node_seconds[owners[key]] = report.node_seconds.get(owners[key], 0.0) + seconds
     report.committed = commit(plan, lowered, started, time.time())
     results = _collect(plan, lowered, computed)
-    report.outputs = _write_outputs(plan, computed, results)
+    report.outputs = _write_outputs(plan, computed, results, targets.points)
     return Results(results, report, plan)
 
 
@@ -350,7 +376,10 @@ def _collect(plan: Plan, lowered: Lowered, computed: dict[str, Any]) -> dict[str
     this run read back from the cache, the rest (cached reads, arrays not stored) lazy."""
     results: dict[str, Any] = {}
     for name, value in lowered.values.items():
-        if name in computed and plan.node(name).output is PortType.RegionTable:
+        parted = points_store(plan, lowered, name)
+        if parted is not None:  # read lazily, partition by partition
+            results[name] = points_dataset(parted)
+        elif name in computed and plan.node(name).output is PortType.RegionTable:
             results[name] = region_dataset(computed[name])
         elif name in computed:
             results[name] = value.to_xarray(computed[name])
@@ -361,17 +390,19 @@ def _collect(plan: Plan, lowered: Lowered, computed: dict[str, Any]) -> dict[str
     return results
 
 
-def _write_outputs(plan: Plan, computed: dict[str, Any], results: dict[str, Any]) -> dict[str, str]:
-    """Write the table outputs (array outputs were written by the compute) and every output's
-    provenance file; returns node → its output files, comma-separated."""
+def _write_outputs(
+    plan: Plan, computed: dict[str, Any], results: dict[str, Any], points: list[tuple[str, str, PointsOutput]]
+) -> dict[str, str]:
+    """Write the table outputs (array outputs were written by the compute, Points outputs' partitions too: they
+    are put in place here) and every output's provenance file; returns node → its output files, comma-separated."""
     outputs: dict[str, str] = {}
+    writers = {(name, target): writer for name, target, writer in points}
     for name, target in plan.spec.outputs:
         kind = plan.node(name).output
         try:
             fmt = plan.spec.format_of(target)
             if kind is PortType.Points:
-                origin = tuple(start for start, _ in plan.spec.input.crop) if plan.spec.input.crop else (0, 0, 0)
-                write_points(target, computed[name], fmt, origin)
+                writers[(name, target)].finish()
             elif kind is PortType.BlockCounts:
                 write_block_counts(target, results[name])
             elif kind is PortType.RegionTable:

@@ -51,8 +51,7 @@ from cvplgraph.cache.resume import checkpoints_url
 from cvplgraph.cache.store import CachedWrite, fused_array_targets
 from cvplgraph.engine.plan import Plan, Status
 from cvplgraph.errors import CvplError, OpFailed
-from cvplgraph.kernels import LocalPass, Pointwise, Reduce
-from cvplgraph.values import block_start
+from cvplgraph.kernels import LocalPass, Pointwise, Reduce, graph_sources, keys_token
 
 #: The name fused tasks carry, with a token: one task per block of a group.
 FUSED = "fused"
@@ -177,31 +176,38 @@ class ChainProgram:
     reduces: tuple[tuple[Stage, tuple[int, ...]], ...]
 
 
-def run_block(
-    programs: tuple[ChainProgram, ...],
-    starts: np.ndarray,
-    writes: tuple[Any, ...],
-    keeps: tuple[str, ...],
-    head: np.ndarray,
-    *others: np.ndarray,
-) -> tuple[Any, ...]:
-    """One block of a group: every chain's stages in memory; the small results, per chain
-    ``(summary, partial, …)``, and the number of store blocks written last."""
-    from cvplgraph.cache.checkpoint import keep_block  # the cache layer, loaded where a task runs
-    from cvplgraph.io.stores import write_block
+@dataclass(frozen=True)
+class GroupLayout:
+    """What every fused task of a group shares: its chains, where blocks start (per axis, the first voxel of each
+    block), the stores the chains write and the folders where passes keep their values. A task is given its
+    block's index and works out the rest: building a whole brain's 10⁵ tasks costs microseconds each."""
 
+    programs: tuple[ChainProgram, ...]
+    grid: tuple[int, ...]
+    edges: tuple[tuple[int, ...], ...]
+    targets: tuple[Any, ...]  # cvplgraph.cache.store.BlockTarget, one per cached pointwise node
+    keeps: tuple[str, ...]
+
+
+def run_block(layout: GroupLayout, flat: int, head: np.ndarray, *others: np.ndarray) -> tuple[Any, ...]:
+    """Block ``flat`` (its number in C order) of a group: every chain's stages in memory; the small results, per
+    chain ``(summary, partial, …)``, and the number of store blocks written last."""
+    from cvplgraph.cache.checkpoint import keep_block  # the cache layer, loaded where a task runs
+
+    place = np.unravel_index(flat, layout.grid)
+    starts = np.array([layout.edges[a][int(i)] for a, i in enumerate(place)], dtype=np.int64)
     results: list[Any] = []
     written = 0
-    for program in programs:
+    for program in layout.programs:
         x = head
         for stage, target in program.pointwise:
             x = stage(x)
             if target is not None:
-                written += write_block(x, *writes[target])
+                written += layout.targets[target].write(x, starts)
         values, summary = program.local(x)
         foreground = _foreground(x) if program.reduces or program.keep is not None else None
         if program.keep is not None:  # a pass's values are non-zero where its input is (checked when kept)
-            keep_block(values, keeps[program.keep], foreground)
+            keep_block(values, f"{layout.keeps[program.keep]}/{flat}", foreground)
         partials = [stage(values, foreground, *(others[i] for i in where), starts=starts)
                     for stage, where in program.reduces]  # fmt: skip
         results.append((summary, *partials))
@@ -289,8 +295,8 @@ def build_group(plan: Plan, group: Group, head: xr.DataArray, others: dict[str, 
     indices = list(itertools.product(*map(range, head.data.numblocks)))
     extra_names: list[str] = []
     extras: list[da.Array] = []
-    targets: list[list[Any]] = []
-    keeps: list[Any] = []
+    targets: list[Any] = []
+    keeps: list[str] = []
     programs: list[ChainProgram] = []
     values: dict[str, Any] = {}
     cached: dict[str, CachedWrite] = {}
@@ -327,13 +333,17 @@ def build_group(plan: Plan, group: Group, head: xr.DataArray, others: dict[str, 
     name = f"{FUSED}-" + tokenize(head.data.name, [e.name for e in extras], group.nodes, uuid.uuid4())
     layer: dict[Any, Any] = {}
     inlined = _block_tasks(head.data) if _read_alone(plan, group) else None
+    reread = any(e.name == head.data.name for e in extras)  # a reduce reads the head too (centroids' image)
+    edges = tuple(tuple(np.cumsum((0, *c)).tolist()) for c in chunks)
+    layout = GroupLayout(tuple(programs), tuple(head.data.numblocks), edges, tuple(targets), tuple(keeps))
     for i, idx in enumerate(indices):
-        starts = block_start(chunks, idx)
-        block_writes = tuple(tuple(t[i]) for t in targets)
-        block_keeps = tuple(f"{folder}/{i}" for folder in keeps)
-        task = Task((name, i), run_block, tuple(programs), starts, block_writes, block_keeps,
-                    TaskRef((head.data.name, *idx)), *[TaskRef((e.name, *idx)) for e in extras])  # fmt: skip
-        layer[(name, i)] = Task.fuse(*inlined[idx], task, key=(name, i)) if inlined else task
+        own = inlined[idx] if inlined else []
+        # a chain of one task (a chunk read) that only the head uses is passed as the argument it computes: nesting
+        # costs a sixth of fusing
+        nest = len(own) == 1 and not reread
+        read = own[0] if nest else TaskRef((head.data.name, *idx))
+        task = Task((name, i), run_block, layout, i, read, *[TaskRef((e.name, *idx)) for e in extras])
+        layer[(name, i)] = task if nest or not own else Task.fuse(*own, task, key=(name, i))
     fused = HighLevelGraph.from_collections(name, layer, dependencies=[head.data, *extras])  # type: ignore[list-item]
     blocks = [Delayed((name, i), fused, layer=name) for i in range(len(indices))]
     if cached:  # the tasks write every such node's block at once: each node's writes are theirs
@@ -371,7 +381,7 @@ def _layer(name: str, tasks: dict[Any, Any], dependencies: list[Delayed]) -> dic
     """A graph layer ``name`` of ``tasks`` (suffix → task), as one Delayed per suffix."""
     keys = {suffix: (name, *suffix) if isinstance(suffix, tuple) else (name, suffix) for suffix in tasks}
     graph = HighLevelGraph.from_collections(
-        name, {keys[s]: task for s, task in tasks.items()}, dependencies=dependencies  # type: ignore[arg-type]
+        name, {keys[s]: task for s, task in tasks.items()}, dependencies=graph_sources(dependencies)
     )
     return {s: Delayed(keys[s], graph, layer=name) for s in tasks}
 
@@ -401,7 +411,7 @@ def _read_back(urls: list[str], like: da.Array, after: Delayed) -> da.Array:
     """The kept blocks (``urls``, C order) as an array shaped like ``like``, read once ``after`` exists."""
     from cvplgraph.cache.checkpoint import read_kept
 
-    name = "kept-" + tokenize(urls, after.key)
+    name = "kept-" + tokenize(keys_token(urls), after.key)
     indices = itertools.product(*map(range, like.numblocks))
     layer = {(name, *idx): (read_kept, url, after.key) for url, idx in zip(urls, indices)}
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[after])  # type: ignore[arg-type, list-item]

@@ -61,10 +61,7 @@ def lower(plan: Plan, *, with_writes: bool = True, fuse: bool = True) -> Lowered
         if node.is_input:
             spec = plan.spec
             if node.name != INPUT:
-                atlas = read_atlas(dict(spec.atlases)[node.name])
-                if _read_by_compute(plan, node.name):  # the region ops check its ids against its table
-                    atlas = replace(atlas, ids=known_ids(plan, node.name, atlas))
-                out.values[node.name] = atlas
+                out.values[node.name] = atlas_value(plan, node.name)
                 continue
             out.values[node.name], replaced = open_input(spec.input)
             if replaced is not None and _read_by_compute(plan, node.name):
@@ -81,8 +78,17 @@ def lower(plan: Plan, *, with_writes: bool = True, fuse: bool = True) -> Lowered
             continue
         by_port = {port: out.values.get(src) for port, src in node.inputs}
         positional = [by_port.get(port.name) for port in node.opdef.inputs]
-        _keep(plan, out, node.name, _call(plan, node.name, positional, with_writes), with_writes)
+        _keep(plan, out, node.name, call_op(plan, node.name, positional, with_writes), with_writes)
     return out
+
+
+def atlas_value(plan: Plan, name: str) -> Atlas:
+    """Atlas input ``name`` as the ops get it: with its distinct ids when a node to compute reads it (the region
+    ops check them against its table while their graph is built)."""
+    atlas = read_atlas(dict(plan.spec.atlases)[name])
+    if _read_by_compute(plan, name):
+        atlas = replace(atlas, ids=known_ids(plan, name, atlas))
+    return atlas
 
 
 def known_ids(plan: Plan, name: str, atlas: Atlas | None = None) -> np.ndarray:
@@ -91,8 +97,9 @@ def known_ids(plan: Plan, name: str, atlas: Atlas | None = None) -> np.ndarray:
     return atlas_ids(plan.manifest.url, plan.node(name).key, partial(region_ids, atlas), atlas.source)
 
 
-def _call(plan: Plan, name: str, positional: list[Any], with_writes: bool) -> Any:
-    """The op of node ``name`` called on its input values: its lazy value."""
+def call_op(plan: Plan, name: str, positional: list[Any], with_writes: bool = False) -> Any:
+    """The op of node ``name`` called on its input values: its lazy value (with ``with_writes``, its checkpoints
+    kept for a resumed run where the node is cached)."""
     node = plan.node(name)
     try:
         if with_writes and node.nodespec.cache:  # keep the op's checkpoints, for a resumed run
@@ -132,7 +139,7 @@ def _lower_fused(plan: Plan, group: Group, out: Lowered) -> bool:
         return False
     try:
         built = build_group(plan, group, head, others,  # type: ignore[arg-type]
-                            lambda name, x: _call(plan, name, [x], with_writes=False))  # fmt: skip
+                            lambda name, x: call_op(plan, name, [x]))  # fmt: skip
     except NotFusable:
         return False
     out.cached.update(built.cached)

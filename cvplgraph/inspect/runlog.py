@@ -96,7 +96,9 @@ def _sample(ds: xr.Dataset) -> dict[str, Any]:
     out: dict[str, Any] = {"total": n, "every": step}
     for axis in ("z_um", "y_um", "x_um"):
         if axis in ds:
-            out[axis] = np.round(ds[axis].values[::step].astype(float), 2).tolist()
+            # every step-th value, picked before anything is read: a whole brain's table is read partition by
+            # partition, never into this process whole
+            out[axis] = np.round(np.asarray(ds[axis][::step].values, dtype=float), 2).tolist()
     return out
 
 

@@ -1,6 +1,7 @@
 """Declared outputs: files written from node values at the end of a run.
 
-Points → ``.csv``, or with ``format = "cellfinder_xml"`` CellCounter XML written by brainglobe-utils
+Points → ``.csv`` or ``.parquet`` (a dataset: one file per partition), both written partition by partition
+(:class:`PointsOutput`), or with ``format = "cellfinder_xml"`` CellCounter XML written by brainglobe-utils
 (what cellfinder and brainglobe-napari-io read), or for a ``cell_regions`` table with ``format =
 "all_points"`` brainmapper's ``all_points.csv``; BlockCounts → ``.csv`` (one row per block) or ``.json``;
 RegionTable → ``.csv`` (the tidy table), ``.zarr`` (an xarray Dataset), ``.png`` (a bar chart of the
@@ -15,6 +16,7 @@ import functools
 import json
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,79 @@ def write_points(path: str, frame: pd.DataFrame, fmt: str = "", origin: tuple[in
         _write_cellcounter(path, frame, origin)
     else:
         _atomic_text(path, frame.to_csv(index=False))
+
+
+class PointsOutput:
+    """A Points output written partition by partition, where each partition is computed: no process holds the
+    whole table (a whole brain's is ~10 GB).
+
+    ``.csv`` (and ``format = "all_points"``): each partition's rows are written to a piece in a hidden folder
+    beside the target by the task that has the partition; :meth:`finish` then streams the pieces, in partition
+    order, into the one file (header once) and swaps it in. ``.parquet``: the pieces are the partitions of a
+    Parquet dataset (a folder, what ``pandas.read_parquet`` reads), swapped in whole. CellCounter XML
+    (``format = "cellfinder_xml"``) is one document: one task writes it from the whole table. A run that
+    fails leaves the target as it was (:meth:`discard` removes the pieces)."""
+
+    def __init__(self, path: str, fmt: str = "", origin: tuple[int, ...] = (0, 0, 0)) -> None:
+        self.path, self.fmt, self.origin = path, fmt, tuple(int(o) for o in origin)
+        target = Path(path)
+        self.pieces = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.parts"
+        self.count = 0
+
+    def tasks(self, table: Any) -> list[Any]:
+        """The lazy writes of ``table``'s partitions (a :class:`~cvplgraph.values.Table`)."""
+        import dask
+
+        if self.fmt == "cellfinder_xml":
+            return [dask.delayed(_write_cellcounter, pure=False)(self.path, table.frame, self.origin)]
+        self.pieces.mkdir(parents=True, exist_ok=True)
+        self.count = len(table.parts)
+        return [dask.delayed(_write_piece, pure=False)(str(self._piece(k)), part, self.fmt, self.origin, k == 0)
+                for k, part in enumerate(table.parts)]  # fmt: skip
+
+    def _piece(self, k: int) -> Path:
+        return self.pieces / (f"part-{k:05d}.parquet" if self.path.endswith(".parquet") else f"{k:05d}.csv")
+
+    def finish(self) -> None:
+        """Put the written pieces in place as the target (after the run's compute)."""
+        import shutil
+
+        target = Path(self.path)
+        if self.fmt == "cellfinder_xml":
+            self.discard()
+            return
+        if self.path.endswith(".parquet"):
+            for written in self.pieces.iterdir():
+                os.chmod(written, file_mode())
+            old = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.old"
+            if target.exists():
+                os.replace(target, old)
+            os.replace(self.pieces, target)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.fchmod(fd, file_mode())
+        with os.fdopen(fd, "wb") as out:
+            for k in range(self.count):
+                with open(self._piece(k), "rb") as rows:
+                    shutil.copyfileobj(rows, out, 1 << 20)
+        os.replace(tmp, target)
+        self.discard()
+
+    def discard(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.pieces, ignore_errors=True)
+
+
+def _write_piece(path: str, frame: pd.DataFrame, fmt: str, origin: tuple[int, ...], header: bool) -> int:
+    """One partition of a Points output: its CSV rows (the header with the first) or its Parquet file."""
+    if path.endswith(".parquet"):
+        frame.to_parquet(path, index=False)
+    else:
+        rows = all_points(frame, origin) if fmt == "all_points" else frame
+        Path(path).write_bytes(rows.to_csv(index=False, header=header).encode("utf-8"))
+    return len(frame)
 
 
 def all_points(frame: pd.DataFrame, origin: tuple[int, ...] = (0, 0, 0)) -> pd.DataFrame:

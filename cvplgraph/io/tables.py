@@ -4,6 +4,8 @@ any stored value by its type."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
 import dask
@@ -70,8 +72,137 @@ def _write_columns(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
     return len(frame)
 
 
-def write_table(url: str, table: Table) -> Delayed:
+def write_table(url: str, table: Table, kind: PortType = PortType.RegionTable) -> Delayed:
+    """The lazy write of ``table`` to ``url``: a Points table as a Parquet dataset, each partition written by
+    the task that has it (:func:`write_partitions`); a region table (small, one partition) as a zarr group."""
+    if kind is PortType.Points:
+        return write_partitions(url, table)
     return dask.delayed(_write_table, pure=False)(url, table.frame, table.geometry)
+
+
+# --- Points tables: Parquet datasets, one file per partition ------------------------------------------------
+# A whole brain's table (10⁸ rows, ~10 GB) is never in one process: each partition is written where it is
+# computed and read back partition by partition. The folder is what pandas and dask read
+# (``pandas.read_parquet(folder)``); ``_cvplgraph.json`` in it (a name Parquet readers skip) holds the
+# geometry, the columns and every partition's rows, written last (a folder without it was not finished).
+
+#: The document that describes a partitioned table, beside its partitions.
+PARTITIONED = "_cvplgraph.json"
+
+
+def part_file(url: str, k: int) -> str:
+    return f"{url.rstrip('/')}/part-{k:05d}.parquet"
+
+
+def write_partitions(url: str, table: Table) -> Delayed:
+    """One task per partition writing it, then one writing the description (the value is the row count)."""
+    written = [dask.delayed(_write_part, pure=False)(part_file(url, k), part) for k, part in enumerate(table.parts)]
+    return dask.delayed(_describe_parts, pure=False)(url, table.geometry, *written)
+
+
+def _write_part(path: str, frame: pd.DataFrame) -> tuple[int, list[str], int]:
+    """One partition as a Parquet file (written to a temporary name, then renamed): its rows, columns and bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        fs, target = fsspec.core.url_to_fs(path)
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{target}.{uuid.uuid4().hex[:8]}.tmp"
+        with fs.open(tmp, "wb") as f:
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), f)
+        fs.mv(tmp, target)
+    except OSError as exc:  # a full disk, a quota, a lost mount: named, never a traceback
+        raise CacheError(f"{path}: writing a partition of the table failed ({exc.strerror or exc}); expected room "
+                         "to write (disk full?); nothing was committed for it") from None  # fmt: skip
+    nbytes = int(frame.memory_usage(deep=False).sum())
+    count(WRITTEN, nbytes)
+    return len(frame), [str(c) for c in frame.columns], nbytes
+
+
+def _describe_parts(url: str, geometry: Geometry, *written: tuple[int, list[str], int]) -> int:
+    rows = [n for n, _, _ in written]
+    document = {"type": "Points", "columns": written[0][1], "rows": sum(rows), "partitions": rows,
+                "geometry": geometry.to_dict()}  # fmt: skip
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.pipe_file(f"{root.rstrip('/')}/{PARTITIONED}", json.dumps(document, indent=1).encode())
+    return sum(rows)
+
+
+def partitioned_meta(url: str) -> dict[str, Any] | None:
+    """The description of a partitioned table at ``url``, or None when the store is a zarr table."""
+    fs, root = fsspec.core.url_to_fs(url)
+    try:
+        return json.loads(fs.cat_file(f"{root.rstrip('/')}/{PARTITIONED}"))
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise DamagedStore(f"{url}/{PARTITIONED}: unreadable ({exc})", url) from None
+
+
+def read_part(url: str, k: int, columns: list[str] | None = None) -> pd.DataFrame:
+    """Partition ``k`` of the partitioned table at ``url`` (only ``columns``, when given)."""
+    import pyarrow.parquet as pq
+
+    path = part_file(url, k)
+    try:
+        fs, target = fsspec.core.url_to_fs(path)
+        with fs.open(target, "rb") as f:
+            frame = pq.read_table(f, columns=columns).to_pandas()
+    except FileNotFoundError:
+        missing = f"{path}: a partition of the table is missing (deleted while the run read it?)"
+        raise DamagedStore(missing, url) from None
+    except OSError as exc:
+        raise DamagedStore(f"{path}: a partition of the table is unreadable ({exc})", url) from None
+    count(READ, int(frame.memory_usage(deep=False).sum()))
+    return frame
+
+
+def points_dataset(url: str) -> Any:
+    """The partitioned Points table at ``url`` as an xarray Dataset of dask-backed columns (dimension ``cell``):
+    the columns of a run's table, read partition by partition (and column by column) only when asked for."""
+    import dask.array as da
+    import pyarrow.parquet as pq
+    import xarray as xr
+
+    from cvplgraph.values import with_units
+
+    meta = partitioned_meta(url)
+    if meta is None:
+        raise DamagedStore(f"{url}: {PARTITIONED} is missing; expected a partitioned table", url)
+    with fsspec.open(part_file(url, 0), "rb") as f:
+        schema = pq.read_schema(f)
+    sizes = [int(n) for n in meta["partitions"]]
+    columns = {}
+    for column in meta["columns"]:
+        dtype = np.dtype(schema.field(column).type.to_pandas_dtype())
+        pieces = [da.from_delayed(dask.delayed(_column_of, pure=True)(url, k, column), (n,), dtype=dtype)
+                  for k, n in enumerate(sizes)]  # fmt: skip
+        columns[column] = (TABLE_DIM, da.concatenate(pieces))
+    ds = with_units(xr.Dataset(columns, coords={TABLE_DIM: np.arange(sum(sizes))}))
+    ds.attrs.update(meta["geometry"])
+    return ds
+
+
+def _column_of(url: str, k: int, column: str) -> np.ndarray:
+    return read_part(url, k, [column])[column].to_numpy()
+
+
+def partition_problems(url: str, deep: bool) -> list[str]:
+    """What is wrong with the partitioned table at ``url`` (files missing; with ``deep``, rows unreadable or not
+    the rows its description lists)."""
+    meta = partitioned_meta(url)
+    if meta is None:
+        return [f"{PARTITIONED} is missing"]
+    fs, _ = fsspec.core.url_to_fs(url)
+    out = []
+    for k, rows in enumerate(meta["partitions"]):
+        path = part_file(url, k)
+        if not fs.exists(fsspec.core.url_to_fs(path)[1]):
+            out.append(f"partition {k} ({path}) is missing")
+        elif deep and len(read_part(url, k)) != rows:
+            out.append(f"partition {k} holds other rows than were written")
+    return out
 
 
 #: Tables and block counts store every chunk, fill values too, so that an absent chunk is damage, never zeros
@@ -101,7 +232,12 @@ def _read_frame(url: str, columns: list[str]) -> pd.DataFrame:
 
 
 def read_table(url: str) -> Table:
-    """A stored Points table; the rows are read lazily, when the run needs them."""
+    """A stored Points or region table; the rows are read lazily, partition by partition, when the run needs
+    them."""
+    parted = partitioned_meta(url)
+    if parted is not None:
+        parts = tuple(dask.delayed(read_part, pure=True)(url, k) for k in range(len(parted["partitions"])))
+        return Table(parts, Geometry.from_dict(parted["geometry"]))
     meta = cvplgraph_attrs(open_group(url))
     frame = dask.delayed(_read_frame, pure=True)(url, list(meta["columns"]))
     return Table(frame, Geometry.from_dict(meta["geometry"]))

@@ -70,5 +70,19 @@ def classify_objects(points: Table, *, model: str, min_probability: float = 0.5)
         result does not depend on the chunking that produced the table.
     """
     cached_model(model)  # a missing or altered model file fails when the graph is built, not in a task
-    frame = dask.delayed(_classify, pure=True)(points.frame, model, min_probability)
-    return Table(frame, points.geometry)
+    kept = points.map_parts(_classify, model, min_probability)  # labels 1..n within each partition
+    if len(kept.parts) == 1:
+        return kept
+    starts = dask.delayed(_starts, pure=True)(*(dask.delayed(len, pure=True)(part) for part in kept.parts))
+    return Table(tuple(dask.delayed(_shift, pure=True)(part, starts, k) for k, part in enumerate(kept.parts)),
+                 kept.geometry)  # fmt: skip
+
+
+def _starts(*sizes: int) -> np.ndarray:
+    """Where each partition's labels start: the rows of the partitions before it."""
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+
+
+def _shift(frame: pd.DataFrame, starts: np.ndarray, k: int) -> pd.DataFrame:
+    """Partition ``k`` with its labels 1..n moved after the earlier partitions': labels 1..N over the table."""
+    return frame.assign(label=frame["label"].to_numpy() + starts[k])

@@ -44,7 +44,7 @@ from scipy.sparse import csgraph
 
 from cvplgraph.errors import OpError
 from cvplgraph.hooks import checkpoint, checkpoint_blocks, spill
-from cvplgraph.kernels import LocalPass
+from cvplgraph.kernels import LocalPass, graph_sources, keys_token
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import like
@@ -74,8 +74,9 @@ class BlockLabels:
 
     local: da.Array
     offsets: Delayed  # int64 array, one offset per block (C order)
-    lut: Delayed  # int32 array: offset id → final id; lut[0] == 0
+    lut: Delayed  # the lookup table offset id → final id, compact (see :func:`_union`, :func:`lut_range`)
     count: Delayed  # number of objects
+    total: Delayed  # number of offset ids (every block's ids, before the union)
 
 
 def _labels_and_count(block: np.ndarray, connectivity: Literal[6, 26]) -> tuple[np.ndarray, int]:
@@ -129,6 +130,10 @@ def _rim_piece(face: np.ndarray, pos: tuple[int, int]) -> np.ndarray:
     return face[sl]
 
 
+#: The blocks whose faces take part in one plane tile, on one side of it: per block its in-plane neighbour
+#: position (-1..1, -1..1; (0, 0) is the tile itself) and its flat block index (plain tuples keep the task small).
+Side = tuple[tuple[int, int, int], ...]
+
 #: Pairs name a block's id as ``flat block index << BLOCK_SHIFT | local id``, so that a plane's pairs need
 #: only its blocks' faces (not every block's label count): they are computed as soon as those blocks are.
 BLOCK_SHIFT = 32
@@ -137,17 +142,15 @@ BLOCK_SHIFT = 32
 def _plane_pairs(
     axis: int,
     structure: np.ndarray,
-    lower: np.ndarray,
-    upper: np.ndarray,
+    lower: Side,
+    upper: Side,
     *summaries: Summary,
 ) -> np.ndarray:
     """Equivalent id pairs across one tile of a plane between two block rows, as (block, local id)
     codes (:data:`BLOCK_SHIFT`).
 
-    ``lower``/``upper`` hold one row per block whose face takes part, per side
-    of the plane: its in-plane neighbour position (-1..1, -1..1; (0, 0) is the
-    tile itself) and its flat block index (plain arrays keep the task small); ``summaries`` holds those blocks'
-    ``_faces`` results in the same order (lower first, then upper).
+    ``lower``/``upper``: the blocks whose faces take part, per side of the plane (:data:`Side`);
+    ``summaries`` holds those blocks' ``_faces`` results in the same order (lower first, then upper).
     """
     if int(structure.sum()) == 7 and len(lower) == len(upper) == 1:  # 6-connectivity: only voxels face to face
         return _facing_pairs(axis, int(lower[0][2]), int(upper[0][2]), summaries[0], summaries[1])
@@ -190,7 +193,7 @@ def _facing_pairs(axis: int, lower: int, upper: int, below: Summary, above: Summ
     return np.unique(codes, axis=0)
 
 
-def _block_pairs(structure: np.ndarray, planes: tuple[tuple[int, np.ndarray, np.ndarray], ...],
+def _block_pairs(structure: np.ndarray, planes: tuple[tuple[int, Side, Side], ...],
                  *summaries: Summary) -> np.ndarray:  # fmt: skip
     """:func:`_plane_pairs` of every ``(axis, lower, upper)`` plane tile of a row of blocks, the summaries of
     each plane's blocks given one plane after the other."""
@@ -203,19 +206,37 @@ def _block_pairs(structure: np.ndarray, planes: tuple[tuple[int, np.ndarray, np.
 
 
 def _union(offsets: np.ndarray, total: np.ndarray | int, *pair_arrays: np.ndarray) -> np.ndarray:
-    """Lookup table offset id → final id (consecutive from 1) from all pairs."""
-    n = int(total) + 1
+    """The lookup table offset id → final id from all pairs, compact: its size is that of the ids in pairs (the
+    components touching block faces), not the number of objects (10⁸ in a whole brain).
+
+    Objects are numbered 1..N in the order of their smallest offset id. A (2, k) int64 array: the offset ids
+    that are not the smallest of their component (ascending), and the final id of each; every other offset id
+    ``o`` is the smallest of its object, numbered ``o`` less the listed ids below it (:func:`lut_range`)."""
     codes = np.concatenate([np.empty((0, 2), dtype=np.int64), *pair_arrays])
     pairs = offsets[codes >> BLOCK_SHIFT] + (codes & ((1 << BLOCK_SHIFT) - 1))  # (block, local id) → offset id
-    graph = sparse.coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    nodes, inverse = np.unique(pairs, return_inverse=True)  # the ids in pairs, ascending
+    inverse = inverse.reshape(pairs.shape)
+    n = len(nodes)
+    graph = sparse.coo_matrix((np.ones(len(pairs), dtype=np.int8), (inverse[:, 0], inverse[:, 1])), shape=(n, n))
     _, comp = csgraph.connected_components(graph, directed=False)
-    # number components in order of their smallest id; id 0 (background) is its own component
-    _, first_index, inverse = np.unique(comp, return_index=True, return_inverse=True)
-    rank = np.argsort(np.argsort(first_index))
-    lut = rank[inverse]
-    if lut.max(initial=0) > np.iinfo(LABEL_DTYPE).max:
+    first = np.full(comp.max(initial=-1) + 1, n, dtype=np.int64)
+    np.minimum.at(first, comp, np.arange(n))  # nodes ascend: a component's first node is its smallest id
+    smallest = nodes[first[comp]]
+    dropped = nodes != smallest
+    merged, into = nodes[dropped], smallest[dropped]
+    if int(total) - len(merged) > np.iinfo(LABEL_DTYPE).max:
         raise OpError("more objects than int32 labels can hold")
-    return lut.astype(LABEL_DTYPE)
+    return np.stack([merged, into - np.searchsorted(merged, into)]).astype(np.int64)
+
+
+def lut_range(lut: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """The final ids of offset ids ``start..stop-1`` from the compact lookup table (:func:`_union`)."""
+    merged, final = lut
+    ids = np.arange(start, stop, dtype=np.int64)
+    out = ids - np.searchsorted(merged, ids)
+    lo, hi = np.searchsorted(merged, [start, stop])
+    out[merged[lo:hi] - start] = final[lo:hi]
+    return out.astype(LABEL_DTYPE)
 
 
 def _total(offsets: np.ndarray, last: Summary) -> int:
@@ -250,26 +271,23 @@ def union_of(
     not its Delayed's key (e.g. a small task picking it out of a fused task's result, run where it is used)."""
     structure = structure_for(connectivity)
     grid = local.numblocks
-    token = tokenize(local.name, connectivity, [s.key for s in summaries], refs)
+    token = tokenize(local.name, connectivity, keys_token([s.key for s in summaries]), keys_token(refs or []))
     offsets, total, lut, count = (f"{n}-{token}" for n in ("offsets", "total", "lut", "count"))
-    indices = list(itertools.product(*map(range, grid)))
-    flat_index = {idx: i for i, idx in enumerate(indices)}
+    strides = (grid[1] * grid[2], grid[2], 1)
     face_keys = refs if refs is not None else [value.key for value in summaries]
     dsk: dict = {offsets: (_offsets, face_keys), total: (_total, offsets, face_keys[-1])}
+    steps = (-1, 0, 1) if connectivity == 26 else (0,)
+    moves = {axis: [(d0, d1, [a for a in range(3) if a != axis]) for d0, d1 in itertools.product(steps, steps)]
+             for axis in range(3)}  # fmt: skip
 
-    def side(block_idx: tuple[int, ...], axis: int) -> np.ndarray:
+    def side(block_idx: tuple[int, ...], axis: int) -> Side:
         """The blocks whose faces meet the plane tile of ``block_idx`` (itself and, for
-        26-connectivity, its in-plane neighbours)."""
-        others = [a for a in range(3) if a != axis]
-        steps = (-1, 0, 1) if connectivity == 26 else (0,)
-        out = []
-        for d0, d1 in itertools.product(steps, steps):
-            nb = list(block_idx)
-            nb[others[0]] += d0
-            nb[others[1]] += d1
-            if all(0 <= nb[a] < grid[a] for a in range(3)):
-                out.append((d0, d1, flat_index[tuple(nb)]))
-        return np.array(out, dtype=np.int64)
+        26-connectivity, its in-plane neighbours), as (step, step, flat index) rows."""
+        flat = block_idx[0] * strides[0] + block_idx[1] * strides[1] + block_idx[2]
+        if connectivity == 6:
+            return ((0, 0, flat),)
+        return tuple((d0, d1, flat + d0 * strides[o0] + d1 * strides[o1]) for d0, d1, (o0, o1) in moves[axis]
+                     if 0 <= block_idx[o0] + d0 < grid[o0] and 0 <= block_idx[o1] + d1 < grid[o1])  # fmt: skip
 
     pairs = f"pairs-{token}"
     pair_keys: list[tuple[str, int]] = []
@@ -282,29 +300,30 @@ def union_of(
             for axis in range(3):
                 if idx[axis] + 1 >= grid[axis]:
                     continue
-                upper_idx = tuple(i + (a == axis) for a, i in enumerate(idx))
+                upper_idx = (idx[0] + (axis == 0), idx[1] + (axis == 1), idx[2] + (axis == 2))
                 lower, upper = side(idx, axis), side(upper_idx, axis)
                 planes.append((axis, lower, upper))
-                faces += [face_keys[int(i)] for i in (*lower[:, 2], *upper[:, 2])]
+                faces += [face_keys[r[2]] for r in (*lower, *upper)]
         if planes:
             key = (pairs, len(pair_keys))
             dsk[key] = (_block_pairs, structure, tuple(planes), *faces)
             pair_keys.append(key)
     dsk[lut] = (_union, offsets, total, *pair_keys)
-    dsk[count] = (_count, lut)
-    graph = HighLevelGraph.from_collections(token, dsk, dependencies=summaries)  # type: ignore[arg-type]
-    return BlockLabels(local, *(Delayed(k, graph, layer=token) for k in (offsets, lut, count)))
+    dsk[count] = (_count, lut, total)
+    graph = HighLevelGraph.from_collections(token, dsk, dependencies=graph_sources(summaries))
+    return BlockLabels(local, *(Delayed(k, graph, layer=token) for k in (offsets, lut, count, total)))
 
 
-def _count(lut: np.ndarray) -> int:
-    return int(lut.max(initial=0))
+def _count(lut: np.ndarray, total: int) -> int:
+    """The number of objects: the offset ids less those merged into another."""
+    return int(total) - int(lut.shape[1])
 
 
 def _relabel(
     local: np.ndarray, offsets: np.ndarray, lut: np.ndarray, numblocks: tuple[int, ...], block_id: tuple[int, ...]
 ) -> np.ndarray:
     offset = int(offsets[np.ravel_multi_index(block_id, numblocks)])
-    block_lut = lut[offset : offset + int(local.max(initial=0)) + 1].copy()
+    block_lut = lut_range(lut, offset, offset + int(local.max(initial=0)) + 1)
     block_lut[0] = 0  # local id 0 is background; ids 1..n sit at offset + 1..n
     if np.count_nonzero(local) > local.size // 8:  # dense labels (watershed): look every voxel up
         return np.take(block_lut, local)
@@ -337,7 +356,7 @@ def _kept_for_resume(parts: BlockLabels, chunks: tuple[tuple[int, ...], ...], co
     """The first pass's small results, kept for a resumed run (named by the block grid they depend on)."""
     grid = tokenize(chunks, connectivity)
     return replace(
-        parts, offsets=checkpoint(f"offsets-{grid}", parts.offsets), lut=checkpoint(f"lut-{grid}", parts.lut)
+        parts, offsets=checkpoint(f"offsets-{grid}", parts.offsets), lut=checkpoint(f"lut-compact-{grid}", parts.lut)
     )
 
 
@@ -365,7 +384,7 @@ def _finish(
     version=1,
     inputs={"mask": PortType.Mask},
     output=PortType.Labels,
-    kernel=LocalPass(_pass_block, _finish),
+    kernel=LocalPass(_pass_block, _finish, dtype=np.dtype(LABEL_DTYPE).name),
 )
 def connected_components(mask: xr.DataArray, *, connectivity: Literal[6, 26] = 6) -> xr.DataArray:
     """Label connected foreground regions; ids are unique across the whole volume.

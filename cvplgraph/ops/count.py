@@ -7,12 +7,13 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.delayed import Delayed
 
 from cvplgraph.errors import OpError
 from cvplgraph.ops.measure import object_table
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
-from cvplgraph.values import BlockCounts, Geometry, Table, grid_shape, wrap
+from cvplgraph.values import BlockCounts, Geometry, Table, grid_shape, tree_sum, wrap
 
 
 def block_problem(block: tuple[int, ...]) -> str | None:
@@ -42,6 +43,18 @@ def _count_per_block(
         cell = np.clip(cell, 0, np.asarray(grid) - 1)
         np.add.at(counts, tuple(cell.T), weight)
     return counts
+
+
+def _add(*counts: np.ndarray) -> np.ndarray:
+    return np.sum(counts, axis=0)
+
+
+def _block_counts(
+    table: Table, block: tuple[int, int, int], grid: tuple[int, int, int], min_voxels: int, typical: float
+) -> Delayed:
+    """Counts per block of every partition of ``table``, added up in a tree (no task holds the whole table)."""
+    parts = [dask.delayed(_count_per_block, pure=True)(part, block, grid, min_voxels, typical) for part in table.parts]
+    return tree_sum(parts, _add)
 
 
 def _as_table(objects: Table | xr.DataArray) -> Table:
@@ -90,7 +103,7 @@ def count(
     table = _as_table(objects)
     size = (int(block[0]), int(block[1]), int(block[2]))
     grid = grid_shape(table.geometry.shape, size)
-    counts = dask.delayed(_count_per_block, pure=True)(table.frame, size, grid, min_voxels, typical_voxels)
+    counts = _block_counts(table, size, grid, min_voxels, typical_voxels)
     return BlockCounts(counts, size, table.geometry)
 
 
@@ -120,7 +133,7 @@ def filter_size(points: Table, *, min_voxels: int = 0, max_voxels: int = 0) -> T
     points : Table
         The same columns, fewer rows.
     """
-    return Table(dask.delayed(_filter, pure=True)(points.frame, min_voxels, max_voxels), points.geometry)
+    return points.map_parts(_filter, min_voxels, max_voxels)
 
 
 def _spacing_problem(value: float) -> str | None:
@@ -165,7 +178,7 @@ def density(objects: Table | xr.DataArray, *, spacing: float = 100.0, typical_vo
     g = table.geometry
     block = tuple(max(1, round(spacing / s)) for s in g.scale)
     grid = grid_shape(g.shape, block)
-    counts = dask.delayed(_count_per_block, pure=True)(table.frame, block, grid, 0, typical_voxels)
+    counts = _block_counts(table, block, grid, 0, typical_voxels)  # type: ignore[arg-type]
     voxel_mm3 = float(np.prod(g.scale)) * 1e-9
     values = dask.delayed(_density, pure=True)(counts, g.shape, block, voxel_mm3)
     data = da.from_delayed(values, shape=grid, dtype=np.float32)

@@ -11,6 +11,8 @@ the relabelled volume is never built.
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import Any
 
 import dask
@@ -22,8 +24,8 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from cvplgraph.hooks import checkpoint_blocks
-from cvplgraph.kernels import Reduce
-from cvplgraph.ops.components import BLOCK_LABELS_ATTR, BlockLabels
+from cvplgraph.kernels import Reduce, graph_sources, keys_token
+from cvplgraph.ops.components import BLOCK_LABELS_ATTR, BlockLabels, lut_range
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import Geometry, Table, block_start
@@ -80,21 +82,134 @@ def _stats_finish(
     """The Points table from fused per-block statistics (``refs`` pick each out of ``blocks``), merged through
     the pass's lookup table."""
     parts: BlockLabels = labels.attrs[BLOCK_LABELS_ATTR]
-    geometry = Geometry.of(labels)
-    name = "merge-" + tokenize(refs, parts.lut.key, image is not None)
-    task = (_merge, geometry, image is not None, parts.offsets.key, parts.lut.key, *refs)
-    deps = [*blocks, parts.offsets, parts.lut]
-    graph = HighLevelGraph.from_collections(name, {name: task}, dependencies=deps)  # type: ignore[arg-type]
-    return Table(Delayed(name, graph), geometry)
+    return partitioned_table(Geometry.of(labels), parts.local.chunks, image is not None, refs, blocks, parts)
+
+
+#: Block rows (along z) per partition of a Points table: a partition is a slab of whole block rows.
+ROWS_PER_PARTITION = 1
+
+
+def partitioned_table(
+    geometry: Geometry,
+    chunks: tuple[tuple[int, ...], ...],
+    with_intensity: bool,
+    refs: list[Any],
+    sources: list[Delayed],
+    parts: BlockLabels | None,
+    rows: int | None = None,
+) -> Table:
+    """The Points table of per-block partial statistics (``refs``: how a task names each block's, C order of the
+    block grid of ``chunks``; ``sources``: the Delayed objects they come from), in partitions: one per slab of
+    ``rows`` block rows along z (default :data:`ROWS_PER_PARTITION`).
+
+    Every slab merges its blocks' pieces by final id (through its slice of the lookup table, when ``parts`` has
+    one). An object whose merged piece reaches the slab's top or bottom face may continue in the next slab: its
+    pieces are handed on, slab after slab, and merged where the object ends, into that slab's partition. No
+    task holds more than one slab's objects and the pieces on one plane between slabs; each object is in one
+    partition, whole; a partition's rows are sorted by label. Sums are exact whatever the grouping (integer
+    sums; the intensity sum correctly rounded with ``math.fsum``), so the table does not depend on the
+    partitioning."""
+    rows = rows or ROWS_PER_PARTITION
+    grid = tuple(len(c) for c in chunks)
+    per_row = grid[1] * grid[2]
+    z_edges = np.cumsum((0, *chunks[0])).tolist()
+    slabs = [(r, min(r + rows, grid[0])) for r in range(0, grid[0], rows)]
+    lut_key = parts.lut.key if parts is not None else None
+    total_key = parts.total.key if parts is not None else None
+    offsets_key = parts.offsets.key if parts is not None else None
+    token = tokenize(keys_token(refs), lut_key, with_intensity, rows, geometry)
+    names = {n: f"points-{n}-{token}" for n in ("lut", "merge", "complete", "open", "carry", "ended", "onward", "part")}
+    dsk: dict[Any, Any] = {}
+    last = len(slabs) - 1
+    for s, (r0, r1) in enumerate(slabs):
+        b0, b1 = r0 * per_row, r1 * per_row
+        faces = (z_edges[r0] if s > 0 else None, z_edges[r1] - 1 if s < last else None)
+        lut = None
+        if parts is not None:
+            lut = (names["lut"], s)
+            dsk[lut] = (_lut_slice, lut_key, offsets_key, total_key, b0, b1)
+        dsk[(names["merge"], s)] = (_merge_slab, geometry, with_intensity, lut, faces, *refs[b0:b1])
+        dsk[(names["complete"], s)] = (operator.getitem, (names["merge"], s), 0)
+        dsk[(names["open"], s)] = (operator.getitem, (names["merge"], s), 1)
+        before = (names["onward"], s - 1) if s > 0 else None
+        dsk[(names["carry"], s)] = (_hand_on, before, (names["open"], s), faces[1])
+        dsk[(names["ended"], s)] = (operator.getitem, (names["carry"], s), 0)
+        dsk[(names["onward"], s)] = (operator.getitem, (names["carry"], s), 1)
+        dsk[(names["part"], s)] = (_partition_frame, geometry, with_intensity, (names["complete"], s),
+                                   (names["ended"], s))  # fmt: skip
+    deps = [*sources, *((parts.offsets, parts.lut, parts.total) if parts is not None else ())]
+    graph = HighLevelGraph.from_collections(names["part"], dsk, dependencies=graph_sources(deps))
+    return Table(tuple(Delayed((names["part"], s), graph, layer=names["part"]) for s in range(len(slabs))), geometry)
+
+
+#: Pieces of objects: ids and one row of :data:`PARTS` statistics each.
+Pieces = tuple[np.ndarray, np.ndarray]
+
+
+def _lut_slice(lut: np.ndarray, offsets: np.ndarray, total: int, b0: int, b1: int) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets of blocks ``b0..b1`` and the final ids of their offset ids (a slab's share of the lookup
+    table), indexed from the slab's first offset."""
+    first = int(offsets[b0])
+    end = int(offsets[b1]) if b1 < len(offsets) else int(total)
+    return offsets[b0:b1] - first, lut_range(lut, first, end + 1)
+
+
+def _merge_slab(
+    geometry: Geometry,
+    with_intensity: bool,
+    lut: tuple[np.ndarray, np.ndarray] | None,
+    faces: tuple[int | None, int | None],
+    *blocks: Pieces,
+) -> tuple[dict[str, np.ndarray], Pieces]:
+    """A slab's pieces merged by final id: the objects within it (combined) and the pieces of those that reach
+    its bottom or top face (``faces``: the z of each, None where no slab lies beyond)."""
+    ids = np.concatenate([np.empty(0, np.int64)] + [b[0] for b in blocks])
+    stats = np.concatenate([np.empty((0, len(PARTS)))] + [b[1] for b in blocks])
+    if lut is not None:
+        offsets, table = lut
+        block_of = np.repeat(np.arange(len(blocks)), [len(b[0]) for b in blocks])
+        ids = table[ids + offsets[block_of]].astype(np.int64)
+    total = _combine(ids, stats)
+    bottom, top = faces
+    reach = np.zeros(len(total["label"]), dtype=bool)
+    if bottom is not None:
+        reach |= total["z_min"] == bottom
+    if top is not None:
+        reach |= total["z_max"] == top
+    inside = {k: v[~reach] for k, v in total.items()}
+    loose = np.isin(ids, total["label"][reach])
+    return inside, (ids[loose], stats[loose])
+
+
+def _hand_on(before: Pieces | None, loose: Pieces, top: int | None) -> tuple[dict[str, np.ndarray], Pieces]:
+    """The pieces handed on from the slabs below and this slab's loose pieces, merged: the objects that end in
+    this slab (combined) and the pieces of those that reach its top face (handed on)."""
+    ids, stats = loose
+    if before is not None:
+        ids, stats = np.concatenate([before[0], ids]), np.concatenate([before[1], stats])
+    total = _combine(ids, stats)
+    onward = total["z_max"] == top if top is not None else np.zeros(len(total["label"]), dtype=bool)
+    ended = {k: v[~onward] for k, v in total.items()}
+    kept = np.isin(ids, total["label"][onward])
+    return ended, (ids[kept], stats[kept])
+
+
+def _partition_frame(
+    geometry: Geometry, with_intensity: bool, inside: dict[str, np.ndarray], ended: dict[str, np.ndarray]
+) -> pd.DataFrame:
+    """A slab's partition: the objects within it and those ending in it, sorted by label."""
+    both = {k: np.concatenate([inside[k], ended[k]]) for k in inside}
+    order = np.argsort(both["label"], kind="stable")
+    return _frame(geometry, with_intensity, {k: v[order] for k, v in both.items()})
 
 
 def _combine(ids: np.ndarray, stats: np.ndarray) -> dict[str, np.ndarray]:
     """The pieces of each id combined as :data:`PARTS` says, by ascending id (and ``label``: the ids).
 
-    Sums of voxel counts and coordinates are sums of integers, exact in any order, and minima and maxima
-    are exact: numpy's ``reduceat`` does them. The intensity sum is a float sum whose last bit depends on
-    the order and the algorithm; it stays pandas' grouped sum (compensated, pieces in block order), the
-    same figures as before, for a tenth of the time of grouping every column with pandas."""
+    Exact in any order and any grouping of the pieces: voxel counts and coordinate sums are sums of
+    integers, minima and maxima are exact (numpy's ``reduceat`` does them), and the intensity sum of an object
+    in several pieces is ``math.fsum`` of its pieces, the correctly rounded sum. A table merged in partitions
+    therefore equals the table merged whole, bit for bit."""
     order = np.argsort(ids, kind="stable")
     sorted_ids, sorted_stats = ids[order], stats[order]
     starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]]) if len(ids) else np.empty(0, np.int64)
@@ -103,27 +218,25 @@ def _combine(ids: np.ndarray, stats: np.ndarray) -> dict[str, np.ndarray]:
     for k, (part, how) in enumerate(PARTS.items()):
         if not len(ids):
             out[part] = stats[:0, k]
-        elif part == "si":  # given in block order, as pandas always summed it (its result depends on the order)
-            out[part] = pd.Series(stats[:, k]).groupby(ids, sort=True).sum().to_numpy()
+        elif part == "si":
+            out[part] = _exact_sums(sorted_stats[:, k], starts)
         else:
             out[part] = reduce[how].reduceat(sorted_stats[:, k], starts)
     return out
 
 
-def _merge(
-    geometry: Geometry,
-    with_intensity: bool,
-    offsets: np.ndarray | None,
-    lut: np.ndarray | None,
-    *parts: tuple[np.ndarray, np.ndarray],
-) -> pd.DataFrame:
-    """Merge per-block partial statistics by final id into the Points table."""
-    ids = np.concatenate([np.empty(0, np.int64)] + [p[0] for p in parts])
-    stats = np.concatenate([np.empty((0, len(PARTS)))] + [p[1] for p in parts])
-    if lut is not None and offsets is not None:
-        block_of = np.repeat(np.arange(len(parts)), [len(p[0]) for p in parts])
-        ids = lut[ids + offsets[block_of]]
-    total = _combine(ids, stats)
+def _exact_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per group of ``values`` (groups start at ``starts``), the correctly rounded sum: the value itself for a
+    group of one, ``math.fsum`` for the rest (objects cut by block faces)."""
+    sizes = np.diff(np.r_[starts, len(values)])
+    out = values[starts].copy()
+    for g in np.flatnonzero(sizes > 1).tolist():
+        out[g] = math.fsum(values[starts[g] : starts[g] + sizes[g]].tolist())
+    return out
+
+
+def _frame(geometry: Geometry, with_intensity: bool, total: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The Points rows of combined statistics."""
     n = total["n"]
     centre = np.stack([total["sz"], total["sy"], total["sx"]], axis=1) / n[:, None] if len(n) else np.empty((0, 3))
     um = geometry.to_um(centre)
@@ -166,15 +279,12 @@ def object_table(labels: xr.DataArray, image: xr.DataArray | None = None) -> Tab
     # (the name says what they depend on besides the node key: which labels, which blocks)
     kind = "local" if parts is not None else "final"
     partial = checkpoint_blocks(f"stats-{kind}-{tokenize(source.chunks)}", partial)
-    offsets = parts.offsets if parts is not None else None
-    lut = parts.lut if parts is not None else None
-    frame = dask.delayed(_merge, pure=True)(geometry, image is not None, offsets, lut, *partial)
-    return Table(frame, geometry)
+    return partitioned_table(geometry, source.chunks, image is not None, [p.key for p in partial], partial, parts)
 
 
 @op(
     "centroids",
-    version=2,
+    version=3,
     inputs={"labels": PortType.Labels, "image": PortType.Image},
     optional=("image",),
     output=PortType.Points,
@@ -197,7 +307,10 @@ def centroids(labels: xr.DataArray, image: xr.DataArray | None = None) -> Table:
         ``volume_voxels``, ``volume_um3``, ``bbox_{z,y,x}_{min,max}`` (inclusive
         voxel indices) [, ``mean_intensity``, ``max_intensity``]; geometric
         centres (unweighted), equal to ``scipy.ndimage.center_of_mass`` of each
-        object, exact whatever the chunking.
+        object, exact whatever the chunking. In partitions, one per slab of block
+        rows along z, each object whole in one of them; the same rows however the
+        table is partitioned (version 3: an object's intensity pieces are added
+        with ``math.fsum``, so no figure depends on the order of the pieces).
     """
     return object_table(labels, image)
 

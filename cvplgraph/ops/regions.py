@@ -12,7 +12,7 @@ with 0.
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import dask
 import dask.array as da
@@ -24,7 +24,18 @@ from cvplgraph.errors import InputError
 from cvplgraph.ops._atlas import ancestors, lookup_points, voxel_counts
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
-from cvplgraph.values import LEFT, OUTSIDE_ATLAS, OUTSIDE_BRAIN, RIGHT, Atlas, Geometry, Table, file_voxels, wrap
+from cvplgraph.values import (
+    LEFT,
+    OUTSIDE_ATLAS,
+    OUTSIDE_BRAIN,
+    RIGHT,
+    Atlas,
+    Geometry,
+    Table,
+    file_voxels,
+    tree_sum,
+    wrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +79,27 @@ def check_structures(atlas: Atlas) -> None:
         _raise_missing(set(atlas.ids.tolist()), atlas.structures, f"{atlas.source} with {atlas.structures_file}")
 
 
+def _cells_per_region(lookup: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
+    """The cells of one partition per (region id, hemisphere code): columns ``id, hemi, cells``."""
+    region, hemi = lookup
+    frame = pd.DataFrame({"id": np.asarray(region, dtype=np.int64), "hemi": np.asarray(hemi).astype(np.int64)})
+    return frame.value_counts().rename("cells").reset_index()
+
+
+def _add_cells(*parts: pd.DataFrame) -> pd.DataFrame:
+    """Cells per (region, hemisphere) of several partitions, added up."""
+    return pd.concat(parts, ignore_index=True).groupby(["id", "hemi"], as_index=False)["cells"].sum()
+
+
 def _region_table(
-    lookup: tuple[np.ndarray, np.ndarray],
+    cells: pd.DataFrame,
     voxels: pd.DataFrame,
     structures: pd.DataFrame,
     voxel_mm3: float,
     lateral: bool,
     files: str,
 ) -> pd.DataFrame:
-    region, hemi = lookup
-    _check_ids(voxels, region, structures, files)
-    cells = pd.DataFrame({"id": region, "hemi": hemi.astype(np.int64)}).value_counts().rename("cells").reset_index()
+    _check_ids(voxels, cells["id"].to_numpy(), structures, files)
     known = structures[["id", "acronym", "name", "parent_id", "depth"]].copy()
     extra = [i for i in SPECIAL_ROWS if i not in set(known["id"])]
     specials = pd.DataFrame(
@@ -208,9 +229,10 @@ def region_counts(points: Table, atlas: Atlas, *, volume: Literal["imaged", "atl
     check_structures(atlas)
     geometry = atlas.geometry
     voxel_mm3 = float(np.prod(geometry.scale)) * 1e-9
-    lookup = lookup_points(dask.delayed(_um, pure=True)(points.frame), atlas)
+    per_part = [dask.delayed(_cells_per_region, pure=True)(lookup_points(dask.delayed(_um, pure=True)(part), atlas))
+                for part in points.parts]  # fmt: skip
     frame = dask.delayed(_region_table, pure=True)(
-        lookup,
+        tree_sum(per_part, _add_cells),
         voxel_counts(atlas, points.geometry if volume == "imaged" else None),
         atlas.structures,
         voxel_mm3,
@@ -261,11 +283,15 @@ def cell_regions(points: Table, atlas: Atlas) -> Table:
     """
     check_overlap(points.geometry, atlas)
     check_structures(atlas)
-    um = dask.delayed(_um, pure=True)(points.frame)
+    return Table(tuple(_with_regions_lazy(part, atlas) for part in points.parts), points.geometry)
+
+
+def _with_regions_lazy(part: Any, atlas: Atlas) -> Any:
+    """One partition of :func:`cell_regions`."""
+    um = dask.delayed(_um, pure=True)(part)
     lookup = lookup_points(um, atlas)
     placed = dask.delayed(file_voxels, pure=True)(um, atlas.geometry, atlas.axes, atlas.flips)
-    frame = dask.delayed(_with_regions, pure=True)(points.frame, lookup, atlas.structures, placed)
-    return Table(frame, points.geometry)
+    return dask.delayed(_with_regions, pure=True)(part, lookup, atlas.structures, placed)
 
 
 def _density_lut(table: pd.DataFrame, lateral: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -185,7 +185,7 @@ class AtlasSpec:
 
 #: File suffixes an output of each type may have.
 SUFFIXES: dict[PortType, tuple[str, ...]] = {
-    PortType.Points: (".csv",),
+    PortType.Points: (".csv", ".parquet"),
     PortType.BlockCounts: (".csv", ".json"),
     PortType.Image: (".ome.zarr", ".zarr"),
     PortType.Mask: (".ome.zarr", ".zarr"),

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 
@@ -142,6 +143,16 @@ def kill_after(proc: subprocess.Popen[str], cache: Path, count: int, counter: Ca
     proc.wait()
 
 
+def parquet_frame(url: str) -> pd.DataFrame:
+    """A partitioned table's rows, partition after partition (pyarrow reads each file; fsspec finds them)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, root = fsspec.core.url_to_fs(url)
+    files = sorted(p for p in fs.ls(root, detail=False) if p.endswith(".parquet"))
+    return pd.concat([pq.read_table(fs.open(p, "rb")).to_pandas() for p in files], ignore_index=True)
+
+
 def stored(spec_path: Path) -> dict[str, object]:
     """Every committed node's stored data (each pyramid level of arrays, the table of points)."""
     spec = cvplgraph.load_spec(spec_path)
@@ -149,6 +160,10 @@ def stored(spec_path: Path) -> dict[str, object]:
     out: dict[str, object] = {}
     for name, entry in plan.entries.items():
         url = plan.manifest.store_url(entry.store)
+        if entry.store.endswith(".parquet"):  # a Points table: a Parquet dataset, read by pyarrow
+            frame = parquet_frame(url)
+            out[name] = {k: frame[k].to_numpy() for k in sorted(frame.columns)}
+            continue
         group = zarr.open_group(url, mode="r")
         if entry.type in ("Image", "Mask", "Labels"):
             out[name] = [np.asarray(group[str(level)][:]) for level in range(len(list(group.array_keys())))]

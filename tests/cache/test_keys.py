@@ -117,8 +117,8 @@ FROZEN_KEYS = {
     "mask_hi": "5795d58bbe621d3a78d05e74",
     "cells": "ced2209857aadcb03ffef9e6",
     "cells_hi": "46edc9ac22b5598c3e1a3ea8",
-    "centroids": "7de2645b99c78eb72e828b2f",
-    "counts": "d694d270a4fd109b1955ac7c",
+    "centroids": "5f814d3bfe4b71bb20fa2ee9",  # centroids version 3 (intensity sums with math.fsum)
+    "counts": "ca42a790cf31e2ae2db2bbfd",
     "counts_hi": "63f2e4ad31f140a3a70492dc",
 }
 
@@ -149,8 +149,8 @@ def test_keys_of_a_fixed_spec_built_in_python_never_change() -> None:
         "smooth": "34cdabc4741fbcf415302e63",
         "mask": "7a346ab15461d530e8bee753",
         "cells": "c407d30a028bed0158ec2e47",
-        "centroids": "cf03797900bbe359be5b84c3",
-        "counts": "103a5f2e2f230e69833806ac",
+        "centroids": "ee509fddc8eb4974ad3eca42",  # centroids version 3
+        "counts": "61786bfd11e1795b6c7944ed",
     }
     counts = graph.nodes["counts"]["node"]
     assert dict(counts.params) == {"block": (64, 256, 256), "min_voxels": 0, "typical_voxels": 0.0}

@@ -535,3 +535,27 @@ def test_coverage_is_the_share_of_the_image_the_atlas_covers() -> None:
     assert coverage(image, Geometry((5, 20, 20), (1.0, 1.0, 1.0), (0.5, 0.5, 0.5))) == pytest.approx(0.5)
     assert coverage(image, Geometry((4, 4, 20), (2.0, 2.0, 1.0), (6.0, 6.0, -4.5))) == pytest.approx(0.25)
     assert coverage(image, Geometry((3, 3, 3), (1.0, 1.0, 1.0), (100.0, 0.5, 0.5))) == 0.0
+
+
+@pytest.mark.parametrize("n_parts", [2, 5, 11])
+def test_region_ops_on_partitions_equal_them_on_the_whole_table(ccf100, n_parts: int) -> None:  # type: ignore[no-untyped-def]
+    """region_counts adds per-partition counts in a tree, cell_regions looks each partition up alone: the
+    region table is the one of the whole table, the per-cell rows the same rows in the same order."""
+    atlas = read_atlas(ccf_spec())
+    image = Geometry((120, 110, 130), (100.0, 100.0, 100.0))
+    um = np.random.default_rng(n_parts).uniform(-300, 12000, size=(9000, 3))
+    frame = pd.DataFrame(um, columns=["z_um", "y_um", "x_um"])
+    whole = Table(dask.delayed(frame), image)
+    bounds = np.linspace(0, len(frame), n_parts + 1).astype(int)
+    split = Table(tuple(dask.delayed(frame.iloc[a:b].reset_index(drop=True)) for a, b in zip(bounds, bounds[1:])),
+                  image)  # fmt: skip
+    assert len(split.parts) == n_parts
+    for volume in ("imaged", "atlas"):
+        expected = ops.region_counts(whole, atlas, volume=volume).compute(scheduler="threads")  # type: ignore[arg-type]
+        got = ops.region_counts(split, atlas, volume=volume).compute(scheduler="threads")  # type: ignore[arg-type]
+        pd.testing.assert_frame_equal(got, expected)
+        assert expected["cells"].sum() > 0
+    expected = ops.cell_regions(whole, atlas).compute(scheduler="threads")
+    got = ops.cell_regions(split, atlas)
+    assert len(got.parts) == n_parts
+    pd.testing.assert_frame_equal(got.compute(scheduler="threads"), expected)

@@ -194,28 +194,31 @@ def test_labels_kept_from_pass_one_equal_the_recomputed_ones(chunks: tuple[int, 
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_pieces_combine_as_pandas_groups_them(seed: int) -> None:
-    """Per-block partial statistics of objects cut by block faces combine into exactly (bit for bit) what
-    pandas' grouped sum / min / max gives, pieces in block order, ids ascending; the intensity sum too,
-    whose last bit depends on how it is summed."""
-    import pandas as pd
+def test_the_lookup_table_holds_only_the_ids_merged_across_faces(seed: int) -> None:
+    """The union's lookup table lists only ids merged into another (a whole brain's 10⁸ objects are not in it);
+    read back it numbers objects exactly as a dense table over every id would: components 1..N in the order
+    of their smallest id (scipy's connected components over all ids, ranked)."""
+    from scipy import sparse
+    from scipy.sparse import csgraph
 
-    from cvplgraph.ops.measure import PARTS, _combine
+    from cvplgraph.ops.components import BLOCK_SHIFT, _count, _union, lut_range
 
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1, 300, 4000)  # ~13 pieces an id, in no order
-    stats = np.empty((ids.size, len(PARTS)))
-    stats[:, 0] = rng.integers(1, 500, ids.size)  # voxel counts
-    stats[:, 1:4] = rng.integers(0, 10**9, (ids.size, 3))  # coordinate sums: integers
-    stats[:, 4] = rng.random(ids.size) * 10 ** rng.uniform(-3, 6, ids.size)  # intensity sums of every magnitude
-    stats[:, 5:11] = rng.integers(0, 4000, (ids.size, 6))
-    stats[:, 11] = rng.random(ids.size)
-    pieces = pd.DataFrame(stats, columns=list(PARTS))
-    pieces["label"] = ids
-    expected = pieces.groupby("label", sort=True).agg(PARTS)
-    got = _combine(ids, stats)
-    np.testing.assert_array_equal(got["label"], expected.index.to_numpy())
-    for part in PARTS:
-        np.testing.assert_array_equal(got[part], expected[part].to_numpy(), err_msg=part)
-    empty = _combine(np.empty(0, np.int64), np.empty((0, len(PARTS))))
-    assert all(len(v) == 0 for v in empty.values())
+    counts = rng.integers(0, 50, 40)  # ids per block
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    total = int(counts.sum())
+    blocks = rng.choice(np.flatnonzero(counts), (300, 2))
+    local = np.stack([rng.integers(1, counts[b] + 1) for b in blocks.T], axis=1)
+    codes = (blocks << BLOCK_SHIFT) + local
+    lut = _union(offsets, total, codes[:150], codes[150:])
+    pairs = offsets[blocks] + local
+    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(total + 1,) * 2)
+    _, comp = csgraph.connected_components(graph, directed=False)
+    _, first, inverse = np.unique(comp, return_index=True, return_inverse=True)
+    dense = np.argsort(np.argsort(first))[inverse]
+    np.testing.assert_array_equal(lut_range(lut, 0, total + 1), dense)
+    for start in rng.integers(0, total, 5):
+        stop = int(rng.integers(start + 1, total + 2))
+        np.testing.assert_array_equal(lut_range(lut, int(start), stop), dense[start:stop])
+    assert lut.shape[1] == total + 1 - len(first) <= len(np.unique(pairs))
+    assert _count(lut, total) == dense.max()

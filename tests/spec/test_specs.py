@@ -81,3 +81,36 @@ def test_cells_spec_finds_the_same_cells_in_uint16_and_float(tmp_path: Path, gai
     assert len(found["float32"]) >= 0.97 * len(cells)
     m = match(found["uint16"][um].to_numpy(), found["float32"][um].to_numpy(), 1.0)
     assert m.tp >= 0.99 * max(len(found["uint16"]), len(found["float32"])), (m.tp, len(found["uint16"]))
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_plan_estimates_equal_the_lowered_values(folder: tuple[Path, int], name: str, tmp_path: Path) -> None:
+    """`plan` estimates shapes from the ops' kernels without building per-block graphs; every estimate equals
+    the shape, chunks and dtype of the value the run's lowering builds."""
+    from cvplgraph.engine.estimate import estimate_values, plan_with_estimates
+    from cvplgraph.engine.lower import lower
+    from cvplgraph.engine.status import Status
+    from cvplgraph.values import BlockCounts, Table
+
+    (tmp_path / "synthetic.ome.zarr").symlink_to(folder[0] / "synthetic.ome.zarr")
+    shutil.copy(folder[0] / f"{name}.toml", tmp_path)
+    spec = cvplgraph.load_spec(tmp_path / f"{name}.toml")  # in an empty cache: every node to compute
+    planned = plan_with_estimates(spec)
+    assert {p.status for n, p in planned.nodes.items() if n != "input"} == {Status.COMPUTE}
+    lowered = lower(planned, with_writes=False).values
+    stand_ins = estimate_values(planned)
+    assert set(stand_ins) == set(lowered)
+    compared = 0
+    for node, value in lowered.items():
+        estimate = planned.nodes[node]
+        if isinstance(value, BlockCounts):
+            assert (estimate.shape, estimate.nbytes) == (value.grid_shape, 8 * value.counts.compute().size)
+            compared += 1
+        elif isinstance(value, Table):
+            assert stand_ins[node].geometry == value.geometry, node
+        elif hasattr(value, "data") and node != "input":
+            chunks = tuple(c[0] for c in value.data.chunks)
+            assert (estimate.shape, estimate.chunks, estimate.dtype) == (value.shape, chunks, str(value.dtype)), node
+            assert estimate.nbytes == value.data.nbytes
+            compared += 1
+    assert compared >= 1

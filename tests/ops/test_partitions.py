@@ -1,0 +1,158 @@
+"""Points tables in partitions: each object whole in one partition, the same rows however the table is
+partitioned, and table ops that work partition by partition give what they give on the whole table."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from cvplgraph import ops
+from cvplgraph.ops import measure
+from cvplgraph.ops.components import connected_components
+from cvplgraph.values import TREE_FANIN, Geometry, Table, tree_sum, wrap
+
+CHUNKINGS = [(40, 60, 50), (10, 20, 25), (7, 13, 50), (13, 60, 11), (5, 64, 64)]
+
+
+@pytest.fixture(scope="module")
+def volume() -> tuple[np.ndarray, np.ndarray]:
+    """Blobs of many sizes, some reaching across several blocks along z, and an intensity image."""
+    rng = np.random.default_rng(0)
+    smooth = ndimage.gaussian_filter(rng.random((40, 60, 50)), (3.0, 1.5, 1.5))
+    mask = (smooth > np.quantile(smooth, 0.8)).astype(np.uint8)
+    return mask, rng.random(mask.shape).astype(np.float32)
+
+
+def _table(mask: np.ndarray, image: np.ndarray, chunks: tuple[int, ...], connectivity: int, rows: int) -> Table:
+    geometry = Geometry(mask.shape, (4.0, 1.5, 1.5), (10.0, 0.0, -3.0))  # type: ignore[arg-type]
+    labels = connected_components(wrap(da.from_array(mask, chunks=chunks), geometry), connectivity=connectivity)
+    original = measure.ROWS_PER_PARTITION
+    measure.ROWS_PER_PARTITION = rows
+    try:
+        return measure.object_table(labels, wrap(da.from_array(image, chunks=chunks), geometry))
+    finally:
+        measure.ROWS_PER_PARTITION = original
+
+
+@pytest.mark.parametrize("connectivity", [6, 26])
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+def test_partitioned_points_equal_the_whole_table(
+    volume: tuple[np.ndarray, np.ndarray], chunks: tuple[int, ...], connectivity: int
+) -> None:
+    """One partition per slab of block rows: every object once, in one partition, rows sorted by label in each;
+    together exactly (every bit) the rows of the table merged in one partition, and scipy's centroids, sizes and
+    mean intensities of the whole array."""
+    mask, image = volume
+    structure = ndimage.generate_binary_structure(3, 1 if connectivity == 6 else 3)
+    reference, n = ndimage.label(mask, structure)
+    whole = _table(mask, image, chunks, connectivity, rows=10**6)
+    assert len(whole.parts) == 1
+    expected = whole.compute(scheduler="sync")
+    assert len(expected) == n > 20
+    for rows in (1, 2):
+        table = _table(mask, image, chunks, connectivity, rows)
+        block_rows = -(-mask.shape[0] // chunks[0])
+        assert len(table.parts) == -(-block_rows // rows)
+        parts = [p.compute(scheduler="sync") for p in table.parts]
+        for part in parts:
+            assert part["label"].is_monotonic_increasing
+        together = pd.concat(parts, ignore_index=True)
+        assert together["label"].is_unique
+        pd.testing.assert_frame_equal(together.sort_values("label", ignore_index=True), expected, check_exact=True)
+    ids = np.arange(1, n + 1)
+    centre = np.array(ndimage.center_of_mass(mask, reference, ids))
+    sizes = ndimage.sum_labels(mask, reference, ids)
+    means = ndimage.mean(image, reference, ids)
+    order = np.lexsort(centre.T[::-1])
+    got = expected[["z", "y", "x"]].to_numpy()
+    got_order = np.lexsort(got.T[::-1])
+    np.testing.assert_allclose(got[got_order], centre[order], rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(expected["volume_voxels"].to_numpy()[got_order], sizes[order])
+    np.testing.assert_allclose(expected["mean_intensity"].to_numpy()[got_order], means[order], rtol=1e-12)
+
+
+def test_a_slab_holds_objects_taller_than_several_slabs(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    """An object through every slab is handed on slab after slab and lands in the last partition, whole."""
+    mask, image = volume
+    tall = mask.copy()
+    tall[:, 30, 25] = 1  # a column through the whole volume along z
+    table = _table(tall, image, (5, 64, 64), 6, rows=1)
+    parts = [p.compute(scheduler="sync") for p in table.parts]
+    depth = [part["bbox_z_max"] - part["bbox_z_min"] + 1 for part in parts]
+    assert max(depth[-1]) == tall.shape[0] and all(max(d, default=0) < tall.shape[0] for d in depth[:-1])
+    assert sum(len(p) for p in parts) == ndimage.label(tall)[1]
+
+
+def test_every_table_op_works_partition_by_partition(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    """count, density and filter_size on a partitioned table equal them on the same table in one partition;
+    no task of their graphs reads more than one partition."""
+    mask, image = volume
+    split = _table(mask, image, (7, 13, 50), 6, rows=1)
+    whole = Table(split.frame, split.geometry)
+    assert len(split.parts) == 6
+    for op in (
+        lambda t: ops.count(t, block=(8, 16, 16)),
+        lambda t: ops.count(t, block=(8, 16, 16), min_voxels=3, typical_voxels=20.0),
+    ):
+        np.testing.assert_array_equal(op(split).compute(scheduler="sync"), op(whole).compute(scheduler="sync"))
+    np.testing.assert_array_equal(ops.density(split, spacing=20.0).data.compute(scheduler="sync"),
+                                  ops.density(whole, spacing=20.0).data.compute(scheduler="sync"))  # fmt: skip
+    filtered = ops.filter_size(split, min_voxels=4, max_voxels=200)
+    assert len(filtered.parts) == len(split.parts)
+    expected = ops.filter_size(whole, min_voxels=4, max_voxels=200).compute(scheduler="sync")
+    pd.testing.assert_frame_equal(filtered.compute(scheduler="sync"), expected)
+    partitions = {p.key for p in split.parts}
+    graph = dict(ops.count(split, block=(8, 16, 16)).counts.__dask_graph__())
+    for task in graph.values():
+        assert len(partitions & set(getattr(task, "dependencies", ()))) <= 1
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 64, 65, 100])
+def test_a_tree_sum_adds_every_part_once_with_bounded_fan_in(n: int) -> None:
+    parts = [dask.delayed(np.full)(3, k) for k in range(n)]
+    total = tree_sum(parts, lambda *xs: np.sum(xs, axis=0))
+    np.testing.assert_array_equal(total.compute(scheduler="sync"), np.full(3, sum(range(n))))
+    graph = dict(total.__dask_graph__())
+    assert all(len(getattr(task, "dependencies", ())) <= TREE_FANIN for task in graph.values())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pieces_combine_exactly_in_any_order_and_grouping(seed: int) -> None:
+    """Per-block partial statistics combine into pandas' grouped sums, minima and maxima (integers: exact) and,
+    for the intensity, into the correctly rounded sum of the pieces (``math.fsum``): the same bits whatever the
+    order of the pieces and however they were grouped before."""
+    import math
+
+    from cvplgraph.ops.measure import PARTS, _combine
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, 300, 4000)  # ~13 pieces an id, in no order
+    stats = np.empty((ids.size, len(PARTS)))
+    stats[:, 0] = rng.integers(1, 500, ids.size)  # voxel counts
+    stats[:, 1:4] = rng.integers(0, 10**9, (ids.size, 3))  # coordinate sums: integers
+    stats[:, 4] = rng.random(ids.size) * 10 ** rng.uniform(-3, 6, ids.size)  # intensity sums of every magnitude
+    stats[:, 5:11] = rng.integers(0, 4000, (ids.size, 6))
+    stats[:, 11] = rng.random(ids.size)
+    pieces = pd.DataFrame(stats, columns=list(PARTS))
+    pieces["label"] = ids
+    expected = pieces.groupby("label", sort=True).agg(PARTS)
+    expected["si"] = pieces.groupby("label", sort=True)["si"].agg(lambda s: math.fsum(s.tolist()))
+    got = _combine(ids, stats)
+    np.testing.assert_array_equal(got["label"], expected.index.to_numpy())
+    for part in PARTS:
+        np.testing.assert_array_equal(got[part], expected[part].to_numpy(), err_msg=part)
+    shuffled = rng.permutation(ids.size)
+    again = _combine(ids[shuffled], stats[shuffled])
+    halves = [_combine(ids[h], stats[h]) for h in np.array_split(shuffled, 2)]
+    regrouped = _combine(np.concatenate([h["label"] for h in halves]),
+                         np.stack([np.concatenate([h[p] for h in halves]) for p in PARTS], axis=1))  # fmt: skip
+    for part in PARTS:
+        np.testing.assert_array_equal(again[part], got[part], err_msg=part)
+        if part != "si":  # a sum of rounded sums is not the rounded sum: why pieces, not sums, are handed on
+            np.testing.assert_array_equal(regrouped[part], got[part], err_msg=part)
+    empty = _combine(np.empty(0, np.int64), np.empty((0, len(PARTS))))
+    assert all(len(v) == 0 for v in empty.values())
