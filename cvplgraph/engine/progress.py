@@ -208,16 +208,17 @@ class _ClusterFigures:
 
 
 def cluster_progress(futures: list[Any], display: Display, figures: _ClusterFigures) -> None:
-    """Wait for ``futures``, drawing progress as they compute."""
-    from distributed import wait
+    """Wait for ``futures`` (done, failed or cancelled), drawing progress as they compute.
 
-    while True:
-        try:
-            wait(futures, timeout=display.interval)
-            break
-        except TimeoutError:
-            if display.mode != "quiet":
-                display.update(figures.snapshot())
+    It polls the futures' states rather than calling ``distributed.wait`` with a timeout again and again: every
+    such call leaves waiters on every future, so the client's memory grew with the number of calls times the
+    number of futures (2.4 GB for a 20 GB run of 2,400 blocks, killed by the kernel at 100 GB)."""
+    pending = list(futures)
+    while pending:
+        time.sleep(min(display.interval, 0.5))
+        pending = [f for f in pending if not f.done()]
+        if pending and display.mode != "quiet":
+            display.update(figures.snapshot())
     last = figures.snapshot()
     display.update(Snapshot(last.total, last.total, last.read_bytes, last.written_bytes, last.elapsed), final=True)
 
