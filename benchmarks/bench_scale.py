@@ -142,14 +142,16 @@ transpose = [2, 1, 0]
 [cache]
 url = "{cache}"
 
-[nodes.mask]
+[nodes.mask]                 # a whole brain's mask and labels are not kept: the tables are (see docs/scale.md)
 op = "threshold"
 image = "input"
 level = 0.3
+cache = false
 
 [nodes.cells]
 op = "connected_components"
 mask = "mask"
+cache = false
 
 [nodes.centroids]
 op = "centroids"
