@@ -107,7 +107,10 @@ def virtual_spec(workdir: Path, label: str, grid: tuple[int, int, int]) -> Path:
 
 def measure(script: str, spec: Path) -> dict[str, float]:
     """Run ``script`` on ``spec`` in a fresh process; its last output line (JSON)."""
-    done = subprocess.run([sys.executable, "-c", script, str(spec)], check=True, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", script, str(spec)], capture_output=True, text=True)
+    if done.returncode != 0:  # keep why: the last lines of the run's own error output
+        tail = "\n".join(done.stderr.splitlines()[-30:])
+        raise SystemExit(f"{spec}: the run failed (exit {done.returncode}):\n{tail}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
