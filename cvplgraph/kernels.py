@@ -88,8 +88,9 @@ Kernel = Pointwise | LocalPass | Reduce
 
 
 def keys_token(keys: Sequence[Any]) -> str:
-    """A token naming a sequence of task keys (strings, ints and tuples of them): what ``tokenize(list(keys))``
-    is for, at a hundredth of its cost."""
+    """A token naming a sequence of task keys or small task tuples (strings, ints, functions and tuples of them),
+    unique within this process: what ``tokenize(list(keys))`` is for here, at a hundredth of its cost (a
+    function's text holds its address, so the token is not stable across processes; nothing keeps it)."""
     return hashlib.sha1(repr(list(keys)).encode(), usedforsecurity=False).hexdigest()
 
 

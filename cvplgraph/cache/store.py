@@ -38,7 +38,7 @@ from cvplgraph.io.stores import (
     write_block,
     zarr_location,
 )
-from cvplgraph.io.tables import TABLE_TYPES, read_value, write_counts, write_table
+from cvplgraph.io.tables import TABLE_TYPES, read_value, store_suffix, write_counts, write_table
 from cvplgraph.spec.model import StoreSpec
 from cvplgraph.types import PortType
 
@@ -69,8 +69,7 @@ def write_cached_value(
     """Lazy writes that store ``value`` of type ``kind`` in the cache under ``key``."""
     if kind.is_array:
         return write_cached_array(cache_url, key, value, kind, store, name)
-    suffix = ".parquet" if kind is PortType.Points else ".zarr"  # a Points table: a Parquet dataset (io/tables.py)
-    rel = f"stores/{key}/{uuid.uuid4().hex[:12]}{suffix}"
+    rel = f"stores/{key}/{uuid.uuid4().hex[:12]}{store_suffix(kind)}"
     url = f"{cache_url.rstrip('/')}/{rel}"
     if kind in TABLE_TYPES:
         return CachedWrite(rel, [write_table(url, value, kind)], None)

@@ -13,7 +13,7 @@ import zarr
 from cvplgraph.cache.lease import leased_keys
 from cvplgraph.cache.manifest import Entry, Manifest
 from cvplgraph.io.stores import child_array, chunk_checksum, multiscales, zarr_location
-from cvplgraph.io.tables import partition_problems, partitioned_meta
+from cvplgraph.io.tables import is_partitioned, partition_problems
 from cvplgraph.types import PortType
 
 
@@ -67,11 +67,8 @@ def _array_problems(manifest: Manifest, entry: Entry, deep: bool) -> list[str]:
 def _table_problems(manifest: Manifest, entry: Entry, deep: bool) -> list[str]:
     url = manifest.store_url(entry.store)
     try:
-        if url.endswith(".parquet") or partitioned_meta(url) is not None:  # a Points table in partitions
+        if is_partitioned(url):  # a Points table in partitions
             return partition_problems(url, deep)
-    except Exception as exc:  # noqa: BLE001
-        return [f"store unreadable ({exc.__class__.__name__}: {exc})"]
-    try:
         group = zarr.open_group(zarr_location(url), mode="r")
         arrays = [child_array(group, name, url) for name in group.array_keys()]
         if deep:

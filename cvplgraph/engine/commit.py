@@ -18,7 +18,7 @@ from cvplgraph.cache.resume import chunk_grid, clear_partial
 from cvplgraph.engine.lower import Lowered
 from cvplgraph.engine.plan import Plan
 from cvplgraph.errors import CacheError
-from cvplgraph.io.tables import PARTITIONED
+from cvplgraph.io.tables import finished_marker
 
 
 def provenance(plan: Plan, name: str) -> tuple[dict[str, int], dict[str, str]]:
@@ -96,8 +96,7 @@ def _whole(plan: Plan, name: str, written: Any) -> list[dict[str, str | None]] |
     removed it meanwhile) is never committed."""
     fs, root = plan.manifest.fs, plan.manifest.root
     where = f"{plan.manifest.url}/{written.store}"
-    described = PARTITIONED if written.store.endswith(".parquet") else "zarr.json"
-    if not fs.exists(f"{root}/{written.store}/{described}"):
+    if not fs.exists(f"{root}/{written.store}/{finished_marker(written.store)}"):
         raise CacheError(f"{where}: the store of node {name!r} was removed while this run wrote it (a cache gc?); "
                          "nothing committed for it; expected it whole; run again")  # fmt: skip
     if written.records is None:

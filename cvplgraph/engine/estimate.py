@@ -25,16 +25,16 @@ import xarray as xr
 
 from cvplgraph.cache.store import read_cached
 from cvplgraph.engine.compile import nodes_in_order
-from cvplgraph.engine.lower import atlas_value, call_op
+from cvplgraph.engine.lower import atlas_value, call_op, op_inputs
 from cvplgraph.engine.plan import Plan, Status, make_plan
 from cvplgraph.io.stores import open_input
 from cvplgraph.kernels import LocalPass, Reduce
-from cvplgraph.spec.model import INPUT
+from cvplgraph.spec.model import INPUT, Spec
 from cvplgraph.types import PortType
 from cvplgraph.values import BlockCounts, Geometry, Table, like
 
 
-def plan_with_estimates(spec: Any) -> Plan:
+def plan_with_estimates(spec: Spec) -> Plan:
     """:func:`make_plan` plus output shape, chunks and estimated bytes of every node to compute."""
     plan = make_plan(spec)
     values = estimate_values(plan)
@@ -72,8 +72,7 @@ def estimate_values(plan: Plan) -> dict[str, Any]:
             continue
         if status is not Status.COMPUTE:
             continue
-        by_port = {port: values.get(src) for port, src in node.inputs}
-        positional = [by_port.get(port.name) for port in node.opdef.inputs]
+        positional = op_inputs(node, values)
         value = _stand_in(node.opdef.kernel, node.output, positional)
         values[node.name] = value if value is not None else call_op(plan, node.name, positional)
     return values

@@ -35,7 +35,7 @@ from cvplgraph.engine.progress import Display, as_display, cluster_progress, cou
 from cvplgraph.errors import CacheError, CvplError, DamagedStore
 from cvplgraph.io.outputs import PointsOutput, region_dataset, write_block_counts, write_regions
 from cvplgraph.io.stores import write_array
-from cvplgraph.io.tables import points_dataset
+from cvplgraph.io.tables import is_partitioned, points_dataset
 from cvplgraph.spec.cluster import ClusterSpec
 from cvplgraph.spec.targets import PROVENANCE_SUFFIX
 from cvplgraph.types import PortType
@@ -96,7 +96,7 @@ def points_store(plan: Plan, lowered: Lowered, name: str) -> str | None:
     if plan.node(name).output is not PortType.Points:
         return None
     store = lowered.stores.get(name) or (plan.entries[name].store if name in plan.entries else None)
-    return plan.manifest.store_url(store) if store is not None and store.endswith(".parquet") else None
+    return plan.manifest.store_url(store) if store is not None and is_partitioned(store) else None
 
 
 def _targets(plan: Plan, lowered: Lowered) -> Targets:

@@ -76,10 +76,14 @@ def lower(plan: Plan, *, with_writes: bool = True, fuse: bool = True) -> Lowered
         group = group_of.get(node.name)
         if group is not None and _lower_fused(plan, group, out):
             continue
-        by_port = {port: out.values.get(src) for port, src in node.inputs}
-        positional = [by_port.get(port.name) for port in node.opdef.inputs]
-        _keep(plan, out, node.name, call_op(plan, node.name, positional, with_writes), with_writes)
+        _keep(plan, out, node.name, call_op(plan, node.name, op_inputs(node, out.values), with_writes), with_writes)
     return out
+
+
+def op_inputs(node: Any, values: dict[str, Any]) -> list[Any]:
+    """A compiled node's input values, in its op's argument order (None for an optional port left unset)."""
+    by_port = {port: values.get(src) for port, src in node.inputs}
+    return [by_port.get(port.name) for port in node.opdef.inputs]
 
 
 def atlas_value(plan: Plan, name: str) -> Atlas:

@@ -43,18 +43,6 @@ def _atomic_text(path: str, text: str) -> None:
     _atomic_bytes(path, text.encode("utf-8"))
 
 
-def write_points(path: str, frame: pd.DataFrame, fmt: str = "", origin: tuple[int, ...] = (0, 0, 0)) -> None:
-    """A Points output in the layout its format asks for; ``origin`` is the first voxel of the image read
-    (the crop's start), so that raw coordinates in brainmapper's and CellCounter's layouts are the whole
-    image's."""
-    if fmt == "all_points":
-        _atomic_text(path, all_points(frame, origin).to_csv(index=False))
-    elif fmt == "cellfinder_xml":
-        _write_cellcounter(path, frame, origin)
-    else:
-        _atomic_text(path, frame.to_csv(index=False))
-
-
 class PointsOutput:
     """A Points output written partition by partition, where each partition is computed: no process holds the
     whole table (a whole brain's is ~10 GB).

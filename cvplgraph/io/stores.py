@@ -133,15 +133,26 @@ def open_input(spec: InputSpec) -> tuple[xr.DataArray, Delayed | None]:
     scale, translation = scale * gscale, translation * gscale + gtrans
     label = f"level {spec.level} of {spec.url}"
     where = f"{spec.url} level {spec.level}"
+    replaced = None
     if names == list(DIMS) and not spec.crop and not spec.chunks and not (
         np.issubdtype(array.dtype, np.floating) and spec.nonfinite != "error"
     ):  # the common whole-brain case: each chunk read, checked and scaled in one task (a graph built fast)
         data = read_zarr(array, label, post=UnitFloat.of(array.dtype, spec.intensity_range, where))
-        geometry = Geometry(tuple(int(s) for s in data.shape), tuple(scale.tolist()), tuple(translation.tolist()))  # type: ignore[arg-type]
-        return wrap(data, geometry, name="input"), None
-    data = read_zarr(array, label)
+    else:
+        data, scale, translation, replaced = _selected(spec, read_zarr(array, label), names, scale, translation, where)
+        data = to_unit_float(data, spec.intensity_range)
+    geometry = Geometry(tuple(int(s) for s in data.shape), tuple(scale.tolist()), tuple(translation.tolist()))  # type: ignore[arg-type]
+    return wrap(data, geometry, name="input"), replaced
+
+
+def _selected(
+    spec: InputSpec, data: Any, names: list[str], scale: np.ndarray, translation: np.ndarray, where: str
+) -> tuple[da.Array, np.ndarray, np.ndarray, Delayed | None]:
+    """The read array ``data`` with the spec's channel and timepoint picked, axes in z, y, x order, cropped,
+    rechunked and checked for non-finite values; its scale and translation; the lazy count of the values
+    replaced (None when none are)."""
     index: list[Any] = []
-    for axis, size in zip(names, array.shape):
+    for axis, size in zip(names, data.shape):
         if axis in DIMS:
             index.append(slice(None))
             continue
@@ -177,9 +188,7 @@ def open_input(spec: InputSpec) -> tuple[xr.DataArray, Delayed | None]:
         if spec.nonfinite != "error":  # a task per block beside the replacing one: both share the block read
             counts = raw.map_blocks(_count_nonfinite, chunks=(1, 1, 1), dtype=np.int64).sum()
             replaced = counts.to_delayed().ravel()[0]  # a Delayed: a run's compute takes no array among its delayeds
-    data = to_unit_float(data, spec.intensity_range)
-    geometry = Geometry(tuple(int(s) for s in data.shape), tuple(scale.tolist()), tuple(translation.tolist()))  # type: ignore[arg-type]
-    return wrap(data, geometry, name="input"), replaced
+    return data, scale, translation, replaced
 
 
 def _finite(

@@ -72,7 +72,7 @@ def _write_columns(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
     return len(frame)
 
 
-def write_table(url: str, table: Table, kind: PortType = PortType.RegionTable) -> Delayed:
+def write_table(url: str, table: Table, kind: PortType) -> Delayed:
     """The lazy write of ``table`` to ``url``: a Points table as a Parquet dataset, each partition written by
     the task that has it (:func:`write_partitions`); a region table (small, one partition) as a zarr group."""
     if kind is PortType.Points:
@@ -88,6 +88,23 @@ def write_table(url: str, table: Table, kind: PortType = PortType.RegionTable) -
 
 #: The document that describes a partitioned table, beside its partitions.
 PARTITIONED = "_cvplgraph.json"
+#: How a partitioned table's store is named (a table store of any other name is a zarr group).
+PARTITIONED_SUFFIX = ".parquet"
+
+
+def is_partitioned(store: str) -> bool:
+    """Whether the table store at ``store`` (a path or URL) is a partitioned table (a Parquet dataset)."""
+    return store.rstrip("/").endswith(PARTITIONED_SUFFIX)
+
+
+def store_suffix(kind: PortType) -> str:
+    """The name ending of a new table store of ``kind``."""
+    return PARTITIONED_SUFFIX if kind is PortType.Points else ".zarr"
+
+
+def finished_marker(store: str) -> str:
+    """The file a table store has once it is whole: written last."""
+    return PARTITIONED if is_partitioned(store) else "zarr.json"
 
 
 def part_file(url: str, k: int) -> str:
@@ -234,7 +251,7 @@ def _read_frame(url: str, columns: list[str]) -> pd.DataFrame:
 def read_table(url: str) -> Table:
     """A stored Points or region table; the rows are read lazily, partition by partition, when the run needs
     them."""
-    parted = partitioned_meta(url)
+    parted = partitioned_meta(url) if is_partitioned(url) else None
     if parted is not None:
         parts = tuple(dask.delayed(read_part, pure=True)(url, k) for k in range(len(parted["partitions"])))
         return Table(parts, Geometry.from_dict(parted["geometry"]))

@@ -96,11 +96,10 @@ def partitioned_table(
     refs: list[Any],
     sources: list[Delayed],
     parts: BlockLabels | None,
-    rows: int | None = None,
 ) -> Table:
     """The Points table of per-block partial statistics (``refs``: how a task names each block's, C order of the
     block grid of ``chunks``; ``sources``: the Delayed objects they come from), in partitions: one per slab of
-    ``rows`` block rows along z (default :data:`ROWS_PER_PARTITION`).
+    :data:`ROWS_PER_PARTITION` block rows along z.
 
     Every slab merges its blocks' pieces by final id (through its slice of the lookup table, when ``parts`` has
     one). An object whose merged piece reaches the slab's top or bottom face may continue in the next slab: its
@@ -109,10 +108,10 @@ def partitioned_table(
     partition, whole; a partition's rows are sorted by label. Sums are exact whatever the grouping (integer
     sums; the intensity sum correctly rounded with ``math.fsum``), so the table does not depend on the
     partitioning."""
-    rows = rows or ROWS_PER_PARTITION
     grid = tuple(len(c) for c in chunks)
     per_row = grid[1] * grid[2]
     z_edges = np.cumsum((0, *chunks[0])).tolist()
+    rows = ROWS_PER_PARTITION
     slabs = [(r, min(r + rows, grid[0])) for r in range(0, grid[0], rows)]
     lut_key = parts.lut.key if parts is not None else None
     total_key = parts.total.key if parts is not None else None
@@ -128,7 +127,7 @@ def partitioned_table(
         if parts is not None:
             lut = (names["lut"], s)
             dsk[lut] = (_lut_slice, lut_key, offsets_key, total_key, b0, b1)
-        dsk[(names["merge"], s)] = (_merge_slab, geometry, with_intensity, lut, faces, *refs[b0:b1])
+        dsk[(names["merge"], s)] = (_merge_slab, lut, faces, *refs[b0:b1])
         dsk[(names["complete"], s)] = (operator.getitem, (names["merge"], s), 0)
         dsk[(names["open"], s)] = (operator.getitem, (names["merge"], s), 1)
         before = (names["onward"], s - 1) if s > 0 else None
@@ -155,8 +154,6 @@ def _lut_slice(lut: np.ndarray, offsets: np.ndarray, total: int, b0: int, b1: in
 
 
 def _merge_slab(
-    geometry: Geometry,
-    with_intensity: bool,
     lut: tuple[np.ndarray, np.ndarray] | None,
     faces: tuple[int | None, int | None],
     *blocks: Pieces,

@@ -23,7 +23,7 @@ from conftest import SPEC as CONFTEST_SPEC
 from cvplgraph import ops
 from cvplgraph.bench.truth import read_points
 from cvplgraph.io.atlas import read_atlas
-from cvplgraph.io.outputs import ALL_POINTS_COLUMNS, BRAINGLOBE_COLUMNS, all_points, brainglobe_summary, write_points
+from cvplgraph.io.outputs import ALL_POINTS_COLUMNS, BRAINGLOBE_COLUMNS, PointsOutput, all_points, brainglobe_summary
 from cvplgraph.spec.model import AtlasSpec
 from cvplgraph.values import Geometry, Table
 
@@ -150,7 +150,10 @@ def test_cellcounter_xml_reads_back_in_brainglobe_and_here(tmp_path: Path) -> No
     frame = pd.DataFrame(rng.uniform(0, 200, size=(250, 3)), columns=["z", "y", "x"])
     origin = (10, 200, 300)  # a crop's start: markers are in the whole image's voxels
     path = tmp_path / "cells.xml"
-    write_points(str(path), frame, "cellfinder_xml", origin)
+    table = Table(tuple(dask.delayed(part) for part in (frame.iloc[:100], frame.iloc[100:])), Geometry((200, 200, 200)))
+    writer = PointsOutput(str(path), "cellfinder_xml", origin)  # what a run writes: one task, from every partition
+    dask.compute(*writer.tasks(table), scheduler="sync")
+    writer.finish()
     expected = np.rint(frame[["z", "y", "x"]].to_numpy()) + origin
     cells = get_cells(str(path))
     assert len(cells) == len(frame) and {c.type for c in cells} == {2}  # Cell.CELL
