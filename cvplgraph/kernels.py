@@ -44,13 +44,17 @@ class LocalPass:
     ``block(x, **params) -> (values, summary)``: the block's provisional values (an array of ``x``'s
     shape, e.g. labels numbered within the block) and a small summary (tuple of arrays).
 
-    ``finish(summaries, provisional, like, kept, refs, **params) -> value``: the node's value from the
+    ``finish(summaries, provisional, like, kept, refs, heads, **params) -> value``: the node's value from the
     per-block summaries: ``summaries`` are the Delayed tasks that hold them (C order of blocks) and
     ``refs`` how a task names each one (a small task, run inline, that picks it out of its fused task's
-    result); ``provisional`` is a dask array equal to the provisional values (computed only if a consumer
-    needs it); ``kept`` is the same array read back from where the fused tasks saved it (None when they
-    saved nothing); ``like`` is the op's input (for its geometry). The fused task hands every reduce the
-    flat indices of ``x``'s non-zero voxels, so a pass's values must be non-zero exactly where ``x`` is.
+    result, or reads it back from where the fused task spilled it); ``heads`` name each summary's first
+    array alone, which stays in memory (it must be a few numbers, e.g. a label count: a task needing every
+    block's gets them without reading back every summary); ``provisional`` is a dask array equal to the
+    provisional values (computed only if a consumer needs it); ``kept(after)`` is the same array read back
+    from where the fused tasks saved it, each block once ``after`` (a Delayed computed after every block)
+    exists (None when they saved nothing); ``like`` is the op's input (for its geometry). The fused task
+    hands every reduce the flat indices of ``x``'s non-zero voxels, so a pass's values must be non-zero
+    exactly where ``x`` is.
 
     ``dtype``: the finished value's dtype (an array of ``x``'s shape and chunks), when it is known beforehand;
     ``plan`` then estimates the node without building its per-block graph.
@@ -71,7 +75,8 @@ class Reduce:
 
     ``finish(blocks, refs, source, *others, **params) -> value``: the node's value from the per-block
     partials: ``blocks`` are the Delayed tasks that hold them (C order) and ``refs`` how a task names each
-    one (a small task, run inline, that picks it out of its block's result); ``source`` is the pass's value.
+    one (a small task, run inline, that picks it out of its block's result or reads it back from where the
+    fused task spilled it); ``source`` is the pass's value. A partial is a tuple of numpy arrays.
     """
 
     block: Callable[..., Any]

@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -35,11 +36,16 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from numcodecs import Zstd
 
+from cvplgraph.cache.lease import leases
+from cvplgraph.cache.manifest import Manifest
+from cvplgraph.cache.resume import partial_url
 from cvplgraph.errors import CvplError
 from cvplgraph.hooks import checkpointing
 from cvplgraph.io.records import write_atomically
 from cvplgraph.kernels import graph_sources, keys_token
 
+#: Scratch folders are ``partial/<SCRATCH><lease id>`` (see :func:`scratch_url`).
+SCRATCH = "scratch-"
 #: Fast and, on mostly-background faces, ~300× smaller than the raw bytes.
 _CODEC = Zstd(level=1)
 
@@ -79,7 +85,6 @@ class FolderCheckpointer:
                 needed.append(value)
         graph = HighLevelGraph.from_collections(layer_name, layer, dependencies=graph_sources(needed))
         return [Delayed(key, graph, layer=layer_name) for key in layer]
-
 
     def spill(self, name: str, blocks: da.Array, after: Delayed) -> da.Array:
         """``blocks`` saved to ``<name>/<i>`` as each is computed (a task that keeps nothing in memory) and
@@ -140,6 +145,73 @@ def read_kept(url: str, after: Any) -> np.ndarray:
     return block
 
 
+@dataclass(frozen=True)
+class Spilled:
+    """A fused task's small results for one chain (the pass's summary, then each reduce's partial: tuples of
+    arrays), written to ``<url>.<k>`` as the task made them instead of held by the worker until the global
+    step: a whole brain's are gigabytes (10⁸ objects' partial sums), a block's are not. ``head`` is the
+    summary's first array, kept (a few numbers, e.g. the block's label count)."""
+
+    url: str
+    head: np.ndarray
+
+    def load(self, k: int) -> tuple[np.ndarray, ...]:
+        return unpack(_read(f"{self.url}.{k}"))
+
+
+def spill_results(url: str, results: tuple[tuple[np.ndarray, ...], ...]) -> Spilled:
+    """``results`` written beside each other as ``<url>.<k>`` (see :class:`Spilled`)."""
+    for k, parts in enumerate(results):
+        body = pack(parts)
+        try:
+            _write_scratch(f"{url}.{k}", body)
+        except FileNotFoundError:  # the first write into the run's scratch folder makes it
+            fs, path = fsspec.core.url_to_fs(url)
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            _write_scratch(f"{url}.{k}", body)
+    return Spilled(url, np.asarray(results[0][0]))
+
+
+def _write_scratch(url: str, body: bytes) -> None:
+    """A scratch file, read only by tasks that run after its writer finished (no temporary file needed)."""
+    if "://" not in url or url.startswith("file://"):
+        with open(url.removeprefix("file://"), "wb") as file:
+            file.write(body)
+        return
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.pipe_file(path, body)
+
+
+def scratch_url(cache_url: str, lease_id: str) -> str:
+    """The folder a run spills into (:class:`Spilled`): named by its lease, so that a later run can tell a killed
+    run's folder (its lease dead) from a running one's."""
+    return partial_url(cache_url, f"{SCRATCH}{lease_id}")
+
+
+def clear_dead_scratch(manifest: Manifest) -> None:
+    """Remove the scratch folders of runs that were killed (their lease is dead; see :mod:`cvplgraph.cache.lease`)."""
+    fs, root = manifest.fs, manifest.root
+    try:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{root}/partial", detail=False)]
+    except FileNotFoundError:
+        return
+    folders = [n for n in names if n.startswith(SCRATCH)]
+    if folders:
+        live = {lease.id for lease in leases(manifest)[0]}
+        for name in folders:
+            if name.removeprefix(SCRATCH) not in live:
+                remove_scratch(f"{manifest.url.rstrip('/')}/partial/{name}")
+
+
+def remove_scratch(url: str) -> None:
+    """A run's scratch folder and everything in it (nothing when it was never made). Best effort: after a failure,
+    tasks still running may write into it while it goes; what is left has no entry and no lease, and
+    ``cache gc`` removes it."""
+    fs, path = fsspec.core.url_to_fs(url)
+    with contextlib.suppress(OSError):
+        fs.rm(path, recursive=True)
+
+
 def scope(folder: str) -> contextlib.AbstractContextManager[None]:
     """Checkpoints of ops built inside go to ``folder``."""
     return checkpointing(FolderCheckpointer(folder))
@@ -186,7 +258,8 @@ def pack(parts: tuple[np.ndarray, ...]) -> bytes:
     """
     arrays = [np.asarray(p) for p in parts]
     header = json.dumps([[a.dtype.str, list(a.shape)] for a in arrays]).encode()
-    body = _CODEC.encode(b"".join(a.tobytes(order="C") for a in arrays))
+    raw = b"".join(a.tobytes(order="C") for a in arrays)
+    body = _CODEC.encode(raw) if raw else b""  # numcodecs' Zstd cannot decode what it makes of no bytes
     return len(header).to_bytes(4, "little") + header + body
 
 
@@ -194,7 +267,7 @@ def unpack(data: bytes) -> tuple[np.ndarray, ...]:
     """The arrays :func:`pack` wrote."""
     size = int.from_bytes(data[:4], "little")
     header = json.loads(data[4 : 4 + size])
-    body = bytes(_CODEC.decode(data[4 + size :]))
+    body = bytes(_CODEC.decode(data[4 + size :])) if len(data) > 4 + size else b""
     out, start = [], 0
     for dtype, shape in header:
         count = math.prod(shape)

@@ -21,9 +21,11 @@ from typing import Any
 import dask
 import fsspec
 import xarray as xr
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from cvplgraph._version import __version__
-from cvplgraph.cache.checkpoint import CheckpointGone
+from cvplgraph.cache.checkpoint import CheckpointGone, clear_dead_scratch, remove_scratch, scratch_url
 from cvplgraph.cache.lease import Holder
 from cvplgraph.cache.store import read_cached
 from cvplgraph.engine.cluster import connect, ship_plugins
@@ -36,6 +38,7 @@ from cvplgraph.errors import CacheError, CvplError, DamagedStore
 from cvplgraph.io.outputs import PointsOutput, region_dataset, write_block_counts, write_regions
 from cvplgraph.io.stores import write_array
 from cvplgraph.io.tables import is_partitioned, points_dataset
+from cvplgraph.kernels import graph_sources, keys_token
 from cvplgraph.spec.cluster import ClusterSpec
 from cvplgraph.spec.targets import PROVENANCE_SUFFIX
 from cvplgraph.types import PortType
@@ -143,7 +146,7 @@ def _compute(
 ) -> dict[str, Any]:
     """Compute ``targets`` in one graph; the computed small results by node name. With ``tasks``,
     append (key, seconds) of every task run."""
-    collections = [*targets.values.values(), *targets.writes]  # named values first: zip pairs them with names
+    collections = [one_task(list(targets.values.values()), targets.writes)]
     with contextlib.ExitStack() as stack:
         if client is None:
             callbacks = [stack.enter_context(local_progress(display))]
@@ -157,7 +160,7 @@ def _compute(
                     # this compute's callbacks, given explicitly: see progress.local_progress
                     given = _callers_callbacks()  # the profiler, entered above, is among them
                     given += [c._callback for c in callbacks if c._callback not in given]
-                    out = list(dask.compute(*collections, callbacks=given))
+                    ((out, _),) = dask.compute(*collections, callbacks=given)
             except CvplError:
                 raise
             except Exception as exc:
@@ -173,7 +176,7 @@ def _compute(
         futures = client.compute(collections)
         try:
             cluster_progress(futures, display, figures)
-            out = client.gather(futures)
+            out, _ = client.gather(futures)[0]
         except KeyboardInterrupt:  # stop this run's tasks (on a shared scheduler they would run on)
             with contextlib.suppress(Exception):
                 client.cancel(futures)
@@ -187,6 +190,22 @@ def _compute(
             spans = [s["stop"] - s["start"] for s in record.get("startstops", ()) if s.get("action") == "compute"]
             tasks.append((str(record["key"]), sum(spans)))
     return dict(zip(targets.values, out))
+
+
+def one_task(values: list[Delayed], writes: list[Delayed]) -> Delayed:
+    """The values (a list) and the number of writes, as one collection with one result. dask optimizes every
+    collection it is given on its own, over the whole graph: a whole brain's per-block writes, given one by one,
+    cost minutes, growing with the square of the blocks. And a cluster's client then wants one key only:
+    cancelling it (Ctrl-C) never reaches a task nobody wants (which distributed's cancel cannot handle)."""
+    keys = [v.key for v in values]
+    name = f"run-{keys_token([*keys, *(w.key for w in writes)])}"
+    graph = HighLevelGraph.from_collections(name, {name: (_results, keys, [w.key for w in writes])},
+                                            dependencies=graph_sources([*values, *writes]))  # fmt: skip
+    return Delayed(name, graph)
+
+
+def _results(values: list[Any], writes: list[Any]) -> tuple[list[Any], int]:
+    return values, len(writes)
 
 
 #: Inputs smaller than this (as stored) run in this process on dask's threads when nothing says otherwise:
@@ -337,8 +356,11 @@ def _execute(
             ship_plugins(cl, more)
         if report.computed:  # the cache folder is marked before anything is written into it (see docs/cache.md)
             plan.manifest.write_marker()
+        scratch = scratch_url(plan.manifest.url, holder.lease.id) if holder.held else None
+        if scratch is not None:
+            clear_dead_scratch(plan.manifest)
         try:
-            lowered = lower(plan, fuse=fuse)
+            lowered = lower(plan, fuse=fuse, scratch=scratch)
             targets = _targets(plan, lowered)
         except BaseException:  # a problem found while building the graph: a cache made for this run goes again
             holder.release()
@@ -354,6 +376,9 @@ def _execute(
             for _, _, writer in targets.points:
                 writer.discard()
             raise
+        finally:  # what the fused tasks spilled is read by this run's tasks only
+            if scratch is not None:
+                remove_scratch(scratch)
         report.tallies = {name: int(computed.pop(name)) for name in lowered.tallies}
         report.cluster = {**_cluster_info(cl, scheduler), "why": why}
         if display.last is not None:

@@ -32,6 +32,7 @@ Everything else is lowered op by op, as without fusion (``fuse = False`` in :fun
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import operator
 import uuid
@@ -187,12 +188,15 @@ class GroupLayout:
     edges: tuple[tuple[int, ...], ...]
     targets: tuple[Any, ...]  # cvplgraph.cache.store.BlockTarget, one per cached pointwise node
     keeps: tuple[str, ...]
+    #: where each task spills its small results (see :class:`cvplgraph.cache.checkpoint.Spilled`)
+    scratch: str | None = None
 
 
 def run_block(layout: GroupLayout, flat: int, head: np.ndarray, *others: np.ndarray) -> tuple[Any, ...]:
     """Block ``flat`` (its number in C order) of a group: every chain's stages in memory; the small results, per
-    chain ``(summary, partial, …)``, and the number of store blocks written last."""
-    from cvplgraph.cache.checkpoint import keep_block  # the cache layer, loaded where a task runs
+    chain ``(summary, partial, …)`` (spilled to the layout's scratch folder when it has one: the worker keeps
+    only a handle), and the number of store blocks written last."""
+    from cvplgraph.cache.checkpoint import keep_block, spill_results  # the cache layer, loaded where a task runs
 
     place = np.unravel_index(flat, layout.grid)
     starts = np.array([layout.edges[a][int(i)] for a, i in enumerate(place)], dtype=np.int64)
@@ -210,7 +214,10 @@ def run_block(layout: GroupLayout, flat: int, head: np.ndarray, *others: np.ndar
             keep_block(values, f"{layout.keeps[program.keep]}/{flat}", foreground)
         partials = [stage(values, foreground, *(others[i] for i in where), starts=starts)
                     for stage, where in program.reduces]  # fmt: skip
-        results.append((summary, *partials))
+        if layout.scratch is None:
+            results.append((summary, *partials))
+        else:
+            results.append(spill_results(f"{layout.scratch}/{flat}-{len(results)}", (summary, *partials)))
     return (*results, written)
 
 
@@ -282,12 +289,16 @@ def _scope(plan: Plan, name: str) -> contextlib.AbstractContextManager[Any]:
     return checkpoint_scope(checkpoints_url(plan.manifest.url, node.key))
 
 
-def build_group(plan: Plan, group: Group, head: xr.DataArray, others: dict[str, xr.DataArray], call: Any) -> Built:
+def build_group(
+    plan: Plan, group: Group, head: xr.DataArray, others: dict[str, xr.DataArray], call: Any, scratch: str | None = None
+) -> Built:
     """The values of every node of ``group``, the fused tasks behind them and the stores those tasks write.
 
     ``call(name, x)``: a pointwise node's unfused value from its input value (its op, called as the lowering
-    calls ops). Raises :class:`~cvplgraph.cache.store.NotFusable` (before any task exists) when a store
-    cannot be written block by block. The head's own block tasks (the chunk read and the input checks) run
+    calls ops). ``scratch``: a folder the tasks spill their small results into
+    (:class:`~cvplgraph.cache.checkpoint.Spilled`), or None to hand them on in memory. Raises
+    :class:`~cvplgraph.cache.store.NotFusable` (before any task exists) when a store cannot be written block by
+    block. The head's own block tasks (the chunk read and the input checks) run
     inside the fused tasks when the head is read, not computed, and nothing else in this run reads it.
     """
     url = plan.manifest.url
@@ -335,7 +346,8 @@ def build_group(plan: Plan, group: Group, head: xr.DataArray, others: dict[str, 
     inlined = _block_tasks(head.data) if _read_alone(plan, group) else None
     reread = any(e.name == head.data.name for e in extras)  # a reduce reads the head too (centroids' image)
     edges = tuple(tuple(np.cumsum((0, *c)).tolist()) for c in chunks)
-    layout = GroupLayout(tuple(programs), tuple(head.data.numblocks), edges, tuple(targets), tuple(keeps))
+    layout = GroupLayout(tuple(programs), tuple(head.data.numblocks), edges, tuple(targets), tuple(keeps),
+                         None if scratch is None else f"{scratch}/{name}")  # fmt: skip
     for i, idx in enumerate(indices):
         own = inlined[idx] if inlined else []
         # a chain of one task (a chunk read) that only the head uses is passed as the argument it computes: nesting
@@ -350,23 +362,25 @@ def build_group(plan: Plan, group: Group, head: xr.DataArray, others: dict[str, 
         done = _layer(f"{name}-written", {i: (operator.getitem, (name, i), -1) for i in range(len(indices))}, blocks)
         for written in cached.values():
             written.writes = list(done.values())
-    barrier = _layer(f"{name}-all", {0: (_all_done, [b.key for b in blocks])}, blocks)[0]
     for c, (chain, program) in enumerate(zip(group.chains, programs)):
         mask = values[chain.pointwise[-1]] if chain.pointwise else head
         # every result is picked out of its block's fused task where it is used (the union's tasks, a reduce's
         # merge), by a small task run inline there: no task per block and result
         refs = [[(_pick, (name, i), c, k) for i in range(len(indices))] for k in range(1 + len(chain.reduces))]
+        heads = [(_head, (name, i), c) for i in range(len(indices))]
         local = plan.node(chain.local)
         kernel: Any = local.opdef.kernel  # a LocalPass (find_groups)
         params = dict(local.params)
         dtype = np.asarray(kernel.block(np.zeros((1, 1, 1), mask.dtype), **params)[0]).dtype
         provisional = da.map_blocks(_first, kernel.block, params, mask.data, dtype=dtype,
                                     meta=np.empty((0, 0, 0), dtype))  # fmt: skip
-        kept: da.Array | None = None
+        kept = None
         if program.keep is not None:
-            kept = _read_back([f"{keeps[program.keep]}/{i}" for i in range(len(indices))], provisional, barrier)
+            kept = functools.partial(_read_back, [f"{keeps[program.keep]}/{i}" for i in range(len(indices))],
+                                     provisional)  # fmt: skip
         with _scope(plan, chain.local):
-            values[chain.local] = _finish(local, kernel.finish, (blocks, provisional, mask, kept, refs[0]), params)
+            args = (blocks, provisional, mask, kept, refs[0], heads)
+            values[chain.local] = _finish(local, kernel.finish, args, params)
         for k, rname in enumerate(chain.reduces, start=1):
             node = plan.node(rname)
             rvalues = [others[s] for s in sources(plan, rname)[1:]]
@@ -400,15 +414,25 @@ def _finish(node: Any, finish: Any, args: tuple[Any, ...], params: dict[str, Any
 
 
 def _pick(result: tuple[Any, ...], chain: int, k: int) -> Any:
-    return result[chain][k]
+    """Item ``k`` of a chain's small results in a fused task's result, read back if the task spilled them."""
+    from cvplgraph.cache.checkpoint import Spilled
+
+    item = result[chain]
+    return item.load(k) if isinstance(item, Spilled) else item[k]
 
 
-def _all_done(blocks: list[Any]) -> int:
-    return len(blocks)
+def _head(result: tuple[Any, ...], chain: int) -> Any:
+    """The first array of a chain's pass summary (kept in memory when the rest was spilled)."""
+    from cvplgraph.cache.checkpoint import Spilled
+
+    item = result[chain]
+    return item.head if isinstance(item, Spilled) else item[0][0]
 
 
 def _read_back(urls: list[str], like: da.Array, after: Delayed) -> da.Array:
-    """The kept blocks (``urls``, C order) as an array shaped like ``like``, read once ``after`` exists."""
+    """The kept blocks (``urls``, C order) as an array shaped like ``like``, each read once ``after`` exists
+    (a task computed after every block, e.g. the pass's lookup table: not a barrier task over every block, whose
+    thousands of dependencies and dependents make ``dask.order`` quadratic)."""
     from cvplgraph.cache.checkpoint import read_kept
 
     name = "kept-" + tokenize(keys_token(urls), after.key)

@@ -46,11 +46,12 @@ class Lowered:
         return {name: w.store for name, w in self.cached.items()}
 
 
-def lower(plan: Plan, *, with_writes: bool = True, fuse: bool = True) -> Lowered:
+def lower(plan: Plan, *, with_writes: bool = True, fuse: bool = True, scratch: str | None = None) -> Lowered:
     """Build every needed node's lazy value; with ``with_writes``, also create the
     stores of nodes to cache and collect their lazy writes. With ``fuse`` (and ``with_writes``),
     chains of block kernels run as one task per block (:mod:`cvplgraph.engine.fuse`); the values
-    and stores are the same bytes either way."""
+    and stores are the same bytes either way; their tasks spill their small results into ``scratch`` (a folder
+    the run removes afterwards) when given, or keep them in memory."""
     out = Lowered()
     groups = find_groups(plan) if fuse and with_writes else []
     group_of = {name: group for group in groups for name in group.nodes}
@@ -74,7 +75,7 @@ def lower(plan: Plan, *, with_writes: bool = True, fuse: bool = True) -> Lowered
         if status is not Status.COMPUTE:
             continue
         group = group_of.get(node.name)
-        if group is not None and _lower_fused(plan, group, out):
+        if group is not None and _lower_fused(plan, group, out, scratch):
             continue
         _keep(plan, out, node.name, call_op(plan, node.name, op_inputs(node, out.values), with_writes), with_writes)
     return out
@@ -132,7 +133,7 @@ def _keep(plan: Plan, out: Lowered, name: str, value: Any, with_writes: bool) ->
             out.values[name] = written.resumed
 
 
-def _lower_fused(plan: Plan, group: Group, out: Lowered) -> bool:
+def _lower_fused(plan: Plan, group: Group, out: Lowered, scratch: str | None) -> bool:
     """Build every node of ``group`` as fused tasks; False (nothing recorded) when its inputs are not all
     built yet or a store cannot be written block by block: the group's nodes are then lowered op by op."""
     head = out.values.get(group.head)
@@ -143,7 +144,7 @@ def _lower_fused(plan: Plan, group: Group, out: Lowered) -> bool:
         return False
     try:
         built = build_group(plan, group, head, others,  # type: ignore[arg-type]
-                            lambda name, x: call_op(plan, name, [x]))  # fmt: skip
+                            lambda name, x: call_op(plan, name, [x]), scratch)  # fmt: skip
     except NotFusable:
         return False
     out.cached.update(built.cached)

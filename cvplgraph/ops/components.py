@@ -28,6 +28,8 @@ Centroids and counts never need it: they merge per-block partial sums through th
 from __future__ import annotations
 
 import itertools
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -118,9 +120,10 @@ def _face(summary: Summary, axis: int, last: bool) -> np.ndarray:
     return out
 
 
-def _offsets(summaries: list[Summary]) -> np.ndarray:
-    counts = np.array([int(s[0]) for s in summaries], dtype=np.int64)
-    return np.concatenate([[0], np.cumsum(counts)[:-1]])
+def _offsets(counts: list[np.ndarray]) -> np.ndarray:
+    """Each block's first offset id less one, from the blocks' label counts (their summaries' first arrays)."""
+    n = np.array([int(c) for c in counts], dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(n)[:-1]])
 
 
 def _rim_piece(face: np.ndarray, pos: tuple[int, int]) -> np.ndarray:
@@ -239,8 +242,9 @@ def lut_range(lut: np.ndarray, start: int, stop: int) -> np.ndarray:
     return out.astype(LABEL_DTYPE)
 
 
-def _total(offsets: np.ndarray, last: Summary) -> int:
-    return int(offsets[-1] + int(last[0])) if len(offsets) else 0
+def _total(offsets: np.ndarray, last: np.ndarray) -> int:
+    """The number of offset ids, from the offsets and the last block's label count."""
+    return int(offsets[-1] + int(last)) if len(offsets) else 0
 
 
 def label_blocks(mask: da.Array, *, connectivity: Literal[6, 26] = 6) -> BlockLabels:
@@ -264,18 +268,26 @@ def label_blocks(mask: da.Array, *, connectivity: Literal[6, 26] = 6) -> BlockLa
 
 
 def union_of(
-    summaries: list[Delayed], local: da.Array, connectivity: Literal[6, 26], refs: list[Any] | None = None
+    summaries: list[Delayed],
+    local: da.Array,
+    connectivity: Literal[6, 26],
+    refs: list[Any] | None = None,
+    heads: list[Any] | None = None,
 ) -> BlockLabels:
     """Steps 2–4 after pass 1: offsets, face pairs and the lookup table, from every block's summary
     (``_faces`` results, C order of ``local``'s blocks). ``refs``: what the tasks name each summary by, when
-    not its Delayed's key (e.g. a small task picking it out of a fused task's result, run where it is used)."""
+    not its Delayed's key (e.g. a small task picking it out of a fused task's result, run where it is used);
+    ``heads``: what they name each block's label count by, when not its summary's first item (the offsets need
+    every block's count, not every block's faces)."""
     structure = structure_for(connectivity)
     grid = local.numblocks
-    token = tokenize(local.name, connectivity, keys_token([s.key for s in summaries]), keys_token(refs or []))
+    token = tokenize(local.name, connectivity, keys_token([s.key for s in summaries]), keys_token(refs or []),
+                     keys_token(heads or []))  # fmt: skip
     offsets, total, lut, count = (f"{n}-{token}" for n in ("offsets", "total", "lut", "count"))
     strides = (grid[1] * grid[2], grid[2], 1)
     face_keys = refs if refs is not None else [value.key for value in summaries]
-    dsk: dict = {offsets: (_offsets, face_keys), total: (_total, offsets, face_keys[-1])}
+    counts = heads if heads is not None else [(operator.getitem, k, 0) for k in face_keys]
+    dsk: dict = {offsets: (_offsets, counts), total: (_total, offsets, counts[-1])}
     steps = (-1, 0, 1) if connectivity == 26 else (0,)
     moves = {axis: [(d0, d1, [a for a in range(3) if a != axis]) for d0, d1 in itertools.product(steps, steps)]
              for axis in range(3)}  # fmt: skip
@@ -367,14 +379,15 @@ def _pass_block(mask: np.ndarray, *, connectivity: Literal[6, 26] = 6) -> tuple[
 
 
 def _finish(
-    summaries: list[Delayed], provisional: da.Array, like_: xr.DataArray, kept: da.Array | None,
-    refs: list[Any] | None = None, *, connectivity: Literal[6, 26] = 6,
+    summaries: list[Delayed], provisional: da.Array, like_: xr.DataArray, kept: Callable[[Delayed], da.Array] | None,
+    refs: list[Any] | None = None, heads: list[Any] | None = None, *, connectivity: Literal[6, 26] = 6,
 ) -> xr.DataArray:  # fmt: skip
-    """The labels from fused pass-1 summaries: the union, then final ids from the kept block labels (or,
-    when nothing kept them, from ``provisional``, recomputed only if a consumer asks)."""
-    parts = union_of(summaries, provisional, connectivity, refs)
+    """The labels from fused pass-1 summaries: the union, then final ids from the kept block labels, each read
+    back once the lookup table exists (or, when nothing kept them, from ``provisional``, recomputed only if a
+    consumer asks)."""
+    parts = union_of(summaries, provisional, connectivity, refs, heads)
     parts = _kept_for_resume(parts, like_.data.chunks, connectivity)
-    out = like(relabelled(parts) if kept is None else relabelled_from(kept, parts), like_)
+    out = like(relabelled(parts) if kept is None else relabelled_from(kept(parts.lut), parts), like_)
     out.attrs[BLOCK_LABELS_ATTR] = parts
     return out
 
