@@ -210,14 +210,26 @@ class _ClusterFigures:
 def cluster_progress(futures: list[Any], display: Display, figures: _ClusterFigures) -> None:
     """Wait for ``futures`` (done, failed or cancelled), drawing progress as they compute.
 
-    It polls the futures' states rather than calling ``distributed.wait`` with a timeout again and again: every
-    such call leaves waiters on every future, so the client's memory grew with the number of calls times the
-    number of futures (2.4 GB for a 20 GB run of 2,400 blocks, killed by the kernel at 100 GB)."""
-    pending = list(futures)
-    while pending:
-        time.sleep(min(display.interval, 0.5))
-        pending = [f for f in pending if not f.done()]
-        if pending and display.mode != "quiet":
+    Each future tells when it is done (a callback, added once): the wait ends at once, not at the next poll. Not
+    ``distributed.wait`` with a timeout again and again: every such call leaves waiters on every future, so the
+    client's memory grew with the number of calls times the number of futures (2.4 GB for a 20 GB run of 2,400
+    blocks, killed by the kernel at 100 GB)."""
+    finished = threading.Event()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Any) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0] <= 0:
+                finished.set()
+
+    if not futures:
+        finished.set()
+    for future in futures:
+        future.add_done_callback(one_done)
+    while not finished.wait(min(display.interval, 0.5)):
+        if display.mode != "quiet":
             display.update(figures.snapshot())
     last = figures.snapshot()
     display.update(Snapshot(last.total, last.total, last.read_bytes, last.written_bytes, last.elapsed), final=True)

@@ -303,6 +303,7 @@ def union_of(
 
     pairs = f"pairs-{token}"
     pair_keys: list[tuple[str, int]] = []
+    pair_dsk: dict = {}
     # one task per row of blocks along x: the planes between each block of the row and its upper neighbours
     # (a task per block cost more in scheduling than the pairs themselves with small blocks)
     for row in itertools.product(*map(range, grid[:2])):
@@ -318,12 +319,22 @@ def union_of(
                 faces += [face_keys[r[2]] for r in (*lower, *upper)]
         if planes:
             key = (pairs, len(pair_keys))
-            dsk[key] = (_block_pairs, structure, tuple(planes), *faces)
+            pair_dsk[key] = (_block_pairs, structure, tuple(planes), *faces)
             pair_keys.append(key)
     dsk[lut] = (_union, offsets, total, *pair_keys)
     dsk[count] = (_count, lut, total)
-    graph = HighLevelGraph.from_collections(token, dsk, dependencies=graph_sources(summaries))
+    sources = graph_sources(summaries)
+    if pair_dsk:  # a row's pairs run as soon as its blocks are done, between blocks: not all at the end, in series
+        pair_graph = HighLevelGraph.from_collections(pairs, pair_dsk, dependencies=sources)
+        pair_graph.layers[pairs].annotations = {"priority": PAIRS_PRIORITY}
+        sources = [*sources, Delayed(pair_keys[0], pair_graph, layer=pairs)]
+    graph = HighLevelGraph.from_collections(token, dsk, dependencies=sources)
     return BlockLabels(local, *(Delayed(k, graph, layer=token) for k in (offsets, lut, count, total)))
+
+
+#: The scheduling priority of the pairs' tasks (distributed runs ready tasks of higher priority first; 0 is
+#: the default): a row's pairs take milliseconds and only wait for their blocks.
+PAIRS_PRIORITY = 1
 
 
 def _count(lut: np.ndarray, total: int) -> int:
