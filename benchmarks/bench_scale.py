@@ -201,7 +201,7 @@ if __name__ == "__main__":
     with cluster, Client(cluster) as client:
         client.run(warm)  # the workers' imports are start-up, not time per GB
         spec = cvplgraph.load_spec(sys.argv[1])
-        text = open(sys.argv[1]).read().replace("[input]\\n", "[input]\\ncrop = [[0, 64], [0, 512], [0, 512]]\\n", 1)
+        text = open(sys.argv[1]).read().replace("[input]\\n", "[input]\\ncrop = { z = [0, 64], y = [0, 512], x = [0, 512] }\\n", 1)
         folder = os.path.dirname(sys.argv[1])
         text = text.replace(os.path.join(folder, "cache"), os.path.join(folder, "warm-cache"))
         text = text.replace(os.path.join(folder, "results"), os.path.join(folder, "warm-results"))
