@@ -201,7 +201,8 @@ if __name__ == "__main__":
     with cluster, Client(cluster) as client:
         client.run(warm)  # the workers' imports are start-up, not time per GB
         spec = cvplgraph.load_spec(sys.argv[1])
-        text = open(sys.argv[1]).read().replace("[input]\\n", "[input]\\ncrop = { z = [0, 64], y = [0, 512], x = [0, 512] }\\n", 1)
+        crop = "crop = { z = [0, 64], y = [0, 512], x = [0, 512] }"
+        text = open(sys.argv[1]).read().replace("[input]\\n", "[input]\\n" + crop + "\\n", 1)
         folder = os.path.dirname(sys.argv[1])
         text = text.replace(os.path.join(folder, "cache"), os.path.join(folder, "warm-cache"))
         text = text.replace(os.path.join(folder, "results"), os.path.join(folder, "warm-results"))
@@ -261,22 +262,29 @@ def cells_table(workdir: Path) -> list[dict[str, object]]:
     return rows
 
 
-def volume_table(workdir: Path, size_gb: float) -> list[dict[str, object]]:
+def volume_table(workdir: Path, size_gb: float, repeats: int = 1, only: str | None = None) -> list[dict[str, object]]:
+    """Each size run ``repeats`` times, each in a fresh process (every run printed, then each size's median)."""
     from cvplgraph.io.virtual import VirtualVolume
 
-    rows = []
+    rows: list[dict[str, object]] = []
     sizes = {"1GiB": (64, 2048, 4096)}
     z = 64 * max(1, round(size_gb * 1e9 / (2 * 64 * 5120 * 6144)))
     sizes[f"{size_gb:g}GB"] = (z, 5120, 6144)
     for label, shape in sizes.items():
-        volume = VirtualVolume(shape=shape, seed=3)
-        figures = run_virtual(workdir, f"volume-{label}", volume)
-        figures["s_per_gb"] = figures["seconds"] / figures["gb"]  # type: ignore[operator]
-        rows.append({"label": label, **figures})
-        print(f"{label:>8}  {figures['gb']:7.1f} GB  {figures['seconds']:8.1f} s  {figures['s_per_gb']:6.2f} s/GB  "
-              f"count {figures['count']:,} (truth {figures['truth']:,})  client peak RSS "
-              f"{figures['client_rss'] / 2**20:6.0f} MiB  workers {_mib(figures['worker_rss'])} MiB",
-              flush=True)  # fmt: skip
+        if only is not None and label != only:
+            continue
+        for _ in range(repeats):
+            volume = VirtualVolume(shape=shape, seed=3)
+            figures = run_virtual(workdir, f"volume-{label}", volume)
+            figures["s_per_gb"] = figures["seconds"] / figures["gb"]  # type: ignore[operator]
+            rows.append({"label": label, **figures})
+            print(f"{label:>8}  {figures['gb']:7.1f} GB  {figures['seconds']:8.1f} s  {figures['s_per_gb']:6.2f} s/GB  "
+                  f"count {figures['count']:,} (truth {figures['truth']:,})  client peak RSS "
+                  f"{figures['client_rss'] / 2**20:6.0f} MiB  workers {_mib(figures['worker_rss'])} MiB",
+                  flush=True)  # fmt: skip
+    for label in dict.fromkeys(str(r["label"]) for r in rows):
+        times = sorted(float(r["s_per_gb"]) for r in rows if r["label"] == label)  # type: ignore[arg-type]
+        print(f"{label:>8}  median {times[len(times) // 2]:.2f} s/GB over {len(times)} run(s)", flush=True)
     return rows
 
 
@@ -291,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     v = sub.add_parser("volume", help="end to end at 1 GiB and --size-gb")
     v.add_argument("--workdir", type=Path, default=None)
     v.add_argument("--size-gb", type=float, default=100.0)
+    v.add_argument("--repeats", type=int, default=1, help="runs of each size, each in a fresh process")
+    v.add_argument("--only", default=None, help="one size only: 1GiB, or the --size-gb label (e.g. 100GB)")
     args = parser.parse_args(argv)
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="cvplgraph-scale-"))).resolve()
     start = time.perf_counter()
@@ -299,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "cells":
         rows = cells_table(workdir)
     else:
-        rows = volume_table(workdir, args.size_gb)
+        rows = volume_table(workdir, args.size_gb, args.repeats, args.only)
     print(json.dumps(rows))
     print(f"({time.perf_counter() - start:.0f} s)")
 
