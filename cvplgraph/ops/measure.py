@@ -11,6 +11,7 @@ the relabelled volume is never built.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import Any
@@ -117,7 +118,8 @@ def partitioned_table(
     total_key = parts.total.key if parts is not None else None
     offsets_key = parts.offsets.key if parts is not None else None
     token = tokenize(keys_token(refs), lut_key, with_intensity, rows, geometry)
-    names = {n: f"points-{n}-{token}" for n in ("lut", "merge", "complete", "open", "carry", "ended", "onward", "part")}
+    names = {n: f"points-{n}-{token}"
+             for n in ("lut", "merge", "complete", "open", "carry", "ended", "onward", "part", "made")}  # fmt: skip
     dsk: dict[Any, Any] = {}
     last = len(slabs) - 1
     for s, (r0, r1) in enumerate(slabs):
@@ -127,7 +129,11 @@ def partitioned_table(
         if parts is not None:
             lut = (names["lut"], s)
             dsk[lut] = (_lut_slice, lut_key, offsets_key, total_key, b0, b1)
-        dsk[(names["merge"], s)] = (_merge_slab, lut, faces, *refs[b0:b1])
+        # at most MERGES_AHEAD slabs are merged ahead of the partitions made: slab s waits for partition s - that
+        # many (a small task saying it exists), or a worker would merge every slab it was given before anything
+        # downstream took a partition, and hold them all (10⁸ objects: every partition of the table at once)
+        ahead = (names["made"], s - MERGES_AHEAD) if s >= MERGES_AHEAD else None
+        dsk[(names["merge"], s)] = (_merge_slab, ahead, lut, faces, *refs[b0:b1])
         dsk[(names["complete"], s)] = (operator.getitem, (names["merge"], s), 0)
         dsk[(names["open"], s)] = (operator.getitem, (names["merge"], s), 1)
         before = (names["onward"], s - 1) if s > 0 else None
@@ -136,9 +142,20 @@ def partitioned_table(
         dsk[(names["onward"], s)] = (operator.getitem, (names["carry"], s), 1)
         dsk[(names["part"], s)] = (_partition_frame, geometry, with_intensity, (names["complete"], s),
                                    (names["ended"], s))  # fmt: skip
+        dsk[(names["made"], s)] = (len, (names["part"], s))
     deps = [*sources, *((parts.offsets, parts.lut, parts.total) if parts is not None else ())]
     graph = HighLevelGraph.from_collections(names["part"], dsk, dependencies=graph_sources(deps))
+    # on a cluster, a slab is merged only when nothing downstream of the slabs merged before it is ready: every
+    # merge waits for the lookup table alone, and merging all slabs first would hold every partition at once
+    graph.layers[names["part"]].annotations = {"priority": functools.partial(_slab_priority, names["merge"],
+                                                                             names["lut"])}  # fmt: skip
     return Table(tuple(Delayed((names["part"], s), graph, layer=names["part"]) for s in range(len(slabs))), geometry)
+
+
+def _slab_priority(merge: str, lut: str, key: tuple[str, int]) -> int:
+    """A scheduling priority (distributed runs ready tasks of higher priority first, default 0): a slab's merge
+    (and its share of the lookup table) after every task downstream of the slabs already merged, slabs in order."""
+    return -1 - int(key[1]) if key[0] in (merge, lut) else 0
 
 
 #: Pieces of objects: ids and one row of :data:`PARTS` statistics each.
@@ -153,13 +170,20 @@ def _lut_slice(lut: np.ndarray, offsets: np.ndarray, total: int, b0: int, b1: in
     return offsets[b0:b1] - first, lut_range(lut, first, end + 1)
 
 
+#: Slabs merged ahead of the partitions made (see :func:`partitioned_table`): memory for that many slabs' objects,
+#: and that many merges at once.
+MERGES_AHEAD = 2
+
+
 def _merge_slab(
+    ahead: int | None,
     lut: tuple[np.ndarray, np.ndarray] | None,
     faces: tuple[int | None, int | None],
     *blocks: Pieces,
 ) -> tuple[dict[str, np.ndarray], Pieces]:
-    """A slab's pieces merged by final id: the objects within it (combined) and the pieces of those that reach
-    its bottom or top face (``faces``: the z of each, None where no slab lies beyond)."""
+    """A slab's pieces merged by final id (once ``ahead``, the partition :data:`MERGES_AHEAD` slabs before, exists):
+    the objects within it (combined) and the pieces of those that reach its bottom or top face (``faces``: the z
+    of each, None where no slab lies beyond)."""
     ids = np.concatenate([np.empty(0, np.int64)] + [b[0] for b in blocks])
     stats = np.concatenate([np.empty((0, len(PARTS)))] + [b[1] for b in blocks])
     if lut is not None:

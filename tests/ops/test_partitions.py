@@ -156,3 +156,24 @@ def test_pieces_combine_exactly_in_any_order_and_grouping(seed: int) -> None:
             np.testing.assert_array_equal(regrouped[part], got[part], err_msg=part)
     empty = _combine(np.empty(0, np.int64), np.empty((0, len(PARTS))))
     assert all(len(v) == 0 for v in empty.values())
+
+
+def test_slabs_are_merged_at_most_a_few_ahead_of_the_partitions_made(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    """Slab s's merge waits for partition s - MERGES_AHEAD (a worker would otherwise merge every slab it was given
+    and hold every partition at once); the first slabs wait for nothing but their blocks and the lookup table."""
+    from dask._task_spec import convert_legacy_graph
+
+    mask, image = volume
+    table = _table(mask, image, (5, 64, 64), 6, 1)
+    assert len(table.parts) == 8
+    graph = convert_legacy_graph(dict(table.parts[-1].__dask_graph__()))
+    merges = {k[1]: t for k, t in graph.items() if isinstance(k, tuple) and str(k[0]).startswith("points-merge-")}
+    assert sorted(merges) == list(range(8))
+    for s, task in merges.items():
+        made = {d for d in task.dependencies if str(d[0]).startswith("points-made-")}
+        assert made == ({(d[0], s - measure.MERGES_AHEAD) for d in made} if s >= measure.MERGES_AHEAD else set())
+        assert len(made) == (s >= measure.MERGES_AHEAD)
+    # and the rows are those of one partition (the waiting changes no value)
+    whole = _table(mask, image, (5, 64, 64), 6, 8).frame.compute()
+    parted = pd.concat(dask.compute(*table.parts)).sort_values("label").reset_index(drop=True)
+    pd.testing.assert_frame_equal(parted, whole.sort_values("label").reset_index(drop=True), check_exact=True)
