@@ -439,8 +439,8 @@ def _head(result: tuple[Any, ...], chain: int) -> Any:
 
 def _read_back(urls: list[str], like: da.Array, after: Delayed) -> da.Array:
     """The kept blocks (``urls``, C order) as an array shaped like ``like``, each read once ``after`` exists
-    (a task computed after every block, e.g. the pass's lookup table: not a barrier task over every block, whose
-    thousands of dependencies and dependents make ``dask.order`` quadratic)."""
+    (a task computed after every block and which the relabelling waits for anyway, the pass's lookup table: no
+    task of its own over every block, with a whole brain's blocks as dependencies and dependents)."""
     from cvplgraph.cache.checkpoint import read_kept
 
     name = "kept-" + tokenize(keys_token(urls), after.key)

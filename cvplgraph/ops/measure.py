@@ -145,8 +145,8 @@ def partitioned_table(
         dsk[(names["made"], s)] = (len, (names["part"], s))
     deps = [*sources, *((parts.offsets, parts.lut, parts.total) if parts is not None else ())]
     graph = HighLevelGraph.from_collections(names["part"], dsk, dependencies=graph_sources(deps))
-    # on a cluster, a slab is merged only when nothing downstream of the slabs merged before it is ready: every
-    # merge waits for the lookup table alone, and merging all slabs first would hold every partition at once
+    # on a cluster, the work downstream of the partitions made goes before the next slab's merge (and slabs merge in
+    # order): every partition is then taken, written and let go soon after it is made
     graph.layers[names["part"]].annotations = {"priority": functools.partial(_slab_priority, names["merge"],
                                                                              names["lut"])}  # fmt: skip
     return Table(tuple(Delayed((names["part"], s), graph, layer=names["part"]) for s in range(len(slabs))), geometry)

@@ -67,8 +67,8 @@ def test_a_fused_task_returns_a_handle_to_what_it_spilled(spec_file: Path, tmp_p
 
 
 def test_kept_labels_are_read_back_after_the_lookup_table_only(spec_file: Path, tmp_path: Path) -> None:
-    """The kept blocks of a cached labels node wait for the lookup table, not for a task over every block (such a
-    task, with thousands of dependencies and dependents, made the scheduler's ordering quadratic)."""
+    """The kept blocks of a cached labels node wait for the lookup table (which their relabelling waits for anyway),
+    not for a task of their own over every block."""
     plan = make_plan(cvplgraph.load_spec(spec_file))
     lowered = lower(plan, scratch=str(tmp_path / "scratch"))
     cells = lowered.values["cells"]
