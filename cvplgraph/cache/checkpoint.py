@@ -160,26 +160,11 @@ class Spilled:
 
 
 def spill_results(url: str, results: tuple[tuple[np.ndarray, ...], ...]) -> Spilled:
-    """``results`` written beside each other as ``<url>.<k>`` (see :class:`Spilled`)."""
+    """``results`` written beside each other as ``<url>.<k>`` (see :class:`Spilled`; the first write makes the
+    run's scratch folder)."""
     for k, parts in enumerate(results):
-        body = pack(parts)
-        try:
-            _write_scratch(f"{url}.{k}", body)
-        except FileNotFoundError:  # the first write into the run's scratch folder makes it
-            fs, path = fsspec.core.url_to_fs(url)
-            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            _write_scratch(f"{url}.{k}", body)
+        write_atomically(f"{url}.{k}", pack(parts))
     return Spilled(url, np.asarray(results[0][0]))
-
-
-def _write_scratch(url: str, body: bytes) -> None:
-    """A scratch file, read only by tasks that run after its writer finished (no temporary file needed)."""
-    if "://" not in url or url.startswith("file://"):
-        with open(url.removeprefix("file://"), "wb") as file:
-            file.write(body)
-        return
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.pipe_file(path, body)
 
 
 def scratch_url(cache_url: str, lease_id: str) -> str:
@@ -200,7 +185,7 @@ def clear_dead_scratch(manifest: Manifest) -> None:
         live = {lease.id for lease in leases(manifest)[0]}
         for name in folders:
             if name.removeprefix(SCRATCH) not in live:
-                remove_scratch(f"{manifest.url.rstrip('/')}/partial/{name}")
+                remove_scratch(partial_url(manifest.url, name))
 
 
 def remove_scratch(url: str) -> None:
