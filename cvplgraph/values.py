@@ -171,7 +171,8 @@ class Table:
         return self.frame.compute(**kwargs)
 
     def to_xarray(self, frame: pd.DataFrame) -> xr.Dataset:
-        ds = with_units(xr.Dataset.from_dataframe(frame.reset_index(drop=True).rename_axis("cell")))
+        # no ``cell`` coordinate, as a stored table read lazily has none (io/tables.points_dataset)
+        ds = with_units(xr.Dataset.from_dataframe(frame.reset_index(drop=True).rename_axis("cell")).drop_vars("cell"))
         ds.attrs.update(self.geometry.to_dict())
         return ds
 

@@ -178,7 +178,10 @@ def read_part(url: str, k: int, columns: list[str] | None = None) -> pd.DataFram
 
 def points_dataset(url: str) -> Any:
     """The partitioned Points table at ``url`` as an xarray Dataset of dask-backed columns (dimension ``cell``):
-    the columns of a run's table, read partition by partition (and column by column) only when asked for."""
+    the columns of a run's table, read partition by partition (and column by column) only when asked for.
+
+    The ``cell`` dimension has no coordinate (rows are numbered by position): an index would be an array of every
+    row in this process, 0.8 GB at 10⁸ cells, the only thing in a whole brain's run growing with the cells."""
     import dask.array as da
     import pyarrow.parquet as pq
     import xarray as xr
@@ -197,7 +200,7 @@ def points_dataset(url: str) -> Any:
         pieces = [da.from_delayed(dask.delayed(_column_of, pure=True)(url, k, column), (n,), dtype=dtype)
                   for k, n in enumerate(sizes)]  # fmt: skip
         columns[column] = (TABLE_DIM, da.concatenate(pieces))
-    ds = with_units(xr.Dataset(columns, coords={TABLE_DIM: np.arange(sum(sizes))}))
+    ds = with_units(xr.Dataset(columns))
     ds.attrs.update(meta["geometry"])
     return ds
 
