@@ -242,6 +242,39 @@ def lut_range(lut: np.ndarray, start: int, stop: int) -> np.ndarray:
     return out.astype(LABEL_DTYPE)
 
 
+def final_range(lut: np.ndarray, first: int, end: int) -> tuple[int, int]:
+    """The final ids ``[lo, hi)`` of the objects whose smallest offset id is in ``first..end-1`` (e.g. a run of
+    blocks' ids: the objects those blocks own). Final ids number the smallest ids in order (:func:`_union`)."""
+    merged = lut[0]
+    return first - int(np.searchsorted(merged, first)), end - int(np.searchsorted(merged, end))
+
+
+def big_objects(lut: np.ndarray, offsets: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+    """The objects in blocks more than two apart along some axis, from the lookup table alone: a (2, m) int64
+    array of their final ids (ascending) and the flat index of the last block (C order) holding a piece of each.
+
+    Every other object lies in its owner's block (the first, C order, holding a piece) and the 13 neighbours after
+    it (:func:`cvplgraph.ops.measure.grouped_table` merges those there). The pieces of a cut object are the offset
+    ids the lookup table lists (merged into it) and its smallest, which the table does not list: the final id
+    ``f``'s smallest is the ``f``-th offset id not merged."""
+    merged, final = (np.asarray(a, dtype=np.int64) for a in lut)
+    if not len(merged):
+        return np.empty((2, 0), dtype=np.int64)
+    behind = merged - np.arange(1, len(merged) + 1)  # offset ids not merged, below each merged one
+    finals = np.unique(final)
+    smallest = finals + np.searchsorted(behind, finals, side="left")
+    ids = np.concatenate([smallest, merged])
+    owner = np.concatenate([finals, final])
+    blocks = np.searchsorted(offsets, ids, side="left") - 1  # offset id o is in block k when offsets[k] < o
+    where = np.stack(np.unravel_index(blocks, grid))
+    order = np.argsort(owner, kind="stable")
+    starts = np.flatnonzero(np.r_[True, owner[order][1:] != owner[order][:-1]])
+    spread = np.maximum.reduceat(where[:, order], starts, axis=1) - np.minimum.reduceat(where[:, order], starts, axis=1)
+    big = (spread > 1).any(axis=0)
+    last = np.maximum.reduceat(blocks[order], starts)
+    return np.stack([owner[order][starts][big], last[big]])
+
+
 def _total(offsets: np.ndarray, last: np.ndarray) -> int:
     """The number of offset ids, from the offsets and the last block's label count."""
     return int(offsets[-1] + int(last)) if len(offsets) else 0

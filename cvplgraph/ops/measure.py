@@ -26,7 +26,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from cvplgraph.hooks import checkpoint_blocks
 from cvplgraph.kernels import Reduce, graph_sources, keys_token
-from cvplgraph.ops.components import BLOCK_LABELS_ATTR, BlockLabels, lut_range
+from cvplgraph.ops.components import BLOCK_LABELS_ATTR, BlockLabels, big_objects, final_range, lut_range
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import Geometry, Table, block_start
@@ -83,7 +83,7 @@ def _stats_finish(
     """The Points table from fused per-block statistics (``refs`` pick each out of ``blocks``), merged through
     the pass's lookup table."""
     parts: BlockLabels = labels.attrs[BLOCK_LABELS_ATTR]
-    return partitioned_table(Geometry.of(labels), parts.local.chunks, image is not None, refs, blocks, parts)
+    return grouped_table(Geometry.of(labels), parts.local.chunks, image is not None, refs, blocks, parts)
 
 
 #: Block rows (along z) per partition of a Points table: a partition is a slab of whole block rows.
@@ -150,6 +150,110 @@ def partitioned_table(
     graph.layers[names["part"]].annotations = {"priority": functools.partial(_slab_priority, names["merge"],
                                                                              names["lut"])}  # fmt: skip
     return Table(tuple(Delayed((names["part"], s), graph, layer=names["part"]) for s in range(len(slabs))), geometry)
+
+
+#: Blocks along x per partition of a Points table whose labels come from ``connected_components`` in the same
+#: graph (:func:`grouped_table`); ``None``: one partition per slab of :data:`ROWS_PER_PARTITION` block rows, as
+#: for labels stored with their final ids (:func:`partitioned_table`).
+BLOCKS_PER_PARTITION: int | None = 8
+
+
+def grouped_table(
+    geometry: Geometry,
+    chunks: tuple[tuple[int, ...], ...],
+    with_intensity: bool,
+    refs: list[Any],
+    sources: list[Delayed],
+    parts: BlockLabels,
+) -> Table:
+    """The Points table of per-block partial statistics of ``connected_components``' block labels, in partitions of
+    at most :data:`BLOCKS_PER_PARTITION` blocks along x: no task holds more than a few dozen blocks' statistics,
+    whatever the volume's cross-section (``refs``, ``sources``: as for :func:`partitioned_table`).
+
+    An object belongs to its owner, the first block (C order) holding a piece of it. An object spanning at most
+    two blocks along each axis has its pieces in its owner and the 13 blocks after it among the owner's 26
+    neighbours: a partition merges its own blocks' pieces and those of the blocks just after them (the next
+    block along x, the row after along y, the three rows of the next slab) and keeps the objects its blocks own.
+    The objects spanning more (:func:`~cvplgraph.ops.components.big_objects`, from the lookup table; rare for
+    cells) are handed on from partition to partition in C order, each partition adding its blocks' pieces of
+    them, and land, whole, in the partition of the last block holding a piece. Sums are exact whatever the
+    grouping (as in :func:`partitioned_table`): the rows equal the table merged whole, bit for bit."""
+    grid = tuple(len(c) for c in chunks)
+    if BLOCKS_PER_PARTITION is None:
+        return partitioned_table(geometry, chunks, with_intensity, refs, sources, parts)
+    step = max(1, int(BLOCKS_PER_PARTITION))
+    token = tokenize(keys_token(refs), parts.lut.key, with_intensity, step, geometry)
+    names = {n: f"points-{n}-{token}" for n in ("big", "merge", "carry", "part", "made")}
+    dsk: dict[Any, Any] = {names["big"]: (big_objects, parts.lut.key, parts.offsets.key, grid)}
+    runs = [(z, y, x0, min(x0 + step, grid[2])) for z in range(grid[0]) for y in range(grid[1])
+            for x0 in range(0, grid[2], step)]  # fmt: skip
+    for g, (z, y, x0, x1) in enumerate(runs):
+        own = [int(np.ravel_multi_index((z, y, x), grid)) for x in range(x0, x1)]
+        after = [(z, y, x1)] + [(z, y + 1, x) for x in range(x0 - 1, x1 + 1)]
+        after += [(z + 1, y + dy, x) for dy in (-1, 0, 1) for x in range(x0 - 1, x1 + 1)]
+        window = [int(np.ravel_multi_index(i, grid)) for i in after if all(0 <= i[a] < grid[a] for a in range(3))]
+        flats = (*own, *window)
+        ahead = (names["made"], g - MERGES_AHEAD) if g >= MERGES_AHEAD else None
+        dsk[(names["merge"], g)] = (_merge_group, ahead, parts.lut.key, parts.offsets.key, parts.total.key,
+                                    names["big"], flats, len(own), *(refs[f] for f in flats))  # fmt: skip
+        before = (names["carry"], g - 1) if g > 0 else None
+        dsk[(names["carry"], g)] = (_carry_big, before, (names["merge"], g), names["big"], own[-1])
+        dsk[(names["part"], g)] = (_group_frame, geometry, with_intensity, (names["merge"], g), (names["carry"], g))
+        dsk[(names["made"], g)] = (len, (names["part"], g))
+    deps = [*sources, parts.offsets, parts.lut, parts.total]
+    graph = HighLevelGraph.from_collections(names["part"], dsk, dependencies=graph_sources(deps))
+    graph.layers[names["part"]].annotations = {"priority": functools.partial(_slab_priority, names["merge"],
+                                                                             names["merge"])}  # fmt: skip
+    return Table(tuple(Delayed((names["part"], g), graph, layer=names["part"]) for g in range(len(runs))), geometry)
+
+
+def _merge_group(
+    ahead: int | None, lut: np.ndarray, offsets: np.ndarray, total: int, big: np.ndarray, flats: tuple[int, ...],
+    own: int, *blocks: Pieces,
+) -> tuple[dict[str, np.ndarray], Pieces]:  # fmt: skip
+    """A partition's objects (once ``ahead`` exists, as in :func:`_merge_slab`): the pieces of blocks ``flats``
+    (its ``own`` blocks first, then the blocks after them) of the objects its blocks own, combined, less the big
+    objects; and its own blocks' pieces of the big objects (for :func:`_carry_big`)."""
+    ends = [int(offsets[f + 1]) if f + 1 < len(offsets) else int(total) for f in flats]
+    lo, hi = final_range(lut, int(offsets[flats[0]]) + 1, ends[own - 1] + 1)
+    kept_ids, kept_stats, big_ids, big_stats = [], [], [], []
+    for k, (f, (ids, stats)) in enumerate(zip(flats, blocks)):
+        if not len(ids):
+            continue
+        start = int(offsets[f])
+        final = lut_range(lut, start, ends[k] + 1)[ids].astype(np.int64)
+        is_big = np.isin(final, big[0], assume_unique=False)
+        mine = (final >= lo) & (final < hi) & ~is_big
+        kept_ids.append(final[mine])
+        kept_stats.append(stats[mine])
+        if k < own and is_big.any():
+            big_ids.append(final[is_big])
+            big_stats.append(stats[is_big])
+    empty = (np.empty(0, np.int64), np.empty((0, len(PARTS))))
+    inside = _combine(np.concatenate([empty[0], *kept_ids]), np.concatenate([empty[1], *kept_stats]))
+    return inside, (np.concatenate([empty[0], *big_ids]), np.concatenate([empty[1], *big_stats]))
+
+
+def _carry_big(
+    before: tuple[dict[str, np.ndarray], Pieces] | None, merged: tuple[dict[str, np.ndarray], Pieces],
+    big: np.ndarray, last: int,
+) -> tuple[dict[str, np.ndarray], Pieces]:  # fmt: skip
+    """The big objects' pieces handed on from the partitions before and this partition's, merged: those whose last
+    block is at most ``last`` (every piece seen: partitions follow C order) combined, the others' pieces handed on."""
+    ids, stats = merged[1]
+    if before is not None:
+        ids, stats = np.concatenate([before[1][0], ids]), np.concatenate([before[1][1], stats])
+    done = big[1][np.searchsorted(big[0], ids)] <= last if len(ids) else np.zeros(0, dtype=bool)
+    ended = _combine(ids[done], stats[done])
+    return ended, (ids[~done], stats[~done])
+
+
+def _group_frame(
+    geometry: Geometry, with_intensity: bool, merged: tuple[dict[str, np.ndarray], Pieces],
+    carried: tuple[dict[str, np.ndarray], Pieces],
+) -> pd.DataFrame:  # fmt: skip
+    """A partition of :func:`grouped_table`: its objects and the big objects ending in it, sorted by label."""
+    return _partition_frame(geometry, with_intensity, merged[0], carried[0])
 
 
 def _slab_priority(merge: str, lut: str, key: tuple[str, int]) -> int:
@@ -300,7 +404,10 @@ def object_table(labels: xr.DataArray, image: xr.DataArray | None = None) -> Tab
     # (the name says what they depend on besides the node key: which labels, which blocks)
     kind = "local" if parts is not None else "final"
     partial = checkpoint_blocks(f"stats-{kind}-{tokenize(source.chunks)}", partial)
-    return partitioned_table(geometry, source.chunks, image is not None, [p.key for p in partial], partial, parts)
+    refs = [p.key for p in partial]
+    if parts is None:
+        return partitioned_table(geometry, source.chunks, image is not None, refs, partial, None)
+    return grouped_table(geometry, source.chunks, image is not None, refs, partial, parts)
 
 
 @op(

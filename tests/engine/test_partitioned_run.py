@@ -23,12 +23,17 @@ counts = "results/counts.csv"
 """
 
 
-def _run(folder: Path, url: Path, chunks: tuple[int, int, int], rows: int, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The standard spec read in ``chunks`` (partitions of ``rows`` block rows) in ``folder``."""
+def _run(
+    folder: Path, url: Path, chunks: tuple[int, int, int], rows: int, monkeypatch: pytest.MonkeyPatch,
+    blocks: int | None = None,
+) -> Path:  # fmt: skip
+    """The standard spec read in ``chunks`` in ``folder``: partitions of ``blocks`` blocks along x (or, None, of
+    slabs of ``rows`` block rows)."""
     folder.mkdir()
     text = SPEC.format(url=url, level=0.3).replace("[cache]", f"chunks = {list(chunks)}\n\n[cache]")
     (folder / "spec.toml").write_text(text.split("[outputs]")[0] + OUTPUTS)
     monkeypatch.setattr(measure, "ROWS_PER_PARTITION", rows)
+    monkeypatch.setattr(measure, "BLOCKS_PER_PARTITION", blocks)
     results = cvplgraph.run(cvplgraph.load_spec(folder / "spec.toml"), scheduler="threads")
     table = results["centroids"]
     assert all(isinstance(table[c].data, da.Array) for c in table.data_vars)  # read from the cache when asked
@@ -44,14 +49,15 @@ def test_partitioned_outputs_equal_one_partition(
     piece of an output is left beside it."""
     url, truth = synthetic
     one = _run(tmp_path / "one", url, chunks, 10**6, monkeypatch)
-    many = _run(tmp_path / "many", url, chunks, 1, monkeypatch)
+    many = _run(tmp_path / "many", url, chunks, 1, monkeypatch, blocks=1)
     expected = pd.read_csv(one / "centroids.csv")
     got = pd.read_csv(many / "centroids.csv")
     assert len(got) == len(expected) and abs(len(got) - len(truth)) <= 0.02 * len(truth)
     assert expected["label"].is_monotonic_increasing  # one partition: sorted by label, as always
     pd.testing.assert_frame_equal(got.sort_values("label", ignore_index=True), expected, check_exact=True)
     parquet = pd.read_parquet(many / "centroids.parquet")
-    assert len(list((many / "centroids.parquet").glob("part-*.parquet"))) == -(-48 // chunks[0])
+    grid = [-(-n // c) for n, c in zip((48, 192, 192), chunks)]
+    assert len(list((many / "centroids.parquet").glob("part-*.parquet"))) == grid[0] * grid[1] * grid[2]
     pd.testing.assert_frame_equal(parquet, got, check_exact=True, check_dtype=False)
     assert (many / "counts.csv").read_bytes() == (one / "counts.csv").read_bytes()
     assert not [p for p in many.iterdir() if p.name.startswith(".")]

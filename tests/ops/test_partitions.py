@@ -27,15 +27,20 @@ def volume() -> tuple[np.ndarray, np.ndarray]:
     return mask, rng.random(mask.shape).astype(np.float32)
 
 
-def _table(mask: np.ndarray, image: np.ndarray, chunks: tuple[int, ...], connectivity: int, rows: int) -> Table:
+def _table(
+    mask: np.ndarray, image: np.ndarray, chunks: tuple[int, ...], connectivity: int, rows: int = 1,
+    blocks: int | None = None,
+) -> Table:  # fmt: skip
+    """The table of ``mask``'s components in partitions of ``blocks`` blocks along x (or, None, of slabs of
+    ``rows`` block rows)."""
     geometry = Geometry(mask.shape, (4.0, 1.5, 1.5), (10.0, 0.0, -3.0))  # type: ignore[arg-type]
     labels = connected_components(wrap(da.from_array(mask, chunks=chunks), geometry), connectivity=connectivity)
-    original = measure.ROWS_PER_PARTITION
-    measure.ROWS_PER_PARTITION = rows
+    original = measure.ROWS_PER_PARTITION, measure.BLOCKS_PER_PARTITION
+    measure.ROWS_PER_PARTITION, measure.BLOCKS_PER_PARTITION = rows, blocks
     try:
         return measure.object_table(labels, wrap(da.from_array(image, chunks=chunks), geometry))
     finally:
-        measure.ROWS_PER_PARTITION = original
+        measure.ROWS_PER_PARTITION, measure.BLOCKS_PER_PARTITION = original
 
 
 @pytest.mark.parametrize("connectivity", [6, 26])
@@ -43,9 +48,9 @@ def _table(mask: np.ndarray, image: np.ndarray, chunks: tuple[int, ...], connect
 def test_partitioned_points_equal_the_whole_table(
     volume: tuple[np.ndarray, np.ndarray], chunks: tuple[int, ...], connectivity: int
 ) -> None:
-    """One partition per slab of block rows: every object once, in one partition, rows sorted by label in each;
-    together exactly (every bit) the rows of the table merged in one partition, and scipy's centroids, sizes and
-    mean intensities of the whole array."""
+    """One partition per slab of block rows, or per run of blocks along x: every object once, in one partition,
+    rows sorted by label in each; together exactly (every bit) the rows of the table merged in one partition, and
+    scipy's centroids, sizes and mean intensities of the whole array."""
     mask, image = volume
     structure = ndimage.generate_binary_structure(3, 1 if connectivity == 6 else 3)
     reference, n = ndimage.label(mask, structure)
@@ -53,10 +58,13 @@ def test_partitioned_points_equal_the_whole_table(
     assert len(whole.parts) == 1
     expected = whole.compute(scheduler="sync")
     assert len(expected) == n > 20
-    for rows in (1, 2):
-        table = _table(mask, image, chunks, connectivity, rows)
-        block_rows = -(-mask.shape[0] // chunks[0])
-        assert len(table.parts) == -(-block_rows // rows)
+    grid = [-(-n // c) for n, c in zip(mask.shape, chunks)]
+    for rows, blocks in ((1, None), (2, None), (1, 1), (1, 2), (1, 3)):
+        table = _table(mask, image, chunks, connectivity, rows, blocks)
+        if blocks is None:
+            assert len(table.parts) == -(-grid[0] // rows)
+        else:
+            assert len(table.parts) == grid[0] * grid[1] * -(-grid[2] // blocks)
         parts = [p.compute(scheduler="sync") for p in table.parts]
         for part in parts:
             assert part["label"].is_monotonic_increasing
@@ -75,12 +83,16 @@ def test_partitioned_points_equal_the_whole_table(
     np.testing.assert_allclose(expected["mean_intensity"].to_numpy()[got_order], means[order], rtol=1e-12)
 
 
-def test_a_slab_holds_objects_taller_than_several_slabs(volume: tuple[np.ndarray, np.ndarray]) -> None:
-    """An object through every slab is handed on slab after slab and lands in the last partition, whole."""
+@pytest.mark.parametrize("blocks", [None, 1])
+def test_a_slab_holds_objects_taller_than_several_slabs(
+    volume: tuple[np.ndarray, np.ndarray], blocks: int | None
+) -> None:
+    """An object through every slab is handed on slab after slab (or, in runs of blocks, partition after
+    partition) and lands in the last partition, whole."""
     mask, image = volume
     tall = mask.copy()
     tall[:, 30, 25] = 1  # a column through the whole volume along z
-    table = _table(tall, image, (5, 64, 64), 6, rows=1)
+    table = _table(tall, image, (5, 64, 64), 6, rows=1, blocks=blocks)
     parts = [p.compute(scheduler="sync") for p in table.parts]
     depth = [part["bbox_z_max"] - part["bbox_z_min"] + 1 for part in parts]
     assert max(depth[-1]) == tall.shape[0] and all(max(d, default=0) < tall.shape[0] for d in depth[:-1])
@@ -91,7 +103,7 @@ def test_every_table_op_works_partition_by_partition(volume: tuple[np.ndarray, n
     """count, density and filter_size on a partitioned table equal them on the same table in one partition;
     no task of their graphs reads more than one partition."""
     mask, image = volume
-    split = _table(mask, image, (7, 13, 50), 6, rows=1)
+    split = _table(mask, image, (7, 13, 50), 6, rows=1)  # slabs
     whole = Table(split.frame, split.geometry)
     assert len(split.parts) == 6
     for op in (
@@ -158,13 +170,17 @@ def test_pieces_combine_exactly_in_any_order_and_grouping(seed: int) -> None:
     assert all(len(v) == 0 for v in empty.values())
 
 
-def test_slabs_are_merged_at_most_a_few_ahead_of_the_partitions_made(volume: tuple[np.ndarray, np.ndarray]) -> None:
-    """Slab s's merge waits for partition s - MERGES_AHEAD (a worker would otherwise merge every slab it was given
-    and hold every partition at once); the first slabs wait for nothing but their blocks and the lookup table."""
+@pytest.mark.parametrize("blocks", [None, 1])
+def test_slabs_are_merged_at_most_a_few_ahead_of_the_partitions_made(
+    volume: tuple[np.ndarray, np.ndarray], blocks: int | None
+) -> None:
+    """Slab s's merge (or partition s's, in runs of blocks) waits for partition s - MERGES_AHEAD (a worker would
+    otherwise merge every slab it was given and hold every partition at once); the first wait for nothing but
+    their blocks and the lookup table."""
     from dask._task_spec import convert_legacy_graph
 
     mask, image = volume
-    table = _table(mask, image, (5, 64, 64), 6, 1)
+    table = _table(mask, image, (5, 64, 64), 6, 1, blocks)
     assert len(table.parts) == 8
     graph = convert_legacy_graph(dict(table.parts[-1].__dask_graph__()))
     merges = {k[1]: t for k, t in graph.items() if isinstance(k, tuple) and str(k[0]).startswith("points-merge-")}
@@ -174,6 +190,62 @@ def test_slabs_are_merged_at_most_a_few_ahead_of_the_partitions_made(volume: tup
         assert made == ({(d[0], s - measure.MERGES_AHEAD) for d in made} if s >= measure.MERGES_AHEAD else set())
         assert len(made) == (s >= measure.MERGES_AHEAD)
     # and the rows are those of one partition (the waiting changes no value)
-    whole = _table(mask, image, (5, 64, 64), 6, 8).frame.compute()
+    whole = _table(mask, image, (5, 64, 64), 6, 8).frame.compute()  # one slab
     parted = pd.concat(dask.compute(*table.parts)).sort_values("label").reset_index(drop=True)
     pd.testing.assert_frame_equal(parted, whole.sort_values("label").reset_index(drop=True), check_exact=True)
+
+
+def _segments(shape: tuple[int, int, int], chunks: tuple[int, int, int], seed: int) -> np.ndarray:
+    """Short diagonal segments (joined by corners only) through block corners and edges, in every direction: each
+    object's pieces sit in blocks before its first one along some axes and after it along others."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(shape, dtype=np.uint8)
+    corners = [np.arange(c, n, c) for n, c in zip(shape, chunks)]
+    for _ in range(60):
+        centre = [int(rng.choice(c)) if rng.random() < 0.8 else int(rng.integers(2, n - 2))
+                  for c, n in zip(corners, shape)]  # fmt: skip
+        step = rng.choice([-1, 0, 1], size=3)
+        if not step.any():
+            step[0] = 1
+        for t in range(-int(rng.integers(1, 3)), int(rng.integers(1, 4))):
+            at = [min(max(c + t * d, 0), n - 1) for c, d, n in zip(centre, step, shape)]
+            mask[tuple(at)] = 1
+    return mask
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_objects_at_block_corners_are_merged_by_their_owner(seed: int) -> None:
+    """Objects cut by block corners in every direction (26-connected diagonals): in runs of 1 or 2 blocks each
+    lies whole in one partition, and the rows equal scipy's on the whole array."""
+    shape, chunks = (24, 30, 36), (6, 10, 9)
+    mask = _segments(shape, chunks, seed)
+    image = np.random.default_rng(seed).random(shape).astype(np.float32)
+    reference, n = ndimage.label(mask, np.ones((3, 3, 3)))
+    ids = np.arange(1, n + 1)
+    centre = np.array(ndimage.center_of_mass(mask, reference, ids))
+    sizes = ndimage.sum_labels(mask, reference, ids)
+    whole = _table(mask, image, chunks, 26, rows=10**6).frame.compute(scheduler="sync")
+    assert len(whole) == n > 20
+    for blocks in (1, 2):
+        parts = [p.compute(scheduler="sync") for p in _table(mask, image, chunks, 26, blocks=blocks).parts]
+        together = pd.concat(parts, ignore_index=True).sort_values("label", ignore_index=True)
+        pd.testing.assert_frame_equal(together, whole, check_exact=True)
+    got = whole[["z", "y", "x"]].to_numpy()
+    np.testing.assert_allclose(got[np.lexsort(got.T[::-1])], centre[np.lexsort(centre.T[::-1])], rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(np.sort(whole["volume_voxels"].to_numpy()), np.sort(sizes))
+
+
+def test_a_partition_reads_a_bounded_number_of_blocks() -> None:
+    """No task of a table in runs of blocks reads more blocks' statistics than its run and the blocks just after
+    it (5 runs' worth and 9), however wide the volume's cross-section: what bounds a worker's memory by the block."""
+    from dask._task_spec import convert_legacy_graph
+
+    rng = np.random.default_rng(3)
+    mask = (rng.random((16, 64, 256)) > 0.97).astype(np.uint8)
+    for blocks in (1, 4):
+        table = _table(mask, mask.astype(np.float32), (4, 8, 8), 6, blocks=blocks)
+        graph = convert_legacy_graph(dict(table.parts[-1].__dask_graph__()))
+        merges = [t for k, t in graph.items() if isinstance(k, tuple) and str(k[0]).startswith("points-merge-")]
+        assert len(merges) == len(table.parts) == 4 * 8 * (32 // blocks)
+        widest = max(sum(1 for d in t.dependencies if str(d).startswith("_partial_stats-")) for t in merges)
+        assert widest == 5 * blocks + 9  # an inner run: itself, the next block, 1 run + 2 after, 3 runs + 6 after
