@@ -188,10 +188,13 @@ def grouped_table(
     runs = [(z, y, x0, min(x0 + step, grid[2])) for z in range(grid[0]) for y in range(grid[1])
             for x0 in range(0, grid[2], step)]  # fmt: skip
     for g, (z, y, x0, x1) in enumerate(runs):
-        own = [int(np.ravel_multi_index((z, y, x), grid)) for x in range(x0, x1)]
-        after = [(z, y, x1)] + [(z, y + 1, x) for x in range(x0 - 1, x1 + 1)]
-        after += [(z + 1, y + dy, x) for dy in (-1, 0, 1) for x in range(x0 - 1, x1 + 1)]
-        window = [int(np.ravel_multi_index(i, grid)) for i in after if all(0 <= i[a] < grid[a] for a in range(3))]
+        row = (z * grid[1] + y) * grid[2]
+        own = list(range(row + x0, row + x1))
+        xs = range(max(x0 - 1, 0), min(x1 + 1, grid[2]))  # one block wider each side, within the volume
+        after = [(z, y + 1), *((z + 1, y + dy) for dy in (-1, 0, 1))]
+        window = [row + x1] if x1 < grid[2] else []
+        window += [(zz * grid[1] + yy) * grid[2] + x for zz, yy in after if zz < grid[0] and 0 <= yy < grid[1]
+                   for x in xs]  # fmt: skip
         flats = (*own, *window)
         ahead = (names["made"], g - MERGES_AHEAD) if g >= MERGES_AHEAD else None
         dsk[(names["merge"], g)] = (_merge_group, ahead, parts.lut.key, parts.offsets.key, parts.total.key,
