@@ -197,7 +197,7 @@ def check_overlap(image: Geometry, atlas: Atlas) -> None:
     inputs={"points": PortType.Points, "atlas": PortType.Atlas},
     output=PortType.RegionTable,
     checks={"volume": lambda v: None if v in ("imaged", "atlas") else '"imaged" or "atlas"'},
-    cost="one lookup task per atlas block holding points, one voxel count per atlas block",
+    cost="one lookup task per partition of the table, one voxel count per atlas block",
 )
 def region_counts(points: Table, atlas: Atlas, *, volume: Literal["imaged", "atlas"] = "imaged") -> Table:
     """Cells, volume and density per atlas region and hemisphere, exclusive and inclusive.
@@ -266,7 +266,7 @@ def _with_regions(
     version=2,
     inputs={"points": PortType.Points, "atlas": PortType.Atlas},
     output=PortType.Points,
-    cost="one lookup task per atlas block holding points",
+    cost="one lookup task per partition of the table",
 )
 def cell_regions(points: Table, atlas: Atlas) -> Table:
     """Every cell with its atlas region: the per-cell table.
