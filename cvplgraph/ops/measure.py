@@ -29,7 +29,7 @@ from cvplgraph.kernels import Reduce, graph_sources, keys_token
 from cvplgraph.ops.components import BLOCK_LABELS_ATTR, BlockLabels, big_objects, final_range, lut_range
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
-from cvplgraph.values import Geometry, Table, block_start
+from cvplgraph.values import TREE_FANIN, Geometry, Table, block_start
 
 #: Columns of every Points table, in order; features follow.
 POINT_COLUMNS = ["label", "z", "y", "x", "z_um", "y_um", "x_um", "volume_voxels", "volume_um3"]
@@ -156,6 +156,11 @@ def partitioned_table(
 #: graph (:func:`grouped_table`); ``None``: one partition per slab of :data:`ROWS_PER_PARTITION` block rows, as
 #: for labels stored with their final ids (:func:`partitioned_table`).
 BLOCKS_PER_PARTITION: int | None = 8
+#: Runs of blocks merged ahead of the partitions made (:func:`grouped_table`; :data:`MERGES_AHEAD` for slabs): a
+#: run's merge waits for the partition this many runs before: loose enough that merges do not wait in turn on
+#: each other's round trips through the scheduler, tight enough that a worker holds a few runs' objects, not
+#: every partition's.
+RUNS_AHEAD = 16
 
 
 def grouped_table(
@@ -175,15 +180,15 @@ def grouped_table(
     neighbours: a partition merges its own blocks' pieces and those of the blocks just after them (the next
     block along x, the row after along y, the three rows of the next slab) and keeps the objects its blocks own.
     The objects spanning more (:func:`~cvplgraph.ops.components.big_objects`, from the lookup table; rare for
-    cells) are handed on from partition to partition in C order, each partition adding its blocks' pieces of
-    them, and land, whole, in the partition of the last block holding a piece. Sums are exact whatever the
+    cells) are left out of the merges: each run hands on its own blocks' pieces of them, gathered in a tree into
+    one last partition (empty when there are none), where each is combined. Sums are exact whatever the
     grouping (as in :func:`partitioned_table`): the rows equal the table merged whole, bit for bit."""
     grid = tuple(len(c) for c in chunks)
     if BLOCKS_PER_PARTITION is None:
         return partitioned_table(geometry, chunks, with_intensity, refs, sources, parts)
     step = max(1, int(BLOCKS_PER_PARTITION))
     token = tokenize(keys_token(refs), parts.lut.key, with_intensity, step, geometry)
-    names = {n: f"points-{n}-{token}" for n in ("big", "merge", "carry", "part", "made")}
+    names = {n: f"points-{n}-{token}" for n in ("big", "merge", "loose", "gather", "part", "made")}
     dsk: dict[Any, Any] = {names["big"]: (big_objects, parts.lut.key, parts.offsets.key, grid)}
     runs = [(z, y, x0, min(x0 + step, grid[2])) for z in range(grid[0]) for y in range(grid[1])
             for x0 in range(0, grid[2], step)]  # fmt: skip
@@ -196,27 +201,35 @@ def grouped_table(
         window += [(zz * grid[1] + yy) * grid[2] + x for zz, yy in after if zz < grid[0] and 0 <= yy < grid[1]
                    for x in xs]  # fmt: skip
         flats = (*own, *window)
-        ahead = (names["made"], g - MERGES_AHEAD) if g >= MERGES_AHEAD else None
+        ahead = (names["made"], g - RUNS_AHEAD) if g >= RUNS_AHEAD else None
         dsk[(names["merge"], g)] = (_merge_group, ahead, parts.lut.key, parts.offsets.key, parts.total.key,
                                     names["big"], flats, len(own), *(refs[f] for f in flats))  # fmt: skip
-        before = (names["carry"], g - 1) if g > 0 else None
-        dsk[(names["carry"], g)] = (_carry_big, before, (names["merge"], g), names["big"], own[-1])
-        dsk[(names["part"], g)] = (_group_frame, geometry, with_intensity, (names["merge"], g), (names["carry"], g))
+        dsk[(names["loose"], g)] = (operator.getitem, (names["merge"], g), 1)
+        dsk[(names["part"], g)] = (_group_frame, geometry, with_intensity, (names["merge"], g))
         dsk[(names["made"], g)] = (len, (names["part"], g))
+    # the big objects' pieces, gathered in a tree (nothing waits for it but the last partition, theirs)
+    level: list[tuple[Any, ...]] = [(names["loose"], g) for g in range(len(runs))]
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        keys = [(names["gather"], depth, i) for i in range(0, len(level), TREE_FANIN)]
+        dsk.update({k: (_gather_pieces, *level[k[2] : k[2] + TREE_FANIN]) for k in keys})
+        level = keys
+    dsk[(names["part"], len(runs))] = (_big_frame, geometry, with_intensity, level[0])
     deps = [*sources, parts.offsets, parts.lut, parts.total]
     graph = HighLevelGraph.from_collections(names["part"], dsk, dependencies=graph_sources(deps))
     graph.layers[names["part"]].annotations = {"priority": functools.partial(_slab_priority, names["merge"],
                                                                              names["merge"])}  # fmt: skip
-    return Table(tuple(Delayed((names["part"], g), graph, layer=names["part"]) for g in range(len(runs))), geometry)
+    return Table(tuple(Delayed((names["part"], g), graph, layer=names["part"]) for g in range(len(runs) + 1)), geometry)
 
 
 def _merge_group(
     ahead: int | None, lut: np.ndarray, offsets: np.ndarray, total: int, big: np.ndarray, flats: tuple[int, ...],
     own: int, *blocks: Pieces,
 ) -> tuple[dict[str, np.ndarray], Pieces]:  # fmt: skip
-    """A partition's objects (once ``ahead`` exists, as in :func:`_merge_slab`): the pieces of blocks ``flats``
+    """A partition's objects (once ``ahead`` exists, :data:`RUNS_AHEAD`): the pieces of blocks ``flats``
     (its ``own`` blocks first, then the blocks after them) of the objects its blocks own, combined, less the big
-    objects; and its own blocks' pieces of the big objects (for :func:`_carry_big`)."""
+    objects; and its own blocks' pieces of the big objects (for the last partition)."""
     ends = [int(offsets[f + 1]) if f + 1 < len(offsets) else int(total) for f in flats]
     lo, hi = final_range(lut, int(offsets[flats[0]]) + 1, ends[own - 1] + 1)
     kept_ids, kept_stats, big_ids, big_stats = [], [], [], []
@@ -237,26 +250,22 @@ def _merge_group(
     return inside, (np.concatenate([empty[0], *big_ids]), np.concatenate([empty[1], *big_stats]))
 
 
-def _carry_big(
-    before: tuple[dict[str, np.ndarray], Pieces] | None, merged: tuple[dict[str, np.ndarray], Pieces],
-    big: np.ndarray, last: int,
-) -> tuple[dict[str, np.ndarray], Pieces]:  # fmt: skip
-    """The big objects' pieces handed on from the partitions before and this partition's, merged: those whose last
-    block is at most ``last`` (every piece seen: partitions follow C order) combined, the others' pieces handed on."""
-    ids, stats = merged[1]
-    if before is not None:
-        ids, stats = np.concatenate([before[1][0], ids]), np.concatenate([before[1][1], stats])
-    done = big[1][np.searchsorted(big[0], ids)] <= last if len(ids) else np.zeros(0, dtype=bool)
-    ended = _combine(ids[done], stats[done])
-    return ended, (ids[~done], stats[~done])
+def _gather_pieces(*pieces: Pieces) -> Pieces:
+    """Pieces of big objects put together, not combined (an object's intensity pieces are added once, all of
+    them, to be exact: :func:`_combine`)."""
+    return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
 
 
 def _group_frame(
-    geometry: Geometry, with_intensity: bool, merged: tuple[dict[str, np.ndarray], Pieces],
-    carried: tuple[dict[str, np.ndarray], Pieces],
-) -> pd.DataFrame:  # fmt: skip
-    """A partition of :func:`grouped_table`: its objects and the big objects ending in it, sorted by label."""
-    return _partition_frame(geometry, with_intensity, merged[0], carried[0])
+    geometry: Geometry, with_intensity: bool, merged: tuple[dict[str, np.ndarray], Pieces]
+) -> pd.DataFrame:
+    """A partition of :func:`grouped_table`: the objects its blocks own, less the big ones, sorted by label."""
+    return _frame(geometry, with_intensity, merged[0])
+
+
+def _big_frame(geometry: Geometry, with_intensity: bool, pieces: Pieces) -> pd.DataFrame:
+    """The last partition of :func:`grouped_table`: the big objects, each combined from all its pieces."""
+    return _frame(geometry, with_intensity, _combine(*pieces))
 
 
 def _slab_priority(merge: str, lut: str, key: tuple[str, int]) -> int:

@@ -64,7 +64,7 @@ def test_partitioned_points_equal_the_whole_table(
         if blocks is None:
             assert len(table.parts) == -(-grid[0] // rows)
         else:
-            assert len(table.parts) == grid[0] * grid[1] * -(-grid[2] // blocks)
+            assert len(table.parts) == grid[0] * grid[1] * -(-grid[2] // blocks) + 1  # and the big objects'
         parts = [p.compute(scheduler="sync") for p in table.parts]
         for part in parts:
             assert part["label"].is_monotonic_increasing
@@ -172,7 +172,7 @@ def test_pieces_combine_exactly_in_any_order_and_grouping(seed: int) -> None:
 
 @pytest.mark.parametrize("blocks", [None, 1])
 def test_slabs_are_merged_at_most_a_few_ahead_of_the_partitions_made(
-    volume: tuple[np.ndarray, np.ndarray], blocks: int | None
+    volume: tuple[np.ndarray, np.ndarray], blocks: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Slab s's merge (or partition s's, in runs of blocks) waits for partition s - MERGES_AHEAD (a worker would
     otherwise merge every slab it was given and hold every partition at once); the first wait for nothing but
@@ -180,15 +180,17 @@ def test_slabs_are_merged_at_most_a_few_ahead_of_the_partitions_made(
     from dask._task_spec import convert_legacy_graph
 
     mask, image = volume
+    monkeypatch.setattr(measure, "RUNS_AHEAD", 3)
+    ahead = measure.MERGES_AHEAD if blocks is None else measure.RUNS_AHEAD
     table = _table(mask, image, (5, 64, 64), 6, 1, blocks)
-    assert len(table.parts) == 8
+    assert len(table.parts) == 8 + (blocks is not None)  # runs of blocks: and the big objects' partition
     graph = convert_legacy_graph(dict(table.parts[-1].__dask_graph__()))
     merges = {k[1]: t for k, t in graph.items() if isinstance(k, tuple) and str(k[0]).startswith("points-merge-")}
     assert sorted(merges) == list(range(8))
     for s, task in merges.items():
         made = {d for d in task.dependencies if str(d[0]).startswith("points-made-")}
-        assert made == ({(d[0], s - measure.MERGES_AHEAD) for d in made} if s >= measure.MERGES_AHEAD else set())
-        assert len(made) == (s >= measure.MERGES_AHEAD)
+        assert made == ({(d[0], s - ahead) for d in made} if s >= ahead else set())
+        assert len(made) == (s >= ahead)
     # and the rows are those of one partition (the waiting changes no value)
     whole = _table(mask, image, (5, 64, 64), 6, 8).frame.compute()  # one slab
     parted = pd.concat(dask.compute(*table.parts)).sort_values("label").reset_index(drop=True)
@@ -246,6 +248,6 @@ def test_a_partition_reads_a_bounded_number_of_blocks() -> None:
         table = _table(mask, mask.astype(np.float32), (4, 8, 8), 6, blocks=blocks)
         graph = convert_legacy_graph(dict(table.parts[-1].__dask_graph__()))
         merges = [t for k, t in graph.items() if isinstance(k, tuple) and str(k[0]).startswith("points-merge-")]
-        assert len(merges) == len(table.parts) == 4 * 8 * (32 // blocks)
+        assert len(merges) == len(table.parts) - 1 == 4 * 8 * (32 // blocks)
         widest = max(sum(1 for d in t.dependencies if str(d).startswith("_partial_stats-")) for t in merges)
         assert widest == 5 * blocks + 9  # an inner run: itself, the next block, 1 run + 2 after, 3 runs + 6 after
