@@ -19,7 +19,7 @@ from cvplgraph.errors import CacheError, DamagedStore, InputError
 from cvplgraph.io.meter import READ, WRITTEN, count
 from cvplgraph.io.stores import child_array, create_group, cvplgraph_attrs, open_group, read_array, zarr_location
 from cvplgraph.types import PortType
-from cvplgraph.values import DIMS, BlockCounts, Geometry, Table, unit_attrs
+from cvplgraph.values import DIMS, BlockCounts, Geometry, Table, per_part, unit_attrs
 
 
 def _write_table(url: str, frame: pd.DataFrame, geometry: Geometry) -> int:
@@ -113,15 +113,17 @@ def part_file(url: str, k: int) -> str:
 
 def write_partitions(url: str, table: Table) -> Delayed:
     """One task per partition writing it, then one writing the description (the value is the row count)."""
-    written = [dask.delayed(_write_part, pure=False)(part_file(url, k), part) for k, part in enumerate(table.parts)]
+    written = per_part(_write_part, table.parts, url, pure=False, numbered=True)
     return dask.delayed(_describe_parts, pure=False)(url, table.geometry, *written)
 
 
-def _write_part(path: str, frame: pd.DataFrame) -> tuple[int, list[str], int]:
-    """One partition as a Parquet file (written to a temporary name, then renamed): its rows, columns and bytes."""
+def _write_part(frame: pd.DataFrame, url: str, k: int) -> tuple[int, list[str], int]:
+    """Partition ``k`` as a Parquet file of the table at ``url`` (written to a temporary name, then renamed): its
+    rows, columns and bytes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    path = part_file(url, k)
     try:
         fs, target = fsspec.core.url_to_fs(path)
         fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)

@@ -13,7 +13,7 @@ from cvplgraph.errors import OpError
 from cvplgraph.ops.measure import object_table
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
-from cvplgraph.values import BlockCounts, Geometry, Table, grid_shape, tree_sum, wrap
+from cvplgraph.values import BlockCounts, Geometry, Table, grid_shape, per_part, tree_sum, wrap
 
 
 def block_problem(block: tuple[int, ...]) -> str | None:
@@ -53,8 +53,7 @@ def _block_counts(
     table: Table, block: tuple[int, int, int], grid: tuple[int, int, int], min_voxels: int, typical: float
 ) -> Delayed:
     """Counts per block of every partition of ``table``, added up in a tree (no task holds the whole table)."""
-    parts = [dask.delayed(_count_per_block, pure=True)(part, block, grid, min_voxels, typical) for part in table.parts]
-    return tree_sum(parts, _add)
+    return tree_sum(per_part(_count_per_block, table.parts, block, grid, min_voxels, typical), _add)
 
 
 def _as_table(objects: Table | xr.DataArray) -> Table:
