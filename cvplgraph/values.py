@@ -10,6 +10,7 @@ measured in); BlockCounts as :class:`BlockCounts`.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -141,20 +142,20 @@ def per_part(
     func: Callable[..., Any], parts: Sequence[Delayed], *args: Any, pure: bool = True, numbered: bool = False
 ) -> list[Delayed]:
     """``func(part, *args)`` (``func(part, *args, k)`` when ``numbered``) for every partition ``k`` of ``parts``,
-    lazily: one graph layer of plain tasks when ``args`` hold no dask collection (a whole brain's table has 10⁴
-    partitions, and ``dask.delayed`` costs ~0.2 ms a call), else ``dask.delayed``. Not ``pure``: fresh keys (for
-    writes)."""
-    if any(dask.is_dask_collection(a) for a in args):
-        return [dask.delayed(func, pure=pure)(part, *args, *((k,) if numbered else ())) for k, part in enumerate(parts)]
-    import uuid
-
+    lazily: one graph layer of plain tasks when ``args`` hold no dask collection, however nested (a whole brain's
+    table has 10⁴ partitions, and a ``dask.delayed`` call costs ~0.2 ms), else ``dask.delayed``. Keys are named
+    as ``dask.delayed`` names them; not ``pure``: fresh keys (for writes)."""
     from dask.base import tokenize
+    from dask.delayed import unpack_collections
     from dask.highlevelgraph import HighLevelGraph
+    from dask.utils import funcname
 
+    numbers = [(k,) if numbered else () for k in range(len(parts))]
+    if unpack_collections(list(args))[1]:
+        return [dask.delayed(func, pure=pure)(part, *args, *n) for part, n in zip(parts, numbers)]
     token = tokenize(func, keys_token([p.key for p in parts]), args) if pure else uuid.uuid4().hex
-    name = f"{getattr(func, '__name__', 'part').lstrip('_')}-{token}"
-    extra = [(k,) if numbered else () for k in range(len(parts))]
-    layer: dict[Any, Any] = {(name, k): (func, part.key, *args, *extra[k]) for k, part in enumerate(parts)}
+    name = f"{funcname(func)}-{token}"
+    layer: dict[Any, Any] = {(name, k): (func, part.key, *args, *numbers[k]) for k, part in enumerate(parts)}
     graph = HighLevelGraph.from_collections(name, layer, dependencies=graph_sources(parts))
     return [Delayed((name, k), graph, layer=name) for k in range(len(parts))]
 

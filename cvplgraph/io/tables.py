@@ -183,7 +183,7 @@ def points_dataset(url: str) -> Any:
     the columns of a run's table, read partition by partition (and column by column) only when asked for.
 
     The ``cell`` dimension has no coordinate (rows are numbered by position): an index would be an array of every
-    row in this process, 0.8 GB at 10⁸ cells, the only thing in a whole brain's run growing with the cells."""
+    row in this process, 0.8 GB at 10⁸ cells (the client's only growth with the cells that memray found)."""
     import dask.array as da
     import pyarrow.parquet as pq
     import xarray as xr

@@ -147,8 +147,8 @@ def partitioned_table(
     graph = HighLevelGraph.from_collections(names["part"], dsk, dependencies=graph_sources(deps))
     # on a cluster, the work downstream of the partitions made goes before the next slab's merge (and slabs merge in
     # order): every partition is then taken, written and let go soon after it is made
-    graph.layers[names["part"]].annotations = {"priority": functools.partial(_slab_priority, names["merge"],
-                                                                             names["lut"])}  # fmt: skip
+    graph.layers[names["part"]].annotations = {"priority": functools.partial(_slab_priority,
+                                                                             (names["merge"], names["lut"]))}
     return Table(tuple(Delayed((names["part"], s), graph, layer=names["part"]) for s in range(len(slabs))), geometry)
 
 
@@ -183,9 +183,9 @@ def grouped_table(
     cells) are left out of the merges: each run hands on its own blocks' pieces of them, gathered in a tree into
     one last partition (empty when there are none), where each is combined. Sums are exact whatever the
     grouping (as in :func:`partitioned_table`): the rows equal the table merged whole, bit for bit."""
-    grid = tuple(len(c) for c in chunks)
     if BLOCKS_PER_PARTITION is None:
         return partitioned_table(geometry, chunks, with_intensity, refs, sources, parts)
+    grid = tuple(len(c) for c in chunks)
     step = max(1, int(BLOCKS_PER_PARTITION))
     token = tokenize(keys_token(refs), parts.lut.key, with_intensity, step, geometry)
     names = {n: f"points-{n}-{token}" for n in ("big", "merge", "loose", "gather", "part", "made")}
@@ -218,8 +218,7 @@ def grouped_table(
     dsk[(names["part"], len(runs))] = (_big_frame, geometry, with_intensity, level[0])
     deps = [*sources, parts.offsets, parts.lut, parts.total]
     graph = HighLevelGraph.from_collections(names["part"], dsk, dependencies=graph_sources(deps))
-    graph.layers[names["part"]].annotations = {"priority": functools.partial(_slab_priority, names["merge"],
-                                                                             names["merge"])}  # fmt: skip
+    graph.layers[names["part"]].annotations = {"priority": functools.partial(_slab_priority, (names["merge"],))}
     return Table(tuple(Delayed((names["part"], g), graph, layer=names["part"]) for g in range(len(runs) + 1)), geometry)
 
 
@@ -268,10 +267,11 @@ def _big_frame(geometry: Geometry, with_intensity: bool, pieces: Pieces) -> pd.D
     return _frame(geometry, with_intensity, _combine(*pieces))
 
 
-def _slab_priority(merge: str, lut: str, key: tuple[str, int]) -> int:
-    """A scheduling priority (distributed runs ready tasks of higher priority first, default 0): a slab's merge
-    (and its share of the lookup table) after every task downstream of the slabs already merged, slabs in order."""
-    return -1 - int(key[1]) if key[0] in (merge, lut) else 0
+def _slab_priority(merges: tuple[str, ...], key: tuple[str, int]) -> int:
+    """A scheduling priority (distributed runs ready tasks of higher priority first, default 0): partition ``s``'s
+    merge tasks (the layers ``merges``: a slab's merge and its share of the lookup table, or a run's merge) after
+    every task downstream of the partitions already merged, partitions in order."""
+    return -1 - int(key[1]) if key[0] in merges else 0
 
 
 #: Pieces of objects: ids and one row of :data:`PARTS` statistics each.
