@@ -31,6 +31,7 @@ from cvplgraph.cache.store import read_cached
 from cvplgraph.engine.cluster import connect, ship_plugins
 from cvplgraph.engine.commit import commit, provenance
 from cvplgraph.engine.failures import cluster_failed_keys, local_failed_keys, node_failure, task_owners
+from cvplgraph.engine.lean import lean_workers
 from cvplgraph.engine.lower import Lowered, known_ids, lower
 from cvplgraph.engine.plan import Plan, make_plan
 from cvplgraph.engine.progress import Display, as_display, cluster_progress, counting, local_progress
@@ -173,6 +174,7 @@ def _compute(
 
             stream = stack.enter_context(get_task_stream(client))
         figures = stack.enter_context(counting(client, display))
+        stack.enter_context(lean_workers(client))  # workers bounded by the block, not by the graph (lean.py)
         futures = client.compute(collections)
         try:
             cluster_progress(futures, display, figures)
