@@ -174,7 +174,7 @@ def _compute(
 
             stream = stack.enter_context(get_task_stream(client))
         figures = stack.enter_context(counting(client, display))
-        stack.enter_context(lean_workers(client))  # workers bounded by the block, not by the graph (lean.py)
+        stack.enter_context(lean_workers(client))  # workers drop their finished tasks' calls (lean.py)
         futures = client.compute(collections)
         try:
             cluster_progress(futures, display, figures)

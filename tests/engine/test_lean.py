@@ -59,13 +59,13 @@ def test_a_worker_keeps_finished_tasks_without_their_calls(client: Any) -> None:
     # without the plugin (the control): the worker keeps every task under the result it holds, calls and all
     root = client.get(chains(20, "plain"), "root-plain", sync=False)
     assert root.result() == expected(20)
-    ((plain,),) = [list(client.run(kept, tag="plain").values())]
+    (plain,) = client.run(kept, tag="plain").values()
     assert len(plain) == 40 and all(holds for _, holds in plain.values())
     with lean_workers(client) as taken:
         assert taken
         root = client.get(chains(20, "lean"), "root-lean", sync=False)
         assert root.result() == expected(20)
-        ((lean,),) = [list(client.run(kept, tag="lean").values())]
+        (lean,) = client.run(kept, tag="lean").values()
         assert len(lean) == 40  # distributed's bookkeeping stays until the result is released
         assert {state for state, _ in lean.values()} == {"released"}
         assert not any(holds for _, holds in lean.values())
