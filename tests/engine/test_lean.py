@@ -4,6 +4,7 @@ leaving no plugin behind."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,8 +78,19 @@ def test_a_worker_keeps_finished_tasks_without_their_calls(client: Any) -> None:
 
 
 def test_a_run_on_a_cluster_leaves_no_plugin_and_the_same_table(
-    client: Any, synthetic: tuple[Path, pd.DataFrame], tmp_path: Path
+    client: Any, synthetic: tuple[Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import cvplgraph.engine.execute as execute
+
+    taken: list[bool] = []
+
+    @contextlib.contextmanager
+    def spied(c: Any) -> Iterator[bool]:
+        with lean_workers(c) as ok:
+            taken.append(ok)
+            yield ok
+
+    monkeypatch.setattr(execute, "lean_workers", spied)
     image, _ = synthetic
     tables = []
     for name, scheduler in (("threads", {"scheduler": "threads"}), ("cluster", {"client": client})):
@@ -89,5 +101,6 @@ def test_a_run_on_a_cluster_leaves_no_plugin_and_the_same_table(
         cvplgraph.run(cvplgraph.load_spec(spec), progress=False, **scheduler)
         tables.append(pd.read_csv(folder / "results" / "centroids.csv").sort_values(["z", "y", "x"], ignore_index=True))
     pd.testing.assert_frame_equal(tables[0], tables[1])
+    assert taken == [True]  # the cluster run had the plugin, the threaded one no cluster to put it on
     names = client.run(lambda dask_worker: sorted(dask_worker.plugins))
     assert not [n for ns in names.values() for n in ns if n.startswith("cvplgraph-lean")]
