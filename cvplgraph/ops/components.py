@@ -214,22 +214,62 @@ def _union(offsets: np.ndarray, total: np.ndarray | int, *pair_arrays: np.ndarra
 
     Objects are numbered 1..N in the order of their smallest offset id. A (2, k) int64 array: the offset ids
     that are not the smallest of their component (ascending), and the final id of each; every other offset id
-    ``o`` is the smallest of its object, numbered ``o`` less the listed ids below it (:func:`lut_range`)."""
-    codes = np.concatenate([np.empty((0, 2), dtype=np.int64), *pair_arrays])
-    pairs = offsets[codes >> BLOCK_SHIFT] + (codes & ((1 << BLOCK_SHIFT) - 1))  # (block, local id) → offset id
-    nodes, inverse = np.unique(pairs, return_inverse=True)  # the ids in pairs, ascending
-    inverse = inverse.reshape(pairs.shape)
+    ``o`` is the smallest of its object, numbered ``o`` less the listed ids below it (:func:`lut_range`).
+
+    A whole volume's step in one task, so it keeps few arrays as long as the pairs at once (a 100 GB volume has
+    millions of pairs): the pairs are translated row by row into one array, the graph's node numbers are int32."""
+    n_pairs = sum(len(p) for p in pair_arrays)
+    pairs = np.empty((n_pairs, 2), dtype=np.int64)
+    at = 0
+    for codes in pair_arrays:  # (block, local id) → offset id, one row's pairs at a time
+        out = pairs[at : at + len(codes)]
+        out[...] = offsets[codes >> BLOCK_SHIFT]
+        out += codes & LOCAL_MASK
+        at += len(codes)
+    nodes, ends = _numbered(pairs.reshape(-1))  # the ids in pairs, ascending, and each pair's two node numbers
+    del pairs
     n = len(nodes)
-    graph = sparse.coo_matrix((np.ones(len(pairs), dtype=np.int8), (inverse[:, 0], inverse[:, 1])), shape=(n, n))
+    ends = ends.reshape(n_pairs, 2)
+    graph = sparse.coo_matrix((np.ones(n_pairs, dtype=np.int8), (ends[:, 0], ends[:, 1])), shape=(n, n))
+    del ends
     _, comp = csgraph.connected_components(graph, directed=False)
+    del graph
     first = np.full(comp.max(initial=-1) + 1, n, dtype=np.int64)
     np.minimum.at(first, comp, np.arange(n))  # nodes ascend: a component's first node is its smallest id
     smallest = nodes[first[comp]]
+    del first, comp
     dropped = nodes != smallest
     merged, into = nodes[dropped], smallest[dropped]
+    del nodes, smallest, dropped
     if int(total) - len(merged) > np.iinfo(LABEL_DTYPE).max:
         raise OpError("more objects than int32 labels can hold")
-    return np.stack([merged, into - np.searchsorted(merged, into)]).astype(np.int64)
+    into -= np.searchsorted(merged, into)
+    return np.stack([merged, into])
+
+
+def _numbered(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of ``ids`` ascending, and the number of each id among them (int32 while they fit):
+    ``np.unique(ids, return_inverse=True)`` with fewer temporaries (and sorting, not hashing, which numpy's
+    ``unique`` does for integers and takes seconds on millions of them)."""
+    order = np.argsort(ids)
+    ordered = ids[order]
+    new = np.empty(len(ids), dtype=bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    values = ordered[new]
+    del ordered
+    dtype = np.int32 if len(values) < 2**31 else np.int64
+    numbers = np.empty(len(ids), dtype=dtype)
+    numbers[order] = np.cumsum(new, dtype=dtype) - 1
+    return values, numbers
+
+
+#: The local id's bits in a pair's code (:data:`BLOCK_SHIFT`).
+LOCAL_MASK = (1 << BLOCK_SHIFT) - 1
+
+#: How many entries the whole-volume steps (:func:`_union`, :func:`big_objects`) take at a time where they
+#: make temporaries: a few MB each, however long the lookup table.
+STEP = 1 << 18
 
 
 def lut_range(lut: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -256,23 +296,39 @@ def big_objects(lut: np.ndarray, offsets: np.ndarray, grid: tuple[int, int, int]
     Every other object lies in its owner's block (the first, C order, holding a piece) and the 13 neighbours after
     it (:func:`cvplgraph.ops.measure.grouped_table` merges those there). The pieces of a cut object are the offset
     ids the lookup table lists (merged into it) and its smallest, which the table does not list: the final id
-    ``f``'s smallest is the ``f``-th offset id not merged."""
+    ``f``'s smallest is the ``f``-th offset id not merged.
+
+    A whole volume's step in one task: per object (not per piece) it keeps its blocks' lowest and highest place
+    along each axis as int32, and takes the table's pieces :data:`STEP` at a time."""
     merged, final = (np.asarray(a, dtype=np.int64) for a in lut)
     if not len(merged):
         return np.empty((2, 0), dtype=np.int64)
+    finals = np.unique(final)  # the objects cut by a face, ascending
     behind = merged - np.arange(1, len(merged) + 1)  # offset ids not merged, below each merged one
-    finals = np.unique(final)
     smallest = finals + np.searchsorted(behind, finals, side="left")
-    ids = np.concatenate([smallest, merged])
-    owner = np.concatenate([finals, final])
-    blocks = np.searchsorted(offsets, ids, side="left") - 1  # offset id o is in block k when offsets[k] < o
-    where = np.stack(np.unravel_index(blocks, grid))
-    order = np.argsort(owner, kind="stable")
-    starts = np.flatnonzero(np.r_[True, owner[order][1:] != owner[order][:-1]])
-    spread = np.maximum.reduceat(where[:, order], starts, axis=1) - np.minimum.reduceat(where[:, order], starts, axis=1)
-    big = (spread > 1).any(axis=0)
-    last = np.maximum.reduceat(blocks[order], starts)
-    return np.stack([owner[order][starts][big], last[big]])
+    del behind
+    last = _block_of(offsets, smallest)  # each object's last block so far: its smallest's
+    del smallest
+    strides = (grid[1] * grid[2], grid[2], 1)
+    low = [((last // stride) % size).astype(np.int32) for stride, size in zip(strides, grid)]
+    high = [a.copy() for a in low]
+    for start in range(0, len(merged), STEP):  # the other pieces: the listed ids
+        which = np.searchsorted(finals, final[start : start + STEP])
+        blocks = _block_of(offsets, merged[start : start + STEP])
+        np.maximum.at(last, which, blocks)
+        for axis, (stride, size) in enumerate(zip(strides, grid)):
+            place = ((blocks // stride) % size).astype(np.int32)
+            np.minimum.at(low[axis], which, place)
+            np.maximum.at(high[axis], which, place)
+    big = np.zeros(len(finals), dtype=bool)
+    for lo, hi in zip(low, high):
+        big |= hi - lo > 1
+    return np.stack([finals[big], last[big]])
+
+
+def _block_of(offsets: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The flat block index of each offset id: id ``o`` is in block ``k`` when ``offsets[k] < o``, the last such."""
+    return np.searchsorted(offsets, ids, side="left") - 1
 
 
 def _total(offsets: np.ndarray, last: np.ndarray) -> int:

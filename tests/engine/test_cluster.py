@@ -340,3 +340,27 @@ def test_the_slurm_recipe_from_the_docs_runs_a_pipeline(
     text = script.read_text()
     assert "#SBATCH --mem=" in text and "--nworkers 2" in text and "tcp://127.0.0.1:" in text
     assert (jobs / "cancelled").exists()  # the factory's cluster was closed: its job cancelled
+
+
+def _profiling(dask_worker) -> bool:  # noqa: ANN001
+    return "profile" in dask_worker.periodic_callbacks
+
+
+@pytest.mark.parametrize("env", [None, "True"])
+def test_the_local_cluster_runs_its_workers_without_the_profiler_unless_the_environment_says(
+    spec_file: Path, env: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """distributed's statistical profiler keeps a history that grows through a long run (docs/scale.md): the
+    LocalCluster a run starts has it off, over the caller's dask settings (on here, as by default); with the
+    environment variable set the workers run as those settings say."""
+    import dask
+
+    from cvplgraph.engine.cluster import PROFILER_ENV, local_cluster
+
+    spec_file.write_text(spec_file.read_text().replace("[nodes.mask]", "[cluster]\nn_workers = 1\n\n[nodes.mask]"))
+    spec = cvplgraph.load_spec(spec_file)
+    if env is not None:
+        monkeypatch.setenv(PROFILER_ENV, env)
+    with dask.config.set({"distributed.worker.profile.enabled": True}), local_cluster(spec) as client:
+        (profiling,) = client.run(_profiling).values()
+    assert profiling is (env is not None)
