@@ -156,7 +156,12 @@ class Spilled:
     head: np.ndarray
 
     def load(self, k: int) -> tuple[np.ndarray, ...]:
-        return unpack(_read(f"{self.url}.{k}"))
+        return load_spilled(self.url, k)
+
+
+def load_spilled(url: str, k: int) -> tuple[np.ndarray, ...]:
+    """Item ``k`` of what :func:`spill_results` wrote to ``url`` (read by its url alone, without the handle)."""
+    return unpack(_read(f"{url}.{k}"))
 
 
 def spill_results(url: str, results: tuple[tuple[np.ndarray, ...], ...]) -> Spilled:

@@ -53,6 +53,7 @@ from cvplgraph.cache.store import CachedWrite, fused_array_targets
 from cvplgraph.engine.plan import Plan, Status
 from cvplgraph.errors import CvplError, OpFailed
 from cvplgraph.kernels import LocalPass, Pointwise, Reduce, graph_sources, keys_token
+from cvplgraph.ops.components import BLOCK_LABELS_ATTR
 
 #: The name fused tasks carry, with a token: one task per block of a group.
 FUSED = "fused"
@@ -384,12 +385,20 @@ def build_group(
         with _scope(plan, chain.local):
             args = (blocks, provisional, mask, kept, refs[0], heads)
             values[chain.local] = _finish(local, kernel.finish, args, params)
+        parts = values[chain.local].attrs.get(BLOCK_LABELS_ATTR) if layout.scratch is not None else None
         for k, rname in enumerate(chain.reduces, start=1):
             node = plan.node(rname)
             rvalues = [others[s] for s in sources(plan, rname)[1:]]
             reduce: Any = node.opdef.kernel  # a Reduce (find_groups)
+            picks: list[Any] = refs[k]
+            if parts is not None:
+                # read from the scratch folder by block number once every block is done (the offsets wait for all
+                # of them): a block's task is then needed only by its row's small tasks, and a worker forgets it
+                # (with its record) once those ran, not when the last partition is merged (engine/lean.py)
+                after = parts.offsets.key
+                picks = [(_load_spilled, f"{layout.scratch}/{i}-{c}", k, after) for i in range(len(indices))]
             with _scope(plan, rname):
-                args = (blocks, refs[k], values[chain.local], *rvalues)
+                args = (blocks, picks, values[chain.local], *rvalues)
                 values[rname] = _finish(node, reduce.finish, args, dict(node.params))
     return Built(values, cached)
 
@@ -427,6 +436,14 @@ def _pick(result: tuple[Any, ...], chain: int, k: int) -> Any:
 
     item = result[chain]
     return item.load(k) if isinstance(item, Spilled) else item[k]
+
+
+def _load_spilled(url: str, k: int, after: Any) -> Any:
+    """Item ``k`` of the small results a fused task spilled to ``url`` (:func:`run_block`), read without that
+    task's result; ``after``: a value its task waits for, one computed after every block's task."""
+    from cvplgraph.cache.checkpoint import load_spilled
+
+    return load_spilled(url, k)
 
 
 def _head(result: tuple[Any, ...], chain: int) -> Any:

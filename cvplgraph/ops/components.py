@@ -120,9 +120,14 @@ def _face(summary: Summary, axis: int, last: bool) -> np.ndarray:
     return out
 
 
-def _offsets(counts: list[np.ndarray]) -> np.ndarray:
-    """Each block's first offset id less one, from the blocks' label counts (their summaries' first arrays)."""
-    n = np.array([int(c) for c in counts], dtype=np.int64)
+def _row_counts(*counts: np.ndarray) -> np.ndarray:
+    """A row of blocks' label counts (their summaries' first arrays), as one int64 array."""
+    return np.array([int(c) for c in counts], dtype=np.int64)
+
+
+def _offsets(rows: list[np.ndarray]) -> np.ndarray:
+    """Each block's first offset id less one, from every row's label counts (:func:`_row_counts`, in order)."""
+    n = np.concatenate([np.empty(0, dtype=np.int64), *rows])
     return np.concatenate([[0], np.cumsum(n)[:-1]])
 
 
@@ -376,7 +381,14 @@ def union_of(
     strides = (grid[1] * grid[2], grid[2], 1)
     face_keys = refs if refs is not None else [value.key for value in summaries]
     counts = heads if heads is not None else [(operator.getitem, k, 0) for k in face_keys]
-    dsk: dict = {offsets: (_offsets, counts), total: (_total, offsets, counts[-1])}
+    # a row's counts are gathered as soon as its blocks are done (like its pairs, below): the offsets wait for the
+    # rows, not for every block, so a worker forgets a block's task once its row's small tasks ran (engine/lean.py)
+    row_counts = f"row-counts-{token}"
+    per_row = grid[2]
+    row_dsk: dict = {(row_counts, r): (_row_counts, *counts[r * per_row : (r + 1) * per_row])
+               for r in range(grid[0] * grid[1])}  # fmt: skip
+    rows = list(row_dsk)
+    dsk: dict = {offsets: (_offsets, rows), total: (_total, offsets, (operator.getitem, rows[-1], -1))}
     steps = (-1, 0, 1) if connectivity == 26 else (0,)
     moves = {axis: [(d0, d1, [a for a in range(3) if a != axis]) for d0, d1 in itertools.product(steps, steps)]
              for axis in range(3)}  # fmt: skip
@@ -412,17 +424,20 @@ def union_of(
             pair_keys.append(key)
     dsk[lut] = (_union, offsets, total, *pair_keys)
     dsk[count] = (_count, lut, total)
-    sources = graph_sources(summaries)
+    blocks = graph_sources(summaries)
+    row_graph = HighLevelGraph.from_collections(row_counts, row_dsk, dependencies=blocks)
+    row_graph.layers[row_counts].annotations = {"priority": PAIRS_PRIORITY}
+    sources = [*blocks, Delayed(rows[0], row_graph, layer=row_counts)]
     if pair_dsk:  # a row's pairs run as soon as its blocks are done, between blocks: not all at the end, in series
-        pair_graph = HighLevelGraph.from_collections(pairs, pair_dsk, dependencies=sources)
+        pair_graph = HighLevelGraph.from_collections(pairs, pair_dsk, dependencies=blocks)
         pair_graph.layers[pairs].annotations = {"priority": PAIRS_PRIORITY}
-        sources = [*sources, Delayed(pair_keys[0], pair_graph, layer=pairs)]
+        sources.append(Delayed(pair_keys[0], pair_graph, layer=pairs))
     graph = HighLevelGraph.from_collections(token, dsk, dependencies=sources)
     return BlockLabels(local, *(Delayed(k, graph, layer=token) for k in (offsets, lut, count, total)))
 
 
-#: The scheduling priority of the pairs' tasks (distributed runs ready tasks of higher priority first; 0 is
-#: the default): a row's pairs take milliseconds and only wait for their blocks.
+#: The scheduling priority of the pairs' and row counts' tasks (distributed runs ready tasks of higher priority
+#: first; 0 is the default): a row's take milliseconds and only wait for their blocks.
 PAIRS_PRIORITY = 1
 
 

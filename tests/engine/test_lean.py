@@ -1,5 +1,5 @@
-"""A worker forgets a task's call once the task's result is in memory (engine/lean.py), on a real
-LocalCluster: what a worker keeps of a finished graph, a task computed again after that, and a run
+"""A worker forgets what it no longer needs of a task once the task's result is in memory (engine/lean.py), on
+a real LocalCluster: what a worker keeps of a finished graph, a task computed again after that, and a run
 leaving no plugin behind."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import SPEC
+from distributed.diagnostics.plugin import WorkerPlugin
 
 import cvplgraph
 from cvplgraph.engine.lean import lean_workers
@@ -56,21 +57,22 @@ def kept(dask_worker: Any, tag: str) -> dict[str, tuple[str, bool]]:
     }
 
 
-def test_a_worker_keeps_finished_tasks_without_their_calls(client: Any) -> None:
+def test_a_worker_forgets_the_tasks_under_a_result_it_holds(client: Any) -> None:
     # without the plugin (the control): the worker keeps every task under the result it holds, calls and all
     root = client.get(chains(20, "plain"), "root-plain", sync=False)
     assert root.result() == expected(20)
     (plain,) = client.run(kept, tag="plain").values()
-    assert len(plain) == 40 and all(holds for _, holds in plain.values())
+    assert len(plain) == 40 and {state for state, _ in plain.values()} == {"released"}
+    assert all(holds for _, holds in plain.values())
     with lean_workers(client) as taken:
         assert taken
         root = client.get(chains(20, "lean"), "root-lean", sync=False)
         assert root.result() == expected(20)
         (lean,) = client.run(kept, tag="lean").values()
-        assert len(lean) == 40  # distributed's bookkeeping stays until the result is released
-        assert {state for state, _ in lean.values()} == {"released"}
-        assert not any(holds for _, holds in lean.values())
-        # a task whose call was dropped, asked for again, is computed again from the call the scheduler sends
+        assert lean == {}  # the result is still held (root), the tasks under it are forgotten
+        (held,) = client.run(lambda dask_worker: dask_worker.state.tasks["root-lean"].state).values()
+        assert held == "memory"
+        # a forgotten task asked for again is computed again from the call the scheduler sends
         again = client.get(chains(20, "lean"), ("b-lean", 7), sync=False)
         assert again.result() == sum(range(7, 207)) + 1
     names = client.run(lambda dask_worker: [n for n in dask_worker.plugins if n.startswith("cvplgraph-lean")])
@@ -104,3 +106,56 @@ def test_a_run_on_a_cluster_leaves_no_plugin_and_the_same_table(
     assert taken == [True]  # the cluster run had the plugin, the threaded one no cluster to put it on
     names = client.run(lambda dask_worker: sorted(dask_worker.plugins))
     assert not [n for ns in names.values() for n in ns if n.startswith("cvplgraph-lean")]
+
+
+class FusedSeen(WorkerPlugin):
+    """A worker plugin: the most block tasks (``fused-…``, not their writes' counts) the worker knew at once."""
+
+    name = "fused-seen"
+
+    def setup(self, worker: Any) -> None:
+        self.live: set[Any] = set()
+        self.peak = 0
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if not (isinstance(key, tuple) and str(key[0]).startswith("fused-") and not str(key[0]).endswith("-written")):
+            return
+        if finish == "forgotten":
+            self.live.discard(key)
+        else:
+            self.live.add(key)
+            self.peak = max(self.peak, len(self.live))
+
+
+def _fused_peak(dask_worker: Any) -> int:
+    return dask_worker.plugins[FusedSeen.name].peak
+
+
+def test_a_worker_forgets_a_block_task_once_the_small_tasks_of_its_rows_ran(client: Any, tmp_path: Path) -> None:
+    """A fused block task's results are read by its row's small tasks (label counts, pairs) and, from the
+    scratch folder by block number, by the partitions' merges after every block is done: a worker forgets the
+    task within a couple of slabs of blocks, not at the run's end (48 blocks in 12 slabs of 4, one worker; the
+    volume stored in those blocks, as a scan is read)."""
+    from cvplgraph.synth.volume import SynthParams, write_synthetic
+
+    image = tmp_path / "volume.ome.zarr"
+    write_synthetic(str(image), SynthParams(shape=(48, 192, 192), chunks=(4, 96, 96), seed=3))
+    tables = []
+    for name in ("threads", "cluster"):
+        folder = tmp_path / name
+        folder.mkdir()
+        spec = folder / "spec.toml"
+        spec.write_text(SPEC.format(url=image, level=0.3))
+        if name == "threads":
+            cvplgraph.run(cvplgraph.load_spec(spec), scheduler="threads", progress=False)
+        else:
+            client.register_plugin(FusedSeen())
+            try:
+                result = cvplgraph.run(cvplgraph.load_spec(spec), client=client, progress=False)
+                (peak,) = client.run(_fused_peak).values()
+            finally:
+                client.unregister_worker_plugin(FusedSeen.name)
+        tables.append(pd.read_csv(folder / "results" / "centroids.csv"))
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    assert result.report.fused
+    assert 0 < peak <= 3 * 4  # 3 slabs; all 48 were kept until the run's end before
