@@ -9,7 +9,8 @@ Chunked labelling in two passes, with memory bounded by the block size:
    together; ids that fall in one component there belong to one object. Ids are
    named (block, local id), so a row of blocks' planes (one task) run as soon as
    those blocks and their upper neighbours are labelled, while others still are;
-3. block ids are made unique with an offset (a cumulative sum of the counts);
+3. block ids are made unique with an offset (a cumulative sum of the counts, gathered
+   a row of blocks at a time, as soon as the row is labelled);
 4. the pairs from all planes are unioned globally into a lookup table
    (offset id → final id, consecutive from 1).
 
@@ -41,8 +42,6 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.graph_manipulation import bind
 from dask.highlevelgraph import HighLevelGraph
-from scipy import sparse
-from scipy.sparse import csgraph
 
 from cvplgraph.errors import OpError
 from cvplgraph.hooks import checkpoint, checkpoint_blocks, spill
@@ -221,30 +220,35 @@ def _union(offsets: np.ndarray, total: np.ndarray | int, *pair_arrays: np.ndarra
     that are not the smallest of their component (ascending), and the final id of each; every other offset id
     ``o`` is the smallest of its object, numbered ``o`` less the listed ids below it (:func:`lut_range`).
 
-    A whole volume's step in one task, so it keeps few arrays as long as the pairs at once (a 100 GB volume has
-    millions of pairs): the pairs are translated row by row into one array, the graph's node numbers are int32."""
+    A whole volume's step in one task (a 100 GB volume has millions of pairs), so it keeps few arrays as long as
+    the pairs at once, int32 while the ids fit: the pairs are translated row by row into one array, numbered by
+    one sort, and joined by :func:`_components` (no sparse matrix)."""
     n_pairs = sum(len(p) for p in pair_arrays)
-    pairs = np.empty((n_pairs, 2), dtype=np.int64)
+    dtype = np.int32 if int(total) < 2**31 else np.int64
+    pairs = np.empty((n_pairs, 2), dtype=dtype)
     at = 0
     for codes in pair_arrays:  # (block, local id) → offset id, one row's pairs at a time
-        out = pairs[at : at + len(codes)]
-        out[...] = offsets[codes >> BLOCK_SHIFT]
-        out += codes & LOCAL_MASK
+        pairs[at : at + len(codes)] = offsets[codes >> BLOCK_SHIFT] + (codes & LOCAL_MASK)
         at += len(codes)
-    nodes, ends = _numbered(pairs.reshape(-1))  # the ids in pairs, ascending, and each pair's two node numbers
-    del pairs
-    n = len(nodes)
-    ends = ends.reshape(n_pairs, 2)
-    graph = sparse.coo_matrix((np.ones(n_pairs, dtype=np.int8), (ends[:, 0], ends[:, 1])), shape=(n, n))
+    # the ids in pairs, ascending (nodes), and each pair's two node numbers (ends): np.unique with its inverse,
+    # with fewer temporaries, and sorting rather than hashing (numpy's unique takes seconds on millions of ints)
+    flat = pairs.reshape(-1)
+    order = np.argsort(flat)
+    ordered = flat[order]
+    del pairs, flat
+    new = np.empty(len(ordered), dtype=bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    nodes = ordered[new]
+    ranks = np.cumsum(new, dtype=dtype, out=ordered)  # the sorted ids are no longer needed: their buffer is reused
+    ranks -= 1
+    ends = np.empty(len(order), dtype=dtype)
+    ends[order] = ranks
+    del order, ordered, ranks, new
+    smallest = nodes[_components(ends[0::2], ends[1::2], len(nodes))]
     del ends
-    _, comp = csgraph.connected_components(graph, directed=False)
-    del graph
-    first = np.full(comp.max(initial=-1) + 1, n, dtype=np.int64)
-    np.minimum.at(first, comp, np.arange(n))  # nodes ascend: a component's first node is its smallest id
-    smallest = nodes[first[comp]]
-    del first, comp
     dropped = nodes != smallest
-    merged, into = nodes[dropped], smallest[dropped]
+    merged, into = nodes[dropped].astype(np.int64), smallest[dropped].astype(np.int64)
     del nodes, smallest, dropped
     if int(total) - len(merged) > np.iinfo(LABEL_DTYPE).max:
         raise OpError("more objects than int32 labels can hold")
@@ -252,21 +256,30 @@ def _union(offsets: np.ndarray, total: np.ndarray | int, *pair_arrays: np.ndarra
     return np.stack([merged, into])
 
 
-def _numbered(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct values of ``ids`` ascending, and the number of each id among them (int32 while they fit):
-    ``np.unique(ids, return_inverse=True)`` with fewer temporaries (and sorting, not hashing, which numpy's
-    ``unique`` does for integers and takes seconds on millions of them)."""
-    order = np.argsort(ids)
-    ordered = ids[order]
-    new = np.empty(len(ids), dtype=bool)
-    new[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
-    values = ordered[new]
-    del ordered
-    dtype = np.int32 if len(values) < 2**31 else np.int64
-    numbers = np.empty(len(ids), dtype=dtype)
-    numbers[order] = np.cumsum(new, dtype=dtype) - 1
-    return values, numbers
+def _components(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """The connected components of the undirected graph on nodes ``0..n-1`` with edges ``(a[i], b[i])``: each
+    node's smallest node in its component.
+
+    Each node points at a node of its component no larger than itself. In rounds, every edge whose two ends lead
+    to different nodes links the larger of those to the smaller, and pointers are then followed to their ends;
+    when no edge links anything, every edge's two ends lead to one node, the smallest of their component. Edges
+    are taken :data:`STEP` at a time; cut cells make components of a few nodes, settled in a few rounds."""
+    parent = np.arange(n, dtype=a.dtype)
+    linked = True
+    while linked:
+        linked = False
+        for start in range(0, len(a), STEP):
+            pa, pb = parent[a[start : start + STEP]], parent[b[start : start + STEP]]
+            differ = pa != pb
+            if differ.any():
+                linked = True
+                np.minimum.at(parent, np.maximum(pa, pb)[differ], np.minimum(pa, pb)[differ])
+        while True:  # every pointer to its end
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                break
+            parent = up
+    return parent
 
 
 #: The local id's bits in a pair's code (:data:`BLOCK_SHIFT`).
@@ -386,7 +399,7 @@ def union_of(
     row_counts = f"row-counts-{token}"
     per_row = grid[2]
     row_dsk: dict = {(row_counts, r): (_row_counts, *counts[r * per_row : (r + 1) * per_row])
-               for r in range(grid[0] * grid[1])}  # fmt: skip
+                     for r in range(grid[0] * grid[1])}  # fmt: skip
     rows = list(row_dsk)
     dsk: dict = {offsets: (_offsets, rows), total: (_total, offsets, (operator.getitem, rows[-1], -1))}
     steps = (-1, 0, 1) if connectivity == 26 else (0,)
