@@ -196,8 +196,10 @@ def warm():
     import cc3d, scipy.ndimage, zarr, cvplgraph.ops, cvplgraph.io.virtual, cvplgraph.io.tables, cvplgraph.engine.fuse
 
 if __name__ == "__main__":
+    from cvplgraph.engine.cluster import worker_config  # the workers' settings of a cluster cvplgraph starts
+
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="8GiB", host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+                           dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, config=worker_config())
     with cluster, Client(cluster) as client:
         client.run(warm)  # the workers' imports are start-up, not time per GB
         spec = cvplgraph.load_spec(sys.argv[1])

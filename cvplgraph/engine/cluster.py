@@ -164,14 +164,14 @@ def local_cluster(spec: Spec) -> Iterator[Any]:
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
             silence_logs=logging.ERROR,
-            config=_worker_config(),
+            config=worker_config(),
         ) as cluster,
         Client(cluster) as c,
     ):
         yield c
 
 
-def _worker_config() -> dict[str, Any]:
+def worker_config() -> dict[str, Any]:
     """The dask settings the workers of a LocalCluster started here run with, over the caller's: distributed's
     statistical profiler off. It samples every worker thread's stack 100 times a second and keeps a second-by-
     second history of what it saw; over a whole brain's run that history grew by ~30 MB per worker (a 28 GB
