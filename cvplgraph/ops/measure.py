@@ -26,7 +26,8 @@ from dask.highlevelgraph import HighLevelGraph
 
 from cvplgraph.hooks import checkpoint_blocks
 from cvplgraph.kernels import Reduce, graph_sources, keys_token
-from cvplgraph.ops.components import BLOCK_LABELS_ATTR, BlockLabels, big_objects, final_range, lut_range
+from cvplgraph.ops.components import BLOCK_LABELS_ATTR, BlockLabels
+from cvplgraph.ops.lookup import big_objects, final_range, lut_range
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import TREE_FANIN, Geometry, Table, block_start
@@ -179,7 +180,7 @@ def grouped_table(
     two blocks along each axis has its pieces in its owner and the 13 blocks after it among the owner's 26
     neighbours: a partition merges its own blocks' pieces and those of the blocks just after them (the next
     block along x, the row after along y, the three rows of the next slab) and keeps the objects its blocks own.
-    The objects spanning more (:func:`~cvplgraph.ops.components.big_objects`, from the lookup table; rare for
+    The objects spanning more (:func:`~cvplgraph.ops.lookup.big_objects`, from the lookup table; rare for
     cells) are left out of the merges: each run hands on its own blocks' pieces of them, gathered in a tree into
     one last partition (empty when there are none), where each is combined. Sums are exact whatever the
     grouping (as in :func:`partitioned_table`): the rows equal the table merged whole, bit for bit."""

@@ -21,7 +21,7 @@ import xarray as xr
 from dask.graph_manipulation import bind
 
 from cvplgraph.ops._halo import check_reach
-from cvplgraph.ops.components import LABEL_DTYPE
+from cvplgraph.ops.lookup import LABEL_DTYPE
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import Geometry, like

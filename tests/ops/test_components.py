@@ -201,7 +201,8 @@ def test_the_lookup_table_holds_only_the_ids_merged_across_faces(seed: int) -> N
     from scipy import sparse
     from scipy.sparse import csgraph
 
-    from cvplgraph.ops.components import BLOCK_SHIFT, _count, _union, lut_range
+    from cvplgraph.ops.components import _count
+    from cvplgraph.ops.lookup import BLOCK_SHIFT, lut_range, union_table
 
     rng = np.random.default_rng(seed)
     counts = rng.integers(0, 50, 40)  # ids per block
@@ -210,7 +211,7 @@ def test_the_lookup_table_holds_only_the_ids_merged_across_faces(seed: int) -> N
     blocks = rng.choice(np.flatnonzero(counts), (300, 2))
     local = np.stack([rng.integers(1, counts[b] + 1) for b in blocks.T], axis=1)
     codes = (blocks << BLOCK_SHIFT) + local
-    lut = _union(offsets, total, codes[:150], codes[150:])
+    lut = union_table(offsets, total, codes[:150], codes[150:])
     pairs = offsets[blocks] + local
     graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(total + 1,) * 2)
     _, comp = csgraph.connected_components(graph, directed=False)
@@ -232,8 +233,8 @@ def test_the_whole_volume_steps_agree_taking_their_tables_a_few_entries_at_a_tim
     are millions): with a step of 7 they give what they give in one go, and ``big_objects`` lists exactly the
     objects whose blocks lie more than two apart along some axis (every offset id's block, read off a dense
     numbering of all ids), with the last block of each."""
-    from cvplgraph.ops import components
-    from cvplgraph.ops.components import BLOCK_SHIFT, _union, big_objects, lut_range
+    from cvplgraph.ops import lookup
+    from cvplgraph.ops.lookup import BLOCK_SHIFT, big_objects, lut_range, union_table
 
     rng = np.random.default_rng(seed)
     grid = (4, 5, 6)
@@ -243,10 +244,10 @@ def test_the_whole_volume_steps_agree_taking_their_tables_a_few_entries_at_a_tim
     blocks = rng.choice(np.flatnonzero(counts), (200, 2))  # any two blocks: some pairs are far apart
     local = np.stack([rng.integers(1, counts[b] + 1) for b in blocks.T], axis=1)
     codes = (blocks << BLOCK_SHIFT) + local
-    whole = _union(offsets, total, codes)
+    whole = union_table(offsets, total, codes)
     whole_big = big_objects(whole, offsets, grid)
-    monkeypatch.setattr(components, "STEP", 7)
-    lut = _union(offsets, total, codes[:90], codes[90:])
+    monkeypatch.setattr(lookup, "STEP", 7)
+    lut = union_table(offsets, total, codes[:90], codes[90:])
     np.testing.assert_array_equal(lut, whole)
     got = big_objects(lut, offsets, grid)
     np.testing.assert_array_equal(got, whole_big)
@@ -272,10 +273,10 @@ def test_the_union_joins_components_as_scipy_does_long_chains_too(seed: int, mon
     from scipy import sparse
     from scipy.sparse import csgraph
 
-    from cvplgraph.ops import components
-    from cvplgraph.ops.components import _components
+    from cvplgraph.ops import lookup
+    from cvplgraph.ops.lookup import _components
 
-    monkeypatch.setattr(components, "STEP", 7)
+    monkeypatch.setattr(lookup, "STEP", 7)
     rng = np.random.default_rng(seed)
     n = 3000
     chain = rng.permutation(n)[:800]  # a path through 800 nodes in random order

@@ -259,7 +259,8 @@ def test_big_objects_are_those_spanning_more_than_two_blocks(
 ) -> None:
     """From the lookup table alone, the objects whose blocks lie more than two apart along some axis, and the
     last block (C order) of each: against every block's final ids read off the relabelled volume."""
-    from cvplgraph.ops.components import big_objects, label_blocks, relabelled
+    from cvplgraph.ops.components import label_blocks, relabelled
+    from cvplgraph.ops.lookup import big_objects
 
     mask, _ = volume
     parts = label_blocks(da.from_array(mask, chunks=chunks), connectivity=26)
