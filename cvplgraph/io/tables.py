@@ -187,6 +187,7 @@ def points_dataset(url: str) -> Any:
     import dask.array as da
     import pyarrow.parquet as pq
     import xarray as xr
+    from dask.base import tokenize
 
     from cvplgraph.values import with_units
 
@@ -195,13 +196,13 @@ def points_dataset(url: str) -> Any:
         raise DamagedStore(f"{url}: {PARTITIONED} is missing; expected a partitioned table", url)
     with fsspec.open(part_file(url, 0), "rb") as f:
         schema = pq.read_schema(f)
-    sizes = [int(n) for n in meta["partitions"]]
+    sizes = tuple(int(n) for n in meta["partitions"])
     columns = {}
-    for column in meta["columns"]:
+    for column in meta["columns"]:  # a column is one graph layer, a chunk per partition (no call per partition)
         dtype = np.dtype(schema.field(column).type.to_pandas_dtype())
-        pieces = [da.from_delayed(dask.delayed(_column_of, pure=True)(url, k, column), (n,), dtype=dtype)
-                  for k, n in enumerate(sizes)]  # fmt: skip
-        columns[column] = (TABLE_DIM, da.concatenate(pieces))
+        name = f"column-{tokenize(url, column, sizes)}"
+        layer = {(name, k): (_column_of, url, k, column) for k in range(len(sizes))}
+        columns[column] = (TABLE_DIM, da.Array(layer, name, chunks=(sizes,), dtype=dtype))
     ds = with_units(xr.Dataset(columns))
     ds.attrs.update(meta["geometry"])
     return ds

@@ -3,12 +3,15 @@ voxels each region has inside the image, computed block by block on the atlas gr
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask
 import numpy as np
 import pandas as pd
+from dask.delayed import Delayed
 
+from cvplgraph.kernels import graph_sources, keys_token
 from cvplgraph.values import OUTSIDE_ATLAS, Atlas, Geometry
 
 
@@ -26,20 +29,46 @@ def block_bounds(chunks: tuple[tuple[int, ...], ...]) -> list[np.ndarray]:
     return [np.concatenate([[0], np.cumsum(c)]) for c in chunks]
 
 
-def lookup_points(um: Any, atlas: Atlas) -> Any:
-    """Lazy (region id, hemisphere code) arrays for points at ``um`` ((N, 3) µm, a numpy array or Delayed).
+def point_um(frame: pd.DataFrame) -> np.ndarray:
+    """The (N, 3) µm coordinates of a table's points."""
+    return frame[["z_um", "y_um", "x_um"]].to_numpy(dtype=np.float64)
 
-    Region −1 marks points outside the atlas volume; hemisphere 0 = none. One task: it sorts the points by
-    atlas block and each atlas block answers for its own points (a block without points is not looked at).
-    *Decision:* one task per table, not one per atlas block: a whole brain's table is thousands of partitions,
-    and tasks per partition and atlas block cost more in scheduling (≈ 2 ms a task) than the lookups; the
-    atlas blocks a worker reads stay in its memory for every partition either way.
+
+def lookup_parts(func: Callable[..., Any], parts: Sequence[Delayed], atlas: Atlas, *args: Any) -> list[Delayed]:
+    """``func(frame, um, (region, hemisphere), *args)`` for every partition of a table, lazily: ``um`` the
+    partition's point coordinates, region the atlas id under each (−1 outside the atlas volume), hemisphere its
+    code (0 = none); ``args`` hold no dask collection.
+
+    One task per partition: it sorts the points by atlas block and each atlas block answers for its own points
+    (a block without points is not looked at). *Decision:* one task per partition, not one per atlas block nor
+    a chain of coordinates → lookup → use: a whole brain's table is thousands of partitions, and tasks cost more
+    in scheduling (≈ 2 ms a task) than the lookups; the atlas blocks a worker reads stay in its memory for every
+    partition either way. The tasks are one graph layer, the atlas blocks named by key (``dask.delayed`` calls
+    per partition, each unpacking the atlas's block list, cost 20 ms a partition).
     """
-    geometry = atlas.geometry
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+    from dask.utils import funcname
+
+    parts = list(parts)
+    blocks = list(atlas.annotation.data.to_delayed().ravel())
+    hemis = list(atlas.hemispheres.data.to_delayed().ravel()) if atlas.hemispheres is not None else []
+    annotation = [b.key for b in blocks]
+    hemispheres = [b.key for b in hemis] if hemis else None
     bounds = block_bounds(atlas.annotation.data.chunks)
-    annotation = list(atlas.annotation.data.to_delayed().ravel())
-    hemispheres = list(atlas.hemispheres.data.to_delayed().ravel()) if atlas.hemispheres is not None else None
-    return dask.delayed(_lookup, pure=True)(um, geometry, bounds, annotation, hemispheres)
+    fixed = (atlas.geometry, bounds, annotation, hemispheres)
+    name = f"{funcname(func)}-{tokenize(func, keys_token([p.key for p in parts]), fixed, args)}"
+    layer: dict[Any, Any] = {(name, k): (_lookup_then, func, part.key, *fixed, *args) for k, part in enumerate(parts)}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=graph_sources([*parts, *blocks, *hemis]))
+    return [Delayed((name, k), graph, layer=name) for k in range(len(parts))]
+
+
+def _lookup_then(
+    func: Callable[..., Any], frame: pd.DataFrame, geometry: Geometry, bounds: list[np.ndarray],
+    annotation: list[np.ndarray], hemispheres: list[np.ndarray] | None, *args: Any,
+) -> Any:  # fmt: skip
+    um = point_um(frame)
+    return func(frame, um, _lookup(um, geometry, bounds, annotation, hemispheres), *args)
 
 
 def _lookup(

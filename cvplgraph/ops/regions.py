@@ -12,7 +12,8 @@ with 0.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 import dask
 import dask.array as da
@@ -21,7 +22,7 @@ import pandas as pd
 import xarray as xr
 
 from cvplgraph.errors import InputError
-from cvplgraph.ops._atlas import ancestors, lookup_points, voxel_counts
+from cvplgraph.ops._atlas import ancestors, lookup_parts, voxel_counts
 from cvplgraph.registry import op
 from cvplgraph.types import PortType
 from cvplgraph.values import (
@@ -52,10 +53,6 @@ SPECIAL_ROWS = {
 }
 
 
-def _um(frame: pd.DataFrame) -> np.ndarray:
-    return frame[["z_um", "y_um", "x_um"]].to_numpy(dtype=np.float64)
-
-
 def _check_ids(voxels: pd.DataFrame, region: np.ndarray, structures: pd.DataFrame, files: str) -> None:
     """Every id counted, in the volume or under a cell, must be in the structure table."""
     _raise_missing(set(voxels["id"].unique()) | set(np.unique(region).tolist()), structures, files)
@@ -79,7 +76,7 @@ def check_structures(atlas: Atlas) -> None:
         _raise_missing(set(atlas.ids.tolist()), atlas.structures, f"{atlas.source} with {atlas.structures_file}")
 
 
-def _cells_per_region(lookup: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
+def _cells_per_region(frame: pd.DataFrame, um: np.ndarray, lookup: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
     """The cells of one partition per (region id, hemisphere code): columns ``id, hemi, cells``."""
     region, hemi = lookup
     frame = pd.DataFrame({"id": np.asarray(region, dtype=np.int64), "hemi": np.asarray(hemi).astype(np.int64)})
@@ -229,8 +226,7 @@ def region_counts(points: Table, atlas: Atlas, *, volume: Literal["imaged", "atl
     check_structures(atlas)
     geometry = atlas.geometry
     voxel_mm3 = float(np.prod(geometry.scale)) * 1e-9
-    per_part = [dask.delayed(_cells_per_region, pure=True)(lookup_points(dask.delayed(_um, pure=True)(part), atlas))
-                for part in points.parts]  # fmt: skip
+    per_part = lookup_parts(_cells_per_region, points.parts, atlas)
     frame = dask.delayed(_region_table, pure=True)(
         tree_sum(per_part, _add_cells),
         voxel_counts(atlas, points.geometry if volume == "imaged" else None),
@@ -243,9 +239,12 @@ def region_counts(points: Table, atlas: Atlas, *, volume: Literal["imaged", "atl
 
 
 def _with_regions(
-    frame: pd.DataFrame, lookup: tuple[np.ndarray, np.ndarray], structures: pd.DataFrame, atlas_space: np.ndarray
-) -> pd.DataFrame:
+    frame: pd.DataFrame, um: np.ndarray, lookup: tuple[np.ndarray, np.ndarray], structures: pd.DataFrame,
+    geometry: Geometry, axes: Sequence[int], flips: Sequence[bool],
+) -> pd.DataFrame:  # fmt: skip
+    """One partition of :func:`cell_regions`."""
     region, hemi = lookup
+    atlas_space = file_voxels(um, geometry, axes, flips)
     acronyms = dict(zip(structures["id"], structures["acronym"]))
     names = dict(zip(structures["id"], structures["name"]))
     for k, (acronym, name) in SPECIAL_ROWS.items():
@@ -283,15 +282,8 @@ def cell_regions(points: Table, atlas: Atlas) -> Table:
     """
     check_overlap(points.geometry, atlas)
     check_structures(atlas)
-    return Table(tuple(_with_regions_lazy(part, atlas) for part in points.parts), points.geometry)
-
-
-def _with_regions_lazy(part: Any, atlas: Atlas) -> Any:
-    """One partition of :func:`cell_regions`."""
-    um = dask.delayed(_um, pure=True)(part)
-    lookup = lookup_points(um, atlas)
-    placed = dask.delayed(file_voxels, pure=True)(um, atlas.geometry, atlas.axes, atlas.flips)
-    return dask.delayed(_with_regions, pure=True)(part, lookup, atlas.structures, placed)
+    parts = lookup_parts(_with_regions, points.parts, atlas, atlas.structures, atlas.geometry, atlas.axes, atlas.flips)
+    return Table(tuple(parts), points.geometry)
 
 
 def _density_lut(table: pd.DataFrame, lateral: bool) -> tuple[np.ndarray, np.ndarray]:
