@@ -25,6 +25,7 @@ fused (see docs/design.md, "Fusion").
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,9 +95,15 @@ Kernel = Pointwise | LocalPass | Reduce
 
 def keys_token(keys: Sequence[Any]) -> str:
     """A token naming a sequence of task keys or small task tuples (strings, ints, functions and tuples of them),
-    unique within this process: what ``tokenize(list(keys))`` is for here, at a hundredth of its cost (a
-    function's text holds its address, so the token is not stable across processes; nothing keeps it)."""
-    return hashlib.sha1(repr(list(keys)).encode(), usedforsecurity=False).hexdigest()
+    unique within this process: what ``tokenize(list(keys))`` is for here, at a hundredth of its cost. The keys'
+    pickle (a module's function by its importable name: one function per name), a third of their text's cost;
+    their text when something in them does not pickle (a local function, by its address: the token is then not
+    stable across processes; nothing keeps it)."""
+    try:
+        data = pickle.dumps(list(keys), protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        data = b"repr:" + repr(list(keys)).encode()
+    return hashlib.sha1(data, usedforsecurity=False).hexdigest()
 
 
 def graph_sources(collections: Iterable[Any]) -> list[Any]:

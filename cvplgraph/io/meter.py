@@ -100,10 +100,11 @@ def read_zarr(array: Any, label: str = "", reader: Metered | None = None, post: 
     chunks = da.core.normalize_chunks(array.chunks, array.shape)
     source = "original-" + name
     layer: dict[Any, Any] = {source: DataNode(source, reader or Metered(array, label))}
-    bounds = [list(zip(np.cumsum((0, *c[:-1])).tolist(), np.cumsum(c).tolist())) for c in chunks]
+    axes = [list(enumerate(itertools.starmap(slice, zip(np.cumsum((0, *c[:-1])).tolist(), np.cumsum(c).tolist()))))
+            for c in chunks]  # fmt: skip
     ref = TaskRef(source)
-    for index in itertools.product(*(range(len(c)) for c in chunks)):
-        slices = tuple(slice(*bounds[a][i]) for a, i in enumerate(index))
+    for picked in itertools.product(*axes):  # per axis once, then combined (transposed by zip)
+        index, slices = zip(*picked)
         key = (name, *index)
         layer[key] = Task(key, _read_block, ref, slices, post, index)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
