@@ -211,3 +211,37 @@ def test_kept_blocks_come_back_exactly_sparse_or_whole(tmp_path: Path) -> None:
         np.testing.assert_array_equal(back, labels)
     kept_as = {name: len(unpack((tmp_path / name).read_bytes())) for name in ("sparse", "short", "wrong", "none")}
     assert kept_as == {"sparse": 4, "short": 1, "wrong": 1, "none": 1}  # (shape, where, values, dtype) or whole
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("fails", [False, True])
+def test_lowering_pauses_the_collector_and_puts_it_back(
+    monkeypatch: pytest.MonkeyPatch, enabled: bool, fails: bool
+) -> None:
+    """The cyclic garbage collector is off while a plan is lowered (engine/lower.paused_gc) and as it was
+    afterwards, also when the lowering fails."""
+    import gc
+
+    from cvplgraph.engine import lower as lower_module
+
+    during = []
+
+    def fake(*args: object) -> object:
+        during.append(gc.isenabled())
+        if fails:
+            raise RuntimeError("lowering failed")
+        return "lowered"
+
+    monkeypatch.setattr(lower_module, "_lower", fake)
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        if fails:
+            with pytest.raises(RuntimeError, match="lowering failed"):
+                lower_module.lower(None)  # type: ignore[arg-type]
+        else:
+            assert lower_module.lower(None) == "lowered"  # type: ignore[arg-type]
+        assert during == [False]
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
