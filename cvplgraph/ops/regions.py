@@ -76,11 +76,12 @@ def check_structures(atlas: Atlas) -> None:
         _raise_missing(set(atlas.ids.tolist()), atlas.structures, f"{atlas.source} with {atlas.structures_file}")
 
 
-def _cells_per_region(frame: pd.DataFrame, um: np.ndarray, lookup: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
-    """The cells of one partition per (region id, hemisphere code): columns ``id, hemi, cells``."""
+def _cells_per_region(points: pd.DataFrame, um: np.ndarray, lookup: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
+    """The cells of one partition (``points``, their µm coordinates ``um`` and their atlas ``lookup``) per
+    (region id, hemisphere code): columns ``id, hemi, cells``."""
     region, hemi = lookup
-    frame = pd.DataFrame({"id": np.asarray(region, dtype=np.int64), "hemi": np.asarray(hemi).astype(np.int64)})
-    return frame.value_counts().rename("cells").reset_index()
+    cells = pd.DataFrame({"id": np.asarray(region, dtype=np.int64), "hemi": np.asarray(hemi).astype(np.int64)})
+    return cells.value_counts().rename("cells").reset_index()
 
 
 def _add_cells(*parts: pd.DataFrame) -> pd.DataFrame:
