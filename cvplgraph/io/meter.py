@@ -88,23 +88,20 @@ def read_zarr(array: Any, label: str = "", reader: Metered | None = None, post: 
 
     The graph is one layer of plain tasks, built in microseconds per chunk: dask's blockwise layers cost tens of
     microseconds per task to materialise, seconds for a whole brain's 10⁵ chunks (docs/scale.md)."""
-    import itertools
-
     import dask.array as da
     import numpy as np
     from dask._task_spec import DataNode, Task, TaskRef
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
+    from cvplgraph.values import block_slices
+
     name = "from-zarr-" + tokenize(array, None, {}, array.chunks, post)
     chunks = da.core.normalize_chunks(array.chunks, array.shape)
     source = "original-" + name
     layer: dict[Any, Any] = {source: DataNode(source, reader or Metered(array, label))}
-    axes = [list(enumerate(itertools.starmap(slice, zip(np.cumsum((0, *c[:-1])).tolist(), np.cumsum(c).tolist()))))
-            for c in chunks]  # fmt: skip
     ref = TaskRef(source)
-    for picked in itertools.product(*axes):  # per axis once, then combined (transposed by zip)
-        index, slices = zip(*picked)
+    for index, slices in block_slices(chunks):
         key = (name, *index)
         layer[key] = Task(key, _read_block, ref, slices, post, index)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
