@@ -139,12 +139,18 @@ def to_dataarray(value: Any, port: str) -> xr.DataArray:
 
 
 def per_part(
-    func: Callable[..., Any], parts: Sequence[Delayed], *args: Any, pure: bool = True, numbered: bool = False
+    func: Callable[..., Any],
+    parts: Sequence[Delayed],
+    *args: Any,
+    pure: bool = True,
+    numbered: bool = False,
+    depends: Sequence[Any] = (),
 ) -> list[Delayed]:
     """``func(part, *args)`` (``func(part, *args, k)`` when ``numbered``) for every partition ``k`` of ``parts``,
     lazily: one graph layer of plain tasks when ``args`` hold no dask collection, however nested (a whole brain's
-    table has 10⁴ partitions, and a ``dask.delayed`` call costs ~0.2 ms), else ``dask.delayed``. Keys are named
-    as ``dask.delayed`` names them; not ``pure``: fresh keys (for writes)."""
+    table has 10⁴ partitions, and a ``dask.delayed`` call costs ~0.2 ms), else ``dask.delayed``. ``args`` may
+    name the keys of ``depends`` (collections, e.g. an atlas's blocks: each task gets their values). Keys are
+    named as ``dask.delayed`` names them; not ``pure``: fresh keys (for writes)."""
     from dask.base import tokenize
     from dask.delayed import unpack_collections
     from dask.highlevelgraph import HighLevelGraph
@@ -156,7 +162,7 @@ def per_part(
     token = tokenize(func, keys_token([p.key for p in parts]), args) if pure else uuid.uuid4().hex
     name = f"{funcname(func)}-{token}"
     layer: dict[Any, Any] = {(name, k): (func, part.key, *args, *numbers[k]) for k, part in enumerate(parts)}
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=graph_sources(parts))
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=graph_sources([*parts, *depends]))
     return [Delayed((name, k), graph, layer=name) for k in range(len(parts))]
 
 

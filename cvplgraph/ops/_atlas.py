@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 from dask.delayed import Delayed
 
-from cvplgraph.kernels import graph_sources, keys_token
-from cvplgraph.values import OUTSIDE_ATLAS, Atlas, Geometry
+from cvplgraph.values import OUTSIDE_ATLAS, Atlas, Geometry, per_part
 
 
 def ancestors(structures: pd.DataFrame) -> pd.DataFrame:
@@ -43,28 +42,21 @@ def lookup_parts(func: Callable[..., Any], parts: Sequence[Delayed], atlas: Atla
     (a block without points is not looked at). *Decision:* one task per partition, not one per atlas block nor
     a chain of coordinates → lookup → use: a whole brain's table is thousands of partitions, and tasks cost more
     in scheduling (≈ 2 ms a task) than the lookups; the atlas blocks a worker reads stay in its memory for every
-    partition either way. The tasks are one graph layer, the atlas blocks named by key (``dask.delayed`` calls
-    per partition, each unpacking the atlas's block list, cost 20 ms a partition).
+    partition either way. The tasks are one graph layer (:func:`~cvplgraph.values.per_part`), the atlas blocks
+    named by key (``dask.delayed`` calls per partition, each unpacking the atlas's block list, cost 20 ms a
+    partition).
     """
-    from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
-    from dask.utils import funcname
-
-    parts = list(parts)
     blocks = list(atlas.annotation.data.to_delayed().ravel())
     hemis = list(atlas.hemispheres.data.to_delayed().ravel()) if atlas.hemispheres is not None else []
     annotation = [b.key for b in blocks]
     hemispheres = [b.key for b in hemis] if hemis else None
     bounds = block_bounds(atlas.annotation.data.chunks)
-    fixed = (atlas.geometry, bounds, annotation, hemispheres)
-    name = f"{funcname(func)}-{tokenize(func, keys_token([p.key for p in parts]), fixed, args)}"
-    layer: dict[Any, Any] = {(name, k): (_lookup_then, func, part.key, *fixed, *args) for k, part in enumerate(parts)}
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=graph_sources([*parts, *blocks, *hemis]))
-    return [Delayed((name, k), graph, layer=name) for k in range(len(parts))]
+    return per_part(_lookup_then, parts, func, atlas.geometry, bounds, annotation, hemispheres, *args,
+                    depends=[*blocks, *hemis])  # fmt: skip
 
 
 def _lookup_then(
-    func: Callable[..., Any], frame: pd.DataFrame, geometry: Geometry, bounds: list[np.ndarray],
+    frame: pd.DataFrame, func: Callable[..., Any], geometry: Geometry, bounds: list[np.ndarray],
     annotation: list[np.ndarray], hemispheres: list[np.ndarray] | None, *args: Any,
 ) -> Any:  # fmt: skip
     um = point_um(frame)
