@@ -261,16 +261,13 @@ def union_of(
                      for r in range(grid[0] * grid[1])}  # fmt: skip
     rows = list(row_dsk)
     dsk: dict = {offsets: (_offsets, rows), total: (_total, offsets, (operator.getitem, rows[-1], -1))}
-    steps = (-1, 0, 1) if connectivity == 26 else (0,)
-    moves = {axis: [(d0, d1, [a for a in range(3) if a != axis]) for d0, d1 in itertools.product(steps, steps)]
+    moves = {axis: [(d0, d1, [a for a in range(3) if a != axis]) for d0, d1 in itertools.product((-1, 0, 1), repeat=2)]
              for axis in range(3)}  # fmt: skip
 
     def side(block_idx: tuple[int, ...], axis: int) -> Side:
-        """The blocks whose faces meet the plane tile of ``block_idx`` (itself and, for
-        26-connectivity, its in-plane neighbours), as (step, step, flat index) rows."""
+        """For 26-connectivity, the blocks whose faces meet the plane tile of ``block_idx`` (itself and its
+        in-plane neighbours), as (step, step, flat index) rows."""
         flat = block_idx[0] * strides[0] + block_idx[1] * strides[1] + block_idx[2]
-        if connectivity == 6:
-            return ((0, 0, flat),)
         return tuple((d0, d1, flat + d0 * strides[o0] + d1 * strides[o1]) for d0, d1, (o0, o1) in moves[axis]
                      if 0 <= block_idx[o0] + d0 < grid[o0] and 0 <= block_idx[o1] + d1 < grid[o1])  # fmt: skip
 
@@ -287,13 +284,14 @@ def union_of(
             for axis in range(3):
                 if idx[axis] + 1 >= grid[axis]:
                     continue
-                if connectivity == 6:  # the two blocks face to face (side() inlined: 3 calls per block)
+                lower: Side
+                upper: Side
+                if connectivity == 6:  # the two blocks face to face, without a call (10⁵ blocks: 6·10⁵ calls)
                     flat = idx[0] * strides[0] + idx[1] * strides[1] + x
-                    planes.append((axis, ((0, 0, flat),), ((0, 0, flat + strides[axis]),)))
-                    faces += (face_keys[flat], face_keys[flat + strides[axis]])
-                    continue
-                upper_idx = (idx[0] + (axis == 0), idx[1] + (axis == 1), idx[2] + (axis == 2))
-                lower, upper = side(idx, axis), side(upper_idx, axis)
+                    lower, upper = ((0, 0, flat),), ((0, 0, flat + strides[axis]),)
+                else:
+                    upper_idx = (idx[0] + (axis == 0), idx[1] + (axis == 1), idx[2] + (axis == 2))
+                    lower, upper = side(idx, axis), side(upper_idx, axis)
                 planes.append((axis, lower, upper))
                 faces += [face_keys[r[2]] for r in (*lower, *upper)]
         if planes:
