@@ -271,8 +271,8 @@ def volume_table(
 ) -> list[dict[str, object]]:
     """The 1 GiB volume ``repeats`` times and the ``--size-gb`` one ``big_repeats`` times, each run in a fresh
     process, the 1 GiB runs split before and after the large ones (half each): a 1 GiB run lasts ~8 s, and this
-    machine's speed drifts by more than the target's ±15 % between runs minutes apart (the same blocks took 5.9
-    to 8.3 s of a worker's time in six runs on one cluster), so its figure is the median of runs bracketing the
+    machine's speed drifts by more than the target's ±15 % between runs minutes apart (the same blocks took 6.1
+    to 9.9 s of a worker's time in six runs on one cluster), so its figure is the median of runs bracketing the
     large run's minutes. Every run printed, then each size's median and their ratio."""
     from cvplgraph.io.virtual import VirtualVolume
 
